@@ -1,0 +1,105 @@
+//! Command-line flags of `aibro-agent`, each with an `AIBRO_*` environment fallback
+//! and a default that works on one machine next to a local scheduler.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// pip options used while gearing up environments.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct PipOptions {
+    /// pip `--index-url`.
+    #[arg(long, env = "AIBRO_PIP_INDEX_URL")]
+    pub pip_index_url: Option<String>,
+    /// pip `--extra-index-url` (repeatable; comma-separated in the env var).
+    #[arg(long, env = "AIBRO_PIP_EXTRA_INDEX_URL", value_delimiter = ',')]
+    pub pip_extra_index_url: Vec<String>,
+    /// pip `--find-links` (repeatable; comma-separated in the env var).
+    #[arg(long, env = "AIBRO_PIP_FIND_LINKS", value_delimiter = ',')]
+    pub pip_find_links: Vec<String>,
+    /// pip `--no-index`.
+    #[arg(long, env = "AIBRO_PIP_NO_INDEX")]
+    pub pip_no_index: bool,
+}
+
+/// The agent's configuration.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "aibro-agent",
+    version,
+    about = "aibro-rs agent: serves a model repo for the scheduler"
+)]
+pub struct Args {
+    /// The scheduler's gRPC endpoint.
+    #[arg(long, env = "AIBRO_SCHEDULER", default_value = "http://127.0.0.1:7070")]
+    pub scheduler: String,
+    /// Join token, sent as `authorization: Bearer <token>` on every call.
+    #[arg(
+        long,
+        env = "AIBRO_JOIN_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub join_token: String,
+    /// This instance's id (generated when empty).
+    #[arg(long, env = "AIBRO_INSTANCE_ID", default_value = "")]
+    pub instance_id: String,
+    /// Data directory: virtualenvs, unpacked jobs, worker dirs.
+    #[arg(long, env = "AIBRO_DIR", default_value = "aibro-agent-data")]
+    pub dir: PathBuf,
+    /// Where the agent's own gRPC service listens.
+    #[arg(long, env = "AIBRO_LISTEN", default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Host the scheduler reaches this agent at; the port is the bound one.
+    #[arg(long, env = "AIBRO_ADVERTISE_HOST", default_value = "127.0.0.1")]
+    pub advertise_host: String,
+    /// Python worker processes per job.
+    #[arg(long, env = "AIBRO_WORKERS", default_value_t = 2)]
+    pub workers: usize,
+    /// Python interpreter used directly or to create virtualenvs.
+    #[arg(long, env = "AIBRO_PYTHON", default_value = "python3")]
+    pub python: String,
+    #[command(flatten)]
+    pub pip: PipOptions,
+    /// Exit when the scheduler has been unreachable for this long.
+    #[arg(long, env = "AIBRO_ORPHAN_TIMEOUT_S", default_value_t = 300)]
+    pub orphan_timeout_s: u64,
+    /// Log as JSON lines.
+    #[arg(long, env = "AIBRO_LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl Args {
+    /// The defaults, as if no flag and no env var were given.
+    pub fn defaults() -> Args {
+        <Args as clap::Parser>::parse_from(["aibro-agent"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn parses_flags() {
+        let a = Args::try_parse_from([
+            "aibro-agent",
+            "--scheduler",
+            "http://h:1",
+            "--workers",
+            "3",
+            "--pip-find-links",
+            "/w",
+            "--pip-no-index",
+            "--listen",
+            "0.0.0.0:9000",
+        ])
+        .unwrap();
+        assert_eq!(a.scheduler, "http://h:1");
+        assert_eq!(a.workers, 3);
+        assert_eq!(a.pip.pip_find_links, vec!["/w".to_string()]);
+        assert!(a.pip.pip_no_index);
+        assert_eq!(a.listen.port(), 9000);
+        assert_eq!(a.orphan_timeout_s, 300);
+    }
+}

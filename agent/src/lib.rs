@@ -1,0 +1,130 @@
+//! aibro-rs agent: runs on each (GPU) instance, registers with the scheduler, gears
+//! up the Python environment of a model repo, loads it into a pool of persistent
+//! Python workers and serves Predict; reports its phases and heartbeats.
+//! [`run`] is the whole agent; [`dry_run`] validates a repo archive locally.
+
+pub mod archive;
+mod config;
+mod dryrun;
+mod env;
+pub mod hardware;
+mod pool;
+mod reporter;
+mod runtime;
+mod service;
+mod worker;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aibro_proto::v1::agent_server::AgentServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Args, PipOptions};
+pub use dryrun::{dry_run, DryRunOutcome};
+
+/// Largest Predict payload / response the agent accepts.
+const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Why the agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("agent data directory `{path}`: {source}")]
+    Dir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the listener's address: {0}")]
+    Listener(#[source] std::io::Error),
+    #[error("{0}")]
+    Scheduler(String),
+    #[error("the scheduler has been unreachable for {0:?}; the agent exits (orphaned)")]
+    Orphaned(Duration),
+    #[error("the agent's gRPC server failed: {0}")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+/// Runs the agent: serves the `Agent` service on `listener`, registers with the
+/// scheduler and reports, until `shutdown` completes (Ok) or the scheduler has been
+/// unreachable for `--orphan-timeout-s` (Err(Orphaned)). Workers are ended on exit.
+pub async fn run(
+    args: Args,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let dir_err = |source| Error::Dir {
+        path: args.dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&args.dir).map_err(dir_err)?;
+    let script = worker::install_script(&args.dir).map_err(dir_err)?;
+    let port = listener.local_addr().map_err(Error::Listener)?.port();
+    let address = format!("{}:{port}", args.advertise_host);
+    let instance_id = if args.instance_id.is_empty() {
+        format!("agent-{}", uuid::Uuid::now_v7())
+    } else {
+        args.instance_id.clone()
+    };
+    let gateway = reporter::gateway(&args.scheduler, &args.join_token)
+        .map_err(|e| Error::Scheduler(e.to_string()))?;
+    let (reports, rx) = reporter::Reports::channel();
+    let cancel = CancellationToken::new();
+    let orphan_timeout = Duration::from_secs(args.orphan_timeout_s);
+    let rt = Arc::new(runtime::Runtime::new(
+        args,
+        script,
+        gateway.clone(),
+        reports,
+        cancel.clone(),
+    ));
+    let hardware = tokio::task::spawn_blocking(hardware::detect)
+        .await
+        .unwrap_or_default();
+    tracing::info!(%instance_id, %address, cpus = hardware.cpus, gpus = hardware.gpus.len(), "agent starting");
+    let reporter = reporter::Reporter {
+        gateway,
+        instance_id,
+        address,
+        hardware,
+        orphan_timeout,
+        metrics: rt.clone(),
+    };
+    let mut reporter_task = tokio::spawn(reporter.run(rx, cancel.clone()));
+    let svc = AgentServer::new(service::AgentService(rt.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let server = tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            cancel.clone().cancelled_owned(),
+        );
+    let mut server_task = tokio::spawn(server);
+    let (result, reporter_done, server_done) = tokio::select! {
+        _ = shutdown => (Ok(()), false, false),
+        r = &mut reporter_task => (match r {
+            Ok(Err(reporter::ReporterError::Orphaned(d))) => Err(Error::Orphaned(d)),
+            Ok(Err(e)) => Err(Error::Scheduler(e.to_string())),
+            Ok(Ok(())) | Err(_) => Ok(()),
+        }, true, false),
+        r = &mut server_task => (match r {
+            Ok(Err(e)) => Err(Error::Serve(e)),
+            _ => Ok(()),
+        }, false, true),
+    };
+    tracing::info!("agent shutting down");
+    cancel.cancel();
+    if let Err(e) = rt.stop(false).await {
+        tracing::warn!("stopping workers: {e}");
+    }
+    if !server_done {
+        let _ = server_task.await;
+    }
+    if !reporter_done {
+        let _ = reporter_task.await;
+    }
+    result
+}

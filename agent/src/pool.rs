@@ -1,0 +1,389 @@
+//! A pool of N persistent workers serving one bounded request queue. Each worker
+//! has its own directory (and `data/` copy) and handles one request at a time, so
+//! legacy `run(model)` requests never race. A worker that dies is restarted in the
+//! background; the request that hit it fails with a retryable error.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::worker::{Output, Worker, WorkerError, WorkerSpec};
+
+pub(crate) const QUEUE_CAPACITY: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PoolError {
+    #[error("agent overloaded: {QUEUE_CAPACITY} requests are already queued; retry later")]
+    Overloaded,
+    #[error("the worker serving this request died; the request was not completed and can be retried ({0})")]
+    WorkerDied(String),
+    #[error("the model is being unloaded; retry on another instance")]
+    Stopped,
+    /// `run()` raised: the Python traceback.
+    #[error("run() raised:\n{0}")]
+    RunRaised(String),
+    #[error("{0}")]
+    BadInput(String),
+    /// A worker could not be started (the traceback or error).
+    #[error("{0}")]
+    Start(String),
+    #[error("cannot prepare the worker directory `{path}`: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct Request {
+    payload: Vec<u8>,
+    content_type: String,
+    reply: oneshot::Sender<Result<Output, PoolError>>,
+}
+
+#[derive(Default)]
+struct Counters {
+    in_flight: AtomicU32,
+    alive: AtomicU32,
+    pids: std::sync::Mutex<Vec<u32>>,
+}
+
+pub(crate) struct Pool {
+    tx: mpsc::Sender<Request>,
+    counters: Arc<Counters>,
+    cancel: CancellationToken,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Decrements `in_flight` when a request is answered or abandoned.
+struct InFlight(Arc<Counters>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Pool {
+    /// Prepares `n` worker directories under `workers_dir` from `repo`, starts the
+    /// workers and waits until every one has loaded the model. Fails with the first
+    /// load error (the other workers are ended).
+    pub(crate) async fn start(
+        python: &Path,
+        script: &Path,
+        repo: &Path,
+        workers_dir: &Path,
+        n: usize,
+    ) -> Result<Pool, PoolError> {
+        let n = n.max(1);
+        let mut specs = Vec::with_capacity(n);
+        for index in 0..n {
+            let dir = workers_dir.join(index.to_string());
+            crate::worker::prepare_dir(repo, &dir).map_err(|source| PoolError::Dir {
+                path: dir.clone(),
+                source,
+            })?;
+            specs.push(WorkerSpec {
+                python: python.to_path_buf(),
+                script: script.to_path_buf(),
+                dir,
+                index,
+            });
+        }
+        let started = futures::future::join_all(specs.iter().map(Worker::start)).await;
+        let mut workers = Vec::with_capacity(n);
+        let mut first_err = None;
+        for r in started {
+            match r {
+                Ok(w) => workers.push(w),
+                Err(e) if first_err.is_none() => first_err = Some(e),
+                Err(_) => {}
+            }
+        }
+        if let Some(e) = first_err {
+            for w in workers {
+                w.shutdown().await;
+            }
+            return Err(PoolError::Start(e.to_string()));
+        }
+
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let rx = Arc::new(Mutex::new(rx));
+        let counters = Arc::new(Counters {
+            pids: std::sync::Mutex::new(vec![0; n]),
+            ..Counters::default()
+        });
+        let cancel = CancellationToken::new();
+        let tasks = specs
+            .into_iter()
+            .zip(workers)
+            .map(|(spec, w)| {
+                tokio::spawn(slot(spec, w, rx.clone(), counters.clone(), cancel.clone()))
+            })
+            .collect();
+        Ok(Pool {
+            tx,
+            counters,
+            cancel,
+            tasks: std::sync::Mutex::new(tasks),
+        })
+    }
+
+    /// Queues one request and waits for its answer.
+    pub(crate) async fn call(
+        &self,
+        payload: Vec<u8>,
+        content_type: String,
+    ) -> Result<Output, PoolError> {
+        let (reply, rx) = oneshot::channel();
+        self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _guard = InFlight(self.counters.clone());
+        self.tx
+            .try_send(Request {
+                payload,
+                content_type,
+                reply,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => PoolError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => PoolError::Stopped,
+            })?;
+        rx.await.map_err(|_| PoolError::Stopped)?
+    }
+
+    /// Requests queued or running.
+    pub(crate) fn in_flight(&self) -> u32 {
+        self.counters.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Workers that have loaded the model and are serving.
+    pub(crate) fn alive(&self) -> u32 {
+        self.counters.alive.load(Ordering::Relaxed)
+    }
+
+    /// Process ids of the current workers (0 while one restarts).
+    #[cfg(test)]
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.counters.pids.lock().expect("pids").clone()
+    }
+
+    /// Ends every worker; queued requests fail with [`PoolError::Stopped`].
+    pub(crate) async fn shutdown(&self) {
+        self.cancel.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock().expect("tasks"));
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// One worker slot: serves requests while its worker lives, restarts it when it dies.
+async fn slot(
+    spec: WorkerSpec,
+    first: Worker,
+    rx: Arc<Mutex<mpsc::Receiver<Request>>>,
+    counters: Arc<Counters>,
+    cancel: CancellationToken,
+) {
+    let mut current = Some(first);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mut worker = match current.take() {
+            Some(w) => w,
+            None => {
+                let started = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = Worker::start(&spec) => r,
+                };
+                match started {
+                    Ok(w) => {
+                        tracing::info!(worker = spec.index, "worker restarted");
+                        backoff = Duration::from_millis(200);
+                        w
+                    }
+                    Err(e) => {
+                        tracing::error!(worker = spec.index, "worker restart failed: {e}");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        continue;
+                    }
+                }
+            }
+        };
+        counters.pids.lock().expect("pids")[spec.index] = worker.pid().unwrap_or(0);
+        counters.alive.fetch_add(1, Ordering::Relaxed);
+        let died = serve(&mut worker, &rx, &cancel).await;
+        counters.alive.fetch_sub(1, Ordering::Relaxed);
+        counters.pids.lock().expect("pids")[spec.index] = 0;
+        worker.shutdown().await;
+        if !died {
+            return;
+        }
+        tracing::warn!(worker = spec.index, "worker died; restarting it");
+    }
+}
+
+/// Serves requests until the worker dies (true) or the pool is cancelled (false).
+async fn serve(
+    worker: &mut Worker,
+    rx: &Mutex<mpsc::Receiver<Request>>,
+    cancel: &CancellationToken,
+) -> bool {
+    loop {
+        let req = tokio::select! {
+            _ = cancel.cancelled() => return false,
+            req = async { rx.lock().await.recv().await } => req,
+        };
+        let Some(req) = req else { return false };
+        if req.reply.is_closed() {
+            continue; // the caller gave up while it was queued
+        }
+        let res = worker.call(&req.payload, &req.content_type, false).await;
+        let (answer, died) = match res {
+            Ok(out) => (Ok(out), false),
+            Err(WorkerError::UserError(tb)) => (Err(PoolError::RunRaised(tb)), false),
+            Err(WorkerError::BadInput(m)) => (Err(PoolError::BadInput(m)), false),
+            Err(e) => (Err(PoolError::WorkerDied(e.to_string())), true),
+        };
+        let _ = req.reply.send(answer);
+        if died {
+            return true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn pool_for(predict: &str, data: &[(&str, &str)], n: usize) -> (tempfile::TempDir, Pool) {
+        let (tmp, spec) = crate::worker::tests::repo(predict, data);
+        let repo = tmp.path().join("repo");
+        let pool = Pool::start(&spec.python, &spec.script, &repo, &tmp.path().join("w"), n)
+            .await
+            .unwrap();
+        (tmp, pool)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_legacy_requests_do_not_race() {
+        let (_t, pool) = pool_for(
+            "import json, time\n\
+             def load_model():\n    return None\n\
+             def run(model):\n    \
+             with open('data/x.json') as f:\n        first = json.load(f)\n    \
+             time.sleep(0.01)\n    \
+             with open('data/x.json') as f:\n        second = json.load(f)\n    \
+             return [first, second]\n",
+            &[("x.json", "{}")],
+            2,
+        )
+        .await;
+        let pool = Arc::new(pool);
+        let calls = (0..20).map(|i| {
+            let pool = pool.clone();
+            async move {
+                let body = format!(r#"{{"i": {i}}}"#);
+                let out = pool
+                    .call(body.into_bytes(), "application/json".into())
+                    .await
+                    .unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
+                (i, v)
+            }
+        });
+        for (i, v) in futures::future::join_all(calls).await {
+            let want = serde_json::json!({ "i": i });
+            assert_eq!(v, serde_json::json!([want, want]), "request {i}");
+        }
+        assert_eq!(pool.in_flight(), 0);
+        assert_eq!(pool.alive(), 2);
+        pool.shutdown().await;
+        assert_eq!(pool.alive(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_worker_gives_unavailable_and_recovers() {
+        let (t, pool) = pool_for(
+            "import os, time\n\
+             def load_model():\n    return None\n\
+             def run(model, data):\n    \
+             if 'hang' in data:\n        \
+             open(data['hang'], 'w').write(str(os.getpid()))\n        time.sleep(3600)\n    \
+             return {'pid': os.getpid()}\n",
+            &[],
+            1,
+        )
+        .await;
+        let pool = Arc::new(pool);
+        let marker = t.path().join("hanging");
+        let body = serde_json::to_vec(&serde_json::json!({ "hang": marker })).unwrap();
+        let p = pool.clone();
+        let hung = tokio::spawn(async move { p.call(body, "application/json".into()).await });
+        wait_for("the request to reach run()", || marker.exists()).await;
+        let pid: i32 = std::fs::read_to_string(&marker).unwrap().parse().unwrap();
+        assert_eq!(pool.pids(), vec![pid as u32]);
+        assert_eq!(pool.in_flight(), 1);
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let err = hung.await.unwrap().unwrap_err();
+        assert!(matches!(err, PoolError::WorkerDied(_)), "{err}");
+        assert!(err.to_string().contains("can be retried"), "{err}");
+        // The next request waits for the restarted worker.
+        let out = pool.call(b"{}".to_vec(), String::new()).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
+        assert_ne!(v["pid"], pid);
+        assert_eq!(pool.alive(), 1);
+        pool.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn run_raised_and_load_failure() {
+        let (_t, pool) = pool_for(
+            "def load_model():\n    return None\ndef run(model, data):\n    raise KeyError('nope')\n",
+            &[],
+            1,
+        )
+        .await;
+        let e = pool.call(b"1".to_vec(), String::new()).await.unwrap_err();
+        assert!(e.to_string().starts_with("run() raised:"), "{e}");
+        assert!(e.to_string().contains("KeyError: 'nope'"), "{e}");
+        pool.shutdown().await;
+
+        let (tmp, spec) = crate::worker::tests::repo("import nonexistent_module_xyz\n", &[]);
+        let err = Pool::start(
+            &spec.python,
+            &spec.script,
+            &tmp.path().join("repo"),
+            &tmp.path().join("w"),
+            2,
+        )
+        .await
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("ModuleNotFoundError"), "{err}");
+    }
+}

@@ -1,0 +1,86 @@
+//! The `Agent` gRPC service the scheduler calls. Thin: it delegates to the runtime
+//! and maps errors to `tonic::Status` with messages a user can act on.
+
+use std::sync::Arc;
+
+use aibro_proto::v1::agent_server::Agent;
+use aibro_proto::v1::{
+    AgentPredictRequest, AgentPredictResponse, JobKind, PrepareRequest, PrepareResponse,
+    StopRequest, StopResponse, TrainRequest, TrainResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::pool::PoolError;
+use crate::runtime::{Runtime, RuntimeError};
+
+pub(crate) struct AgentService(pub Arc<Runtime>);
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn prepare(
+        &self,
+        request: Request<PrepareRequest>,
+    ) -> Result<Response<PrepareResponse>, Status> {
+        let req = request.into_inner();
+        let kind = JobKind::try_from(req.kind).unwrap_or(JobKind::Unspecified);
+        self.0
+            .prepare(req.job_id, req.artifact_digest, kind)
+            .map_err(to_status)?;
+        Ok(Response::new(PrepareResponse {}))
+    }
+
+    async fn predict(
+        &self,
+        request: Request<AgentPredictRequest>,
+    ) -> Result<Response<AgentPredictResponse>, Status> {
+        let req = request.into_inner();
+        let out = self
+            .0
+            .predict(&req.job_id, req.payload, req.content_type)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(AgentPredictResponse {
+            output: out.body,
+            content_type: out.content_type,
+        }))
+    }
+
+    async fn train(
+        &self,
+        _request: Request<TrainRequest>,
+    ) -> Result<Response<TrainResponse>, Status> {
+        Err(Status::unimplemented(
+            "training is not supported by this agent yet",
+        ))
+    }
+
+    async fn stop(&self, request: Request<StopRequest>) -> Result<Response<StopResponse>, Status> {
+        self.0
+            .stop(request.into_inner().terminate)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(StopResponse {}))
+    }
+}
+
+/// The one mapping from agent errors to gRPC statuses.
+pub(crate) fn to_status(e: RuntimeError) -> Status {
+    let msg = e.to_string();
+    match e {
+        RuntimeError::NoJobId => Status::invalid_argument(msg),
+        RuntimeError::TrainingUnsupported => Status::unimplemented(msg),
+        RuntimeError::UnknownJob(_) | RuntimeError::JobFailed { .. } => {
+            Status::failed_precondition(msg)
+        }
+        RuntimeError::NotReady(_) => Status::unavailable(msg),
+        RuntimeError::Pool(p) => match p {
+            PoolError::Overloaded | PoolError::WorkerDied(_) | PoolError::Stopped => {
+                Status::unavailable(msg)
+            }
+            PoolError::RunRaised(_) => Status::unknown(msg),
+            PoolError::BadInput(_) => Status::invalid_argument(msg),
+            PoolError::Start(_) | PoolError::Dir { .. } => Status::internal(msg),
+        },
+        _ => Status::internal(msg),
+    }
+}

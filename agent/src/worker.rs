@@ -1,0 +1,483 @@
+//! One persistent Python worker process running the embedded `worker.py`: it imports
+//! the repo's predict.py, calls `load_model()` once and serves `run()` calls over a
+//! framed stdin/stdout protocol (u32 BE header length, JSON header, u32 BE body
+//! length, body). The user's stdout/stderr are forwarded to tracing, line by line.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+/// The worker script, written next to the agent's data on start.
+pub(crate) const WORKER_PY: &str = include_str!("worker.py");
+
+const MAX_HEADER: u32 = 64 << 20;
+const STDERR_TAIL_LINES: usize = 60;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WorkerError {
+    #[error("cannot start the Python worker `{python}`: {source}")]
+    Spawn {
+        python: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// predict.py failed to import, or `load_model()` raised (the Python traceback).
+    #[error("{0}")]
+    LoadFailed(String),
+    /// `run()` raised, or its result could not be converted (the Python traceback).
+    #[error("{0}")]
+    UserError(String),
+    /// The request could not be decoded (e.g. invalid JSON).
+    #[error("{0}")]
+    BadInput(String),
+    /// The process exited or crashed; `stderr` holds its last lines.
+    #[error("the Python worker died{}", if .stderr.is_empty() { String::new() } else { format!("; its last output:\n{}", .stderr) })]
+    Died { stderr: String },
+    #[error("the Python worker broke the protocol: {0}")]
+    Protocol(String),
+}
+
+/// What `run()` returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Output {
+    pub body: Vec<u8>,
+    pub content_type: String,
+}
+
+/// How to start a worker.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerSpec {
+    /// The Python interpreter (a venv's bin/python or the configured one).
+    pub python: PathBuf,
+    /// Where the embedded worker.py has been written.
+    pub script: PathBuf,
+    /// The worker's own directory (its cwd), see [`prepare_dir`].
+    pub dir: PathBuf,
+    /// Index within its pool, for logs.
+    pub index: usize,
+}
+
+#[derive(Deserialize)]
+struct Reply {
+    ok: bool,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    content_type: String,
+    #[serde(default)]
+    traceback: String,
+    #[serde(default)]
+    error: String,
+}
+
+type Tail = Arc<Mutex<VecDeque<String>>>;
+
+pub(crate) struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    tail: Tail,
+    stderr_task: Option<tokio::task::JoinHandle<()>>,
+    index: usize,
+}
+
+/// Writes `worker.py` into `dir` (if it is missing or differs) and returns its path.
+pub(crate) fn install_script(dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("worker.py");
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(WORKER_PY) {
+        let tmp = dir.join(format!(".worker.py.{}", std::process::id()));
+        std::fs::write(&tmp, WORKER_PY)?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(path)
+}
+
+/// Creates `dir` as a worker directory for `repo`: a symlink to every top-level
+/// entry of the repo except `data/`, which is copied, so each worker has its own.
+pub(crate) fn prepare_dir(repo: &Path, dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    let repo = std::path::absolute(repo)?;
+    for entry in std::fs::read_dir(&repo)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == "data" && entry.path().is_dir() {
+            copy_dir(&entry.path(), &dir.join("data"))?;
+        } else {
+            std::os::unix::fs::symlink(entry.path(), dir.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Recursive copy; symlinks are copied as symlinks.
+fn copy_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let ty = entry.file_type()?;
+        let to = dst.join(entry.file_name());
+        if ty.is_dir() {
+            copy_dir(&entry.path(), &to)?;
+        } else if ty.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &to)?;
+        } else {
+            std::fs::copy(entry.path(), &to)?;
+        }
+    }
+    Ok(())
+}
+
+impl Worker {
+    /// Starts the process and waits until `load_model()` has returned.
+    ///
+    /// Must be called from a long-lived thread (a tokio worker thread, not
+    /// `spawn_blocking`): the child gets SIGKILL when the spawning thread ends.
+    pub(crate) async fn start(spec: &WorkerSpec) -> Result<Worker, WorkerError> {
+        let mut cmd = Command::new(&spec.python);
+        cmd.arg("-u")
+            .arg(&spec.script)
+            .current_dir(&spec.dir)
+            .env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| WorkerError::Spawn {
+            python: spec.python.display().to_string(),
+            source,
+        })?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let tail: Tail = Arc::default();
+        let index = spec.index;
+        let t = tail.clone();
+        let stderr_task = tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(worker = index, "{line}");
+                let mut t = t.lock().expect("tail lock");
+                if t.len() == STDERR_TAIL_LINES {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+        });
+        let mut w = Worker {
+            child,
+            stdin,
+            stdout,
+            tail,
+            stderr_task: Some(stderr_task),
+            index,
+        };
+        let (reply, _) = w.read_frame().await?;
+        if reply.ok {
+            tracing::debug!(worker = index, pid = ?w.pid(), "worker loaded the model");
+            Ok(w)
+        } else {
+            Err(WorkerError::LoadFailed(reply.traceback))
+        }
+    }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Runs one request. Not cancel-safe: dropping the future mid-call leaves the
+    /// protocol out of step, so callers must not drop it (the pool never does).
+    pub(crate) async fn call(
+        &mut self,
+        payload: &[u8],
+        content_type: &str,
+        use_data_dir: bool,
+    ) -> Result<Output, WorkerError> {
+        let header = serde_json::json!({
+            "content_type": content_type,
+            "use_data_dir": use_data_dir,
+        });
+        self.write_frame(&header, payload).await?;
+        let (reply, body) = self.read_frame().await?;
+        if reply.ok {
+            return Ok(Output {
+                body,
+                content_type: reply.content_type,
+            });
+        }
+        match reply.kind.as_str() {
+            "input" => Err(WorkerError::BadInput(reply.error)),
+            _ => Err(WorkerError::UserError(reply.traceback)),
+        }
+    }
+
+    /// Ends the worker: closes its input (it exits on EOF), then kills it.
+    pub(crate) async fn shutdown(mut self) {
+        drop(self.stdin);
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        tracing::debug!(worker = self.index, "worker ended");
+    }
+
+    async fn write_frame(
+        &mut self,
+        header: &serde_json::Value,
+        body: &[u8],
+    ) -> Result<(), WorkerError> {
+        let h = serde_json::to_vec(header).expect("json header");
+        let blen = u32::try_from(body.len())
+            .map_err(|_| WorkerError::BadInput("the payload is larger than 4 GiB".into()))?;
+        let mut buf = Vec::with_capacity(8 + h.len());
+        buf.extend_from_slice(&(h.len() as u32).to_be_bytes());
+        buf.extend_from_slice(&h);
+        buf.extend_from_slice(&blen.to_be_bytes());
+        let res = async {
+            self.stdin.write_all(&buf).await?;
+            self.stdin.write_all(body).await?;
+            self.stdin.flush().await
+        }
+        .await;
+        match res {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.died().await),
+        }
+    }
+
+    async fn read_frame(&mut self) -> Result<(Reply, Vec<u8>), WorkerError> {
+        let hlen = match self.stdout.read_u32().await {
+            Ok(n) => n,
+            Err(_) => return Err(self.died().await),
+        };
+        if hlen > MAX_HEADER {
+            return Err(WorkerError::Protocol(format!("header of {hlen} bytes")));
+        }
+        let mut header = vec![0; hlen as usize];
+        if self.stdout.read_exact(&mut header).await.is_err() {
+            return Err(self.died().await);
+        }
+        let blen = match self.stdout.read_u32().await {
+            Ok(n) => n,
+            Err(_) => return Err(self.died().await),
+        };
+        let mut body = vec![0; blen as usize];
+        if self.stdout.read_exact(&mut body).await.is_err() {
+            return Err(self.died().await);
+        }
+        let reply: Reply = serde_json::from_slice(&header)
+            .map_err(|e| WorkerError::Protocol(format!("bad header: {e}")))?;
+        Ok((reply, body))
+    }
+
+    /// Waits for the process to end (its stdout is closed) and reports its tail.
+    async fn died(&mut self) -> WorkerError {
+        let status = self.child.wait().await.ok();
+        // Let the stderr forwarder drain what the process wrote last (bounded: a
+        // grandchild could keep the pipe open).
+        if let Some(task) = self.stderr_task.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
+        }
+        let mut stderr = self
+            .tail
+            .lock()
+            .expect("tail lock")
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n");
+        if let Some(s) = status {
+            if !stderr.is_empty() {
+                stderr.push('\n');
+            }
+            stderr.push_str(&format!("(worker {} exited: {s})", self.index));
+        }
+        WorkerError::Died { stderr }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A repo dir with the given predict.py and data files, plus a worker spec for it.
+    pub(crate) fn repo(predict: &str, data: &[(&str, &str)]) -> (tempfile::TempDir, WorkerSpec) {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("repo");
+        std::fs::create_dir_all(repo.join("data")).unwrap();
+        std::fs::write(repo.join("predict.py"), predict).unwrap();
+        for (name, body) in data {
+            std::fs::write(repo.join("data").join(name), body).unwrap();
+        }
+        let script = install_script(tmp.path()).unwrap();
+        let dir = tmp.path().join("workers/0");
+        prepare_dir(&repo, &dir).unwrap();
+        let spec = WorkerSpec {
+            python: "python3".into(),
+            script,
+            dir,
+            index: 0,
+        };
+        (tmp, spec)
+    }
+
+    async fn json_call(w: &mut Worker, body: &str) -> serde_json::Value {
+        let out = w
+            .call(body.as_bytes(), "application/json", false)
+            .await
+            .unwrap();
+        assert_eq!(out.content_type, "application/json");
+        serde_json::from_slice(&out.body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn two_arg_run_with_prints() {
+        let (_t, spec) = repo(
+            "import sys\nprint('loading')\n\
+             def load_model():\n    print('in load'); return {'k': 2}\n\
+             def run(model, data):\n    print('hello from run', data)\n    \
+             sys.stdout.write('raw write\\n')\n    return {'got': data, 'k': model['k'], 't': (1, 2)}\n",
+            &[],
+        );
+        let mut w = Worker::start(&spec).await.unwrap();
+        let v = json_call(&mut w, r#"{"a": [1, 2]}"#).await;
+        assert_eq!(
+            v,
+            serde_json::json!({"got": {"a": [1, 2]}, "k": 2, "t": [1, 2]})
+        );
+        let v = json_call(&mut w, "3").await;
+        assert_eq!(v["got"], 3);
+        // Raw bytes in, raw bytes out.
+        w.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn bytes_and_conversions() {
+        let (_t, spec) = repo(
+            "def load_model():\n    return None\n\
+             def run(model, data):\n    \
+             if isinstance(data, bytes):\n        return data[::-1]\n    \
+             return {'set': {5}, 'tuple': (1, (2, 3)), 'nested': b'hi'}\n",
+            &[],
+        );
+        let mut w = Worker::start(&spec).await.unwrap();
+        let out = w
+            .call(b"\x00\x01abc", "application/octet-stream", false)
+            .await
+            .unwrap();
+        assert_eq!(out.content_type, "application/octet-stream");
+        assert_eq!(out.body, b"cba\x01\x00");
+        let v = json_call(&mut w, "{}").await;
+        assert_eq!(
+            v,
+            serde_json::json!({"set": [5], "tuple": [1, [2, 3]], "nested": "aGk="})
+        );
+        let e = w.call(b"{not json", "", false).await.unwrap_err();
+        assert!(
+            matches!(&e, WorkerError::BadInput(m) if m.contains("not valid JSON")),
+            "{e}"
+        );
+        // The worker still serves after a bad request.
+        assert_eq!(json_call(&mut w, "1").await["set"], serde_json::json!([5]));
+    }
+
+    #[tokio::test]
+    async fn legacy_run_reads_its_data_dir() {
+        let (_t, spec) = repo(
+            "import json\n\
+             def load_model():\n    return 'm'\n\
+             def run(model):\n    print('legacy')\n    \
+             with open('data/x.json') as f:\n        return {'model': model, 'x': json.load(f)}\n",
+            &[("x.json", r#"{"sample": true}"#)],
+        );
+        let mut w = Worker::start(&spec).await.unwrap();
+        // With use_data_dir the shipped sample is used as is.
+        let out = w.call(b"{}", "application/json", true).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(v["x"], serde_json::json!({"sample": true}));
+        let v = json_call(&mut w, r#"{"req": 7}"#).await;
+        assert_eq!(v, serde_json::json!({"model": "m", "x": {"req": 7}}));
+        // The repo's own data/ is untouched.
+        let shipped = spec.dir.join("../../repo/data/x.json");
+        assert_eq!(
+            std::fs::read_to_string(shipped).unwrap(),
+            r#"{"sample": true}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn syntax_error_gives_traceback() {
+        let (_t, spec) = repo("def load_model(:\n    pass\n", &[]);
+        let e = Worker::start(&spec).await.err().unwrap();
+        assert!(
+            matches!(&e, WorkerError::LoadFailed(tb) if tb.contains("SyntaxError")),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn load_model_raising_gives_traceback() {
+        let (_t, spec) = repo(
+            "def load_model():\n    raise RuntimeError('weights missing')\ndef run(m, d):\n    pass\n",
+            &[],
+        );
+        let e = Worker::start(&spec).await.err().unwrap();
+        match e {
+            WorkerError::LoadFailed(tb) => {
+                assert!(tb.contains("Traceback"), "{tb}");
+                assert!(tb.contains("RuntimeError: weights missing"), "{tb}");
+                assert!(tb.contains("load_model"), "{tb}");
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_run_is_reported() {
+        let (_t, spec) = repo("def load_model():\n    return 1\n", &[]);
+        let e = Worker::start(&spec).await.err().unwrap();
+        assert!(e.to_string().contains("does not define run()"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn run_raising_gives_traceback() {
+        let (_t, spec) = repo(
+            "def load_model():\n    return 1\ndef run(m, d):\n    raise ValueError('bad input ' + str(d))\n",
+            &[],
+        );
+        let mut w = Worker::start(&spec).await.unwrap();
+        let e = w.call(b"5", "application/json", false).await.unwrap_err();
+        match e {
+            WorkerError::UserError(tb) => assert!(tb.contains("ValueError: bad input 5"), "{tb}"),
+            other => panic!("{other}"),
+        }
+        // Still alive afterwards.
+        let e = w.call(b"6", "application/json", false).await.unwrap_err();
+        assert!(e.to_string().contains("bad input 6"));
+    }
+
+    #[tokio::test]
+    async fn exit_in_load_is_died() {
+        let (_t, spec) = repo(
+            "import os, sys\nprint('about to exit', file=sys.stderr)\nos._exit(3)\n",
+            &[],
+        );
+        let e = Worker::start(&spec).await.err().unwrap();
+        assert!(matches!(&e, WorkerError::Died { .. }), "{e}");
+        assert!(e.to_string().contains("exit status: 3"), "{e}");
+    }
+}

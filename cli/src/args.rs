@@ -1,0 +1,261 @@
+//! Command-line arguments (clap derive). Plain structs, so the demo can build
+//! the same argument values the commands receive and call the same code.
+
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+
+/// aibro: deploy model repos as prediction APIs on aibro-rs and manage their jobs.
+#[derive(Debug, Parser)]
+#[command(name = "aibro", version, about)]
+pub struct Cli {
+    /// Scheduler endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "AIBRO_ENDPOINT",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub endpoint: String,
+
+    /// Access token (`secret_…`), sent as `authorization: Bearer <token>` (not on Predict).
+    #[arg(long, global = true, env = "AIBRO_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Print data as JSON instead of text (progress, if any, goes to stderr).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Upload a model repo and deploy it as a prediction API; follow it until DEPLOYED.
+    Deploy(DeployArgs),
+    /// Send one request to a deployed model and print its output.
+    Predict(PredictArgs),
+    /// Shut down a job's instances and stop serving (the job ends COMPLETED).
+    Complete(JobSelector),
+    /// Manage the client ids allowed to call a model's Predict.
+    #[command(subcommand)]
+    Clients(ClientsCommand),
+    /// List, inspect and watch jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Show where a job's time went: phases as a table and a bar chart.
+    Timeline(JobIdArg),
+    /// Access tokens (admin only).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// List instances (of one job, or of all your jobs).
+    Instances(InstancesArgs),
+    /// List the machine catalog with prices and live availability.
+    Machines,
+    /// One-command demo: in-process scheduler, deploy examples/echo, predict, complete.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DeployArgs {
+    /// Model name, unique among your active jobs.
+    #[arg(long)]
+    pub model_name: String,
+    /// Standby machine id (on-demand, e.g. `local.small.od`); never turns off.
+    #[arg(long)]
+    pub standby: String,
+    /// Optional cooling machine id (on-demand); serves first, stops when idle.
+    #[arg(long)]
+    pub cooling: Option<String>,
+    /// Model repo: a directory (packed to tar.gz) or an existing .tar.gz file.
+    #[arg(long)]
+    pub artifacts: PathBuf,
+    /// Seconds without requests before the cooling instance stops (default 600).
+    #[arg(long = "cool-down")]
+    pub cool_down: Option<u32>,
+    /// Client id allowed to call Predict (repeatable); none means public.
+    #[arg(long = "client-id")]
+    pub client_ids: Vec<String>,
+    /// Free-text description of the job.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Seconds to wait for an instance request to be fulfilled (default 30).
+    #[arg(long = "wait-request")]
+    pub wait_request: Option<u32>,
+    /// Only validate the repo locally (load_model + one run on data/); no job.
+    #[arg(long)]
+    pub dryrun: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+#[group(skip)]
+#[command(group(ArgGroup::new("payload").required(true).args(["data", "data_file"])))]
+pub struct PredictArgs {
+    /// User that owns the deployed model.
+    #[arg(long)]
+    pub owner: String,
+    /// Model name.
+    #[arg(long)]
+    pub model_name: String,
+    /// Client id (`public` for public APIs).
+    #[arg(long, default_value = "public")]
+    pub client_id: String,
+    /// Request payload, inline (JSON by default).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Request payload, read from a file.
+    #[arg(long)]
+    pub data_file: Option<PathBuf>,
+    /// Content type of the payload (default: application/json, or guessed from
+    /// the --data-file extension).
+    #[arg(long)]
+    pub content_type: Option<String>,
+}
+
+/// Selects a job by model name or by id (one of them).
+#[derive(Debug, Clone, Default, Args)]
+#[group(id = "job", required = true, multiple = false)]
+pub struct JobSelector {
+    /// Model name of one of your active jobs.
+    #[arg(long)]
+    pub model_name: Option<String>,
+    /// Job id.
+    #[arg(long)]
+    pub job_id: Option<String>,
+}
+
+impl JobSelector {
+    pub fn by_id(job_id: impl Into<String>) -> Self {
+        Self {
+            model_name: None,
+            job_id: Some(job_id.into()),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientsCommand {
+    /// Print the client ids allowed to call Predict (empty: public).
+    List(JobSelector),
+    /// Allow more client ids.
+    Add(ClientsChange),
+    /// Remove client ids (unknown ids are ignored).
+    Remove(ClientsChange),
+    /// Make the API public (clears every client id).
+    Public(JobSelector),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClientsChange {
+    #[command(flatten)]
+    pub job: JobSelector,
+    /// Client ids.
+    #[arg(required = true, num_args = 1..)]
+    pub client_ids: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List your jobs.
+    List {
+        /// Only active jobs (not CANCELED or COMPLETED).
+        #[arg(long)]
+        active: bool,
+    },
+    /// Show one job with its instances.
+    Get(JobIdArg),
+    /// Print every event of a job (history first) until its stream ends.
+    Watch(JobIdArg),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct JobIdArg {
+    /// Job id.
+    pub job_id: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an access token for a user (creating the user if new).
+    Create {
+        /// User name.
+        #[arg(long)]
+        user: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InstancesArgs {
+    /// Only the instances of this job.
+    #[arg(long)]
+    pub job_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Scheduler data dir (default: a fresh temporary directory).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Keep the temporary data dir after the demo (its path is printed).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn deploy_parses_repeated_client_ids() {
+        let cli = Cli::try_parse_from([
+            "aibro",
+            "deploy",
+            "--model-name",
+            "m",
+            "--standby",
+            "local.small.od",
+            "--artifacts",
+            "repo",
+            "--client-id",
+            "a",
+            "--client-id",
+            "b",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Deploy(d) => assert_eq!(d.client_ids, ["a", "b"]),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn predict_requires_exactly_one_payload() {
+        let base = ["aibro", "predict", "--owner", "u", "--model-name", "m"];
+        assert!(Cli::try_parse_from(base).is_err());
+        let both = [&base[..], &["--data", "{}", "--data-file", "x"]].concat();
+        assert!(Cli::try_parse_from(both).is_err());
+        let one = [&base[..], &["--data", "{}"]].concat();
+        assert!(Cli::try_parse_from(one).is_ok());
+    }
+
+    #[test]
+    fn job_selector_is_required_and_exclusive() {
+        assert!(Cli::try_parse_from(["aibro", "complete"]).is_err());
+        assert!(Cli::try_parse_from(["aibro", "complete", "--job-id", "j"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["aibro", "complete", "--job-id", "j", "--model-name", "m"])
+                .is_err()
+        );
+        assert!(Cli::try_parse_from(["aibro", "clients", "add", "--job-id", "j"]).is_err());
+        assert!(
+            Cli::try_parse_from(["aibro", "clients", "add", "--job-id", "j", "c1", "c2"]).is_ok()
+        );
+    }
+}

@@ -1,0 +1,72 @@
+//! `aibro instances [--job-id J]`: Jobs.ListInstances as a table; the table
+//! printer is shared with `jobs get`.
+
+use aibro_proto::v1::{Instance, ListInstancesRequest};
+use anyhow::Result;
+use serde_json::Value;
+
+use super::Ctx;
+use crate::display;
+use crate::json;
+use crate::output::{self, Table};
+
+pub async fn show(ctx: &Ctx, job_id: Option<&str>) -> Result<()> {
+    let instances = ctx
+        .client
+        .jobs()
+        .list_instances(ListInstancesRequest {
+            job_id: job_id.unwrap_or_default().to_string(),
+        })
+        .await?
+        .into_inner()
+        .instances;
+    output::emit(
+        ctx.json,
+        || Value::Array(instances.iter().map(json::instance).collect()),
+        || {
+            if instances.is_empty() {
+                println!("no instances");
+            } else {
+                table(&instances, job_id.is_none()).print();
+            }
+        },
+    );
+    Ok(())
+}
+
+/// Instances as a table (with a JOB column when they may span jobs).
+pub fn table(instances: &[Instance], with_job: bool) -> Table {
+    let mut t = if with_job {
+        Table::new([
+            "INSTANCE", "JOB", "ROLE", "MACHINE", "STATUS", "HARDWARE", "AGENT", "UPDATED",
+        ])
+    } else {
+        Table::new([
+            "INSTANCE", "ROLE", "MACHINE", "STATUS", "HARDWARE", "AGENT", "UPDATED",
+        ])
+    };
+    for i in instances {
+        let mut row = vec![i.instance_id.clone()];
+        if with_job {
+            row.push(i.job_id.clone());
+        }
+        row.extend([
+            display::role(i.role).to_string(),
+            i.machine_id.clone(),
+            display::instance_state(i.status, i.substatus),
+            display::hardware(&i.hardware),
+            or_dash(&i.agent_address),
+            display::ago(&i.updated_at),
+        ]);
+        t.row(row);
+    }
+    t
+}
+
+pub fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
+}

@@ -1,0 +1,162 @@
+//! Access tokens (`secret_…`, stored only as sha256 hashes), the admin account,
+//! the agents' join token, and Predict's client-id check.
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tonic::metadata::MetadataMap;
+
+use crate::store::{Store, StoreError};
+
+pub const ADMIN_USER: &str = "admin";
+pub const PUBLIC_CLIENT: &str = "public";
+const TOKEN_PREFIX: &str = "secret_";
+const JOIN_TOKEN_KEY: &str = "join_token";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing access token: send metadata `authorization: Bearer secret_…`")]
+    Missing,
+    #[error("invalid access token")]
+    Invalid,
+    #[error("only the admin may do this")]
+    NotAdmin,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User(pub String);
+
+impl User {
+    pub fn is_admin(&self) -> bool {
+        self.0 == ADMIN_USER
+    }
+}
+
+pub fn new_token(prefix: &str) -> String {
+    let mut bytes = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+fn hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The bearer token in `authorization` metadata, if any.
+pub fn bearer(metadata: &MetadataMap) -> Option<&str> {
+    metadata
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Compares without leaking where two strings differ.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Clone)]
+pub struct Auth {
+    store: Store,
+    join_token: String,
+}
+
+impl Auth {
+    /// Loads the join token, creating it on first start.
+    pub async fn open(store: Store) -> Result<Self, AuthError> {
+        let join_token = match store.meta(JOIN_TOKEN_KEY)? {
+            Some(t) => t,
+            None => {
+                let t = new_token("join_");
+                store.put_meta(JOIN_TOKEN_KEY, &t).await?;
+                t
+            }
+        };
+        Ok(Auth { store, join_token })
+    }
+
+    pub fn join_token(&self) -> &str {
+        &self.join_token
+    }
+
+    /// Creates a token for `user`; only its hash is stored.
+    pub async fn create_token(&self, user: &str) -> Result<String, AuthError> {
+        let token = new_token(TOKEN_PREFIX);
+        self.store.put_token(&hash(&token), user).await?;
+        Ok(token)
+    }
+
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<User, AuthError> {
+        let token = bearer(metadata).ok_or(AuthError::Missing)?;
+        if !token.starts_with(TOKEN_PREFIX) {
+            return Err(AuthError::Invalid);
+        }
+        self.store
+            .token_user(&hash(token))?
+            .map(User)
+            .ok_or(AuthError::Invalid)
+    }
+
+    pub fn check_join_token(&self, metadata: &MetadataMap) -> Result<(), AuthError> {
+        let token = bearer(metadata).ok_or(AuthError::Missing)?;
+        if constant_time_eq(token, &self.join_token) {
+            Ok(())
+        } else {
+            Err(AuthError::Invalid)
+        }
+    }
+}
+
+/// May `client_id` call a job whose client list is `allowed` (empty: public)?
+pub fn client_allowed(allowed: &[String], client_id: &str) -> bool {
+    let client_id = if client_id.is_empty() { PUBLIC_CLIENT } else { client_id };
+    if allowed.is_empty() {
+        client_id == PUBLIC_CLIENT
+    } else {
+        allowed.iter().any(|c| c == client_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids() {
+        assert!(client_allowed(&[], "public"));
+        assert!(client_allowed(&[], ""));
+        assert!(!client_allowed(&[], "alice"));
+        let list = vec!["a".to_string(), "b".to_string()];
+        assert!(client_allowed(&list, "b"));
+        assert!(!client_allowed(&list, "public"));
+        assert!(!client_allowed(&list, "c"));
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq("abc", "abc"));
+        assert!(!constant_time_eq("abc", "abd"));
+        assert!(!constant_time_eq("abc", "abcd"));
+    }
+
+    #[tokio::test]
+    async fn tokens_are_stored_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let auth = Auth::open(store.clone()).await.unwrap();
+        let token = auth.create_token("alice").await.unwrap();
+        assert!(token.starts_with("secret_"));
+        assert!(store.token_user(&token).unwrap().is_none());
+        let mut md = MetadataMap::new();
+        md.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        assert_eq!(auth.authenticate(&md).unwrap(), User("alice".into()));
+        md.insert("authorization", "Bearer secret_nope".parse().unwrap());
+        assert!(matches!(auth.authenticate(&md), Err(AuthError::Invalid)));
+        assert!(matches!(auth.authenticate(&MetadataMap::new()), Err(AuthError::Missing)));
+    }
+}

@@ -1,0 +1,102 @@
+//! Scheduler configuration: defaults that work with no flags at all (local
+//! provider, `./aibro-data`), and the clap flags with `AIBRO_*` env fallbacks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "AIBRO_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Where the sled store, blobs, instance dirs and the admin token live.
+    #[arg(long, env = "AIBRO_DATA_DIR", default_value = "./aibro-data")]
+    pub data_dir: PathBuf,
+    /// The URL users and agents reach this scheduler at (default: http://<listen>).
+    #[arg(long, env = "AIBRO_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// A TOML catalog of machine types added to the shipped one.
+    #[arg(long, env = "AIBRO_CATALOG")]
+    pub catalog: Option<PathBuf>,
+    /// The agent binary the local provider runs (default: `aibro-agent` beside this program).
+    #[arg(long, env = "AIBRO_AGENT_BIN")]
+    pub agent_bin: Option<PathBuf>,
+    /// Python worker processes per agent.
+    #[arg(long, env = "AIBRO_AGENT_WORKERS", default_value_t = 2)]
+    pub agent_workers: u32,
+    /// The Python interpreter agents and dry runs use.
+    #[arg(long, env = "AIBRO_PYTHON", default_value = "python3")]
+    pub python: String,
+    /// pip options for gearing up environments (passed on to agents).
+    #[command(flatten)]
+    pub pip: aibro_agent::PipOptions,
+    /// Largest artifact upload, in bytes.
+    #[arg(long, env = "AIBRO_MAX_ARTIFACT_BYTES", default_value_t = 8 << 30)]
+    pub max_artifact_bytes: u64,
+    /// Largest Predict payload, in bytes.
+    #[arg(long, env = "AIBRO_MAX_PAYLOAD_BYTES", default_value_t = 16 << 20)]
+    pub max_payload_bytes: usize,
+    /// Seconds a launched agent may take to register before its job is canceled.
+    #[arg(long, env = "AIBRO_CONNECT_TIMEOUT_S", default_value_t = 120)]
+    pub connect_timeout_s: u64,
+    /// Milliseconds between agent heartbeats.
+    #[arg(long, env = "AIBRO_HEARTBEAT_MS", default_value_t = 2000)]
+    pub heartbeat_ms: u64,
+    /// Seconds an agent keeps running without reaching the scheduler before it exits.
+    #[arg(long, env = "AIBRO_AGENT_ORPHAN_TIMEOUT_S", default_value_t = 300)]
+    pub agent_orphan_timeout_s: u64,
+}
+
+impl Config {
+    /// The defaults, with the data dir given.
+    pub fn new(data_dir: PathBuf) -> Self {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            config: Config,
+        }
+        let mut config = <Defaults as clap::Parser>::parse_from(["aibro-scheduler"]).config;
+        config.data_dir = data_dir;
+        config
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_s)
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    /// The pip options as agent flags.
+    pub fn pip_args(&self) -> Vec<String> {
+        let pip = &self.pip;
+        let mut args = Vec::new();
+        let mut flag = |name: &str, value: &str| args.extend([name.to_string(), value.to_string()]);
+        if let Some(url) = &pip.pip_index_url {
+            flag("--pip-index-url", url);
+        }
+        for url in &pip.pip_extra_index_url {
+            flag("--pip-extra-index-url", url);
+        }
+        for link in &pip.pip_find_links {
+            flag("--pip-find-links", link);
+        }
+        if pip.pip_no_index {
+            args.push("--pip-no-index".to_string());
+        }
+        args
+    }
+
+    /// The agent binary: the flag, else `aibro-agent` beside this executable.
+    pub fn agent_bin(&self) -> PathBuf {
+        self.agent_bin.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|dir| dir.join("aibro-agent")))
+                .filter(|path| path.is_file())
+                .unwrap_or_else(|| PathBuf::from("aibro-agent"))
+        })
+    }
+}

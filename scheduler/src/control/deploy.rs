@@ -1,0 +1,280 @@
+//! Inference jobs from the user's side: validate and create a deployment
+//! (or dry-run it), complete or cancel it, and manage its client ids.
+
+use std::collections::BTreeSet;
+
+use crate::auth::User;
+use crate::catalog::{Machine, Market};
+use crate::error::{Error, Result};
+use crate::state::{self, InstanceEvent, JobEvent, JobKind, JobState, Role};
+use crate::store::{now_ms, JobRecord, StoreError, RECORD_VERSION};
+
+use super::{new_id, Control};
+
+const DEFAULT_COOL_DOWN_S: u32 = 600;
+const DEFAULT_WAIT_REQUEST_S: u32 = 30;
+const MAX_NAME_LEN: usize = 64;
+
+/// A deploy request, already out of its proto form.
+#[derive(Debug, Clone, Default)]
+pub struct DeploySpec {
+    pub model_name: String,
+    pub standby: String,
+    pub cooling: String,
+    pub artifact_digest: String,
+    pub cool_down_period_s: u32,
+    pub client_ids: Vec<String>,
+    pub description: String,
+    pub wait_request_s: u32,
+}
+
+/// The outcome of a dry run.
+#[derive(Debug, Clone)]
+pub struct DryRun {
+    pub ok: bool,
+    pub output: Vec<u8>,
+    pub content_type: String,
+    pub traceback: String,
+}
+
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "model_name `{name}` is invalid: use 1 to {MAX_NAME_LEN} letters, digits, `-`, `_` or `.`"
+        )))
+    }
+}
+
+/// Client ids must be non-empty and unique.
+pub(crate) fn check_clients<'a>(ids: impl IntoIterator<Item = &'a String>) -> Result<()> {
+    let mut seen = BTreeSet::new();
+    for id in ids {
+        if id.trim().is_empty() {
+            return Err(Error::InvalidArgument("client ids may not be empty".into()));
+        }
+        if !seen.insert(id) {
+            return Err(Error::InvalidArgument(format!(
+                "client id `{id}` is listed twice; client ids must be unique"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Control {
+    /// Resolves an on-demand machine id that some provider of ours serves.
+    pub(crate) fn deployable_machine(&self, field: &str, id: &str) -> Result<Machine> {
+        let machine = self.catalog().resolve(id).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{field}: unknown machine id `{id}`; known ids: {}",
+                self.catalog().ids().join(", ")
+            ))
+        })?;
+        if machine.market == Market::Spot {
+            return Err(Error::InvalidArgument(format!(
+                "{field}: `{id}` is a spot machine id; deploys take on-demand ids (`{id}.od`), \
+                 and the scheduler uses spot capacity by itself where it saves cost"
+            )));
+        }
+        self.machine_provider(&machine)?;
+        Ok(machine)
+    }
+
+    pub(crate) fn machine_provider(&self, machine: &Machine) -> Result<std::sync::Arc<dyn crate::provider::Provider>> {
+        self.inner.providers.get(&machine.kind.provider).cloned().ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "machine `{}` comes from provider `{}`, which this scheduler does not run (it runs: {})",
+                machine.id,
+                machine.kind.provider,
+                self.inner.providers.names().join(", ")
+            ))
+        })
+    }
+
+    fn check_artifact(&self, user: &User, digest: &str) -> Result<crate::store::ArtifactRecord> {
+        if digest.is_empty() {
+            return Err(Error::InvalidArgument(
+                "artifact_digest is required: upload the repo with Artifacts.Upload first".into(),
+            ));
+        }
+        self.store().artifact(&user.0, digest)?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "artifact {digest} not found; upload it with Artifacts.Upload first"
+            ))
+        })
+    }
+
+    /// Validates a deploy; creates the job and starts launching its standby
+    /// (or, for a dry run, runs the repo once here and creates nothing).
+    pub async fn deploy(&self, user: &User, spec: DeploySpec, dryrun: bool) -> Result<(Option<JobRecord>, Option<DryRun>)> {
+        check_name(&spec.model_name)?;
+        if spec.standby.is_empty() {
+            return Err(Error::InvalidArgument(if spec.cooling.is_empty() {
+                "machine_config.standby is required (an on-demand machine id such as `local.small.od`)".into()
+            } else {
+                "machine_config has only a cooling instance; a standby instance is mandatory".into()
+            }));
+        }
+        let standby = self.deployable_machine("machine_config.standby", &spec.standby)?;
+        if !spec.cooling.is_empty() {
+            self.deployable_machine("machine_config.cooling", &spec.cooling)?;
+            return Err(Error::Unimplemented(
+                "cooling instances are not available yet; deploy with a standby instance only".into(),
+            ));
+        }
+        check_clients(&spec.client_ids)?;
+        let artifact = self.check_artifact(user, &spec.artifact_digest)?;
+        if !artifact.has_predict {
+            return Err(Error::InvalidArgument(format!(
+                "artifact {} has no predict.py at its root; a model repo needs predict.py with load_model() and run()",
+                artifact.digest
+            )));
+        }
+        if dryrun {
+            return Ok((None, Some(self.dry_run(&artifact.digest).await?)));
+        }
+        let now = now_ms();
+        let job = JobRecord {
+            v: RECORD_VERSION,
+            id: new_id("job"),
+            owner: user.0.clone(),
+            kind: JobKind::Inference,
+            model_name: spec.model_name,
+            state: JobState::QUEUED,
+            reason: String::new(),
+            standby: standby.id.clone(),
+            cooling: None,
+            machine_ids: vec![],
+            artifact_digest: artifact.digest,
+            cool_down_period_s: if spec.cool_down_period_s == 0 {
+                DEFAULT_COOL_DOWN_S
+            } else {
+                spec.cool_down_period_s
+            },
+            wait_request_s: if spec.wait_request_s == 0 {
+                DEFAULT_WAIT_REQUEST_S
+            } else {
+                spec.wait_request_s
+            },
+            client_ids: spec.client_ids,
+            description: spec.description,
+            args: Default::default(),
+            created_ms: now,
+            updated_ms: now,
+            instances: vec![],
+            last_seq: 0,
+        };
+        let committed = self.store().create_job(job).await?;
+        self.hub().publish(&committed.job.id, &committed.events);
+        self.start_launch(&committed.job, Role::Standby, standby);
+        Ok((Some(committed.job), None))
+    }
+
+    async fn dry_run(&self, digest: &str) -> Result<DryRun> {
+        let settings = self.settings();
+        let work = tempfile::Builder::new()
+            .prefix("dryrun-")
+            .tempdir_in(&settings.data_dir)
+            .map_err(|e| Error::Internal(format!("cannot make a dry-run dir: {e}")))?;
+        let outcome = aibro_agent::dry_run(
+            &settings.python,
+            work.path(),
+            &self.blob_path(digest),
+            &settings.pip,
+        )
+        .await;
+        Ok(DryRun {
+            ok: outcome.ok,
+            output: outcome.output,
+            content_type: outcome.content_type,
+            traceback: outcome.traceback,
+        })
+    }
+
+    /// Ends the job at once: it stops serving and every instance is terminated.
+    pub async fn complete(&self, user: &User, job_id: &str, model_name: &str) -> Result<JobRecord> {
+        let job = self.find_job(user, job_id, model_name)?;
+        if job.kind != JobKind::Inference {
+            return Err(Error::FailedPrecondition(format!(
+                "job {} is a training job; it completes by itself",
+                job.id
+            )));
+        }
+        if job.state.is_ended() {
+            return Err(Error::FailedPrecondition(format!(
+                "job {} has already ended ({:?})",
+                job.id, job.state.status
+            )));
+        }
+        self.end_job(&job.id, JobEvent::Complete, String::new()).await
+    }
+
+    /// Cancels the job with `reason` and terminates its instances. A job that
+    /// already ended is left as it is.
+    pub(crate) async fn cancel(&self, job_id: &str, reason: String) {
+        match self.end_job(job_id, JobEvent::Cancel, reason).await {
+            Ok(_) | Err(Error::Store(StoreError::Stale(_))) => {}
+            Err(e) => tracing::error!(job_id, error = %e, "cannot cancel job"),
+        }
+    }
+
+    async fn end_job(&self, job_id: &str, event: JobEvent, reason: String) -> Result<JobRecord> {
+        let committed = self
+            .apply(job_id, |job, insts| {
+                if job.state.is_ended() {
+                    return Err(StoreError::Stale(format!("job {} has already ended", job.id)));
+                }
+                job.state = state::next_job(job.kind, job.state, event)?;
+                job.reason = reason.clone();
+                for inst in insts.iter_mut().filter(|i| !i.state.is_closed()) {
+                    inst.state = state::next_instance(inst.state, InstanceEvent::Terminate)?;
+                }
+                Ok(vec![])
+            })
+            .await?;
+        let job = committed.job;
+        self.router().remove_route(&job.owner, &job.model_name);
+        for inst in committed.instances.into_iter().filter(|i| !i.state.is_closed()) {
+            self.start_close(inst);
+        }
+        Ok(job)
+    }
+
+    /// Adds and removes client ids; a duplicate in `add` refuses the whole update.
+    pub async fn update_clients(
+        &self,
+        user: &User,
+        job_id: &str,
+        model_name: &str,
+        add: Vec<String>,
+        remove: Vec<String>,
+        be_public: bool,
+    ) -> Result<JobRecord> {
+        let job = self.find_job(user, job_id, model_name)?;
+        check_clients(&add)?;
+        if let Some(dup) = add.iter().find(|c| job.client_ids.contains(c)) {
+            return Err(Error::InvalidArgument(format!(
+                "client id `{dup}` is already listed; nothing was changed"
+            )));
+        }
+        let committed = self
+            .apply(&job.id, |job, _| {
+                if be_public {
+                    job.client_ids.clear();
+                } else {
+                    job.client_ids.retain(|c| !remove.contains(c));
+                    job.client_ids.extend(add.iter().cloned());
+                }
+                Ok(vec![])
+            })
+            .await?;
+        let job = committed.job;
+        self.router().set_clients(&job.owner, &job.model_name, &job.client_ids);
+        Ok(job)
+    }
+}

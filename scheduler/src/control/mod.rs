@@ -1,0 +1,195 @@
+//! The control plane: turns user requests, agent reports and timers into
+//! status transitions. Every change goes through [`Control::apply`] (one
+//! store transaction, then publication to watchers); side effects on
+//! providers and agents run in tracked tasks that shutdown cancels.
+
+mod agents;
+mod artifacts;
+mod deploy;
+mod launch;
+mod predict;
+mod recovery;
+mod watch;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aibro_proto::v1::agent_client::AgentClient;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Channel;
+
+use crate::auth::{Auth, User};
+use crate::capacity::Capacity;
+use crate::catalog::Catalog;
+use crate::error::{Error, Result};
+use crate::hub::Hub;
+use crate::provider::Providers;
+use crate::router::Router;
+use crate::store::{Committed, InstanceRecord, JobRecord, Mark, Store, StoreError};
+
+pub use deploy::{DeploySpec, DryRun};
+
+/// Knobs of the control plane.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    /// Shown to users as where to send predictions.
+    pub public_url: String,
+    /// How long a launched agent may take to register.
+    pub connect_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub python: String,
+    /// pip options for dry runs (the agents get theirs as flags).
+    pub pip: aibro_agent::PipOptions,
+}
+
+pub(crate) struct Inner {
+    settings: Settings,
+    store: Store,
+    hub: Hub,
+    router: Router,
+    catalog: Catalog,
+    providers: Providers,
+    capacity: Capacity,
+    auth: Auth,
+    agents: Mutex<HashMap<String, AgentClient<Channel>>>,
+    /// When each instance's agent was last heard from.
+    heartbeats: Mutex<HashMap<String, std::time::Instant>>,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+#[derive(Clone)]
+pub struct Control {
+    inner: Arc<Inner>,
+}
+
+impl Control {
+    pub fn new(
+        settings: Settings,
+        store: Store,
+        catalog: Catalog,
+        providers: Providers,
+        auth: Auth,
+        tasks: TaskTracker,
+        cancel: CancellationToken,
+    ) -> Self {
+        Control {
+            inner: Arc::new(Inner {
+                settings,
+                store,
+                hub: Hub::default(),
+                router: Router::default(),
+                catalog,
+                providers,
+                capacity: Capacity::default(),
+                auth,
+                agents: Mutex::new(HashMap::new()),
+                heartbeats: Mutex::new(HashMap::new()),
+                tasks,
+                cancel,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.inner.router
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    pub fn capacity(&self) -> &Capacity {
+        &self.inner.capacity
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.inner.auth
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// The one path for changes: a store transaction, then publication.
+    pub(crate) async fn apply<F>(&self, job_id: &str, change: F) -> Result<Committed, StoreError>
+    where
+        F: Fn(&mut JobRecord, &mut Vec<InstanceRecord>) -> Result<Vec<Mark>, StoreError>,
+    {
+        let committed = self.inner.store.update(job_id, change).await?;
+        self.inner.hub.publish(job_id, &committed.events);
+        Ok(committed)
+    }
+
+    /// Runs `fut` as a tracked background task that shutdown cancels.
+    pub(crate) fn spawn<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let cancel = self.inner.cancel.clone();
+        self.inner.tasks.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = fut => {}
+            }
+        });
+    }
+
+    /// The caller's job, by id (wins) or by active model name.
+    pub fn find_job(&self, user: &User, job_id: &str, model_name: &str) -> Result<JobRecord> {
+        let job = if !job_id.is_empty() {
+            self.inner.store.job(job_id)?
+        } else if !model_name.is_empty() {
+            self.inner.store.job_by_name(&user.0, model_name)?
+        } else {
+            return Err(Error::InvalidArgument("give a job_id or a model_name".into()));
+        };
+        match job {
+            Some(job) if job.owner == user.0 => Ok(job),
+            _ if !job_id.is_empty() => Err(Error::NotFound(format!("job {job_id} not found"))),
+            _ => Err(Error::NotFound(format!(
+                "no active job with model name `{model_name}`"
+            ))),
+        }
+    }
+
+    pub(crate) fn agent(&self, instance_id: &str) -> Option<AgentClient<Channel>> {
+        self.inner.agents.lock().expect("agents lock").get(instance_id).cloned()
+    }
+
+    pub(crate) fn connect_agent(&self, instance_id: &str, address: &str) -> Result<AgentClient<Channel>> {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| Error::InvalidArgument(format!("bad agent address `{address}`: {e}")))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5));
+        let client = AgentClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        self.inner
+            .agents
+            .lock()
+            .expect("agents lock")
+            .insert(instance_id.to_string(), client.clone());
+        Ok(client)
+    }
+
+    pub(crate) fn forget_agent(&self, instance_id: &str) {
+        self.inner.agents.lock().expect("agents lock").remove(instance_id);
+    }
+}
+
+pub(crate) fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
+}

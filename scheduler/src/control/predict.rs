@@ -1,0 +1,41 @@
+//! Predict: the router's answer, and on the (cold) error path a message that
+//! says why the model could not be called.
+
+use crate::error::{Error, Result};
+use crate::router::{RouteError, Routed};
+
+use super::Control;
+
+impl Control {
+    pub async fn predict(
+        &self,
+        owner: &str,
+        client_id: &str,
+        model_name: &str,
+        payload: Vec<u8>,
+        content_type: String,
+    ) -> Result<Routed> {
+        let routed = self
+            .router()
+            .predict(owner, client_id, model_name, payload, content_type)
+            .await;
+        routed.map_err(|e| match e {
+            RouteError::ClientDenied => Error::PermissionDenied(format!(
+                "client id `{client_id}` may not call `{owner}/{model_name}`"
+            )),
+            RouteError::NoRoute | RouteError::NoBackend => self.why_not_serving(owner, model_name),
+            RouteError::Agent(status) => Error::Agent(status),
+        })
+    }
+
+    fn why_not_serving(&self, owner: &str, model_name: &str) -> Error {
+        match self.store().job_by_name(owner, model_name) {
+            Ok(Some(job)) => Error::Unavailable(format!(
+                "model `{owner}/{model_name}` is not serving yet (job {} is {}); retry once it is DEPLOYED",
+                job.id,
+                crate::convert::substatus_name(job.state.substatus)
+            )),
+            _ => Error::NotFound(format!("no deployed model `{model_name}` for owner `{owner}`")),
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! WatchJob: the job's history from the store, then live events from the hub,
+//! in sequence order with gaps filled from the store, until the job's last
+//! event (ended and settled) or shutdown.
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::error::{Error, Result};
+use crate::store::EventRecord;
+
+use super::Control;
+
+impl Control {
+    pub fn watch(&self, job_id: String) -> ReceiverStream<Result<EventRecord>> {
+        let (tx, rx) = mpsc::channel(64);
+        let this = self.clone();
+        // Subscribe before reading history so nothing falls in between.
+        let mut live = self.hub().subscribe(&job_id);
+        self.inner.tasks.spawn(async move {
+            let mut next_seq = 1u64;
+            let mut closed = false;
+            loop {
+                let from = next_seq;
+                let batch = match this.store().events(&job_id) {
+                    Ok(events) => events.into_iter().filter(move |e| e.seq >= from),
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                for e in batch {
+                    next_seq = e.seq + 1;
+                    let last = e.last;
+                    if tx.send(Ok(e)).await.is_err() || last {
+                        return;
+                    }
+                }
+                if closed {
+                    return;
+                }
+                // Wait for an event past what was sent; then read from the
+                // store, which holds it and anything published out of order.
+                loop {
+                    tokio::select! {
+                        _ = this.inner.cancel.cancelled() => {
+                            let _ = tx.send(Err(Error::Unavailable("the scheduler is shutting down".into()))).await;
+                            return;
+                        }
+                        _ = tx.closed() => return,
+                        received = live.recv() => match received {
+                            Ok(e) if e.seq < next_seq => continue,
+                            Ok(_) | Err(RecvError::Lagged(_)) => break,
+                            Err(RecvError::Closed) => {
+                                closed = true;
+                                break;
+                            }
+                        },
+                    }
+                }
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+}

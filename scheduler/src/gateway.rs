@@ -1,0 +1,82 @@
+//! `aibro.v1.AgentGateway`: the agent-facing service. Every call must carry
+//! the join token; registrations, phase reports and heartbeats go to the
+//! control plane, artifacts are streamed from the blob store.
+
+use std::time::Duration;
+
+use aibro_proto::v1::{
+    agent_gateway_server::AgentGateway, report_request::Body, Chunk, FetchArtifactRequest, RegisterRequest,
+    RegisterResponse, ReportRequest, ReportResponse,
+};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio_util::io::ReaderStream;
+use tonic::{Request, Response, Status};
+
+use crate::control::Control;
+use crate::convert;
+use crate::error::Error;
+
+const CHUNK_BYTES: usize = 1 << 20;
+
+pub struct GatewayApi {
+    pub control: Control,
+    pub heartbeat_interval: Duration,
+}
+
+impl GatewayApi {
+    fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        Ok(self
+            .control
+            .auth()
+            .check_join_token(request.metadata())
+            .map_err(Error::from)?)
+    }
+}
+
+#[tonic::async_trait]
+impl AgentGateway for GatewayApi {
+    type FetchArtifactStream = BoxStream<'static, Result<Chunk, Status>>;
+
+    #[tracing::instrument(skip_all, fields(instance_id = %request.get_ref().instance_id))]
+    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        self.check(&request)?;
+        let r = request.into_inner();
+        let hardware = convert::hardware_from_pb(r.hardware.unwrap_or_default());
+        self.control.register(&r.instance_id, &r.address, hardware).await?;
+        Ok(Response::new(RegisterResponse {
+            heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u32,
+        }))
+    }
+
+    async fn report(&self, request: Request<ReportRequest>) -> Result<Response<ReportResponse>, Status> {
+        self.check(&request)?;
+        let r = request.into_inner();
+        match r.body {
+            Some(Body::Phase(phase)) => self.control.report(&r.instance_id, phase).await?,
+            Some(Body::Heartbeat(_)) => self.control.heartbeat(&r.instance_id)?,
+            None => return Err(Status::invalid_argument("report has no body")),
+        }
+        Ok(Response::new(ReportResponse {}))
+    }
+
+    async fn fetch_artifact(
+        &self,
+        request: Request<FetchArtifactRequest>,
+    ) -> Result<Response<Self::FetchArtifactStream>, Status> {
+        self.check(&request)?;
+        let digest = &request.get_ref().digest;
+        let path = self
+            .control
+            .existing_blob(digest)
+            .ok_or_else(|| Status::not_found(format!("artifact {digest} not found")))?;
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| Status::internal(format!("cannot open artifact: {e}")))?;
+        let stream = ReaderStream::with_capacity(file, CHUNK_BYTES).map(|r| {
+            r.map(|data| Chunk { data: data.to_vec() })
+                .map_err(|e| Status::internal(format!("cannot read artifact: {e}")))
+        });
+        Ok(Response::new(stream.boxed()))
+    }
+}

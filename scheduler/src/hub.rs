@@ -1,0 +1,41 @@
+//! Live fan-out of committed timeline events to WatchJob streams. Events are
+//! published after their commit; watchers fill any gap from the store.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::broadcast;
+
+use crate::store::EventRecord;
+
+const CHANNEL_CAPACITY: usize = 256;
+
+#[derive(Default)]
+pub struct Hub {
+    channels: Mutex<HashMap<String, broadcast::Sender<EventRecord>>>,
+}
+
+impl Hub {
+    pub fn subscribe(&self, job_id: &str) -> broadcast::Receiver<EventRecord> {
+        let mut channels = self.channels.lock().expect("hub lock");
+        channels
+            .entry(job_id.to_string())
+            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+            .subscribe()
+    }
+
+    pub fn publish(&self, job_id: &str, events: &[EventRecord]) {
+        if events.is_empty() {
+            return;
+        }
+        let mut channels = self.channels.lock().expect("hub lock");
+        if let Some(tx) = channels.get(job_id) {
+            for e in events {
+                let _ = tx.send(e.clone());
+            }
+            if tx.receiver_count() == 0 || events.iter().any(|e| e.last) {
+                channels.remove(job_id);
+            }
+        }
+    }
+}

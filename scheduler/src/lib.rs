@@ -1,0 +1,200 @@
+//! aibro-rs scheduler: owns every job and instance in an embedded sled store
+//! and drives all their status transitions.
+//!
+//! - [`state`]: the pure status model; [`store`]: the only sled code.
+//! - [`control`]: the control plane (deploy, launch, agent reports, close).
+//! - [`api`] (users) and [`gateway`] (agents): thin gRPC adapters.
+//! - [`router`]: the Predict hot path; [`provider`]: where machines come from.
+//!
+//! [`run`] serves everything on a listener until a shutdown future resolves.
+
+pub mod api;
+pub mod auth;
+pub mod capacity;
+pub mod catalog;
+pub mod config;
+pub mod control;
+pub mod convert;
+pub mod error;
+pub mod gateway;
+pub mod hub;
+pub mod provider;
+pub mod router;
+pub mod state;
+pub mod store;
+
+use std::future::Future;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aibro_proto::v1::{
+    admin_server::AdminServer, agent_gateway_server::AgentGatewayServer, artifacts_server::ArtifactsServer,
+    inference_server::InferenceServer, jobs_server::JobsServer, marketplace_server::MarketplaceServer,
+    training_server::TrainingServer,
+};
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// Written once listening: the address, for scripts and tests that bind port 0.
+const LISTEN_ADDR_FILE: &str = "listen-addr";
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Room above the payload limit for the rest of a Predict request.
+const ENVELOPE_BYTES: usize = 64 << 10;
+
+/// Creates the admin account and writes its token to `<data-dir>/admin-token`
+/// (mode 0600) on first start.
+async fn ensure_admin(auth: &auth::Auth, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    if path.exists() {
+        return Ok(());
+    }
+    let token = auth.create_token(auth::ADMIN_USER).await?;
+    let tmp = data_dir.join(".admin-token.tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+/// Runs the scheduler on `listener` until `shutdown` resolves, then stops the
+/// servers, cancels and joins every background task, and flushes the store.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let _ = std::fs::remove_file(config.data_dir.join(LISTEN_ADDR_FILE));
+    let store = store::Store::open(&config.data_dir.join("db")).context("cannot open the store")?;
+    let auth = auth::Auth::open(store.clone()).await?;
+    ensure_admin(&auth, &config.data_dir).await?;
+    let catalog = catalog::Catalog::load(config.catalog.as_deref())?;
+    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+
+    let agent_args = {
+        let mut args = vec![
+            "--workers".to_string(),
+            config.agent_workers.to_string(),
+            "--python".to_string(),
+            config.python.clone(),
+            "--orphan-timeout-s".to_string(),
+            config.agent_orphan_timeout_s.to_string(),
+        ];
+        args.extend(config.pip_args());
+        args
+    };
+    let local = provider::local::LocalProvider::new(
+        config.agent_bin(),
+        config.data_dir.join("instances"),
+        public_url.clone(),
+        auth.join_token().to_string(),
+        agent_args,
+    );
+    let providers = provider::Providers::default().with("local", Arc::new(local));
+
+    let tasks = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    let settings = control::Settings {
+        data_dir: config.data_dir.clone(),
+        public_url,
+        connect_timeout: config.connect_timeout(),
+        heartbeat_interval: config.heartbeat_interval(),
+        python: config.python.clone(),
+        pip: config.pip.clone(),
+    };
+    let control = control::Control::new(
+        settings,
+        store.clone(),
+        catalog,
+        providers,
+        auth,
+        tasks.clone(),
+        cancel.clone(),
+    );
+    control.recover().await?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<InferenceServer<api::inference::InferenceApi>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(aibro_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(aibro_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let max_payload = config.max_payload_bytes;
+    let inference = InferenceServer::new(api::inference::InferenceApi {
+        control: control.clone(),
+        max_payload_bytes: max_payload,
+    })
+    .max_decoding_message_size(max_payload + ENVELOPE_BYTES)
+    .max_encoding_message_size(usize::MAX);
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(inference)
+        .add_service(ArtifactsServer::new(api::artifacts::ArtifactsApi {
+            control: control.clone(),
+            max_artifact_bytes: config.max_artifact_bytes,
+        }))
+        .add_service(JobsServer::new(api::jobs::JobsApi {
+            control: control.clone(),
+        }))
+        .add_service(TrainingServer::new(api::training::TrainingApi))
+        .add_service(MarketplaceServer::new(api::marketplace::MarketplaceApi {
+            control: control.clone(),
+        }))
+        .add_service(AdminServer::new(api::admin::AdminApi {
+            control: control.clone(),
+        }))
+        .add_service(AgentGatewayServer::new(gateway::GatewayApi {
+            control: control.clone(),
+            heartbeat_interval: config.heartbeat_interval(),
+        }));
+
+    std::fs::write(config.data_dir.join(LISTEN_ADDR_FILE), addr.to_string())?;
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "scheduler listening");
+    let stop = cancel.clone();
+    let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        tokio::select! {
+            _ = shutdown => stop.cancel(),
+            _ = stop.cancelled() => {}
+        }
+    });
+    let served = serve.await;
+    cancel.cancel();
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+        tracing::warn!("background tasks did not end within the grace period");
+    }
+    drop(control);
+    store.close().await?;
+    tracing::info!("scheduler stopped");
+    served.context("gRPC server failed")
+}

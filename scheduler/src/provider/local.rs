@@ -1,0 +1,153 @@
+//! The local provider: each instance is an `aibro-agent` process with its own
+//! directory `<data-dir>/instances/<id>`. Stop kills the process and keeps the
+//! directory (environment, unpacked repo); terminate also removes it. The pid
+//! is kept in the directory so a restarted scheduler can still end it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Mutex;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::process::{Child, Command};
+
+use super::{Provider, ProviderError};
+use crate::catalog::Machine;
+
+const PID_FILE: &str = "agent.pid";
+const LOG_FILE: &str = "agent.log";
+
+pub struct LocalProvider {
+    agent_bin: PathBuf,
+    instances_dir: PathBuf,
+    scheduler_url: String,
+    join_token: String,
+    /// Extra flags for every agent (workers, python, pip options, timeouts).
+    agent_args: Vec<String>,
+    children: Mutex<HashMap<String, Child>>,
+}
+
+impl LocalProvider {
+    pub fn new(
+        agent_bin: PathBuf,
+        instances_dir: PathBuf,
+        scheduler_url: String,
+        join_token: String,
+        agent_args: Vec<String>,
+    ) -> Self {
+        LocalProvider {
+            agent_bin,
+            instances_dir,
+            scheduler_url,
+            join_token,
+            agent_args,
+            children: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn dir(&self, instance_id: &str) -> PathBuf {
+        self.instances_dir.join(instance_id)
+    }
+
+    async fn spawn(&self, instance_id: &str, machine: &Machine) -> Result<(), ProviderError> {
+        let dir = self.dir(instance_id);
+        tokio::fs::create_dir_all(&dir).await?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(LOG_FILE))?;
+        let child = Command::new(&self.agent_bin)
+            .arg("--scheduler")
+            .arg(&self.scheduler_url)
+            .arg("--instance-id")
+            .arg(instance_id)
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(&self.agent_args)
+            .env("AIBRO_JOIN_TOKEN", &self.join_token)
+            .env("AIBRO_MACHINE_ID", &machine.id)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| ProviderError::Spawn(self.agent_bin.display().to_string(), e))?;
+        if let Some(pid) = child.id() {
+            tokio::fs::write(dir.join(PID_FILE), pid.to_string()).await?;
+        }
+        self.children
+            .lock()
+            .expect("children lock")
+            .insert(instance_id.to_string(), child);
+        Ok(())
+    }
+
+    /// Ends the instance's agent, whether this process started it or an
+    /// earlier scheduler did (then only the pid file knows it).
+    async fn kill(&self, instance_id: &str) -> Result<(), ProviderError> {
+        let child = self.children.lock().expect("children lock").remove(instance_id);
+        match child {
+            Some(mut child) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+            None => {
+                let pid_file = self.dir(instance_id).join(PID_FILE);
+                if let Ok(pid) = tokio::fs::read_to_string(&pid_file).await {
+                    if let Ok(pid) = pid.trim().parse::<i32>() {
+                        kill_pid(pid, &self.agent_bin).await;
+                    }
+                }
+            }
+        }
+        let _ = tokio::fs::remove_file(self.dir(instance_id).join(PID_FILE)).await;
+        Ok(())
+    }
+}
+
+/// Kills `pid` if it is still our agent (its executable matches), and waits
+/// until it is gone.
+async fn kill_pid(pid: i32, agent_bin: &std::path::Path) {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let ours = exe
+        .as_deref()
+        .zip(agent_bin.canonicalize().ok())
+        .is_some_and(|(a, b)| a == b);
+    if !ours {
+        return;
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+impl Provider for LocalProvider {
+    fn launch<'a>(&'a self, instance_id: &'a str, machine: &'a Machine) -> BoxFuture<'a, Result<(), ProviderError>> {
+        self.spawn(instance_id, machine).boxed()
+    }
+
+    fn stop<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
+        self.kill(instance_id).boxed()
+    }
+
+    fn start<'a>(&'a self, instance_id: &'a str, machine: &'a Machine) -> BoxFuture<'a, Result<(), ProviderError>> {
+        self.spawn(instance_id, machine).boxed()
+    }
+
+    fn terminate<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
+        async move {
+            self.kill(instance_id).await?;
+            match tokio::fs::remove_dir_all(self.dir(instance_id)).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            }
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,56 @@
+//! Group commit: writers commit to sled, then wait here until a `db.flush()`
+//! that started after their commit has finished. One flusher task runs the
+//! flushes (sled 0.34's concurrent `flush_async` can hang, upstream #1308).
+
+use tokio::sync::{mpsc, oneshot};
+
+type Waiter = oneshot::Sender<Result<(), String>>;
+
+#[derive(Clone)]
+pub(crate) struct GroupCommit {
+    tx: mpsc::UnboundedSender<Waiter>,
+    flusher: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl GroupCommit {
+    /// Starts the flusher; it ends when every `GroupCommit` clone is dropped.
+    pub(crate) fn start(db: sled::Db) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
+        let flusher = tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while let Ok(w) = rx.try_recv() {
+                    batch.push(w);
+                }
+                let db = db.clone();
+                let result = tokio::task::spawn_blocking(move || db.flush())
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
+                for w in batch {
+                    let _ = w.send(result.clone());
+                }
+            }
+        });
+        Self {
+            tx,
+            flusher: std::sync::Arc::new(std::sync::Mutex::new(Some(flusher))),
+        }
+    }
+
+    /// Waits for the flusher to end, which it does once every other clone is gone.
+    pub(crate) async fn close(self) {
+        let handle = self.flusher.lock().expect("flusher lock").take();
+        drop(self);
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+    }
+
+    /// Returns once everything committed before this call is on disk.
+    pub(crate) async fn durable(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(tx).map_err(|_| "store is closed".to_string())?;
+        rx.await.map_err(|_| "store is closed".to_string())?
+    }
+}

@@ -1,0 +1,105 @@
+//! What is stored in sled: versioned records, separate from proto types.
+//! Encoded as JSON so a data dir can be read with any tool.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{InstanceState, JobKind, JobState, Role};
+
+pub const RECORD_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub v: u32,
+    pub id: String,
+    pub owner: String,
+    pub kind: JobKind,
+    pub model_name: String,
+    pub state: JobState,
+    /// Why the job was canceled; may hold a Python traceback.
+    pub reason: String,
+    pub standby: String,
+    pub cooling: Option<String>,
+    pub machine_ids: Vec<String>,
+    pub artifact_digest: String,
+    pub cool_down_period_s: u32,
+    pub wait_request_s: u32,
+    /// Empty means public.
+    pub client_ids: Vec<String>,
+    pub description: String,
+    pub args: BTreeMap<String, String>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// Instance ids, in launch order.
+    pub instances: Vec<String>,
+    /// Sequence number of the last timeline event.
+    pub last_seq: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuRecord {
+    pub index: u32,
+    pub name: String,
+    pub memory_total_bytes: u64,
+    pub memory_used_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HardwareRecord {
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub gpus: Vec<GpuRecord>,
+    pub hostname: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub v: u32,
+    pub id: String,
+    pub job_id: String,
+    pub role: Role,
+    pub machine_id: String,
+    pub state: InstanceState,
+    /// host:port of the agent's gRPC service, once it registered.
+    pub agent_address: String,
+    pub hardware: Option<HardwareRecord>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// One entry of a job's timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: u64,
+    pub at_ms: u64,
+    /// The job's state after this event.
+    pub job: JobState,
+    pub instance_id: String,
+    /// The instance's state after this event, when it concerns one.
+    pub instance: Option<InstanceState>,
+    /// A timeline mark such as "instance requested" or "env geared up".
+    pub phase: String,
+    pub message: String,
+    /// The job has ended and all its instances settled.
+    pub last: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    pub v: u32,
+    pub digest: String,
+    pub size: u64,
+    /// What the archive holds, from its scan at upload.
+    pub files: u64,
+    pub unpacked_bytes: u64,
+    pub has_predict: bool,
+    pub has_train: bool,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

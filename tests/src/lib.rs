@@ -1,0 +1,341 @@
+//! Harness for end-to-end tests: starts the real `aibro-scheduler` binary on
+//! 127.0.0.1 port 0 with a temp data dir, gives authenticated gRPC clients,
+//! packs and uploads example repos, and waits on WatchJob events with
+//! deadlines. Dropping a [`Scheduler`] kills it and every agent it launched.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aibro_proto::v1::{
+    self as pb, artifacts_client::ArtifactsClient, inference_client::InferenceClient, jobs_client::JobsClient,
+};
+use anyhow::{bail, Context, Result};
+use tokio_stream::StreamExt;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
+/// Deploys of the pure-Python examples take about a second; this leaves room
+/// for a loaded CI machine.
+pub const DEPLOY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A built binary of the workspace (`cargo build --workspace --bins` first).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        path.display()
+    );
+    path
+}
+
+/// A repo under examples/.
+pub fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(pub Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+pub struct Scheduler {
+    pub child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub addr: String,
+    pub admin_token: String,
+    _temp: Option<tempfile::TempDir>,
+    extra_args: Vec<String>,
+}
+
+impl Scheduler {
+    pub async fn start() -> Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(args: &[&str]) -> Result<Self> {
+        let temp = tempfile::tempdir()?;
+        let data_dir = temp.path().to_path_buf();
+        let mut s = Scheduler {
+            child: None,
+            data_dir,
+            addr: String::new(),
+            admin_token: String::new(),
+            _temp: Some(temp),
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        s.spawn().await?;
+        Ok(s)
+    }
+
+    /// Starts the binary on the data dir and waits until it accepts calls.
+    pub async fn spawn(&mut self) -> Result<()> {
+        let addr_file = self.data_dir.join("listen-addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.join("scheduler.log"))?;
+        let child = Command::new(bin("aibro-scheduler"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(["--agent-orphan-timeout-s", "30", "--connect-timeout-s", "60"])
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start aibro-scheduler")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        self.addr = loop {
+            if let Ok(addr) = std::fs::read_to_string(&addr_file) {
+                break addr;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait()? {
+                bail!("scheduler exited with {status}; log:\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                bail!("scheduler did not start; log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        self.admin_token = std::fs::read_to_string(self.data_dir.join("admin-token"))?;
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("scheduler.log")).unwrap_or_default()
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let status = child.wait()?;
+            if !status.success() {
+                bail!("scheduler exited with {status}");
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn channel(&self) -> Result<Channel> {
+        Ok(Channel::from_shared(self.endpoint())?.connect().await?)
+    }
+
+    pub async fn authed(&self, token: Option<&str>) -> Result<(Channel, Bearer)> {
+        let bearer = Bearer(token.map(|t| format!("Bearer {t}").parse()).transpose()?);
+        Ok((self.channel().await?, bearer))
+    }
+
+    pub async fn inference(&self, token: Option<&str>) -> Result<InferenceClient<Authed>> {
+        let (ch, b) = self.authed(token).await?;
+        Ok(InferenceClient::with_interceptor(ch, b))
+    }
+
+    pub async fn jobs(&self, token: Option<&str>) -> Result<JobsClient<Authed>> {
+        let (ch, b) = self.authed(token).await?;
+        Ok(JobsClient::with_interceptor(ch, b))
+    }
+
+    pub async fn artifacts(&self, token: Option<&str>) -> Result<ArtifactsClient<Authed>> {
+        let (ch, b) = self.authed(token).await?;
+        Ok(ArtifactsClient::with_interceptor(ch, b))
+    }
+
+    pub async fn admin(&self) -> Result<pb::admin_client::AdminClient<Authed>> {
+        let (ch, b) = self.authed(Some(&self.admin_token)).await?;
+        Ok(pb::admin_client::AdminClient::with_interceptor(ch, b))
+    }
+
+    /// A new user's token.
+    pub async fn user(&self, name: &str) -> Result<String> {
+        let r = self
+            .admin()
+            .await?
+            .create_token(pb::CreateTokenRequest { user: name.into() })
+            .await?;
+        Ok(r.into_inner().token)
+    }
+
+    /// Packs a repo directory and uploads it; returns the digest.
+    pub async fn upload_dir(&self, token: &str, dir: &Path) -> Result<String> {
+        let mut bytes = Vec::new();
+        aibro_agent::archive::pack_dir(dir, &mut bytes)?;
+        self.upload_bytes(token, bytes).await
+    }
+
+    pub async fn upload_bytes(&self, token: &str, bytes: Vec<u8>) -> Result<String> {
+        let chunks: Vec<pb::Chunk> = bytes
+            .chunks(64 << 10)
+            .map(|c| pb::Chunk { data: c.to_vec() })
+            .collect();
+        let r = self
+            .artifacts(Some(token))
+            .await?
+            .upload(tokio_stream::iter(chunks))
+            .await?;
+        Ok(r.into_inner().digest)
+    }
+
+    /// Deploys `digest` on a `local.small.od` standby; returns the job id.
+    pub async fn deploy(&self, token: &str, model_name: &str, digest: &str) -> Result<String> {
+        let r = self
+            .inference(Some(token))
+            .await?
+            .deploy(deploy_request(model_name, digest))
+            .await?;
+        Ok(r.into_inner().job_id)
+    }
+
+    /// Every event of the job until `until` holds for one, within `deadline`.
+    pub async fn watch_until(
+        &self,
+        token: &str,
+        job_id: &str,
+        deadline: Duration,
+        until: impl Fn(&pb::JobEvent) -> bool,
+    ) -> Result<Vec<pb::JobEvent>> {
+        let mut stream = self
+            .jobs(Some(token))
+            .await?
+            .watch_job(pb::WatchJobRequest { job_id: job_id.into() })
+            .await?
+            .into_inner();
+        let mut seen = Vec::new();
+        let result = tokio::time::timeout(deadline, async {
+            while let Some(event) = stream.next().await {
+                let event = event?;
+                let done = until(&event);
+                seen.push(event);
+                if done {
+                    return Ok(());
+                }
+            }
+            bail!("the watch ended first")
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => Ok(seen),
+            Ok(Err(e)) => Err(e.context(format!("events so far: {seen:#?}"))),
+            Err(_) => bail!("deadline passed; events so far: {seen:#?}\nlog:\n{}", self.log()),
+        }
+    }
+
+    /// Waits until the job reaches `status` (or ends otherwise: error).
+    pub async fn wait_status(&self, token: &str, job_id: &str, status: pb::JobStatus) -> Result<Vec<pb::JobEvent>> {
+        let events = self
+            .watch_until(token, job_id, DEPLOY_DEADLINE, |e| {
+                e.status() == status || matches!(e.status(), pb::JobStatus::Canceled | pb::JobStatus::Completed)
+            })
+            .await?;
+        let last = events.last().expect("at least one event");
+        if last.status() != status {
+            let job = self.get_job(token, job_id).await?;
+            bail!("job ended {:?} instead of {status:?}: {}", last.status(), job.reason);
+        }
+        Ok(events)
+    }
+
+    pub async fn get_job(&self, token: &str, job_id: &str) -> Result<pb::Job> {
+        Ok(self
+            .jobs(Some(token))
+            .await?
+            .get_job(pb::GetJobRequest { job_id: job_id.into() })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn predict(
+        &self,
+        owner: &str,
+        client_id: &str,
+        model_name: &str,
+        payload: &str,
+    ) -> Result<pb::PredictResponse, tonic::Status> {
+        let mut client = self.inference(None).await.map_err(|e| tonic::Status::internal(e.to_string()))?;
+        client
+            .predict(pb::PredictRequest {
+                owner: owner.into(),
+                client_id: client_id.into(),
+                model_name: model_name.into(),
+                payload: payload.as_bytes().to_vec(),
+                content_type: "application/json".into(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Pids of agents still running from this data dir.
+    pub fn live_agents(&self) -> Vec<i32> {
+        let Ok(entries) = std::fs::read_dir(self.data_dir.join("instances")) else {
+            return vec![];
+        };
+        entries
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("agent.pid")).ok())
+            .filter_map(|pid| pid.trim().parse().ok())
+            .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+            .collect()
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.kill9();
+        for pid in self.live_agents() {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+pub fn deploy_request(model_name: &str, digest: &str) -> pb::DeployRequest {
+    pb::DeployRequest {
+        model_name: model_name.into(),
+        machine_config: Some(pb::MachineConfig {
+            standby: "local.small.od".into(),
+            cooling: String::new(),
+        }),
+        artifact_digest: digest.into(),
+        ..Default::default()
+    }
+}
+
+/// Writes a model repo with the given predict.py into a temp dir.
+pub fn repo(predict_py: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("predict.py"), predict_py).expect("write predict.py");
+    std::fs::create_dir(dir.path().join("data")).expect("data dir");
+    std::fs::write(dir.path().join("data/input.json"), "{}").expect("sample");
+    dir
+}
