@@ -214,6 +214,10 @@ async fn slot(
                     }
                     Err(e) => {
                         tracing::error!(worker = spec.index, "worker restart failed: {e}");
+                        // With no worker left, queued requests would wait for nothing.
+                        if counters.alive.load(Ordering::Relaxed) == 0 {
+                            fail_queued(&rx, &e.to_string()).await;
+                        }
                         tokio::select! {
                             _ = cancel.cancelled() => return,
                             _ = tokio::time::sleep(backoff) => {}
@@ -234,6 +238,15 @@ async fn slot(
             return;
         }
         tracing::warn!(worker = spec.index, "worker died; restarting it");
+    }
+}
+
+async fn fail_queued(rx: &Mutex<mpsc::Receiver<Request>>, why: &str) {
+    let mut rx = rx.lock().await;
+    while let Ok(req) = rx.try_recv() {
+        let _ = req.reply.send(Err(PoolError::WorkerDied(format!(
+            "no worker could be restarted: {why}"
+        ))));
     }
 }
 

@@ -1,6 +1,7 @@
 //! The agent against a fake scheduler (an in-test AgentGateway): register, Prepare,
 //! phase reports, Predict, error codes, Stop, heartbeats and the orphan timeout.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ enum Event {
 struct FakeGateway {
     events: mpsc::UnboundedSender<Event>,
     artifacts: Artifacts,
+    /// Cleared to act like a restarted scheduler that forgot the instance.
+    registered: Arc<AtomicBool>,
 }
 
 #[tonic::async_trait]
@@ -41,6 +44,7 @@ impl AgentGateway for FakeGateway {
             .get("authorization")
             .map(|v| v.to_str().unwrap().to_string())
             .unwrap_or_default();
+        self.registered.store(true, Ordering::SeqCst);
         let _ = self
             .events
             .send(Event::Registered(request.into_inner(), auth));
@@ -53,6 +57,9 @@ impl AgentGateway for FakeGateway {
         &self,
         request: Request<ReportRequest>,
     ) -> Result<Response<ReportResponse>, Status> {
+        if !self.registered.load(Ordering::SeqCst) {
+            return Err(Status::not_found("unknown instance; register first"));
+        }
         match request.into_inner().body {
             Some(report_request::Body::Phase(p)) => {
                 let _ = self.events.send(Event::Phase(p));
@@ -90,6 +97,7 @@ impl AgentGateway for FakeGateway {
 }
 
 struct Harness {
+    registered: Arc<AtomicBool>,
     events: mpsc::UnboundedReceiver<Event>,
     artifacts: Artifacts,
     _tmp: tempfile::TempDir,
@@ -103,9 +111,11 @@ impl Harness {
     async fn start() -> Harness {
         let (tx, events) = mpsc::unbounded_channel();
         let artifacts = Arc::new(Mutex::new(Vec::new()));
+        let registered = Arc::new(AtomicBool::new(false));
         let gw = FakeGateway {
             events: tx,
             artifacts: artifacts.clone(),
+            registered: registered.clone(),
         };
         let gw_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gw_addr = gw_listener.local_addr().unwrap();
@@ -136,6 +146,7 @@ impl Harness {
             let _ = stopped.await;
         }));
         Harness {
+            registered,
             events,
             artifacts,
             _tmp: tmp,
@@ -363,4 +374,45 @@ async fn orphaned_agent_exits() {
         matches!(res, Err(aibro_agent::Error::Orphaned(_))),
         "{res:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reregisters_and_resends_after_scheduler_forgets() {
+    let mut h = Harness::start().await;
+    assert!(matches!(h.next_event().await, Event::Registered(..)));
+    // The scheduler "restarts": reports fail with NotFound until the agent registers again.
+    h.registered.store(false, Ordering::SeqCst);
+    let digest = h.add_artifact(&[(
+        "predict.py",
+        "def load_model():\n    return 0\ndef run(m, d):\n    return d\n",
+    )]);
+    let mut c = h.client().await;
+    c.prepare(PrepareRequest {
+        job_id: "j".into(),
+        artifact_digest: digest,
+        kind: JobKind::Inference.into(),
+    })
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut reregistered = false;
+    while seen.last() != Some(&AgentPhase::Serving) {
+        match h.next_event().await {
+            Event::Registered(..) => reregistered = true,
+            Event::Phase(p) => seen.push(p.phase()),
+            Event::Heartbeat(_) => {}
+        }
+    }
+    assert!(reregistered);
+    // Every phase arrives exactly once, in order.
+    assert_eq!(
+        seen,
+        [
+            AgentPhase::GearingUpEnv,
+            AgentPhase::ModelLoading,
+            AgentPhase::Serving
+        ]
+    );
+    h.stop.take().unwrap().send(()).unwrap();
+    h.agent.await.unwrap().unwrap();
 }

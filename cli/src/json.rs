@@ -108,8 +108,10 @@ pub fn event(e: &JobEvent) -> Value {
     });
     if !e.instance_id.is_empty() {
         v["instance_id"] = json!(e.instance_id);
-        v["instance_status"] = json!(display::instance_status(e.instance_status));
-        v["instance_substatus"] = json!(display::instance_substatus(e.instance_substatus));
+        if e.instance_status != 0 {
+            v["instance_status"] = json!(display::instance_status(e.instance_status));
+            v["instance_substatus"] = json!(display::instance_substatus(e.instance_substatus));
+        }
     }
     v
 }

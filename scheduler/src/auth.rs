@@ -114,7 +114,11 @@ impl Auth {
 
 /// May `client_id` call a job whose client list is `allowed` (empty: public)?
 pub fn client_allowed(allowed: &[String], client_id: &str) -> bool {
-    let client_id = if client_id.is_empty() { PUBLIC_CLIENT } else { client_id };
+    let client_id = if client_id.is_empty() {
+        PUBLIC_CLIENT
+    } else {
+        client_id
+    };
     if allowed.is_empty() {
         client_id == PUBLIC_CLIENT
     } else {
@@ -157,6 +161,9 @@ mod tests {
         assert_eq!(auth.authenticate(&md).unwrap(), User("alice".into()));
         md.insert("authorization", "Bearer secret_nope".parse().unwrap());
         assert!(matches!(auth.authenticate(&md), Err(AuthError::Invalid)));
-        assert!(matches!(auth.authenticate(&MetadataMap::new()), Err(AuthError::Missing)));
+        assert!(matches!(
+            auth.authenticate(&MetadataMap::new()),
+            Err(AuthError::Missing)
+        ));
     }
 }

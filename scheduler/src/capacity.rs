@@ -53,7 +53,12 @@ impl Capacity {
     }
 
     pub fn release(&self, machine_type: &str) {
-        if let Some(n) = self.used.lock().expect("capacity lock").get_mut(machine_type) {
+        if let Some(n) = self
+            .used
+            .lock()
+            .expect("capacity lock")
+            .get_mut(machine_type)
+        {
             *n = n.saturating_sub(1);
         }
         self.freed.notify_waiters();
@@ -79,10 +84,16 @@ mod tests {
         let cap = std::sync::Arc::new(Capacity::default());
         let soon = Instant::now() + Duration::from_secs(5);
         assert!(cap.acquire("t", 1, soon).await);
-        assert!(!cap.acquire("t", 1, Instant::now() + Duration::from_secs(5)).await);
+        assert!(
+            !cap.acquire("t", 1, Instant::now() + Duration::from_secs(5))
+                .await
+        );
         let waiter = {
             let cap = cap.clone();
-            tokio::spawn(async move { cap.acquire("t", 1, Instant::now() + Duration::from_secs(30)).await })
+            tokio::spawn(async move {
+                cap.acquire("t", 1, Instant::now() + Duration::from_secs(30))
+                    .await
+            })
         };
         tokio::task::yield_now().await;
         cap.release("t");

@@ -72,11 +72,13 @@ impl Catalog {
     /// the same name.
     pub fn load(user_file: Option<&Path>) -> Result<Self, CatalogError> {
         let mut types = BTreeMap::new();
-        let shipped: File = toml::from_str(SHIPPED).map_err(|e| CatalogError::Parse("(shipped)".into(), e))?;
+        let shipped: File =
+            toml::from_str(SHIPPED).map_err(|e| CatalogError::Parse("(shipped)".into(), e))?;
         let mut files = vec![shipped];
         if let Some(path) = user_file {
             let name = path.display().to_string();
-            let text = std::fs::read_to_string(path).map_err(|e| CatalogError::Read(name.clone(), e))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| CatalogError::Read(name.clone(), e))?;
             files.push(toml::from_str(&text).map_err(|e| CatalogError::Parse(name, e))?);
         }
         for file in files {

@@ -158,7 +158,10 @@ pub fn predict_address(j: &JobRecord, public_url: &str) -> String {
         return String::new();
     }
     let client = j.client_ids.first().map(String::as_str).unwrap_or("public");
-    format!("{public_url}/v1/{}/{client}/{}/predict", j.owner, j.model_name)
+    format!(
+        "{public_url}/v1/{}/{client}/{}/predict",
+        j.owner, j.model_name
+    )
 }
 
 pub fn event(job_id: &str, e: &EventRecord) -> pb::JobEvent {
@@ -169,8 +172,14 @@ pub fn event(job_id: &str, e: &EventRecord) -> pb::JobEvent {
         status: job_status(e.job.status) as i32,
         substatus: job_substatus(e.job.substatus) as i32,
         instance_id: e.instance_id.clone(),
-        instance_status: e.instance.map(|s| instance_status(s.status) as i32).unwrap_or(0),
-        instance_substatus: e.instance.map(|s| instance_substatus(s.substatus) as i32).unwrap_or(0),
+        instance_status: e
+            .instance
+            .map(|s| instance_status(s.status) as i32)
+            .unwrap_or(0),
+        instance_substatus: e
+            .instance
+            .map(|s| instance_substatus(s.substatus) as i32)
+            .unwrap_or(0),
         phase: e.phase.clone(),
         message: e.message.clone(),
         last: e.last,

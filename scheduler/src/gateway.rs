@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use aibro_proto::v1::{
-    agent_gateway_server::AgentGateway, report_request::Body, Chunk, FetchArtifactRequest, RegisterRequest,
-    RegisterResponse, ReportRequest, ReportResponse,
+    agent_gateway_server::AgentGateway, report_request::Body, Chunk, FetchArtifactRequest,
+    RegisterRequest, RegisterResponse, ReportRequest, ReportResponse,
 };
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -39,17 +39,25 @@ impl AgentGateway for GatewayApi {
     type FetchArtifactStream = BoxStream<'static, Result<Chunk, Status>>;
 
     #[tracing::instrument(skip_all, fields(instance_id = %request.get_ref().instance_id))]
-    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
         self.check(&request)?;
         let r = request.into_inner();
         let hardware = convert::hardware_from_pb(r.hardware.unwrap_or_default());
-        self.control.register(&r.instance_id, &r.address, hardware).await?;
+        self.control
+            .register(&r.instance_id, &r.address, hardware)
+            .await?;
         Ok(Response::new(RegisterResponse {
             heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u32,
         }))
     }
 
-    async fn report(&self, request: Request<ReportRequest>) -> Result<Response<ReportResponse>, Status> {
+    async fn report(
+        &self,
+        request: Request<ReportRequest>,
+    ) -> Result<Response<ReportResponse>, Status> {
         self.check(&request)?;
         let r = request.into_inner();
         match r.body {
@@ -74,8 +82,10 @@ impl AgentGateway for GatewayApi {
             .await
             .map_err(|e| Status::internal(format!("cannot open artifact: {e}")))?;
         let stream = ReaderStream::with_capacity(file, CHUNK_BYTES).map(|r| {
-            r.map(|data| Chunk { data: data.to_vec() })
-                .map_err(|e| Status::internal(format!("cannot read artifact: {e}")))
+            r.map(|data| Chunk {
+                data: data.to_vec(),
+            })
+            .map_err(|e| Status::internal(format!("cannot read artifact: {e}")))
         });
         Ok(Response::new(stream.boxed()))
     }

@@ -29,9 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aibro_proto::v1::{
-    admin_server::AdminServer, agent_gateway_server::AgentGatewayServer, artifacts_server::ArtifactsServer,
-    inference_server::InferenceServer, jobs_server::JobsServer, marketplace_server::MarketplaceServer,
-    training_server::TrainingServer,
+    admin_server::AdminServer, agent_gateway_server::AgentGatewayServer,
+    artifacts_server::ArtifactsServer, inference_server::InferenceServer, jobs_server::JobsServer,
+    marketplace_server::MarketplaceServer, training_server::TrainingServer,
 };
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -72,6 +72,34 @@ async fn ensure_admin(auth: &auth::Auth, data_dir: &std::path::Path) -> anyhow::
     Ok(())
 }
 
+/// Services the scheduler serves, as reflection lists them (the proto package
+/// also holds `aibro.v1.Agent`, which agents serve).
+const SERVICES: [&str; 10] = [
+    "aibro.v1.Admin",
+    "aibro.v1.AgentGateway",
+    "aibro.v1.Artifacts",
+    "aibro.v1.Inference",
+    "aibro.v1.Jobs",
+    "aibro.v1.Marketplace",
+    "aibro.v1.Training",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    SERVICES.iter().fold(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(aibro_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ),
+        |b, name| b.with_service_name(*name),
+    )
+}
+
 /// Runs the scheduler on `listener` until `shutdown` resolves, then stops the
 /// servers, cancels and joins every background task, and flushes the store.
 pub async fn run(
@@ -87,7 +115,10 @@ pub async fn run(
     let auth = auth::Auth::open(store.clone()).await?;
     ensure_admin(&auth, &config.data_dir).await?;
     let catalog = catalog::Catalog::load(config.catalog.as_deref())?;
-    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
 
     let agent_args = {
         let mut args = vec![
@@ -135,16 +166,8 @@ pub async fn run(
     health_reporter
         .set_serving::<InferenceServer<api::inference::InferenceApi>>()
         .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(aibro_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(aibro_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let max_payload = config.max_payload_bytes;
     let inference = InferenceServer::new(api::inference::InferenceApi {
@@ -180,21 +203,40 @@ pub async fn run(
 
     std::fs::write(config.data_dir.join(LISTEN_ADDR_FILE), addr.to_string())?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "scheduler listening");
-    let stop = cancel.clone();
-    let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-        tokio::select! {
-            _ = shutdown => stop.cancel(),
-            _ = stop.cancelled() => {}
+    let serve = router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        cancel.clone().cancelled_owned(),
+    );
+    let mut server = tokio::spawn(serve);
+    let served = tokio::select! {
+        _ = shutdown => {
+            cancel.cancel();
+            // Open streams and idle client connections get a grace period.
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    tracing::warn!("connections still open after the grace period; closing them");
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            }
         }
-    });
-    let served = serve.await;
+        joined = &mut server => joined,
+    };
     cancel.cancel();
     tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("background tasks did not end within the grace period");
     }
+    // Connections still open (agents keep theirs) may hold the services for a
+    // moment longer; the store only needs its last flush.
     drop(control);
-    store.close().await?;
+    store.flush().await?;
     tracing::info!("scheduler stopped");
-    served.context("gRPC server failed")
+    served
+        .context("gRPC server task failed")?
+        .context("gRPC server failed")
 }

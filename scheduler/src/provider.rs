@@ -21,11 +21,19 @@ pub enum ProviderError {
 
 pub trait Provider: Send + Sync {
     /// Starts a new machine for `instance_id`; its agent registers by itself.
-    fn launch<'a>(&'a self, instance_id: &'a str, machine: &'a Machine) -> BoxFuture<'a, Result<(), ProviderError>>;
+    fn launch<'a>(
+        &'a self,
+        instance_id: &'a str,
+        machine: &'a Machine,
+    ) -> BoxFuture<'a, Result<(), ProviderError>>;
     /// Stops the machine; its disk is kept for a later `start`.
     fn stop<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>>;
     /// Starts a stopped machine again on its kept disk.
-    fn start<'a>(&'a self, instance_id: &'a str, machine: &'a Machine) -> BoxFuture<'a, Result<(), ProviderError>>;
+    fn start<'a>(
+        &'a self,
+        instance_id: &'a str,
+        machine: &'a Machine,
+    ) -> BoxFuture<'a, Result<(), ProviderError>>;
     /// Ends the machine and removes its disk. Idempotent.
     fn terminate<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>>;
 }

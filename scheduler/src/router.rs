@@ -80,7 +80,14 @@ impl Router {
     }
 
     /// Adds (or replaces) the instance's backend, creating the route if needed.
-    pub fn add_backend(&self, owner: &str, model: &str, job_id: &str, clients: &[String], backend: Backend) {
+    pub fn add_backend(
+        &self,
+        owner: &str,
+        model: &str,
+        job_id: &str,
+        clients: &[String],
+        backend: Backend,
+    ) {
         self.edit(|table| {
             let route = table.entry(Self::key(owner, model)).or_insert_with(|| {
                 Arc::new(Route {
@@ -131,7 +138,12 @@ impl Router {
         route
             .last_request_ms
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let backend = route.backends.load().first().cloned().ok_or(RouteError::NoBackend)?;
+        let backend = route
+            .backends
+            .load()
+            .first()
+            .cloned()
+            .ok_or(RouteError::NoBackend)?;
         let request = AgentPredictRequest {
             job_id: route.job_id.clone(),
             payload,

@@ -120,7 +120,10 @@ impl InstanceState {
 
     /// Nothing more will happen to it unless asked: CLOSED, or COOLING after its job.
     pub fn is_settled(self) -> bool {
-        matches!(self.status, InstanceStatus::Closed | InstanceStatus::Cooling)
+        matches!(
+            self.status,
+            InstanceStatus::Closed | InstanceStatus::Cooling
+        )
     }
 }
 
@@ -129,10 +132,7 @@ pub fn job_state_valid(kind: JobKind, s: JobState) -> bool {
     use JobStatus as S;
     use JobSubstatus as Sub;
     match (s.status, s.substatus) {
-        (
-            S::Queuing,
-            Sub::RequestingServer | Sub::ConnectingServer | Sub::GearingUpEnv,
-        ) => true,
+        (S::Queuing, Sub::RequestingServer | Sub::ConnectingServer | Sub::GearingUpEnv) => true,
         (S::Queuing, Sub::DeployingModel) => kind == JobKind::Inference,
         (S::Queuing, Sub::SendingModelAndData) => kind == JobKind::Training,
         (S::Deployed, Sub::DeployedModel) => kind == JobKind::Inference,
@@ -174,7 +174,9 @@ pub fn pair_allowed(kind: JobKind, job: JobState, role: Role, inst: InstanceStat
             job.substatus != JobSubstatus::RequestingServer && inst.status == I::Launching
         }
         JobStatus::Deployed => match role {
-            Role::Cooling => inst != InstanceState::TERMINATING && inst != InstanceState::TERMINATED,
+            Role::Cooling => {
+                inst != InstanceState::TERMINATING && inst != InstanceState::TERMINATED
+            }
             _ => inst.status == I::Executing,
         },
         JobStatus::Training => inst.status == I::Executing,
@@ -245,9 +247,7 @@ pub fn next_job(kind: JobKind, from: JobState, event: JobEvent) -> Result<JobSta
         (S::Queuing, Sub::DeployingModel, E::Serving) if kind == JobKind::Inference => {
             JobState::new(S::Deployed, Sub::DeployedModel)
         }
-        (S::Queuing, Sub::SendingModelAndData, E::TrainingStarted)
-            if kind == JobKind::Training =>
-        {
+        (S::Queuing, Sub::SendingModelAndData, E::TrainingStarted) if kind == JobKind::Training => {
             JobState::new(S::Training, Sub::Training)
         }
         (S::Training, Sub::Training, E::Returning) => JobState::new(S::Training, Sub::Returning),
@@ -283,7 +283,10 @@ pub enum InstanceEvent {
     Start,
 }
 
-pub fn next_instance(from: InstanceState, event: InstanceEvent) -> Result<InstanceState, StateError> {
+pub fn next_instance(
+    from: InstanceState,
+    event: InstanceEvent,
+) -> Result<InstanceState, StateError> {
     use InstanceEvent as E;
     use InstanceStatus as S;
     use InstanceSubstatus as Sub;
@@ -307,7 +310,11 @@ pub fn next_instance(from: InstanceState, event: InstanceEvent) -> Result<Instan
 
 /// Checks a whole job: every instance pairs legally with the job, and a job
 /// past REQUESTING_SERVER that has not ended has its primary instance.
-pub fn check_job(kind: JobKind, job: JobState, instances: &[(Role, InstanceState)]) -> Result<(), StateError> {
+pub fn check_job(
+    kind: JobKind,
+    job: JobState,
+    instances: &[(Role, InstanceState)],
+) -> Result<(), StateError> {
     for &(role, inst) in instances {
         if !pair_allowed(kind, job, role, inst) {
             return Err(StateError::Pair { job, role, inst });

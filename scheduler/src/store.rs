@@ -146,6 +146,11 @@ impl Store {
         self.commit.durable().await.map_err(StoreError::Sled)
     }
 
+    /// Flushes everything committed so far.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.durable().await
+    }
+
     /// Flushes and releases the data dir (once no other clone is left), so
     /// the same process can open it again.
     pub async fn close(self) -> Result<(), StoreError> {
@@ -311,7 +316,11 @@ impl Store {
     }
 
     /// The owner's active inference job named `model_name`.
-    pub fn job_by_name(&self, owner: &str, model_name: &str) -> Result<Option<JobRecord>, StoreError> {
+    pub fn job_by_name(
+        &self,
+        owner: &str,
+        model_name: &str,
+    ) -> Result<Option<JobRecord>, StoreError> {
         match self.names.get(key2(owner, model_name))? {
             Some(id) => self.job(&String::from_utf8_lossy(&id)),
             None => Ok(None),
@@ -361,7 +370,11 @@ impl Store {
         self.durable().await
     }
 
-    pub fn artifact(&self, owner: &str, digest: &str) -> Result<Option<ArtifactRecord>, StoreError> {
+    pub fn artifact(
+        &self,
+        owner: &str,
+        digest: &str,
+    ) -> Result<Option<ArtifactRecord>, StoreError> {
         self.artifacts
             .get(key2(owner, digest))?
             .map(|v| dec(&v))

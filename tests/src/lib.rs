@@ -8,7 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aibro_proto::v1::{
-    self as pb, artifacts_client::ArtifactsClient, inference_client::InferenceClient, jobs_client::JobsClient,
+    self as pb, artifacts_client::ArtifactsClient, inference_client::InferenceClient,
+    jobs_client::JobsClient,
 };
 use anyhow::{bail, Context, Result};
 use tokio_stream::StreamExt;
@@ -35,7 +36,9 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A repo under examples/.
 pub fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -82,8 +85,14 @@ impl Scheduler {
         Ok(s)
     }
 
-    /// Starts the binary on the data dir and waits until it accepts calls.
+    /// Starts the binary on the data dir (on the same address as before, if
+    /// it ran already) and waits until it accepts calls.
     pub async fn spawn(&mut self) -> Result<()> {
+        let listen = if self.addr.is_empty() {
+            "127.0.0.1:0".to_string()
+        } else {
+            self.addr.clone()
+        };
         let addr_file = self.data_dir.join("listen-addr");
         let _ = std::fs::remove_file(&addr_file);
         let log = std::fs::OpenOptions::new()
@@ -91,9 +100,14 @@ impl Scheduler {
             .append(true)
             .open(self.data_dir.join("scheduler.log"))?;
         let child = Command::new(bin("aibro-scheduler"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", &listen, "--data-dir"])
             .arg(&self.data_dir)
-            .args(["--agent-orphan-timeout-s", "30", "--connect-timeout-s", "60"])
+            .args([
+                "--agent-orphan-timeout-s",
+                "30",
+                "--connect-timeout-s",
+                "60",
+            ])
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -228,7 +242,9 @@ impl Scheduler {
         let mut stream = self
             .jobs(Some(token))
             .await?
-            .watch_job(pb::WatchJobRequest { job_id: job_id.into() })
+            .watch_job(pb::WatchJobRequest {
+                job_id: job_id.into(),
+            })
             .await?
             .into_inner();
         let mut seen = Vec::new();
@@ -247,21 +263,37 @@ impl Scheduler {
         match result {
             Ok(Ok(())) => Ok(seen),
             Ok(Err(e)) => Err(e.context(format!("events so far: {seen:#?}"))),
-            Err(_) => bail!("deadline passed; events so far: {seen:#?}\nlog:\n{}", self.log()),
+            Err(_) => bail!(
+                "deadline passed; events so far: {seen:#?}\nlog:\n{}",
+                self.log()
+            ),
         }
     }
 
     /// Waits until the job reaches `status` (or ends otherwise: error).
-    pub async fn wait_status(&self, token: &str, job_id: &str, status: pb::JobStatus) -> Result<Vec<pb::JobEvent>> {
+    pub async fn wait_status(
+        &self,
+        token: &str,
+        job_id: &str,
+        status: pb::JobStatus,
+    ) -> Result<Vec<pb::JobEvent>> {
         let events = self
             .watch_until(token, job_id, DEPLOY_DEADLINE, |e| {
-                e.status() == status || matches!(e.status(), pb::JobStatus::Canceled | pb::JobStatus::Completed)
+                e.status() == status
+                    || matches!(
+                        e.status(),
+                        pb::JobStatus::Canceled | pb::JobStatus::Completed
+                    )
             })
             .await?;
         let last = events.last().expect("at least one event");
         if last.status() != status {
             let job = self.get_job(token, job_id).await?;
-            bail!("job ended {:?} instead of {status:?}: {}", last.status(), job.reason);
+            bail!(
+                "job ended {:?} instead of {status:?}: {}",
+                last.status(),
+                job.reason
+            );
         }
         Ok(events)
     }
@@ -270,7 +302,9 @@ impl Scheduler {
         Ok(self
             .jobs(Some(token))
             .await?
-            .get_job(pb::GetJobRequest { job_id: job_id.into() })
+            .get_job(pb::GetJobRequest {
+                job_id: job_id.into(),
+            })
             .await?
             .into_inner())
     }
@@ -282,7 +316,10 @@ impl Scheduler {
         model_name: &str,
         payload: &str,
     ) -> Result<pb::PredictResponse, tonic::Status> {
-        let mut client = self.inference(None).await.map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let mut client = self
+            .inference(None)
+            .await
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
         client
             .predict(pb::PredictRequest {
                 owner: owner.into(),

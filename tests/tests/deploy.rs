@@ -24,7 +24,9 @@ async fn deploy_predict_complete_with_both_run_signatures() -> anyhow::Result<()
     let echo_job = s.deploy(&token, "echo", &echo).await?;
     let legacy_job = s.deploy(&token, "legacy", &legacy).await?;
 
-    let events = s.wait_status(&token, &echo_job, JobStatus::Deployed).await?;
+    let events = s
+        .wait_status(&token, &echo_job, JobStatus::Deployed)
+        .await?;
     assert_eq!(
         substatuses(&events),
         [
@@ -35,17 +37,22 @@ async fn deploy_predict_complete_with_both_run_signatures() -> anyhow::Result<()
             JobSubstatus::DeployedModel,
         ]
     );
-    s.wait_status(&token, &legacy_job, JobStatus::Deployed).await?;
+    s.wait_status(&token, &legacy_job, JobStatus::Deployed)
+        .await?;
 
     // run(model, data): the payload comes back.
-    let r = s.predict("alice", "public", "echo", r#"{"x": [1, 2, 3]}"#).await?;
+    let r = s
+        .predict("alice", "public", "echo", r#"{"x": [1, 2, 3]}"#)
+        .await?;
     let out: serde_json::Value = serde_json::from_slice(&r.output)?;
     assert_eq!(out["echo"], serde_json::json!({"x": [1, 2, 3]}));
     assert_eq!(r.role(), pb::InstanceRole::Standby);
     assert!(!r.instance_id.is_empty());
 
     // run(model): the payload is what it reads from data/.
-    let r = s.predict("alice", "", "legacy", r#"{"data": [10, 20]}"#).await?;
+    let r = s
+        .predict("alice", "", "legacy", r#"{"data": [10, 20]}"#)
+        .await?;
     let out: serde_json::Value = serde_json::from_slice(&r.output)?;
     assert_eq!(out["sum"], serde_json::json!(30));
     assert_eq!(out["data"], serde_json::json!({"data": [10, 20]}));
@@ -80,17 +87,36 @@ async fn deploy_predict_complete_with_both_run_signatures() -> anyhow::Result<()
     let timeline = s
         .jobs(Some(&token))
         .await?
-        .get_timeline(pb::GetTimelineRequest { job_id: echo_job.clone() })
+        .get_timeline(pb::GetTimelineRequest {
+            job_id: echo_job.clone(),
+        })
         .await?
         .into_inner();
     let names: Vec<_> = timeline.phases.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
         names,
-        ["REQUESTING_SERVER", "CONNECTING_SERVER", "GEARING_UP_ENV", "DEPLOYING_MODEL", "DEPLOYED_MODEL"]
+        [
+            "REQUESTING_SERVER",
+            "CONNECTING_SERVER",
+            "GEARING_UP_ENV",
+            "DEPLOYING_MODEL",
+            "DEPLOYED_MODEL"
+        ]
     );
     assert!(timeline.phases[..4].iter().all(|p| p.ended_at.is_some()));
-    let marks: Vec<_> = timeline.events.iter().map(|e| e.phase.as_str()).filter(|p| !p.is_empty()).collect();
-    for mark in ["job created", "instance requested", "agent connected", "gearing up env", "model loaded"] {
+    let marks: Vec<_> = timeline
+        .events
+        .iter()
+        .map(|e| e.phase.as_str())
+        .filter(|p| !p.is_empty())
+        .collect();
+    for mark in [
+        "job created",
+        "instance requested",
+        "agent connected",
+        "gearing up env",
+        "model loaded",
+    ] {
         assert!(marks.contains(&mark), "{mark} missing from {marks:?}");
     }
 
@@ -98,7 +124,10 @@ async fn deploy_predict_complete_with_both_run_signatures() -> anyhow::Result<()
     let job = s.get_job(&token, &echo_job).await?;
     let instance_id = job.instances[0].instance_id.clone();
     assert_eq!(job.instances[0].status(), pb::InstanceStatus::Executing);
-    assert!(job.instances[0].hardware.as_ref().is_some_and(|h| h.cpus > 0));
+    assert!(job.instances[0]
+        .hardware
+        .as_ref()
+        .is_some_and(|h| h.cpus > 0));
     s.inference(Some(&token))
         .await?
         .complete(pb::CompleteRequest {
@@ -106,7 +135,10 @@ async fn deploy_predict_complete_with_both_run_signatures() -> anyhow::Result<()
             model_name: "echo".into(),
         })
         .await?;
-    let err = s.predict("alice", "public", "echo", "{}").await.unwrap_err();
+    let err = s
+        .predict("alice", "public", "echo", "{}")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
     let events = s
         .watch_until(&token, &echo_job, aibro_tests::DEPLOY_DEADLINE, |e| e.last)
@@ -115,10 +147,14 @@ async fn deploy_predict_complete_with_both_run_signatures() -> anyhow::Result<()
     assert_eq!(last.status(), JobStatus::Completed);
     let job = s.get_job(&token, &echo_job).await?;
     assert_eq!(job.instances[0].status(), pb::InstanceStatus::Closed);
-    assert_eq!(job.instances[0].substatus(), pb::InstanceSubstatus::Terminated);
+    assert_eq!(
+        job.instances[0].substatus(),
+        pb::InstanceSubstatus::Terminated
+    );
     assert!(!s.data_dir.join("instances").join(&instance_id).exists());
 
     // The other job still serves.
-    s.predict("alice", "public", "legacy", r#"{"data": [1]}"#).await?;
+    s.predict("alice", "public", "legacy", r#"{"data": [1]}"#)
+        .await?;
     Ok(())
 }

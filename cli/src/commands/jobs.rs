@@ -99,7 +99,7 @@ pub fn show(ctx: &Ctx, job: &Job) {
         ctx.json,
         || json::job(job),
         || {
-            let field = |k: &str, v: &str| println!("{k:<12}{v}");
+            let field = |k: &str, v: &str| println!("{k:<13}{v}");
             field("job", &job.job_id);
             field(
                 "model",
@@ -159,6 +159,24 @@ pub fn show(ctx: &Ctx, job: &Job) {
 }
 
 /// Prints every event of the job (history first) until the stream ends.
+/// Waits until the job has ended and every instance has settled (its last event).
+pub async fn wait_settled(ctx: &Ctx, job_id: &str) -> Result<()> {
+    let mut stream = ctx
+        .client
+        .jobs()
+        .watch_job(WatchJobRequest {
+            job_id: job_id.to_string(),
+        })
+        .await?
+        .into_inner();
+    while let Some(event) = stream.message().await? {
+        if event.last {
+            break;
+        }
+    }
+    Ok(())
+}
+
 async fn watch(ctx: &Ctx, job_id: &str) -> Result<()> {
     let mut stream = ctx
         .client
@@ -188,11 +206,14 @@ pub fn event_line(e: &JobEvent) -> String {
     line.push_str("  ");
     line.push_str(&display::job_state(e.status, e.substatus));
     if !e.instance_id.is_empty() {
-        line.push_str(&format!(
-            "  instance {} {}",
-            e.instance_id,
-            display::instance_state(e.instance_status, e.instance_substatus)
-        ));
+        line.push_str(&format!("  instance {}", e.instance_id));
+        if e.instance_status != 0 {
+            line.push(' ');
+            line.push_str(&display::instance_state(
+                e.instance_status,
+                e.instance_substatus,
+            ));
+        }
     }
     if !e.phase.is_empty() {
         line.push_str(&format!("  [{}]", e.phase));

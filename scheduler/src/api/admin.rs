@@ -12,13 +12,20 @@ pub struct AdminApi {
 }
 
 fn valid_user(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 #[tonic::async_trait]
 impl Admin for AdminApi {
     #[tracing::instrument(skip_all)]
-    async fn create_token(&self, request: Request<CreateTokenRequest>) -> Result<Response<CreateTokenResponse>, Status> {
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
         let caller = super::caller(&self.control, &request)?;
         if !caller.is_admin() {
             return Err(Error::from(AuthError::NotAdmin).into());
@@ -30,7 +37,12 @@ impl Admin for AdminApi {
             ))
             .into());
         }
-        let token = self.control.auth().create_token(&user).await.map_err(Error::from)?;
+        let token = self
+            .control
+            .auth()
+            .create_token(&user)
+            .await
+            .map_err(Error::from)?;
         Ok(Response::new(CreateTokenResponse { user, token }))
     }
 }

@@ -13,7 +13,10 @@ pub struct ArtifactsApi {
 #[tonic::async_trait]
 impl Artifacts for ArtifactsApi {
     #[tracing::instrument(skip_all)]
-    async fn upload(&self, request: Request<Streaming<Chunk>>) -> Result<Response<ArtifactRef>, Status> {
+    async fn upload(
+        &self,
+        request: Request<Streaming<Chunk>>,
+    ) -> Result<Response<ArtifactRef>, Status> {
         let user = super::caller(&self.control, &request)?;
         let record = self
             .control

@@ -2,7 +2,8 @@
 
 use aibro_proto::v1::{
     inference_server::Inference, ClientsResponse, CompleteRequest, CompleteResponse, DeployRequest,
-    DeployResponse, DryRunResult, ListClientsRequest, PredictRequest, PredictResponse, UpdateClientsRequest,
+    DeployResponse, DryRunResult, ListClientsRequest, PredictRequest, PredictResponse,
+    UpdateClientsRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -18,7 +19,10 @@ pub struct InferenceApi {
 #[tonic::async_trait]
 impl Inference for InferenceApi {
     #[tracing::instrument(skip_all, fields(model_name = %request.get_ref().model_name))]
-    async fn deploy(&self, request: Request<DeployRequest>) -> Result<Response<DeployResponse>, Status> {
+    async fn deploy(
+        &self,
+        request: Request<DeployRequest>,
+    ) -> Result<Response<DeployResponse>, Status> {
         let user = super::caller(&self.control, &request)?;
         let r = request.into_inner();
         let machines = r.machine_config.unwrap_or_default();
@@ -50,19 +54,35 @@ impl Inference for InferenceApi {
     }
 
     #[tracing::instrument(skip_all, fields(job_id = %request.get_ref().job_id))]
-    async fn complete(&self, request: Request<CompleteRequest>) -> Result<Response<CompleteResponse>, Status> {
-        let user = super::caller(&self.control, &request)?;
-        let r = request.into_inner();
-        let job = self.control.complete(&user, &r.job_id, &r.model_name).await?;
-        Ok(Response::new(CompleteResponse { job_id: job.id }))
-    }
-
-    async fn update_clients(&self, request: Request<UpdateClientsRequest>) -> Result<Response<ClientsResponse>, Status> {
+    async fn complete(
+        &self,
+        request: Request<CompleteRequest>,
+    ) -> Result<Response<CompleteResponse>, Status> {
         let user = super::caller(&self.control, &request)?;
         let r = request.into_inner();
         let job = self
             .control
-            .update_clients(&user, &r.job_id, &r.model_name, r.add, r.remove, r.be_public)
+            .complete(&user, &r.job_id, &r.model_name)
+            .await?;
+        Ok(Response::new(CompleteResponse { job_id: job.id }))
+    }
+
+    async fn update_clients(
+        &self,
+        request: Request<UpdateClientsRequest>,
+    ) -> Result<Response<ClientsResponse>, Status> {
+        let user = super::caller(&self.control, &request)?;
+        let r = request.into_inner();
+        let job = self
+            .control
+            .update_clients(
+                &user,
+                &r.job_id,
+                &r.model_name,
+                r.add,
+                r.remove,
+                r.be_public,
+            )
             .await?;
         Ok(Response::new(ClientsResponse {
             job_id: job.id,
@@ -70,7 +90,10 @@ impl Inference for InferenceApi {
         }))
     }
 
-    async fn list_clients(&self, request: Request<ListClientsRequest>) -> Result<Response<ClientsResponse>, Status> {
+    async fn list_clients(
+        &self,
+        request: Request<ListClientsRequest>,
+    ) -> Result<Response<ClientsResponse>, Status> {
         let user = super::caller(&self.control, &request)?;
         let r = request.into_inner();
         let job = self.control.find_job(&user, &r.job_id, &r.model_name)?;
@@ -80,7 +103,10 @@ impl Inference for InferenceApi {
         }))
     }
 
-    async fn predict(&self, request: Request<PredictRequest>) -> Result<Response<PredictResponse>, Status> {
+    async fn predict(
+        &self,
+        request: Request<PredictRequest>,
+    ) -> Result<Response<PredictResponse>, Status> {
         let r = request.into_inner();
         if r.payload.len() > self.max_payload_bytes {
             return Err(Error::ResourceExhausted(format!(
@@ -92,7 +118,13 @@ impl Inference for InferenceApi {
         }
         let routed = self
             .control
-            .predict(&r.owner, &r.client_id, &r.model_name, r.payload, r.content_type)
+            .predict(
+                &r.owner,
+                &r.client_id,
+                &r.model_name,
+                r.payload,
+                r.content_type,
+            )
             .await?;
         Ok(Response::new(PredictResponse {
             output: routed.output,

@@ -18,8 +18,16 @@ pub struct JobsApi {
 
 impl JobsApi {
     fn job_view(&self, job: &crate::store::JobRecord) -> Result<Job, Status> {
-        let instances = self.control.store().instances_of(job).map_err(Error::from)?;
-        Ok(convert::job(job, &instances, &self.control.settings().public_url))
+        let instances = self
+            .control
+            .store()
+            .instances_of(job)
+            .map_err(Error::from)?;
+        Ok(convert::job(
+            job,
+            &instances,
+            &self.control.settings().public_url,
+        ))
     }
 }
 
@@ -29,11 +37,16 @@ impl Jobs for JobsApi {
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
         let user = super::caller(&self.control, &request)?;
-        let job = self.control.find_job(&user, &request.get_ref().job_id, "")?;
+        let job = self
+            .control
+            .find_job(&user, &request.get_ref().job_id, "")?;
         Ok(Response::new(self.job_view(&job)?))
     }
 
-    async fn list_jobs(&self, request: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        request: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
         let user = super::caller(&self.control, &request)?;
         let active_only = request.get_ref().active_only;
         let jobs = self
@@ -48,9 +61,14 @@ impl Jobs for JobsApi {
         Ok(Response::new(ListJobsResponse { jobs }))
     }
 
-    async fn watch_job(&self, request: Request<WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+    async fn watch_job(
+        &self,
+        request: Request<WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
         let user = super::caller(&self.control, &request)?;
-        let job = self.control.find_job(&user, &request.get_ref().job_id, "")?;
+        let job = self
+            .control
+            .find_job(&user, &request.get_ref().job_id, "")?;
         let job_id = job.id.clone();
         let stream = self
             .control
@@ -59,9 +77,14 @@ impl Jobs for JobsApi {
         Ok(Response::new(stream.boxed()))
     }
 
-    async fn get_timeline(&self, request: Request<GetTimelineRequest>) -> Result<Response<Timeline>, Status> {
+    async fn get_timeline(
+        &self,
+        request: Request<GetTimelineRequest>,
+    ) -> Result<Response<Timeline>, Status> {
         let user = super::caller(&self.control, &request)?;
-        let job = self.control.find_job(&user, &request.get_ref().job_id, "")?;
+        let job = self
+            .control
+            .find_job(&user, &request.get_ref().job_id, "")?;
         let events = self.control.store().events(&job.id).map_err(Error::from)?;
         Ok(Response::new(convert::timeline(&job.id, &events)))
     }
@@ -79,7 +102,11 @@ impl Jobs for JobsApi {
         };
         let mut instances = Vec::new();
         for job in &jobs {
-            let records = self.control.store().instances_of(job).map_err(Error::from)?;
+            let records = self
+                .control
+                .store()
+                .instances_of(job)
+                .map_err(Error::from)?;
             instances.extend(records.iter().map(convert::instance));
         }
         Ok(Response::new(ListInstancesResponse { instances }))

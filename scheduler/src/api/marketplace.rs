@@ -1,6 +1,8 @@
 //! `aibro.v1.Marketplace`: the catalog with live capacity.
 
-use aibro_proto::v1::{marketplace_server::Marketplace, AvailableMachinesRequest, AvailableMachinesResponse, Machine};
+use aibro_proto::v1::{
+    marketplace_server::Marketplace, AvailableMachinesRequest, AvailableMachinesResponse, Machine,
+};
 use tonic::{Request, Response, Status};
 
 use crate::control::Control;
@@ -29,7 +31,9 @@ impl Marketplace for MarketplaceApi {
                 spot_price_per_hour: t.spot_price,
                 on_demand_price_per_hour: t.on_demand_price,
                 capacity: t.capacity,
-                available: t.capacity.saturating_sub(self.control.capacity().used(&t.name)),
+                available: t
+                    .capacity
+                    .saturating_sub(self.control.capacity().used(&t.name)),
                 spot_availability: t.spot_availability,
                 provider: t.provider.clone(),
             })

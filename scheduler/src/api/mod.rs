@@ -15,5 +15,8 @@ use crate::control::Control;
 
 /// The caller of `request`, from its bearer token.
 pub(crate) fn caller<T>(control: &Control, request: &Request<T>) -> Result<User, Status> {
-    Ok(control.auth().authenticate(request.metadata()).map_err(crate::error::Error::from)?)
+    Ok(control
+        .auth()
+        .authenticate(request.metadata())
+        .map_err(crate::error::Error::from)?)
 }

@@ -1,6 +1,8 @@
 //! `aibro.v1.Training`: not available yet.
 
-use aibro_proto::v1::{training_server::Training, Chunk, DownloadResultRequest, FitRequest, FitResponse};
+use aibro_proto::v1::{
+    training_server::Training, Chunk, DownloadResultRequest, FitRequest, FitResponse,
+};
 use futures::stream::BoxStream;
 use tonic::{Request, Response, Status};
 
@@ -14,7 +16,10 @@ impl Training for TrainingApi {
         Err(Status::unimplemented("training jobs are not available yet"))
     }
 
-    async fn download_result(&self, _: Request<DownloadResultRequest>) -> Result<Response<Self::DownloadResultStream>, Status> {
+    async fn download_result(
+        &self,
+        _: Request<DownloadResultRequest>,
+    ) -> Result<Response<Self::DownloadResultStream>, Status> {
         Err(Status::unimplemented("training jobs are not available yet"))
     }
 }

@@ -22,7 +22,10 @@ fn advance(job: &mut JobRecord, event: JobEvent) {
     }
 }
 
-fn instance_mut<'a>(insts: &'a mut [InstanceRecord], id: &str) -> Result<&'a mut InstanceRecord, StoreError> {
+fn instance_mut<'a>(
+    insts: &'a mut [InstanceRecord],
+    id: &str,
+) -> Result<&'a mut InstanceRecord, StoreError> {
     insts
         .iter_mut()
         .find(|i| i.id == id)
@@ -36,14 +39,21 @@ impl Control {
             .instance(instance_id)?
             .ok_or_else(|| Error::NotFound(format!("instance {instance_id} is unknown")))?;
         if inst.state.is_closed() {
-            return Err(Error::FailedPrecondition(format!("instance {instance_id} is closed")));
+            return Err(Error::FailedPrecondition(format!(
+                "instance {instance_id} is closed"
+            )));
         }
         Ok(inst)
     }
 
     /// An agent joined: remember where it listens and send it its job.
     #[tracing::instrument(skip(self, hardware))]
-    pub async fn register(&self, instance_id: &str, address: &str, hardware: HardwareRecord) -> Result<()> {
+    pub async fn register(
+        &self,
+        instance_id: &str,
+        address: &str,
+        hardware: HardwareRecord,
+    ) -> Result<()> {
         let inst = self.live_instance(instance_id)?;
         let client = self.connect_agent(instance_id, address)?;
         let committed = self
@@ -117,7 +127,11 @@ impl Control {
             AgentPhase::GearingUpEnv => (Some(JobEvent::GearingUp), "gearing up env"),
             AgentPhase::ModelLoading => (
                 Some(JobEvent::Loading),
-                if report.env_cached { "env reused" } else { "env geared up" },
+                if report.env_cached {
+                    "env reused"
+                } else {
+                    "env geared up"
+                },
             ),
             AgentPhase::Serving => (Some(JobEvent::Serving), "model loaded"),
             AgentPhase::Training => (Some(JobEvent::TrainingStarted), "training"),
@@ -165,7 +179,12 @@ impl Control {
             role: inst.role,
             client,
         };
-        self.router()
-            .add_backend(&job.owner, &job.model_name, &job.id, &job.client_ids, backend);
+        self.router().add_backend(
+            &job.owner,
+            &job.model_name,
+            &job.id,
+            &job.client_ids,
+            backend,
+        );
     }
 }

@@ -37,14 +37,21 @@ impl Control {
     }
 
     /// Stores an uploaded archive. Nothing is kept when it is refused.
-    pub async fn upload<S>(&self, user: &User, mut chunks: S, max_bytes: u64) -> Result<ArtifactRecord>
+    pub async fn upload<S>(
+        &self,
+        user: &User,
+        mut chunks: S,
+        max_bytes: u64,
+    ) -> Result<ArtifactRecord>
     where
         S: Stream<Item = std::result::Result<Chunk, tonic::Status>> + Unpin,
     {
         let io = |e: std::io::Error| Error::Internal(format!("artifact storage: {e}"));
         let tmp_dir = self.blobs_dir().join("tmp");
         tokio::fs::create_dir_all(&tmp_dir).await.map_err(io)?;
-        tokio::fs::create_dir_all(self.blobs_dir().join("sha256")).await.map_err(io)?;
+        tokio::fs::create_dir_all(self.blobs_dir().join("sha256"))
+            .await
+            .map_err(io)?;
         let tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(io)?;
         let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(io)?);
         let mut hasher = Sha256::new();
@@ -61,15 +68,18 @@ impl Control {
             file.write_all(&chunk.data).await.map_err(io)?;
         }
         if size == 0 {
-            return Err(Error::InvalidArgument("the upload was empty; send a tar.gz of the repo".into()));
+            return Err(Error::InvalidArgument(
+                "the upload was empty; send a tar.gz of the repo".into(),
+            ));
         }
         file.sync_all().await.map_err(io)?;
         drop(file);
         let path = tmp.path().to_path_buf();
-        let manifest = tokio::task::spawn_blocking(move || archive::scan(&path, &archive::Limits::default()))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?
-            .map_err(|e| Error::InvalidArgument(format!("the archive was refused: {e}")))?;
+        let manifest =
+            tokio::task::spawn_blocking(move || archive::scan(&path, &archive::Limits::default()))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?
+                .map_err(|e| Error::InvalidArgument(format!("the archive was refused: {e}")))?;
         let digest = format!("{DIGEST_PREFIX}{}", hex::encode(hasher.finalize()));
         tmp.persist(self.blob_path(&digest))
             .map_err(|e| io(e.error))?;

@@ -40,7 +40,9 @@ pub struct DryRun {
 fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if ok {
         Ok(())
     } else {
@@ -85,7 +87,10 @@ impl Control {
         Ok(machine)
     }
 
-    pub(crate) fn machine_provider(&self, machine: &Machine) -> Result<std::sync::Arc<dyn crate::provider::Provider>> {
+    pub(crate) fn machine_provider(
+        &self,
+        machine: &Machine,
+    ) -> Result<std::sync::Arc<dyn crate::provider::Provider>> {
         self.inner.providers.get(&machine.kind.provider).cloned().ok_or_else(|| {
             Error::FailedPrecondition(format!(
                 "machine `{}` comes from provider `{}`, which this scheduler does not run (it runs: {})",
@@ -111,7 +116,12 @@ impl Control {
 
     /// Validates a deploy; creates the job and starts launching its standby
     /// (or, for a dry run, runs the repo once here and creates nothing).
-    pub async fn deploy(&self, user: &User, spec: DeploySpec, dryrun: bool) -> Result<(Option<JobRecord>, Option<DryRun>)> {
+    pub async fn deploy(
+        &self,
+        user: &User,
+        spec: DeploySpec,
+        dryrun: bool,
+    ) -> Result<(Option<JobRecord>, Option<DryRun>)> {
         check_name(&spec.model_name)?;
         if spec.standby.is_empty() {
             return Err(Error::InvalidArgument(if spec.cooling.is_empty() {
@@ -124,7 +134,8 @@ impl Control {
         if !spec.cooling.is_empty() {
             self.deployable_machine("machine_config.cooling", &spec.cooling)?;
             return Err(Error::Unimplemented(
-                "cooling instances are not available yet; deploy with a standby instance only".into(),
+                "cooling instances are not available yet; deploy with a standby instance only"
+                    .into(),
             ));
         }
         check_clients(&spec.client_ids)?;
@@ -211,7 +222,8 @@ impl Control {
                 job.id, job.state.status
             )));
         }
-        self.end_job(&job.id, JobEvent::Complete, String::new()).await
+        self.end_job(&job.id, JobEvent::Complete, String::new())
+            .await
     }
 
     /// Cancels the job with `reason` and terminates its instances. A job that
@@ -227,7 +239,10 @@ impl Control {
         let committed = self
             .apply(job_id, |job, insts| {
                 if job.state.is_ended() {
-                    return Err(StoreError::Stale(format!("job {} has already ended", job.id)));
+                    return Err(StoreError::Stale(format!(
+                        "job {} has already ended",
+                        job.id
+                    )));
                 }
                 job.state = state::next_job(job.kind, job.state, event)?;
                 job.reason = reason.clone();
@@ -239,7 +254,11 @@ impl Control {
             .await?;
         let job = committed.job;
         self.router().remove_route(&job.owner, &job.model_name);
-        for inst in committed.instances.into_iter().filter(|i| !i.state.is_closed()) {
+        for inst in committed
+            .instances
+            .into_iter()
+            .filter(|i| !i.state.is_closed())
+        {
             self.start_close(inst);
         }
         Ok(job)
@@ -274,7 +293,8 @@ impl Control {
             })
             .await?;
         let job = committed.job;
-        self.router().set_clients(&job.owner, &job.model_name, &job.client_ids);
+        self.router()
+            .set_clients(&job.owner, &job.model_name, &job.client_ids);
         Ok(job)
     }
 }

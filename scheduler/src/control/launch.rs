@@ -24,7 +24,11 @@ impl Control {
     async fn launch(&self, job_id: &str, role: Role, machine: Machine, wait: Duration) {
         let deadline = tokio::time::Instant::now() + wait;
         let kind = &machine.kind;
-        if !self.capacity().acquire(&kind.name, kind.capacity, deadline).await {
+        if !self
+            .capacity()
+            .acquire(&kind.name, kind.capacity, deadline)
+            .await
+        {
             let reason = format!(
                 "no `{}` instance could be had within wait_request_s={}s: all {} are in use",
                 machine.id,
@@ -64,7 +68,10 @@ impl Control {
             return;
         }
         let launched = match self.machine_provider(&machine) {
-            Ok(provider) => provider.launch(&instance_id, &machine).await.map_err(|e| e.to_string()),
+            Ok(provider) => provider
+                .launch(&instance_id, &machine)
+                .await
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         match launched {

@@ -154,7 +154,9 @@ impl Control {
         } else if !model_name.is_empty() {
             self.inner.store.job_by_name(&user.0, model_name)?
         } else {
-            return Err(Error::InvalidArgument("give a job_id or a model_name".into()));
+            return Err(Error::InvalidArgument(
+                "give a job_id or a model_name".into(),
+            ));
         };
         match job {
             Some(job) if job.owner == user.0 => Ok(job),
@@ -166,10 +168,19 @@ impl Control {
     }
 
     pub(crate) fn agent(&self, instance_id: &str) -> Option<AgentClient<Channel>> {
-        self.inner.agents.lock().expect("agents lock").get(instance_id).cloned()
+        self.inner
+            .agents
+            .lock()
+            .expect("agents lock")
+            .get(instance_id)
+            .cloned()
     }
 
-    pub(crate) fn connect_agent(&self, instance_id: &str, address: &str) -> Result<AgentClient<Channel>> {
+    pub(crate) fn connect_agent(
+        &self,
+        instance_id: &str,
+        address: &str,
+    ) -> Result<AgentClient<Channel>> {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| Error::InvalidArgument(format!("bad agent address `{address}`: {e}")))?
             .tcp_nodelay(true)
@@ -186,7 +197,11 @@ impl Control {
     }
 
     pub(crate) fn forget_agent(&self, instance_id: &str) {
-        self.inner.agents.lock().expect("agents lock").remove(instance_id);
+        self.inner
+            .agents
+            .lock()
+            .expect("agents lock")
+            .remove(instance_id);
     }
 }
 

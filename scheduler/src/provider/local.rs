@@ -87,7 +87,11 @@ impl LocalProvider {
     /// Ends the instance's agent, whether this process started it or an
     /// earlier scheduler did (then only the pid file knows it).
     async fn kill(&self, instance_id: &str) -> Result<(), ProviderError> {
-        let child = self.children.lock().expect("children lock").remove(instance_id);
+        let child = self
+            .children
+            .lock()
+            .expect("children lock")
+            .remove(instance_id);
         match child {
             Some(mut child) => {
                 let _ = child.start_kill();
@@ -128,7 +132,11 @@ async fn kill_pid(pid: i32, agent_bin: &std::path::Path) {
 }
 
 impl Provider for LocalProvider {
-    fn launch<'a>(&'a self, instance_id: &'a str, machine: &'a Machine) -> BoxFuture<'a, Result<(), ProviderError>> {
+    fn launch<'a>(
+        &'a self,
+        instance_id: &'a str,
+        machine: &'a Machine,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
         self.spawn(instance_id, machine).boxed()
     }
 
@@ -136,7 +144,11 @@ impl Provider for LocalProvider {
         self.kill(instance_id).boxed()
     }
 
-    fn start<'a>(&'a self, instance_id: &'a str, machine: &'a Machine) -> BoxFuture<'a, Result<(), ProviderError>> {
+    fn start<'a>(
+        &'a self,
+        instance_id: &'a str,
+        machine: &'a Machine,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
         self.spawn(instance_id, machine).boxed()
     }
 

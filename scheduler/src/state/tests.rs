@@ -42,9 +42,11 @@ const INSTANCE_SUBSTATUSES: [InstanceSubstatus; 6] = [
 ];
 
 fn all_job_states() -> impl Iterator<Item = JobState> {
-    JOB_STATUSES
-        .into_iter()
-        .flat_map(|s| JOB_SUBSTATUSES.into_iter().map(move |sub| JobState::new(s, sub)))
+    JOB_STATUSES.into_iter().flat_map(|s| {
+        JOB_SUBSTATUSES
+            .into_iter()
+            .map(move |sub| JobState::new(s, sub))
+    })
 }
 
 fn all_instance_states() -> impl Iterator<Item = InstanceState> {
@@ -173,7 +175,13 @@ fn job_transitions_walk_the_seed_order() {
     assert_eq!(
         walk(
             JobKind::Inference,
-            &[E::InstanceLaunched, E::GearingUp, E::Loading, E::Serving, E::Complete]
+            &[
+                E::InstanceLaunched,
+                E::GearingUp,
+                E::Loading,
+                E::Serving,
+                E::Complete
+            ]
         ),
         [
             JobSubstatus::RequestingServer,
@@ -235,7 +243,15 @@ fn job_transitions_walk_the_seed_order() {
 #[test]
 fn instance_transitions_stay_valid_and_closed_is_final_except_restart() {
     use InstanceEvent as E;
-    let events = [E::Ready, E::Idle, E::Busy, E::Stop, E::Terminate, E::Closed, E::Start];
+    let events = [
+        E::Ready,
+        E::Idle,
+        E::Busy,
+        E::Stop,
+        E::Terminate,
+        E::Closed,
+        E::Start,
+    ];
     for from in all_instance_states() {
         for e in events {
             if let Ok(to) = next_instance(from, e) {
@@ -248,7 +264,16 @@ fn instance_transitions_stay_valid_and_closed_is_final_except_restart() {
         }
     }
     let mut s = InstanceState::LAUNCHING;
-    for e in [E::Ready, E::Idle, E::Stop, E::Closed, E::Start, E::Ready, E::Terminate, E::Closed] {
+    for e in [
+        E::Ready,
+        E::Idle,
+        E::Stop,
+        E::Closed,
+        E::Start,
+        E::Ready,
+        E::Terminate,
+        E::Closed,
+    ] {
         s = next_instance(s, e).unwrap();
     }
     assert_eq!(s, InstanceState::TERMINATED);

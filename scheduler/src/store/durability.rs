@@ -50,7 +50,9 @@ impl GroupCommit {
     /// Returns once everything committed before this call is on disk.
     pub(crate) async fn durable(&self) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(tx).map_err(|_| "store is closed".to_string())?;
+        self.tx
+            .send(tx)
+            .map_err(|_| "store is closed".to_string())?;
         rx.await.map_err(|_| "store is closed".to_string())?
     }
 }

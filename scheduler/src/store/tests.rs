@@ -60,8 +60,14 @@ async fn changes_survive_reopen_and_events_are_numbered() {
     }
     let store = Store::open(dir.path()).unwrap();
     let j = store.job("j1").unwrap().unwrap();
-    assert_eq!(j.state.substatus, crate::state::JobSubstatus::ConnectingServer);
-    assert_eq!(store.instances_of(&j).unwrap()[0].state, InstanceState::LAUNCHING);
+    assert_eq!(
+        j.state.substatus,
+        crate::state::JobSubstatus::ConnectingServer
+    );
+    assert_eq!(
+        store.instances_of(&j).unwrap()[0].state,
+        InstanceState::LAUNCHING
+    );
     assert_eq!(store.events("j1").unwrap().len(), 3);
     assert_eq!(store.jobs_of("alice").unwrap().len(), 1);
     assert!(store.jobs_of("bob").unwrap().is_empty());
@@ -97,7 +103,10 @@ async fn an_illegal_combination_is_never_written() {
     // DEPLOYED while the standby is still LAUNCHING is not in the seed's map.
     let err = store
         .update("j1", |j, _| {
-            j.state = JobState::new(crate::state::JobStatus::Deployed, crate::state::JobSubstatus::DeployedModel);
+            j.state = JobState::new(
+                crate::state::JobStatus::Deployed,
+                crate::state::JobSubstatus::DeployedModel,
+            );
             Ok(vec![])
         })
         .await
@@ -116,7 +125,8 @@ async fn the_settling_event_is_marked_last() {
     let c = store
         .update("j1", |j, insts| {
             j.state = state::next_job(j.kind, j.state, JobEvent::Cancel)?;
-            insts[0].state = state::next_instance(insts[0].state, crate::state::InstanceEvent::Terminate)?;
+            insts[0].state =
+                state::next_instance(insts[0].state, crate::state::InstanceEvent::Terminate)?;
             Ok(vec![])
         })
         .await
@@ -124,7 +134,8 @@ async fn the_settling_event_is_marked_last() {
     assert!(c.events.iter().all(|e| !e.last));
     let c = store
         .update("j1", |_, insts| {
-            insts[0].state = state::next_instance(insts[0].state, crate::state::InstanceEvent::Closed)?;
+            insts[0].state =
+                state::next_instance(insts[0].state, crate::state::InstanceEvent::Closed)?;
             Ok(vec![])
         })
         .await

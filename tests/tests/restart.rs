@@ -1,0 +1,66 @@
+//! Restarting the scheduler process on the same data dir keeps every job as it
+//! was, and deployed models answer again (their agents kept running).
+
+use aibro_proto::v1::{self as pb, JobStatus};
+use aibro_tests::{example, Scheduler};
+
+async fn snapshot(s: &Scheduler, token: &str) -> anyhow::Result<Vec<pb::Job>> {
+    Ok(s.jobs(Some(token))
+        .await?
+        .list_jobs(pb::ListJobsRequest { active_only: false })
+        .await?
+        .into_inner()
+        .jobs)
+}
+
+async fn restart_keeps_jobs(crash: bool) -> anyhow::Result<()> {
+    let mut s = Scheduler::start().await?;
+    let token = s.user("alice").await?;
+    let digest = s.upload_dir(&token, &example("echo")).await?;
+    let served = s.deploy(&token, "served", &digest).await?;
+    let done = s.deploy(&token, "done", &digest).await?;
+    s.wait_status(&token, &served, JobStatus::Deployed).await?;
+    s.wait_status(&token, &done, JobStatus::Deployed).await?;
+    s.inference(Some(&token))
+        .await?
+        .complete(pb::CompleteRequest {
+            job_id: done.clone(),
+            model_name: String::new(),
+        })
+        .await?;
+    s.watch_until(&token, &done, aibro_tests::DEPLOY_DEADLINE, |e| e.last)
+        .await?;
+    let before = snapshot(&s, &token).await?;
+    assert_eq!(before.len(), 2);
+
+    if crash {
+        s.kill9();
+    } else {
+        s.stop()?;
+    }
+    s.spawn().await?;
+
+    let after = snapshot(&s, &token).await?;
+    assert_eq!(before, after, "jobs changed across the restart");
+    let r = s
+        .predict("alice", "public", "served", r#"{"again": true}"#)
+        .await?;
+    let out: serde_json::Value = serde_json::from_slice(&r.output)?;
+    assert_eq!(out["echo"], serde_json::json!({"again": true}));
+    // The old token and the same admin token still work.
+    assert_eq!(
+        std::fs::read_to_string(s.data_dir.join("admin-token"))?,
+        s.admin_token
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn graceful_restart_keeps_every_job() -> anyhow::Result<()> {
+    restart_keeps_jobs(false).await
+}
+
+#[tokio::test]
+async fn kill9_restart_keeps_every_job() -> anyhow::Result<()> {
+    restart_keeps_jobs(true).await
+}
