@@ -99,7 +99,7 @@ pub async fn run(
     let server = tonic::transport::Server::builder()
         .add_service(svc)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            aibro_proto::transport::incoming(listener),
             cancel.clone().cancelled_owned(),
         );
     let mut server_task = tokio::spawn(server);

@@ -80,6 +80,17 @@ impl Client {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
+    /// The job's events: its history, then live ones until it settles.
+    pub async fn watch(
+        &self,
+        job_id: &str,
+    ) -> Result<tonic::Streaming<aibro_proto::v1::JobEvent>, tonic::Status> {
+        let request = aibro_proto::v1::WatchJobRequest {
+            job_id: job_id.to_string(),
+        };
+        Ok(self.jobs().watch_job(request).await?.into_inner())
+    }
+
     pub fn marketplace(&self) -> MarketplaceClient<Authed> {
         MarketplaceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }

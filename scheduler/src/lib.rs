@@ -35,7 +35,6 @@ use aibro_proto::v1::{
 };
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -177,7 +176,6 @@ pub async fn run(
     .max_decoding_message_size(max_payload + ENVELOPE_BYTES)
     .max_encoding_message_size(usize::MAX);
     let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -204,7 +202,7 @@ pub async fn run(
     std::fs::write(config.data_dir.join(LISTEN_ADDR_FILE), addr.to_string())?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "scheduler listening");
     let serve = router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
+        aibro_proto::transport::incoming(listener),
         cancel.clone().cancelled_owned(),
     );
     let mut server = tokio::spawn(serve);

@@ -21,11 +21,16 @@ pub const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
 /// for a loaded CI machine.
 pub const DEPLOY_DEADLINE: Duration = Duration::from_secs(60);
 
-/// A built binary of the workspace (`cargo build --workspace --bins` first).
+/// A built binary of the workspace (`cargo build --workspace --bins` first),
+/// beside the running executable or one level up (tests run from `deps/`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
+    let here = exe.parent().expect("exe dir");
+    let path = [here, here.parent().unwrap_or(here)]
+        .iter()
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| here.join(name));
     assert!(
         path.is_file(),
         "{} is missing: run `cargo build --workspace --bins` before the tests",

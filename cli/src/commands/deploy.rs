@@ -4,9 +4,7 @@
 
 use std::time::Instant;
 
-use aibro_proto::v1::{
-    DeployRequest, DryRunResult, Job, JobEvent, JobStatus, MachineConfig, WatchJobRequest,
-};
+use aibro_proto::v1::{DeployRequest, DryRunResult, Job, JobEvent, JobStatus, MachineConfig};
 use anyhow::{anyhow, bail, Result};
 use serde_json::json;
 
@@ -128,14 +126,7 @@ fn show_dryrun(ctx: &Ctx, result: DryRunResult) -> Result<()> {
 /// Prints one line per (status, substatus) change until the job settles
 /// (DEPLOYED, CANCELED or COMPLETED) or the stream ends; returns the job.
 pub async fn follow(ctx: &Ctx, job_id: &str) -> Result<Job> {
-    let mut stream = ctx
-        .client
-        .jobs()
-        .watch_job(WatchJobRequest {
-            job_id: job_id.to_string(),
-        })
-        .await?
-        .into_inner();
+    let mut stream = ctx.client.watch(job_id).await?;
     let mut clock = Clock::default();
     let mut last = None;
     while let Some(event) = stream.message().await? {

@@ -1,7 +1,7 @@
 //! `aibro jobs list|get|watch`: job listings, one job with its instances, and
 //! the live event stream of a job.
 
-use aibro_proto::v1::{GetJobRequest, Job, JobEvent, ListJobsRequest, WatchJobRequest};
+use aibro_proto::v1::{GetJobRequest, Job, JobEvent, ListJobsRequest};
 use anyhow::Result;
 use serde_json::Value;
 
@@ -161,14 +161,7 @@ pub fn show(ctx: &Ctx, job: &Job) {
 /// Prints every event of the job (history first) until the stream ends.
 /// Waits until the job has ended and every instance has settled (its last event).
 pub async fn wait_settled(ctx: &Ctx, job_id: &str) -> Result<()> {
-    let mut stream = ctx
-        .client
-        .jobs()
-        .watch_job(WatchJobRequest {
-            job_id: job_id.to_string(),
-        })
-        .await?
-        .into_inner();
+    let mut stream = ctx.client.watch(job_id).await?;
     while let Some(event) = stream.message().await? {
         if event.last {
             break;
@@ -178,14 +171,7 @@ pub async fn wait_settled(ctx: &Ctx, job_id: &str) -> Result<()> {
 }
 
 async fn watch(ctx: &Ctx, job_id: &str) -> Result<()> {
-    let mut stream = ctx
-        .client
-        .jobs()
-        .watch_job(WatchJobRequest {
-            job_id: job_id.to_string(),
-        })
-        .await?
-        .into_inner();
+    let mut stream = ctx.client.watch(job_id).await?;
     while let Some(event) = stream.message().await? {
         if ctx.json {
             output::print_json_line(&json::event(&event));

@@ -5,7 +5,8 @@
 
 use std::time::Instant;
 
-use aibro_proto::v1::{AgentPhase, PhaseReport, PrepareRequest};
+use aibro_proto::v1::{agent_client::AgentClient, AgentPhase, PhaseReport, PrepareRequest};
+use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
 use crate::router::Backend;
@@ -168,14 +169,21 @@ impl Control {
 
     /// Puts the instance's agent behind the job's route.
     fn serve(&self, job: &JobRecord, instance_id: &str) {
-        let (Some(client), Some(inst)) = (
-            self.agent(instance_id),
-            self.store().instance(instance_id).ok().flatten(),
-        ) else {
-            return;
-        };
+        if let (Some(client), Ok(Some(inst))) =
+            (self.agent(instance_id), self.store().instance(instance_id))
+        {
+            self.route_to(job, &inst, client);
+        }
+    }
+
+    pub(crate) fn route_to(
+        &self,
+        job: &JobRecord,
+        inst: &InstanceRecord,
+        client: AgentClient<Channel>,
+    ) {
         let backend = Backend {
-            instance_id: instance_id.to_string(),
+            instance_id: inst.id.clone(),
             role: inst.role,
             client,
         };

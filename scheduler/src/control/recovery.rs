@@ -3,7 +3,6 @@
 //! re-register), and resume launches and closes that were in flight.
 
 use crate::error::Result;
-use crate::router::Backend;
 use crate::state::{InstanceState, JobStatus, JobSubstatus, Role};
 
 use super::Control;
@@ -28,18 +27,7 @@ impl Control {
                     InstanceState::EXECUTING if !inst.agent_address.is_empty() => {
                         let client = self.connect_agent(&inst.id, &inst.agent_address)?;
                         if job.state.status == JobStatus::Deployed {
-                            let backend = Backend {
-                                instance_id: inst.id.clone(),
-                                role: inst.role,
-                                client,
-                            };
-                            self.router().add_backend(
-                                &job.owner,
-                                &job.model_name,
-                                &job.id,
-                                &job.client_ids,
-                                backend,
-                            );
+                            self.route_to(&job, inst, client);
                         }
                     }
                     _ => {}

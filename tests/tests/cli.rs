@@ -1,0 +1,134 @@
+//! The `aibro` binary against a real scheduler: deploy shows progress and
+//! exits 0 once DEPLOYED (non-zero with the traceback if CANCELED), predict,
+//! jobs, timeline, clients and complete.
+
+use std::process::{Command, Output};
+
+use aibro_tests::{bin, example, repo, Scheduler};
+
+fn aibro(s: &Scheduler, token: &str, args: &[&str]) -> Output {
+    Command::new(bin("aibro"))
+        .args(args)
+        .env("AIBRO_ENDPOINT", s.endpoint())
+        .env("AIBRO_TOKEN", token)
+        .output()
+        .expect("run aibro")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test]
+async fn the_cli_drives_a_deployment_end_to_end() -> anyhow::Result<()> {
+    let s = Scheduler::start().await?;
+    let token = s.user("carol").await?;
+    let echo = example("echo");
+
+    let out = aibro(
+        &s,
+        &token,
+        &[
+            "deploy",
+            "--model-name",
+            "echo",
+            "--standby",
+            "local.small.od",
+            "--artifacts",
+            echo.to_str().unwrap(),
+        ],
+    );
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    for substatus in [
+        "REQUESTING_SERVER",
+        "CONNECTING_SERVER",
+        "GEARING_UP_ENV",
+        "DEPLOYING_MODEL",
+        "DEPLOYED_MODEL",
+    ] {
+        assert!(shown.contains(substatus), "{substatus} not shown:\n{shown}");
+    }
+
+    let out = aibro(
+        &s,
+        &token,
+        &[
+            "predict",
+            "--owner",
+            "carol",
+            "--model-name",
+            "echo",
+            "--data",
+            r#"{"q": 42}"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("42"));
+
+    let out = aibro(&s, &token, &["--json", "jobs", "list"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let job_id = jobs[0]["job_id"].as_str().expect("job id").to_string();
+    assert_eq!(jobs[0]["status"], "DEPLOYED", "{jobs}");
+
+    let out = aibro(&s, &token, &["timeline", &job_id]);
+    assert!(
+        out.status.success() && text(&out).contains("GEARING_UP_ENV"),
+        "{}",
+        text(&out)
+    );
+
+    let out = aibro(
+        &s,
+        &token,
+        &["clients", "add", "--model-name", "echo", "c1", "c1"],
+    );
+    assert!(
+        !out.status.success() && text(&out).contains("listed twice"),
+        "{}",
+        text(&out)
+    );
+
+    let out = aibro(&s, &token, &["complete", "--job-id", &job_id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let job = s.get_job(&token, &job_id).await?;
+    assert_eq!(
+        job.instances[0].substatus(),
+        aibro_proto::v1::InstanceSubstatus::Terminated
+    );
+
+    // A broken repo: non-zero exit, the traceback shown.
+    let broken = repo("def load_model():\n    raise ValueError('no weights here')\n\ndef run(model, data):\n    return data\n");
+    let out = aibro(
+        &s,
+        &token,
+        &[
+            "deploy",
+            "--model-name",
+            "broken",
+            "--standby",
+            "local.small.od",
+            "--artifacts",
+            broken.path().to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("ValueError: no weights here"),
+        "{}",
+        text(&out)
+    );
+
+    let out = aibro(&s, "secret_wrong", &["jobs", "list"]);
+    assert!(
+        !out.status.success() && text(&out).contains("UNAUTHENTICATED"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
