@@ -68,14 +68,6 @@ pub(crate) fn venv_dir(repo: &Path, envs_dir: &Path) -> Result<Option<PathBuf>, 
     Ok(Some(envs_dir.join(&digest[..16])))
 }
 
-/// True when gearing up `repo` would reuse a ready environment (or needs none).
-pub(crate) fn is_cached(repo: &Path, envs_dir: &Path) -> bool {
-    match venv_dir(repo, envs_dir) {
-        Ok(Some(dir)) => dir.join(".ready").exists(),
-        _ => false,
-    }
-}
-
 /// Makes the environment for `repo` ready and returns its interpreter.
 pub(crate) async fn gear_up(
     python: &str,
@@ -206,6 +198,14 @@ mod tests {
             .unwrap();
         assert_eq!(env.python, PathBuf::from("python3"));
         assert!(!repo.join("envs").exists());
+    }
+
+    /// A ready virtualenv for `repo` exists.
+    fn is_cached(repo: &Path, envs_dir: &Path) -> bool {
+        match venv_dir(repo, envs_dir) {
+            Ok(Some(dir)) => dir.join(".ready").exists(),
+            _ => false,
+        }
     }
 
     #[tokio::test]

@@ -187,8 +187,11 @@ impl Runtime {
         self.reports.send(PhaseReport {
             job_id: job_id.to_string(),
             phase: AgentPhase::GearingUpEnv.into(),
-            message: "fetching the model repo and gearing up the environment".into(),
-            env_cached: have_repo && env::is_cached(&repo, &envs),
+            message: if have_repo {
+                "model repo already on disk; gearing up the environment".into()
+            } else {
+                "fetching the model repo and gearing up the environment".into()
+            },
             ..PhaseReport::default()
         });
         if !have_repo {
@@ -215,7 +218,13 @@ impl Runtime {
             return Err(RuntimeError::NoPredict);
         }
         let penv = env::gear_up(&self.args.python, &repo, &envs, &self.args.pip).await?;
-        self.report(job_id, AgentPhase::ModelLoading, "loading the model");
+        self.reports.send(PhaseReport {
+            job_id: job_id.to_string(),
+            phase: AgentPhase::ModelLoading.into(),
+            message: "loading the model".into(),
+            env_cached: penv.cached,
+            ..PhaseReport::default()
+        });
         let pool = Pool::start(
             &penv.python,
             &self.script,
