@@ -1,6 +1,6 @@
-//! Live capacity per machine type: how many instances of each type hold a
-//! machine now, against the catalog's `capacity`. Waiters are woken when one
-//! is released.
+//! Live capacity per machine type: which instances hold a machine of each type
+//! now, against the catalog's `capacity`. A stopped instance holds none.
+//! Waiters are woken when a machine is released.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,30 +10,40 @@ use tokio::time::Instant;
 
 #[derive(Default)]
 pub struct Capacity {
-    used: Mutex<HashMap<String, u32>>,
+    /// instance id → machine type, for every instance holding a machine.
+    holders: Mutex<HashMap<String, String>>,
     freed: Notify,
 }
 
 impl Capacity {
-    fn try_take(&self, machine_type: &str, capacity: u32) -> bool {
-        let mut used = self.used.lock().expect("capacity lock");
-        let n = used.entry(machine_type.to_string()).or_default();
-        if *n < capacity {
-            *n += 1;
+    fn try_take(&self, machine_type: &str, capacity: u32, instance_id: &str) -> bool {
+        let mut holders = self.holders.lock().expect("capacity lock");
+        if holders.contains_key(instance_id) {
+            return true;
+        }
+        let used = holders.values().filter(|t| *t == machine_type).count();
+        if used < capacity as usize {
+            holders.insert(instance_id.to_string(), machine_type.to_string());
             true
         } else {
             false
         }
     }
 
-    /// Takes one machine of the type, waiting until `deadline` for one to be
-    /// released. False if none could be had in time.
-    pub async fn acquire(&self, machine_type: &str, capacity: u32, deadline: Instant) -> bool {
+    /// Takes a machine of the type for `instance_id`, waiting until `deadline`
+    /// for one to be released. False if none could be had in time.
+    pub async fn acquire(
+        &self,
+        machine_type: &str,
+        capacity: u32,
+        instance_id: &str,
+        deadline: Instant,
+    ) -> bool {
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if self.try_take(machine_type, capacity) {
+            if self.try_take(machine_type, capacity, instance_id) {
                 return true;
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
@@ -43,34 +53,29 @@ impl Capacity {
     }
 
     /// Counts an instance that already holds a machine (recovery at start).
-    pub fn hold(&self, machine_type: &str) {
-        *self
-            .used
+    pub fn hold(&self, machine_type: &str, instance_id: &str) {
+        self.holders
             .lock()
             .expect("capacity lock")
-            .entry(machine_type.to_string())
-            .or_default() += 1;
+            .insert(instance_id.to_string(), machine_type.to_string());
     }
 
-    pub fn release(&self, machine_type: &str) {
-        if let Some(n) = self
-            .used
+    /// Gives the instance's machine back, if it held one.
+    pub fn release(&self, instance_id: &str) {
+        if self
+            .holders
             .lock()
             .expect("capacity lock")
-            .get_mut(machine_type)
+            .remove(instance_id)
+            .is_some()
         {
-            *n = n.saturating_sub(1);
+            self.freed.notify_waiters();
         }
-        self.freed.notify_waiters();
     }
 
     pub fn used(&self, machine_type: &str) -> u32 {
-        self.used
-            .lock()
-            .expect("capacity lock")
-            .get(machine_type)
-            .copied()
-            .unwrap_or(0)
+        let holders = self.holders.lock().expect("capacity lock");
+        holders.values().filter(|t| *t == machine_type).count() as u32
     }
 }
 
@@ -82,21 +87,23 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn waits_for_a_release_until_the_deadline() {
         let cap = std::sync::Arc::new(Capacity::default());
-        let soon = Instant::now() + Duration::from_secs(5);
-        assert!(cap.acquire("t", 1, soon).await);
+        let soon = || Instant::now() + Duration::from_secs(5);
+        assert!(cap.acquire("t", 1, "a", soon()).await);
         assert!(
-            !cap.acquire("t", 1, Instant::now() + Duration::from_secs(5))
-                .await
+            cap.acquire("t", 1, "a", soon()).await,
+            "a holder asking again keeps its machine"
         );
+        assert!(!cap.acquire("t", 1, "b", soon()).await);
         let waiter = {
             let cap = cap.clone();
             tokio::spawn(async move {
-                cap.acquire("t", 1, Instant::now() + Duration::from_secs(30))
+                cap.acquire("t", 1, "c", Instant::now() + Duration::from_secs(30))
                     .await
             })
         };
         tokio::task::yield_now().await;
-        cap.release("t");
+        cap.release("a");
+        cap.release("a");
         assert!(waiter.await.unwrap());
         assert_eq!(cap.used("t"), 1);
     }

@@ -43,6 +43,13 @@ pub struct Config {
     /// Milliseconds between agent heartbeats.
     #[arg(long, env = "AIBRO_HEARTBEAT_MS", default_value_t = 2000)]
     pub heartbeat_ms: u64,
+    /// Seconds without requests after which a cooling instance shows COOLING
+    /// (at most half its cool-down period).
+    #[arg(long, env = "AIBRO_COOLING_IDLE_S", default_value_t = 60)]
+    pub cooling_idle_s: u64,
+    /// Milliseconds between looks of the cool-down countdown at its instance.
+    #[arg(long, env = "AIBRO_LIFECYCLE_TICK_MS", default_value_t = 1000)]
+    pub lifecycle_tick_ms: u64,
     /// Seconds an agent keeps running without reaching the scheduler before it exits.
     #[arg(long, env = "AIBRO_AGENT_ORPHAN_TIMEOUT_S", default_value_t = 300)]
     pub agent_orphan_timeout_s: u64,

@@ -12,12 +12,14 @@ pub mod api;
 pub mod auth;
 pub mod capacity;
 pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod convert;
 pub mod error;
 pub mod gateway;
 pub mod hub;
+pub mod link;
 pub mod provider;
 pub mod router;
 pub mod state;
@@ -147,6 +149,8 @@ pub async fn run(
         public_url,
         connect_timeout: config.connect_timeout(),
         heartbeat_interval: config.heartbeat_interval(),
+        cooling_idle: std::time::Duration::from_secs(config.cooling_idle_s),
+        lifecycle_tick: std::time::Duration::from_millis(config.lifecycle_tick_ms),
         python: config.python.clone(),
         pip: config.pip.clone(),
     };

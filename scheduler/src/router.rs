@@ -1,31 +1,120 @@
 //! The Predict hot path: an in-memory table (owner, model) → route, read
-//! without locks (ArcSwap). The cooling instance serves first when it is
-//! ready, the standby otherwise. No store access here.
+//! without locks (ArcSwap). The cooling instance serves first whenever it is
+//! ready, the standby otherwise; a request that finds the cooling instance
+//! missing asks for it to be woken. No store access here: the lifecycle
+//! reads the per-backend atomics.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use aibro_proto::v1::{agent_client::AgentClient, AgentPredictRequest};
+use aibro_proto::v1::AgentPredictRequest;
 use arc_swap::ArcSwap;
-use tonic::transport::Channel;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::client_allowed;
+use crate::clock::now_ms;
+use crate::link::Link;
 use crate::state::Role;
 
 #[derive(Clone)]
 pub struct Backend {
     pub instance_id: String,
     pub role: Role,
-    pub client: AgentClient<Channel>,
+    pub link: Link,
+    in_flight: Arc<AtomicUsize>,
+    /// When a request last reached it (clock ms), or when it began serving.
+    last_request_ms: Arc<AtomicU64>,
+    /// Requests it has served.
+    served: Arc<AtomicU64>,
+}
+
+impl Backend {
+    pub fn new(instance_id: &str, role: Role, link: Link) -> Self {
+        Backend {
+            instance_id: instance_id.to_string(),
+            role,
+            link,
+            in_flight: Arc::default(),
+            last_request_ms: Arc::new(AtomicU64::new(now_ms())),
+            served: Arc::default(),
+        }
+    }
+
+    pub fn last_request_ms(&self) -> u64 {
+        self.last_request_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Waits until no request is in flight on this backend, or `limit` passed.
+    pub async fn drain(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Decrements the in-flight count when a request ends, however it ends.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
 }
 
 pub struct Route {
     pub job_id: String,
     clients: ArcSwap<Vec<String>>,
     backends: ArcSwap<Vec<Backend>>,
-    /// Milliseconds since the router started, of the last request.
-    last_request_ms: AtomicU64,
+    /// The job has a cooling instance that requests should wake.
+    has_cooling: bool,
+    /// Set when a request found the cooling instance missing; the lifecycle
+    /// takes it (so a burst wakes the instance once).
+    wake_requested: AtomicBool,
+    wake: Notify,
+    /// Cancelled when the route closes (the job ended).
+    pub closed: CancellationToken,
+}
+
+impl Route {
+    /// Waits until a request asks for the cooling instance, and takes the ask.
+    pub async fn wake_requested(&self) {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.wake_requested.swap(false, Ordering::AcqRel) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Forgets asks made while the cooling instance was coming up anyway.
+    pub fn clear_wake(&self) {
+        self.wake_requested.store(false, Ordering::Release);
+    }
+
+    fn request_wake(&self) {
+        if !self.wake_requested.swap(true, Ordering::AcqRel) {
+            self.wake.notify_waiters();
+        }
+    }
+
+    pub fn backend(&self, instance_id: &str) -> Option<Backend> {
+        self.backends
+            .load()
+            .iter()
+            .find(|b| b.instance_id == instance_id)
+            .cloned()
+    }
 }
 
 type Key = (String, String);
@@ -34,7 +123,6 @@ pub struct Router {
     table: ArcSwap<HashMap<Key, Arc<Route>>>,
     /// Serialises writers; readers never take it.
     write: Mutex<()>,
-    started: std::time::Instant,
 }
 
 /// Why a prediction could not be routed.
@@ -58,7 +146,6 @@ impl Default for Router {
         Router {
             table: ArcSwap::from_pointee(HashMap::new()),
             write: Mutex::new(()),
-            started: std::time::Instant::now(),
         }
     }
 }
@@ -68,47 +155,80 @@ impl Router {
         (owner.to_string(), model.to_string())
     }
 
-    fn edit(&self, f: impl FnOnce(&mut HashMap<Key, Arc<Route>>)) {
+    fn edit<T>(&self, f: impl FnOnce(&mut HashMap<Key, Arc<Route>>) -> T) -> T {
         let _guard = self.write.lock().expect("router lock");
         let mut next = HashMap::clone(&self.table.load());
-        f(&mut next);
+        let out = f(&mut next);
         self.table.store(Arc::new(next));
+        out
     }
 
-    fn route(&self, owner: &str, model: &str) -> Option<Arc<Route>> {
+    pub fn route(&self, owner: &str, model: &str) -> Option<Arc<Route>> {
         self.table.load().get(&Self::key(owner, model)).cloned()
     }
 
-    /// Adds (or replaces) the instance's backend, creating the route if needed.
-    pub fn add_backend(
+    /// The job's route, created (without backends) if it has none yet.
+    pub fn open(
         &self,
         owner: &str,
         model: &str,
         job_id: &str,
         clients: &[String],
-        backend: Backend,
-    ) {
+        has_cooling: bool,
+    ) -> Arc<Route> {
+        if let Some(route) = self.route(owner, model).filter(|r| r.job_id == job_id) {
+            return route;
+        }
         self.edit(|table| {
-            let route = table.entry(Self::key(owner, model)).or_insert_with(|| {
-                Arc::new(Route {
-                    job_id: job_id.to_string(),
-                    clients: ArcSwap::from_pointee(clients.to_vec()),
-                    backends: ArcSwap::from_pointee(Vec::new()),
-                    last_request_ms: AtomicU64::new(0),
-                })
+            let route = Arc::new(Route {
+                job_id: job_id.to_string(),
+                clients: ArcSwap::from_pointee(clients.to_vec()),
+                backends: ArcSwap::from_pointee(Vec::new()),
+                has_cooling,
+                wake_requested: AtomicBool::new(false),
+                wake: Notify::new(),
+                closed: CancellationToken::new(),
             });
-            let mut backends: Vec<Backend> = route
-                .backends
-                .load()
-                .iter()
-                .filter(|b| b.instance_id != backend.instance_id)
-                .cloned()
-                .collect();
-            backends.push(backend);
-            // The cooling instance first.
-            backends.sort_by_key(|b| b.role != Role::Cooling);
-            route.backends.store(Arc::new(backends));
-        });
+            table.insert(Self::key(owner, model), route.clone());
+            route
+        })
+    }
+
+    /// Adds (or replaces) the instance's backend on an open route.
+    pub fn add_backend(&self, owner: &str, model: &str, backend: Backend) {
+        let Some(route) = self.route(owner, model) else {
+            return;
+        };
+        let _guard = self.write.lock().expect("router lock");
+        let mut backends: Vec<Backend> = route
+            .backends
+            .load()
+            .iter()
+            .filter(|b| b.instance_id != backend.instance_id)
+            .cloned()
+            .collect();
+        backends.push(backend);
+        // The cooling instance first.
+        backends.sort_by_key(|b| b.role != Role::Cooling);
+        route.backends.store(Arc::new(backends));
+    }
+
+    /// Takes the instance out of its route; new requests go elsewhere.
+    pub fn remove_backend(&self, owner: &str, model: &str, instance_id: &str) -> Option<Backend> {
+        let route = self.route(owner, model)?;
+        let _guard = self.write.lock().expect("router lock");
+        let current = route.backends.load();
+        let removed = current
+            .iter()
+            .find(|b| b.instance_id == instance_id)
+            .cloned()?;
+        let rest: Vec<Backend> = current
+            .iter()
+            .filter(|b| b.instance_id != instance_id)
+            .cloned()
+            .collect();
+        route.backends.store(Arc::new(rest));
+        Some(removed)
     }
 
     pub fn set_clients(&self, owner: &str, model: &str, clients: &[String]) {
@@ -117,10 +237,12 @@ impl Router {
         }
     }
 
-    pub fn remove_route(&self, owner: &str, model: &str) {
-        self.edit(|table| {
-            table.remove(&Self::key(owner, model));
-        });
+    /// Stops serving the model at once.
+    pub fn close(&self, owner: &str, model: &str) {
+        let removed = self.edit(|table| table.remove(&Self::key(owner, model)));
+        if let Some(route) = removed {
+            route.closed.cancel();
+        }
     }
 
     pub async fn predict(
@@ -135,27 +257,31 @@ impl Router {
         if !client_allowed(&route.clients.load(), client_id) {
             return Err(RouteError::ClientDenied);
         }
-        route
-            .last_request_ms
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let backend = route
             .backends
             .load()
             .first()
             .cloned()
             .ok_or(RouteError::NoBackend)?;
+        if route.has_cooling && backend.role != Role::Cooling {
+            route.request_wake();
+        }
+        backend.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _in_flight = InFlight(backend.in_flight.clone());
+        backend
+            .last_request_ms
+            .fetch_max(now_ms(), Ordering::Relaxed);
         let request = AgentPredictRequest {
             job_id: route.job_id.clone(),
             payload,
             content_type,
         };
         let response = backend
-            .client
-            .clone()
+            .link
             .predict(request)
             .await
-            .map_err(RouteError::Agent)?
-            .into_inner();
+            .map_err(RouteError::Agent)?;
+        backend.served.fetch_add(1, Ordering::Relaxed);
         Ok(Routed {
             output: response.output,
             content_type: response.content_type,

@@ -118,6 +118,14 @@ impl InstanceState {
         self.status == InstanceStatus::Closed
     }
 
+    /// Its agent takes requests: EXECUTING, or COOLING (idle, counting down).
+    pub fn is_serving(self) -> bool {
+        matches!(
+            self.status,
+            InstanceStatus::Executing | InstanceStatus::Cooling
+        )
+    }
+
     /// Nothing more will happen to it unless asked: CLOSED, or COOLING after its job.
     pub fn is_settled(self) -> bool {
         matches!(

@@ -16,6 +16,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
+pub use crate::clock::now_ms;
 use crate::state::{self, JobKind, StateError};
 use durability::GroupCommit;
 pub use records::*;

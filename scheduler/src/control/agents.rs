@@ -5,12 +5,12 @@
 
 use std::time::Instant;
 
-use aibro_proto::v1::{agent_client::AgentClient, AgentPhase, PhaseReport, PrepareRequest};
-use tonic::transport::Channel;
+use aibro_proto::v1::{AgentPhase, PhaseReport, PrepareRequest};
 
 use crate::error::{Error, Result};
+use crate::link::{self, Link};
 use crate::router::Backend;
-use crate::state::{self, InstanceEvent, InstanceState, JobEvent, JobKind};
+use crate::state::{self, InstanceEvent, InstanceState, JobEvent, JobKind, JobStatus};
 use crate::store::{HardwareRecord, InstanceRecord, JobRecord, Mark, StoreError};
 
 use super::Control;
@@ -33,6 +33,22 @@ fn instance_mut<'a>(
         .ok_or_else(|| StoreError::Stale(format!("instance {id} is not part of its job")))
 }
 
+/// Instances whose agents serve and that may now take traffic: EXECUTING
+/// while the job is DEPLOYED (a ready cooling instance joins when the standby
+/// makes the job DEPLOYED).
+fn promote_ready(job: &JobRecord, insts: &mut [InstanceRecord]) -> Result<(), StoreError> {
+    if job.state.status != JobStatus::Deployed {
+        return Ok(());
+    }
+    for inst in insts
+        .iter_mut()
+        .filter(|i| i.ready && i.state == InstanceState::LAUNCHING)
+    {
+        inst.state = state::next_instance(inst.state, InstanceEvent::Ready)?;
+    }
+    Ok(())
+}
+
 impl Control {
     fn live_instance(&self, instance_id: &str) -> Result<InstanceRecord> {
         let inst = self
@@ -47,16 +63,29 @@ impl Control {
         Ok(inst)
     }
 
-    /// An agent joined: remember where it listens and send it its job.
-    #[tracing::instrument(skip(self, hardware))]
+    /// An agent joined over gRPC at `address`.
     pub async fn register(
         &self,
         instance_id: &str,
         address: &str,
         hardware: HardwareRecord,
     ) -> Result<()> {
+        self.live_instance(instance_id)?;
+        let link = link::grpc(address).map_err(Error::InvalidArgument)?;
+        self.attach(instance_id, address, link, hardware).await
+    }
+
+    /// Remembers how to reach the instance's agent and sends it its job.
+    #[tracing::instrument(skip(self, link, hardware))]
+    pub async fn attach(
+        &self,
+        instance_id: &str,
+        address: &str,
+        link: Link,
+        hardware: HardwareRecord,
+    ) -> Result<()> {
         let inst = self.live_instance(instance_id)?;
-        let client = self.connect_agent(instance_id, address)?;
+        self.set_agent(instance_id, link.clone());
         let committed = self
             .apply(&inst.job_id, |_, insts| {
                 let inst = instance_mut(insts, instance_id)?;
@@ -80,7 +109,7 @@ impl Control {
         };
         let this = self.clone();
         self.spawn(async move {
-            if let Err(status) = client.clone().prepare(request).await {
+            if let Err(status) = link.prepare(request).await {
                 let reason = format!("the agent refused the job: {}", status.message());
                 this.cancel(&job.id, reason).await;
             }
@@ -121,22 +150,22 @@ impl Control {
             } else {
                 report.traceback
             };
-            self.cancel(&inst.job_id, reason).await;
+            if inst.role.is_primary() {
+                self.cancel(&inst.job_id, reason).await;
+            } else {
+                // The job goes on with its standby.
+                tracing::warn!(instance_id, "cooling instance failed: {reason}");
+                self.stop_instance(&inst).await;
+            }
             return Ok(());
         }
         let (event, mark) = match phase {
-            AgentPhase::GearingUpEnv => (Some(JobEvent::GearingUp), "gearing up env"),
-            AgentPhase::ModelLoading => (
-                Some(JobEvent::Loading),
-                if report.env_cached {
-                    "env reused"
-                } else {
-                    "env geared up"
-                },
-            ),
-            AgentPhase::Serving => (Some(JobEvent::Serving), "model loaded"),
-            AgentPhase::Training => (Some(JobEvent::TrainingStarted), "training"),
-            AgentPhase::Returning => (Some(JobEvent::Returning), "returning"),
+            AgentPhase::GearingUpEnv => (JobEvent::GearingUp, "gearing up env"),
+            AgentPhase::ModelLoading if report.env_cached => (JobEvent::Loading, "env reused"),
+            AgentPhase::ModelLoading => (JobEvent::Loading, "env geared up"),
+            AgentPhase::Serving => (JobEvent::Serving, "model loaded"),
+            AgentPhase::Training => (JobEvent::TrainingStarted, "training"),
+            AgentPhase::Returning => (JobEvent::Returning, "returning"),
             AgentPhase::Unspecified | AgentPhase::Failed => {
                 return Err(Error::InvalidArgument("phase is unspecified".into()))
             }
@@ -149,50 +178,53 @@ impl Control {
                 }
                 let inst = instance_mut(insts, instance_id)?;
                 if inst.role.is_primary() {
-                    if let Some(event) = event {
-                        advance(job, event);
-                    }
+                    advance(job, event);
                 }
-                if serving && inst.state == InstanceState::LAUNCHING {
-                    inst.state = state::next_instance(inst.state, InstanceEvent::Ready)?;
+                if serving {
+                    inst.ready = inst.state == InstanceState::LAUNCHING;
                 }
+                promote_ready(job, insts)?;
                 let mut mark = Mark::phase(instance_id, mark);
                 mark.message = report.message.clone();
                 Ok(vec![mark])
             })
             .await?;
-        if serving && !committed.job.state.is_ended() {
-            self.serve(&committed.job, instance_id);
+        if serving {
+            for inst in committed.instances.iter().filter(|i| i.state.is_serving()) {
+                self.serve(&committed.job, inst);
+            }
         }
         Ok(())
     }
 
-    /// Puts the instance's agent behind the job's route.
-    fn serve(&self, job: &JobRecord, instance_id: &str) {
-        if let (Some(client), Ok(Some(inst))) =
-            (self.agent(instance_id), self.store().instance(instance_id))
-        {
-            self.route_to(job, &inst, client);
+    /// Puts the instance's agent behind the job's route (idempotent).
+    pub(crate) fn serve(&self, job: &JobRecord, inst: &InstanceRecord) {
+        let Some(route) = self.router().route(&job.owner, &job.model_name) else {
+            return;
+        };
+        if route.job_id != job.id || route.backend(&inst.id).is_some() {
+            return;
+        }
+        if let Some(link) = self.agent(&inst.id) {
+            let backend = Backend::new(&inst.id, inst.role, link);
+            self.router()
+                .add_backend(&job.owner, &job.model_name, backend);
         }
     }
 
-    pub(crate) fn route_to(
-        &self,
-        job: &JobRecord,
-        inst: &InstanceRecord,
-        client: AgentClient<Channel>,
-    ) {
-        let backend = Backend {
-            instance_id: inst.id.clone(),
-            role: inst.role,
-            client,
-        };
-        self.router().add_backend(
-            &job.owner,
-            &job.model_name,
-            &job.id,
-            &job.client_ids,
-            backend,
-        );
+    /// Opens the job's route (no backends until an instance serves).
+    pub(crate) fn open_route(&self, job: &JobRecord) {
+        if job.kind == JobKind::Inference && !job.state.is_ended() {
+            let route = self.router().open(
+                &job.owner,
+                &job.model_name,
+                &job.id,
+                &job.client_ids,
+                job.cooling.is_some(),
+            );
+            if job.cooling.is_some() {
+                self.supervise_cooling(job.clone(), route);
+            }
+        }
     }
 }

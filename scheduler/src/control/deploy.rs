@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use crate::auth::User;
 use crate::catalog::{Machine, Market};
 use crate::error::{Error, Result};
-use crate::state::{self, InstanceEvent, JobEvent, JobKind, JobState, Role};
+use crate::state::{self, InstanceEvent, InstanceState, JobEvent, JobKind, JobState, Role};
 use crate::store::{now_ms, JobRecord, StoreError, RECORD_VERSION};
 
 use super::{new_id, Control};
@@ -131,13 +131,11 @@ impl Control {
             }));
         }
         let standby = self.deployable_machine("machine_config.standby", &spec.standby)?;
-        if !spec.cooling.is_empty() {
-            self.deployable_machine("machine_config.cooling", &spec.cooling)?;
-            return Err(Error::Unimplemented(
-                "cooling instances are not available yet; deploy with a standby instance only"
-                    .into(),
-            ));
-        }
+        let cooling = if spec.cooling.is_empty() {
+            None
+        } else {
+            Some(self.deployable_machine("machine_config.cooling", &spec.cooling)?)
+        };
         check_clients(&spec.client_ids)?;
         let artifact = self.check_artifact(user, &spec.artifact_digest)?;
         if !artifact.has_predict {
@@ -159,7 +157,7 @@ impl Control {
             state: JobState::QUEUED,
             reason: String::new(),
             standby: standby.id.clone(),
-            cooling: None,
+            cooling: cooling.as_ref().map(|m| m.id.clone()),
             machine_ids: vec![],
             artifact_digest: artifact.digest,
             cool_down_period_s: if spec.cool_down_period_s == 0 {
@@ -182,8 +180,13 @@ impl Control {
         };
         let committed = self.store().create_job(job).await?;
         self.hub().publish(&committed.job.id, &committed.events);
-        self.start_launch(&committed.job, Role::Standby, standby);
-        Ok((Some(committed.job), None))
+        let job = committed.job;
+        self.open_route(&job);
+        self.start_launch(&job, Role::Standby, standby);
+        if let Some(cooling) = cooling {
+            self.start_launch(&job, Role::Cooling, cooling);
+        }
+        Ok((Some(job), None))
     }
 
     async fn dry_run(&self, digest: &str) -> Result<DryRun> {
@@ -246,20 +249,24 @@ impl Control {
                 }
                 job.state = state::next_job(job.kind, job.state, event)?;
                 job.reason = reason.clone();
-                for inst in insts.iter_mut().filter(|i| !i.state.is_closed()) {
+                // Stopped instances are terminated too: their disks go.
+                for inst in insts
+                    .iter_mut()
+                    .filter(|i| i.state != InstanceState::TERMINATED)
+                {
                     inst.state = state::next_instance(inst.state, InstanceEvent::Terminate)?;
                 }
                 Ok(vec![])
             })
             .await?;
         let job = committed.job;
-        self.router().remove_route(&job.owner, &job.model_name);
+        self.router().close(&job.owner, &job.model_name);
         for inst in committed
             .instances
             .into_iter()
-            .filter(|i| !i.state.is_closed())
+            .filter(|i| i.state == InstanceState::TERMINATING)
         {
-            self.start_close(inst);
+            self.start_close(inst.id);
         }
         Ok(job)
     }

@@ -1,8 +1,11 @@
 //! Getting and giving back machines: request an instance within the job's
-//! `wait_request_s` (catalog capacity), launch it through its provider, give
-//! up if its agent never connects, and close instances when a job ends.
+//! `wait_request_s` (catalog capacity), launch or restart it through its
+//! provider, give up when its agent never connects, and close instances
+//! (stop keeping the disk, or terminate).
 
 use std::time::Duration;
+
+use aibro_proto::v1::StopRequest;
 
 use crate::catalog::Machine;
 use crate::state::{self, InstanceEvent, InstanceState, JobEvent, Role};
@@ -11,6 +14,8 @@ use crate::store::{InstanceRecord, JobRecord, Mark, StoreError, RECORD_VERSION};
 use super::{new_id, Control};
 
 const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a closing instance waits for requests already sent to it.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 impl Control {
     pub(crate) fn start_launch(&self, job: &JobRecord, role: Role, machine: Machine) {
@@ -20,24 +25,38 @@ impl Control {
         self.spawn(async move { this.launch(&job_id, role, machine, wait).await });
     }
 
-    #[tracing::instrument(skip(self, machine, wait), fields(machine = %machine.id))]
-    async fn launch(&self, job_id: &str, role: Role, machine: Machine, wait: Duration) {
+    /// Takes a machine of the type for the instance within `wait`.
+    pub(crate) async fn acquire(
+        &self,
+        instance_id: &str,
+        machine: &Machine,
+        wait: Duration,
+    ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + wait;
         let kind = &machine.kind;
-        if !self
+        if self
             .capacity()
-            .acquire(&kind.name, kind.capacity, deadline)
+            .acquire(&kind.name, kind.capacity, instance_id, deadline)
             .await
         {
-            let reason = format!(
+            Ok(())
+        } else {
+            Err(format!(
                 "no `{}` instance could be had within wait_request_s={}s: all {} are in use",
                 machine.id,
                 wait.as_secs(),
                 kind.capacity
-            );
+            ))
+        }
+    }
+
+    #[tracing::instrument(skip(self, machine, wait), fields(machine = %machine.id))]
+    async fn launch(&self, job_id: &str, role: Role, machine: Machine, wait: Duration) {
+        let instance_id = new_id("inst");
+        if let Err(reason) = self.acquire(&instance_id, &machine, wait).await {
             return self.cancel(job_id, reason).await;
         }
-        let instance_id = new_id("inst");
+        let _lock = self.lock_instance(&instance_id).await;
         let created = self
             .apply(job_id, |job, insts| {
                 if job.state.is_ended() {
@@ -55,6 +74,7 @@ impl Control {
                     state: InstanceState::LAUNCHING,
                     agent_address: String::new(),
                     hardware: None,
+                    ready: false,
                     created_ms: crate::store::now_ms(),
                     updated_ms: 0,
                 });
@@ -64,7 +84,7 @@ impl Control {
             .await;
         if let Err(e) = created {
             tracing::info!(error = %e, "launch abandoned");
-            self.capacity().release(&kind.name);
+            self.capacity().release(&instance_id);
             return;
         }
         let launched = match self.machine_provider(&machine) {
@@ -74,6 +94,7 @@ impl Control {
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
+        drop(_lock);
         match launched {
             Ok(()) => {
                 tracing::info!(instance_id, "instance launched");
@@ -86,7 +107,8 @@ impl Control {
         }
     }
 
-    /// Cancels the job if the instance's agent has not registered in time.
+    /// Gives up on an instance whose agent has not registered in time: the job
+    /// is canceled when it is the primary, otherwise the instance is stopped.
     pub(crate) fn watch_connect(&self, instance_id: String) {
         let this = self.clone();
         let timeout = self.settings().connect_timeout;
@@ -95,60 +117,116 @@ impl Control {
             let Ok(Some(inst)) = this.store().instance(&instance_id) else {
                 return;
             };
-            if inst.state == InstanceState::LAUNCHING && inst.agent_address.is_empty() {
-                let reason = format!(
-                    "the agent of instance {instance_id} did not connect within {}s",
-                    timeout.as_secs()
-                );
+            if inst.state != InstanceState::LAUNCHING || !inst.agent_address.is_empty() {
+                return;
+            }
+            let reason = format!(
+                "the agent of instance {instance_id} did not connect within {}s",
+                timeout.as_secs()
+            );
+            if inst.role.is_primary() {
                 this.cancel(&inst.job_id, reason).await;
+            } else {
+                tracing::warn!(instance_id, "{reason}; stopping it");
+                this.stop_instance(&inst).await;
             }
         });
     }
 
-    /// Stops the agent's work and terminates the machine, then records it CLOSED.
-    pub(crate) fn start_close(&self, inst: InstanceRecord) {
-        let this = self.clone();
-        self.spawn(async move { this.close(inst).await });
-    }
-
-    #[tracing::instrument(skip_all, fields(instance_id = %inst.id))]
-    async fn close(&self, inst: InstanceRecord) {
-        let terminate = inst.state == InstanceState::TERMINATING;
-        if let Some(mut agent) = self.agent(&inst.id) {
-            let request = aibro_proto::v1::StopRequest { terminate };
-            let _ = tokio::time::timeout(AGENT_STOP_TIMEOUT, agent.stop(request)).await;
-        }
-        self.forget_agent(&inst.id);
-        let Some(machine) = self.catalog().resolve(&inst.machine_id) else {
-            tracing::error!(machine = inst.machine_id, "machine left the catalog");
-            return;
-        };
-        let result = match self.machine_provider(&machine) {
-            Ok(p) if terminate => p.terminate(&inst.id).await,
-            Ok(p) => p.stop(&inst.id).await,
-            Err(e) => {
-                tracing::error!(error = %e, "no provider to close the instance");
-                return;
-            }
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "provider failed to close the instance");
-            return;
-        }
+    /// Stops one instance (its disk is kept) in the background.
+    pub(crate) async fn stop_instance(&self, inst: &InstanceRecord) {
         let id = inst.id.clone();
-        let closed = self
+        let moved = self
             .apply(&inst.job_id, |_, insts| {
                 let inst = insts
                     .iter_mut()
                     .find(|i| i.id == id)
                     .ok_or_else(|| StoreError::Stale(format!("instance {id} left its job")))?;
-                inst.state = state::next_instance(inst.state, InstanceEvent::Closed)?;
+                inst.state = state::next_instance(inst.state, InstanceEvent::Stop)?;
                 Ok(vec![])
             })
             .await;
-        match closed {
-            Ok(_) => self.capacity().release(&machine.kind.name),
-            Err(e) => tracing::error!(error = %e, "cannot record the instance closed"),
+        match moved {
+            Ok(_) => self.start_close(id),
+            Err(e) => tracing::info!(instance_id = %inst.id, error = %e, "not stopped"),
+        }
+    }
+
+    /// Closes the instance in the background: see [`Control::close`].
+    pub(crate) fn start_close(&self, instance_id: String) {
+        let this = self.clone();
+        self.spawn(async move { this.close(&instance_id).await });
+    }
+
+    /// Does what the instance's CLOSING substatus asks (stop or terminate) and
+    /// records it CLOSED. Re-reads the state under the instance lock, so a
+    /// terminate that overtook a stop is still carried out, and a second close
+    /// of the same instance does nothing.
+    #[tracing::instrument(skip(self))]
+    async fn close(&self, instance_id: &str) {
+        let _lock = self.lock_instance(instance_id).await;
+        loop {
+            let inst = match self.store().instance(instance_id) {
+                Ok(Some(inst)) => inst,
+                Ok(None) => return,
+                Err(e) => return tracing::error!(error = %e, "cannot read the instance"),
+            };
+            let terminate = match inst.state {
+                InstanceState::STOPPING => false,
+                InstanceState::TERMINATING => true,
+                _ => return,
+            };
+            if let Ok(Some(job)) = self.store().job(&inst.job_id) {
+                if let Some(backend) =
+                    self.router()
+                        .remove_backend(&job.owner, &job.model_name, &inst.id)
+                {
+                    backend.drain(DRAIN_LIMIT).await;
+                }
+            }
+            if let Some(agent) = self.agent(&inst.id) {
+                let _ =
+                    tokio::time::timeout(AGENT_STOP_TIMEOUT, agent.stop(StopRequest { terminate }))
+                        .await;
+            }
+            self.forget_agent(&inst.id);
+            let Some(machine) = self.catalog().resolve(&inst.machine_id) else {
+                return tracing::error!(machine = inst.machine_id, "machine left the catalog");
+            };
+            let result = match self.machine_provider(&machine) {
+                Ok(p) if terminate => p.terminate(&inst.id).await,
+                Ok(p) => p.stop(&inst.id).await,
+                Err(e) => return tracing::error!(error = %e, "no provider to close the instance"),
+            };
+            if let Err(e) = result {
+                return tracing::error!(error = %e, "provider failed to close the instance");
+            }
+            let acted = inst.state;
+            let closed = self
+                .apply(&inst.job_id, |_, insts| {
+                    let inst = insts
+                        .iter_mut()
+                        .find(|i| i.id == instance_id)
+                        .ok_or_else(|| {
+                            StoreError::Stale(format!("instance {instance_id} left its job"))
+                        })?;
+                    if inst.state != acted {
+                        return Err(StoreError::Stale(
+                            "the instance was asked to close otherwise".into(),
+                        ));
+                    }
+                    inst.state = state::next_instance(inst.state, InstanceEvent::Closed)?;
+                    Ok(vec![])
+                })
+                .await;
+            match closed {
+                Ok(_) => {
+                    self.capacity().release(instance_id);
+                    return;
+                }
+                Err(StoreError::Stale(_)) => continue,
+                Err(e) => return tracing::error!(error = %e, "cannot record the instance closed"),
+            }
         }
     }
 }

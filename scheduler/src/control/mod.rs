@@ -5,6 +5,7 @@
 
 mod agents;
 mod artifacts;
+mod cooling;
 mod deploy;
 mod launch;
 mod predict;
@@ -16,16 +17,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aibro_proto::v1::agent_client::AgentClient;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Channel;
 
 use crate::auth::{Auth, User};
 use crate::capacity::Capacity;
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::hub::Hub;
+use crate::link::Link;
 use crate::provider::Providers;
 use crate::router::Router;
 use crate::store::{Committed, InstanceRecord, JobRecord, Mark, Store, StoreError};
@@ -41,6 +41,11 @@ pub struct Settings {
     /// How long a launched agent may take to register.
     pub connect_timeout: Duration,
     pub heartbeat_interval: Duration,
+    /// A cooling instance without requests for this long shows COOLING (at
+    /// most half its cool-down period).
+    pub cooling_idle: Duration,
+    /// How often the cool-down countdown looks at its instance.
+    pub lifecycle_tick: Duration,
     pub python: String,
     /// pip options for dry runs (the agents get theirs as flags).
     pub pip: aibro_agent::PipOptions,
@@ -55,7 +60,9 @@ pub(crate) struct Inner {
     providers: Providers,
     capacity: Capacity,
     auth: Auth,
-    agents: Mutex<HashMap<String, AgentClient<Channel>>>,
+    agents: Mutex<HashMap<String, Link>>,
+    /// Serialises provider work (launch, start, stop, terminate) per instance.
+    instance_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// When each instance's agent was last heard from.
     heartbeats: Mutex<HashMap<String, std::time::Instant>>,
     tasks: TaskTracker,
@@ -88,6 +95,7 @@ impl Control {
                 capacity: Capacity::default(),
                 auth,
                 agents: Mutex::new(HashMap::new()),
+                instance_locks: Mutex::new(HashMap::new()),
                 heartbeats: Mutex::new(HashMap::new()),
                 tasks,
                 cancel,
@@ -167,7 +175,7 @@ impl Control {
         }
     }
 
-    pub(crate) fn agent(&self, instance_id: &str) -> Option<AgentClient<Channel>> {
+    pub(crate) fn agent(&self, instance_id: &str) -> Option<Link> {
         self.inner
             .agents
             .lock()
@@ -176,24 +184,12 @@ impl Control {
             .cloned()
     }
 
-    pub(crate) fn connect_agent(
-        &self,
-        instance_id: &str,
-        address: &str,
-    ) -> Result<AgentClient<Channel>> {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Error::InvalidArgument(format!("bad agent address `{address}`: {e}")))?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5));
-        let client = AgentClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+    pub(crate) fn set_agent(&self, instance_id: &str, link: Link) {
         self.inner
             .agents
             .lock()
             .expect("agents lock")
-            .insert(instance_id.to_string(), client.clone());
-        Ok(client)
+            .insert(instance_id.to_string(), link);
     }
 
     pub(crate) fn forget_agent(&self, instance_id: &str) {
@@ -202,6 +198,23 @@ impl Control {
             .lock()
             .expect("agents lock")
             .remove(instance_id);
+    }
+
+    /// Held while a provider works on the instance, so that a launch or wake
+    /// and a close never interleave.
+    pub(crate) async fn lock_instance(
+        &self,
+        instance_id: &str,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .inner
+            .instance_locks
+            .lock()
+            .expect("instance locks")
+            .entry(instance_id.to_string())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 }
 

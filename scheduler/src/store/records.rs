@@ -64,6 +64,10 @@ pub struct InstanceRecord {
     /// host:port of the agent's gRPC service, once it registered.
     pub agent_address: String,
     pub hardware: Option<HardwareRecord>,
+    /// Its agent serves, but the instance waits in LAUNCHING for its job to
+    /// be DEPLOYED (a cooling instance ready before the standby).
+    #[serde(default)]
+    pub ready: bool,
     pub created_ms: u64,
     pub updated_ms: u64,
 }
@@ -95,11 +99,4 @@ pub struct ArtifactRecord {
     pub unpacked_bytes: u64,
     pub has_predict: bool,
     pub has_train: bool,
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

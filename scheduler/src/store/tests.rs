@@ -39,6 +39,7 @@ fn launch(job: &mut JobRecord, insts: &mut Vec<InstanceRecord>) -> Result<Vec<Ma
         state: InstanceState::LAUNCHING,
         agent_address: String::new(),
         hardware: None,
+        ready: false,
         created_ms: 0,
         updated_ms: 0,
     });

@@ -1,0 +1,142 @@
+//! The cooling instance's lifecycle, one supervisor task per deployed job
+//! that has one: EXECUTING while requests reach it, COOLING once idle, stopped
+//! (disk kept) after `cool_down_period_s` without a request, and started again
+//! when a request finds it missing (the standby serves meanwhile). Status
+//! changes come only from here, never from the request path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::now_ms;
+use crate::router::Route;
+use crate::state::{self, InstanceEvent, InstanceState, Role};
+use crate::store::{InstanceRecord, JobRecord, Mark, StoreError};
+
+use super::Control;
+
+impl Control {
+    pub(crate) fn supervise_cooling(&self, job: JobRecord, route: Arc<Route>) {
+        let this = self.clone();
+        self.spawn(async move {
+            tokio::select! {
+                _ = route.closed.cancelled() => {}
+                _ = this.cooling_loop(&job, &route) => {}
+            }
+        });
+    }
+
+    fn cooling_instance(&self, job_id: &str) -> Option<InstanceRecord> {
+        let job = self.store().job(job_id).ok()??;
+        let instances = self.store().instances_of(&job).ok()?;
+        instances
+            .into_iter()
+            .rev()
+            .find(|i| i.role == Role::Cooling)
+    }
+
+    async fn cooling_loop(&self, job: &JobRecord, route: &Route) {
+        let cool_down = Duration::from_secs(job.cool_down_period_s.into());
+        let idle_after = self.settings().cooling_idle.min(cool_down / 2);
+        let tick = self.settings().lifecycle_tick;
+        loop {
+            let Some(inst) = self.cooling_instance(&job.id) else {
+                tokio::time::sleep(tick).await;
+                continue;
+            };
+            if inst.state == InstanceState::STOPPED {
+                route.wake_requested().await;
+                self.wake(job, &inst).await;
+                continue;
+            }
+            let backend = route.backend(&inst.id).filter(|_| inst.state.is_serving());
+            let Some(backend) = backend else {
+                // Launching, closing, or not routed yet.
+                tokio::time::sleep(tick).await;
+                continue;
+            };
+            route.clear_wake();
+            let idle = Duration::from_millis(now_ms().saturating_sub(backend.last_request_ms()));
+            if idle >= cool_down {
+                self.stop_instance(&inst).await;
+                continue;
+            }
+            let (want, event) = if idle >= idle_after {
+                (InstanceState::COOLING, InstanceEvent::Idle)
+            } else {
+                (InstanceState::EXECUTING, InstanceEvent::Busy)
+            };
+            if inst.state != want {
+                self.move_instance(&inst, event, None).await;
+            }
+            let next = if idle < idle_after {
+                idle_after - idle
+            } else {
+                cool_down - idle
+            };
+            tokio::time::sleep(next.min(tick)).await;
+        }
+    }
+
+    /// Applies one instance event (when still legal) with an optional mark.
+    async fn move_instance(
+        &self,
+        inst: &InstanceRecord,
+        event: InstanceEvent,
+        mark: Option<&str>,
+    ) -> bool {
+        let id = inst.id.clone();
+        let moved = self
+            .apply(&inst.job_id, |_, insts| {
+                let inst = insts
+                    .iter_mut()
+                    .find(|i| i.id == id)
+                    .ok_or_else(|| StoreError::Stale(format!("instance {id} left its job")))?;
+                inst.state = state::next_instance(inst.state, event)?;
+                if event == InstanceEvent::Start {
+                    inst.ready = false;
+                    inst.agent_address.clear();
+                }
+                Ok(mark.map(|m| Mark::phase(&id, m)).into_iter().collect())
+            })
+            .await;
+        if let Err(e) = &moved {
+            tracing::info!(instance_id = %inst.id, ?event, error = %e, "instance not moved");
+        }
+        moved.is_ok()
+    }
+
+    /// Starts a stopped cooling instance on its kept disk.
+    #[tracing::instrument(skip_all, fields(instance_id = %inst.id))]
+    async fn wake(&self, job: &JobRecord, inst: &InstanceRecord) {
+        let Some(machine) = self.catalog().resolve(&inst.machine_id) else {
+            return;
+        };
+        let Ok(provider) = self.machine_provider(&machine) else {
+            return;
+        };
+        let wait = Duration::from_secs(job.wait_request_s.into());
+        if let Err(reason) = self.acquire(&inst.id, &machine, wait).await {
+            // The standby keeps serving; the next request asks again.
+            return tracing::warn!("cannot wake the cooling instance: {reason}");
+        }
+        let lock = self.lock_instance(&inst.id).await;
+        if !self
+            .move_instance(inst, InstanceEvent::Start, Some("instance woken"))
+            .await
+        {
+            self.capacity().release(&inst.id);
+            return;
+        }
+        let started = provider.start(&inst.id, &machine).await;
+        drop(lock);
+        match started {
+            Ok(()) => self.watch_connect(inst.id.clone()),
+            Err(e) => {
+                tracing::error!(error = %e, "the provider could not start the cooling instance");
+                if let Ok(Some(inst)) = self.store().instance(&inst.id) {
+                    self.stop_instance(&inst).await;
+                }
+            }
+        }
+    }
+}
