@@ -67,6 +67,9 @@ pub fn instance(i: &Instance) -> Value {
         "substatus": display::instance_substatus(i.substatus),
         "agent_address": i.agent_address,
         "hardware": hardware(&i.hardware),
+        "price_per_hour": i.price_per_hour,
+        "running_ms": i.running_ms,
+        "cost_usd": i.cost_usd,
         "created_at": time(&i.created_at),
         "updated_at": time(&i.updated_at),
     })
@@ -92,6 +95,8 @@ pub fn job(j: &Job) -> Value {
         "created_at": time(&j.created_at),
         "updated_at": time(&j.updated_at),
         "predict_address": j.predict_address,
+        "cost_usd": j.cost_usd,
+        "always_on_cost_usd": j.always_on_cost_usd,
         "instances": j.instances.iter().map(instance).collect::<Vec<_>>(),
     })
 }

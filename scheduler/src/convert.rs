@@ -3,6 +3,7 @@
 use aibro_proto::v1 as pb;
 use prost_types::Timestamp;
 
+use crate::ledger::{InstanceCost, JobCost};
 use crate::state::{InstanceStatus, InstanceSubstatus, JobKind, JobStatus, JobSubstatus, Role};
 use crate::store::{EventRecord, HardwareRecord, InstanceRecord, JobRecord};
 
@@ -112,8 +113,11 @@ fn hardware(h: &HardwareRecord) -> pb::Hardware {
     }
 }
 
-pub fn instance(i: &InstanceRecord) -> pb::Instance {
+pub fn instance(i: &InstanceRecord, cost: Option<&InstanceCost>) -> pb::Instance {
     pb::Instance {
+        price_per_hour: cost.map_or(0.0, |c| c.price_per_hour),
+        running_ms: cost.map_or(0, |c| c.running_ms),
+        cost_usd: cost.map_or(0.0, |c| c.cost_usd),
         instance_id: i.id.clone(),
         job_id: i.job_id.clone(),
         role: role(i.role) as i32,
@@ -128,8 +132,15 @@ pub fn instance(i: &InstanceRecord) -> pb::Instance {
 }
 
 /// `public_url` is the scheduler's address users send predictions to.
-pub fn job(j: &JobRecord, instances: &[InstanceRecord], public_url: &str) -> pb::Job {
+pub fn job(
+    j: &JobRecord,
+    instances: &[InstanceRecord],
+    cost: &JobCost,
+    public_url: &str,
+) -> pb::Job {
     pb::Job {
+        cost_usd: cost.total_usd,
+        always_on_cost_usd: cost.always_on_usd,
         job_id: j.id.clone(),
         owner: j.owner.clone(),
         kind: kind(j.kind) as i32,
@@ -147,7 +158,10 @@ pub fn job(j: &JobRecord, instances: &[InstanceRecord], public_url: &str) -> pb:
         description: j.description.clone(),
         created_at: timestamp(j.created_ms),
         updated_at: timestamp(j.updated_ms),
-        instances: instances.iter().map(instance).collect(),
+        instances: instances
+            .iter()
+            .map(|i| instance(i, cost.instances.iter().find(|c| c.instance_id == i.id)))
+            .collect(),
         predict_address: predict_address(j, public_url),
     }
 }

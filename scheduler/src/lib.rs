@@ -19,6 +19,7 @@ pub mod convert;
 pub mod error;
 pub mod gateway;
 pub mod hub;
+pub mod ledger;
 pub mod link;
 pub mod provider;
 pub mod router;

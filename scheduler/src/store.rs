@@ -17,6 +17,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::Transactional;
 
 pub use crate::clock::now_ms;
+use crate::ledger;
 use crate::state::{self, JobKind, StateError};
 use durability::GroupCommit;
 pub use records::*;
@@ -252,6 +253,9 @@ impl Store {
             let mut changed_any = false;
             for inst in &mut insts {
                 let old = old_instances.iter().find(|o| o.id == inst.id);
+                if old.map(|o| o.state) != Some(inst.state) {
+                    ledger::account(old.map(|o| o.state), inst, now);
+                }
                 if old != Some(inst) {
                     inst.updated_ms = now;
                     instances.insert(inst.id.as_bytes(), enc(inst))?;
@@ -396,4 +400,4 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

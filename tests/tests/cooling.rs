@@ -185,6 +185,26 @@ async fn cooling_instance_cools_down_stops_and_wakes_on_request() -> anyhow::Res
     s.watch_until(&token, &job_id, Duration::from_secs(30), |e| e.last)
         .await?;
     let job = s.get_job(&token, &job_id).await?;
+    // The ledger: each instance was charged for the time it held a machine.
+    let total: f64 = job.instances.iter().map(|i| i.cost_usd).sum();
+    assert!(
+        (job.cost_usd - total).abs() < 1e-9 && total > 0.0,
+        "{job:?}"
+    );
+    assert!(job.always_on_cost_usd > 0.0);
+    for inst in &job.instances {
+        let hours = inst.running_ms as f64 / 3_600_000.0;
+        assert!(
+            (inst.cost_usd - inst.price_per_hour * hours).abs() < 1e-9,
+            "{inst:?}"
+        );
+    }
+    let [standby, cooling_inst] = [InstanceRole::Standby, InstanceRole::Cooling]
+        .map(|role| job.instances.iter().find(|i| i.role() == role).unwrap());
+    assert!(
+        cooling_inst.running_ms < standby.running_ms,
+        "the stopped time was not charged"
+    );
     for inst in &job.instances {
         assert_eq!(inst.substatus(), InstanceSubstatus::Terminated);
         assert!(!s

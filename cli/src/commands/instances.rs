@@ -38,11 +38,13 @@ pub async fn show(ctx: &Ctx, job_id: Option<&str>) -> Result<()> {
 pub fn table(instances: &[Instance], with_job: bool) -> Table {
     let mut t = if with_job {
         Table::new([
-            "INSTANCE", "JOB", "ROLE", "MACHINE", "STATUS", "HARDWARE", "AGENT", "UPDATED",
+            "INSTANCE", "JOB", "ROLE", "MACHINE", "STATUS", "HARDWARE", "AGENT", "RUNNING", "COST",
+            "UPDATED",
         ])
     } else {
         Table::new([
-            "INSTANCE", "ROLE", "MACHINE", "STATUS", "HARDWARE", "AGENT", "UPDATED",
+            "INSTANCE", "ROLE", "MACHINE", "STATUS", "HARDWARE", "AGENT", "RUNNING", "COST",
+            "UPDATED",
         ])
     };
     for i in instances {
@@ -56,6 +58,8 @@ pub fn table(instances: &[Instance], with_job: bool) -> Table {
             display::instance_state(i.status, i.substatus),
             display::hardware(&i.hardware),
             or_dash(&i.agent_address),
+            display::duration_ms(i.running_ms),
+            display::usd(i.cost_usd),
             display::ago(&i.updated_at),
         ]);
         t.row(row);

@@ -93,6 +93,20 @@ fn machines(j: &Job) -> String {
     }
 }
 
+/// "$0.4210 so far; $0.9800 with local.large.od always on (saves 57%)".
+fn cost_line(job: &Job) -> String {
+    let mut line = format!("{} so far", display::usd(job.cost_usd));
+    if !job.cooling_machine.is_empty() && job.always_on_cost_usd > 0.0 {
+        let saved = 100.0 * (1.0 - job.cost_usd / job.always_on_cost_usd);
+        line.push_str(&format!(
+            "; {} with {} always on (saves {saved:.0}%)",
+            display::usd(job.always_on_cost_usd),
+            job.cooling_machine
+        ));
+    }
+    line
+}
+
 /// Prints one job with its instances.
 pub fn show(ctx: &Ctx, job: &Job) {
     output::emit(
@@ -130,6 +144,7 @@ pub fn show(ctx: &Ctx, job: &Job) {
                 field("description", &job.description);
             }
             field("artifacts", &or_dash(&job.artifact_digest));
+            field("cost", &cost_line(job));
             field(
                 "created",
                 &format!(

@@ -8,26 +8,31 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use tonic::{Request, Response, Status};
 
+use crate::clock::now_ms;
 use crate::control::Control;
 use crate::convert;
 use crate::error::Error;
+use crate::ledger::{self, JobCost};
+use crate::store::{InstanceRecord, JobRecord};
 
 pub struct JobsApi {
     pub control: Control,
 }
 
 impl JobsApi {
-    fn job_view(&self, job: &crate::store::JobRecord) -> Result<Job, Status> {
+    fn job_view(&self, job: &JobRecord) -> Result<Job, Status> {
         let instances = self
             .control
             .store()
             .instances_of(job)
             .map_err(Error::from)?;
-        Ok(convert::job(
-            job,
-            &instances,
-            &self.control.settings().public_url,
-        ))
+        let cost = self.cost(job, &instances);
+        let public_url = &self.control.settings().public_url;
+        Ok(convert::job(job, &instances, &cost, public_url))
+    }
+
+    fn cost(&self, job: &JobRecord, instances: &[InstanceRecord]) -> JobCost {
+        ledger::job_cost(job, instances, self.control.catalog(), now_ms())
     }
 }
 
@@ -107,7 +112,13 @@ impl Jobs for JobsApi {
                 .store()
                 .instances_of(job)
                 .map_err(Error::from)?;
-            instances.extend(records.iter().map(convert::instance));
+            let cost = self.cost(job, &records);
+            instances.extend(
+                records
+                    .iter()
+                    .zip(&cost.instances)
+                    .map(|(i, c)| convert::instance(i, Some(c))),
+            );
         }
         Ok(Response::new(ListInstancesResponse { instances }))
     }

@@ -75,6 +75,8 @@ impl Control {
                     agent_address: String::new(),
                     hardware: None,
                     ready: false,
+                    running_ms: 0,
+                    running_since_ms: None,
                     created_ms: crate::store::now_ms(),
                     updated_ms: 0,
                 });

@@ -68,6 +68,12 @@ pub struct InstanceRecord {
     /// be DEPLOYED (a cooling instance ready before the standby).
     #[serde(default)]
     pub ready: bool,
+    /// Milliseconds it held a machine in earlier runs (closed intervals).
+    #[serde(default)]
+    pub running_ms: u64,
+    /// Since when it holds a machine now (not CLOSED).
+    #[serde(default)]
+    pub running_since_ms: Option<u64>,
     pub created_ms: u64,
     pub updated_ms: u64,
 }

@@ -40,6 +40,8 @@ fn launch(job: &mut JobRecord, insts: &mut Vec<InstanceRecord>) -> Result<Vec<Ma
         agent_address: String::new(),
         hardware: None,
         ready: false,
+        running_ms: 0,
+        running_since_ms: None,
         created_ms: 0,
         updated_ms: 0,
     });
