@@ -178,6 +178,27 @@ pub fn base64(data: &[u8]) -> String {
     out
 }
 
+/// Dollars with cents, or finer below a dollar: `$42.66`, `$0.0012`.
+pub fn usd(v: f64) -> String {
+    if v >= 1.0 {
+        format!("${v:.2}")
+    } else {
+        format!("${v:.4}")
+    }
+}
+
+/// `12.3s`, `4m05s`, `2h00m`.
+pub fn duration_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    if s < 60 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else if s < 3600 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,26 +277,5 @@ mod tests {
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(secs(1250), "1.25s");
-    }
-}
-
-/// Dollars with cents, or finer below a dollar: `$42.66`, `$0.0012`.
-pub fn usd(v: f64) -> String {
-    if v >= 1.0 {
-        format!("${v:.2}")
-    } else {
-        format!("${v:.4}")
-    }
-}
-
-/// `12.3s`, `4m05s`, `2h00m`.
-pub fn duration_ms(ms: u64) -> String {
-    let s = ms / 1000;
-    if s < 60 {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    } else if s < 3600 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
     }
 }
