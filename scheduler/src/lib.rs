@@ -23,6 +23,7 @@ pub mod ledger;
 pub mod link;
 pub mod provider;
 pub mod router;
+pub mod sim;
 pub mod state;
 pub mod store;
 

@@ -1,16 +1,45 @@
 //! `aibro-scheduler`: parse flags, set up logging, bind, run until SIGINT/SIGTERM.
+//! `aibro-scheduler simulate` replays a request trace on a virtual clock.
 
-use clap::Parser;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
 #[command(name = "aibro-scheduler", version, about = "aibro-rs scheduler")]
+#[command(args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     config: aibro_scheduler::Config,
     /// Log as JSON lines.
     #[arg(long, env = "AIBRO_LOG_JSON")]
     log_json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay a request trace through the scheduler's routing, cool-down and
+    /// cost code on a virtual clock (no processes) and print cost per instance.
+    Simulate {
+        /// Request times, one per line, in seconds since the deploy; `end S` ends the day.
+        #[arg(long)]
+        trace: PathBuf,
+        /// On-demand machine id of the standby instance.
+        #[arg(long)]
+        standby: String,
+        /// On-demand machine id of the cooling instance.
+        #[arg(long)]
+        cooling: Option<String>,
+        /// Seconds without requests before the cooling instance stops.
+        #[arg(long, default_value_t = 600)]
+        cool_down: u32,
+        /// Virtual seconds an instance takes from launch (or wake) to serving.
+        #[arg(long, default_value_t = 0.0)]
+        boot_s: f64,
+    },
 }
 
 async fn shutdown_signal() {
@@ -22,19 +51,59 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+fn init_logs(json: bool, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if args.log_json {
+    if json {
         fmt.json().init();
     } else {
         fmt.init();
     }
-    let listener = TcpListener::bind(args.config.listen).await?;
-    aibro_scheduler::run(args.config, listener, shutdown_signal()).await
+}
+
+fn simulate(trace: PathBuf, options: aibro_scheduler::sim::Options) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&trace)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", trace.display()))?;
+    let trace = aibro_scheduler::sim::Trace::parse(&text)?;
+    let dir = tempfile::tempdir()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()?;
+    let report = runtime.block_on(aibro_scheduler::sim::run(&trace, &options, dir.path()))?;
+    print!("{}", report.table());
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Some(Command::Simulate {
+            trace,
+            standby,
+            cooling,
+            cool_down,
+            boot_s,
+        }) => {
+            init_logs(args.log_json, "warn");
+            let options = aibro_scheduler::sim::Options {
+                standby,
+                cooling,
+                cool_down_s: cool_down,
+                boot: std::time::Duration::from_secs_f64(boot_s.max(0.0)),
+            };
+            simulate(trace, options)
+        }
+        None => {
+            init_logs(args.log_json, "info");
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let listener = TcpListener::bind(args.config.listen).await?;
+                aibro_scheduler::run(args.config, listener, shutdown_signal()).await
+            })
+        }
+    }
 }

@@ -1,0 +1,191 @@
+//! Simulated machines: a provider whose instances boot in process after a
+//! virtual delay, and agents that report their phases at once (a woken
+//! instance reuses its environment) and echo every request.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aibro_proto::v1::{
+    AgentPhase, AgentPredictRequest, AgentPredictResponse, PhaseReport, PrepareRequest, StopRequest,
+};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::catalog::Machine;
+use crate::control::Control;
+use crate::link::AgentLink;
+use crate::provider::{Provider, ProviderError};
+use crate::store::HardwareRecord;
+
+pub(super) struct Boot {
+    instance_id: String,
+    /// Started again on its kept disk.
+    restart: bool,
+}
+
+pub(super) struct SimProvider {
+    boots: mpsc::UnboundedSender<Boot>,
+    running: Mutex<HashSet<String>>,
+}
+
+impl SimProvider {
+    pub(super) fn new(boots: mpsc::UnboundedSender<Boot>) -> Self {
+        SimProvider {
+            boots,
+            running: Mutex::default(),
+        }
+    }
+
+    fn is_running(&self, instance_id: &str) -> bool {
+        self.running.lock().expect("sim lock").contains(instance_id)
+    }
+
+    fn boot(&self, instance_id: &str, restart: bool) -> BoxFuture<'_, Result<(), ProviderError>> {
+        self.running
+            .lock()
+            .expect("sim lock")
+            .insert(instance_id.to_string());
+        let _ = self.boots.send(Boot {
+            instance_id: instance_id.to_string(),
+            restart,
+        });
+        async { Ok(()) }.boxed()
+    }
+
+    fn halt(&self, instance_id: &str) -> BoxFuture<'_, Result<(), ProviderError>> {
+        self.running.lock().expect("sim lock").remove(instance_id);
+        async { Ok(()) }.boxed()
+    }
+}
+
+impl Provider for SimProvider {
+    fn launch<'a>(
+        &'a self,
+        instance_id: &'a str,
+        _: &'a Machine,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        self.boot(instance_id, false)
+    }
+
+    fn stop<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
+        self.halt(instance_id)
+    }
+
+    fn start<'a>(
+        &'a self,
+        instance_id: &'a str,
+        _: &'a Machine,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        self.boot(instance_id, true)
+    }
+
+    fn terminate<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
+        self.halt(instance_id)
+    }
+}
+
+/// Registers each booted instance's agent after `boot` of virtual time.
+pub(super) async fn boot_loop(
+    control: Control,
+    provider: Arc<SimProvider>,
+    mut boots: mpsc::UnboundedReceiver<Boot>,
+    boot: Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => return,
+            next = boots.recv() => next,
+        };
+        let Some(Boot {
+            instance_id,
+            restart,
+        }) = next
+        else {
+            return;
+        };
+        let control = control.clone();
+        let provider = provider.clone();
+        control.clone().spawn(async move {
+            tokio::time::sleep(boot).await;
+            if !provider.is_running(&instance_id) {
+                return;
+            }
+            let agent = SimAgent {
+                control: control.clone(),
+                provider: provider.clone(),
+                instance_id: instance_id.clone(),
+                restart,
+            };
+            if let Err(e) = control
+                .attach(
+                    &instance_id,
+                    "sim",
+                    Arc::new(agent),
+                    HardwareRecord::default(),
+                )
+                .await
+            {
+                tracing::warn!(instance_id, error = %e, "simulated agent could not attach");
+            }
+        });
+    }
+}
+
+struct SimAgent {
+    control: Control,
+    provider: Arc<SimProvider>,
+    instance_id: String,
+    restart: bool,
+}
+
+impl AgentLink for SimAgent {
+    fn prepare(&self, request: PrepareRequest) -> BoxFuture<'static, Result<(), Status>> {
+        let control = self.control.clone();
+        let instance_id = self.instance_id.clone();
+        let env_cached = self.restart;
+        control.clone().spawn(async move {
+            for phase in [
+                AgentPhase::GearingUpEnv,
+                AgentPhase::ModelLoading,
+                AgentPhase::Serving,
+            ] {
+                let report = PhaseReport {
+                    job_id: request.job_id.clone(),
+                    phase: phase.into(),
+                    env_cached,
+                    ..Default::default()
+                };
+                if control.report(&instance_id, report).await.is_err() {
+                    return;
+                }
+            }
+        });
+        async { Ok(()) }.boxed()
+    }
+
+    fn predict(
+        &self,
+        request: AgentPredictRequest,
+    ) -> BoxFuture<'static, Result<AgentPredictResponse, Status>> {
+        let running = self.provider.is_running(&self.instance_id);
+        async move {
+            if !running {
+                return Err(Status::unavailable("the simulated instance is not running"));
+            }
+            Ok(AgentPredictResponse {
+                output: request.payload,
+                content_type: request.content_type,
+            })
+        }
+        .boxed()
+    }
+
+    fn stop(&self, _: StopRequest) -> BoxFuture<'static, Result<(), Status>> {
+        async { Ok(()) }.boxed()
+    }
+}
