@@ -22,9 +22,12 @@ use crate::control::{Control, DeploySpec, Settings};
 use crate::ledger;
 use crate::provider::Providers;
 use crate::state::{InstanceState, Role};
-use crate::store::{ArtifactRecord, Store, RECORD_VERSION};
+use crate::store::{ArtifactRecord, InstanceRecord, Store, RECORD_VERSION};
 
 pub use trace::Trace;
+
+#[cfg(test)]
+mod tests;
 
 const USER: &str = "sim";
 const MODEL: &str = "simulated";
@@ -64,81 +67,98 @@ pub struct Report {
     pub always_on_spot_usd: f64,
 }
 
-/// Runs the trace. Must run on a tokio runtime whose clock is paused.
-pub async fn run(
-    trace: &Trace,
-    options: &Options,
-    data_dir: &std::path::Path,
-) -> anyhow::Result<Report> {
-    let store = Store::open(&data_dir.join("db"))?;
-    let auth = Auth::open(store.clone()).await?;
-    let catalog = Catalog::shipped();
-    let (boots, booted) = mpsc::unbounded_channel();
-    let provider = Arc::new(agent::SimProvider::new(boots));
-    let providers = catalog
-        .types()
-        .map(|t| t.provider.clone())
-        .fold(Providers::default(), |p, name| {
-            p.with(&name, provider.clone())
-        });
-    let tasks = TaskTracker::new();
-    let cancel = CancellationToken::new();
-    let settings = Settings {
-        data_dir: data_dir.to_path_buf(),
-        public_url: "sim://".into(),
-        connect_timeout: Duration::from_secs(3600),
-        heartbeat_interval: Duration::from_secs(3600),
-        cooling_idle: Duration::from_secs(60),
-        lifecycle_tick: Duration::from_secs(1),
-        python: "python3".into(),
-        pip: Default::default(),
-    };
-    let control = Control::new(
-        settings,
-        store.clone(),
-        catalog.clone(),
-        providers,
-        auth,
-        tasks.clone(),
-        cancel.clone(),
-    );
-    tasks.spawn(agent::boot_loop(
-        control.clone(),
-        provider,
-        booted,
-        options.boot,
-        cancel.clone(),
-    ));
+/// A scheduler control plane on simulated machines with one deployed job.
+pub struct Harness {
+    pub control: Control,
+    pub job_id: String,
+    /// When the deploy was made.
+    pub start: Instant,
+    user: User,
+    catalog: Catalog,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
 
-    let user = User(USER.into());
-    let artifact = ArtifactRecord {
-        v: RECORD_VERSION,
-        digest: ARTIFACT.into(),
-        size: 0,
-        files: 1,
-        unpacked_bytes: 0,
-        has_predict: true,
-        has_train: false,
-    };
-    store.put_artifact(USER, &artifact).await?;
-    let spec = DeploySpec {
-        model_name: MODEL.into(),
-        standby: options.standby.clone(),
-        cooling: options.cooling.clone().unwrap_or_default(),
-        artifact_digest: ARTIFACT.into(),
-        cool_down_period_s: options.cool_down_s,
-        ..Default::default()
-    };
-    let start = Instant::now();
-    let (job, _) = control.deploy(&user, spec, false).await?;
-    let job = job.expect("a job");
-    wait_serving(&control, &job.id, options.cooling.is_some()).await?;
+impl Harness {
+    /// Deploys on simulated machines and waits until the job serves (with its
+    /// cooling instance, if any). Must run on a runtime whose clock is paused.
+    pub async fn deploy(options: &Options, data_dir: &std::path::Path) -> anyhow::Result<Harness> {
+        let store = Store::open(&data_dir.join("db"))?;
+        let auth = Auth::open(store.clone()).await?;
+        let catalog = Catalog::shipped();
+        let (boots, booted) = mpsc::unbounded_channel();
+        let provider = Arc::new(agent::SimProvider::new(boots));
+        let providers = catalog
+            .types()
+            .map(|t| t.provider.clone())
+            .fold(Providers::default(), |p, name| {
+                p.with(&name, provider.clone())
+            });
+        let tasks = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let settings = Settings {
+            data_dir: data_dir.to_path_buf(),
+            public_url: "sim://".into(),
+            connect_timeout: Duration::from_secs(3600),
+            heartbeat_interval: Duration::from_secs(3600),
+            cooling_idle: Duration::from_secs(60),
+            lifecycle_tick: Duration::from_secs(1),
+            python: "python3".into(),
+            pip: Default::default(),
+        };
+        let control = Control::new(
+            settings,
+            store.clone(),
+            catalog.clone(),
+            providers,
+            auth,
+            tasks.clone(),
+            cancel.clone(),
+        );
+        tasks.spawn(agent::boot_loop(
+            control.clone(),
+            provider,
+            booted,
+            options.boot,
+            cancel.clone(),
+        ));
 
-    let mut served: BTreeMap<String, u64> = BTreeMap::new();
-    let mut unserved = 0;
-    for at in &trace.requests {
-        tokio::time::sleep_until(start + *at).await;
-        match control
+        let artifact = ArtifactRecord {
+            v: RECORD_VERSION,
+            digest: ARTIFACT.into(),
+            size: 0,
+            files: 1,
+            unpacked_bytes: 0,
+            has_predict: true,
+            has_train: false,
+        };
+        store.put_artifact(USER, &artifact).await?;
+        let spec = DeploySpec {
+            model_name: MODEL.into(),
+            standby: options.standby.clone(),
+            cooling: options.cooling.clone().unwrap_or_default(),
+            artifact_digest: ARTIFACT.into(),
+            cool_down_period_s: options.cool_down_s,
+            ..Default::default()
+        };
+        let user = User(USER.into());
+        let start = Instant::now();
+        let (job, _) = control.deploy(&user, spec, false).await?;
+        let job_id = job.expect("a job").id;
+        wait_serving(&control, &job_id, options.cooling.is_some()).await?;
+        Ok(Harness {
+            control,
+            job_id,
+            start,
+            user,
+            catalog,
+            tasks,
+            cancel,
+        })
+    }
+
+    pub async fn predict(&self) -> crate::error::Result<crate::router::Routed> {
+        self.control
             .predict(
                 USER,
                 "public",
@@ -147,26 +167,63 @@ pub async fn run(
                 "application/json".into(),
             )
             .await
-        {
+    }
+
+    pub fn instance(&self, role: Role) -> InstanceRecord {
+        let store = self.control.store();
+        let job = store.job(&self.job_id).unwrap().expect("the job");
+        let instances = store.instances_of(&job).unwrap();
+        instances
+            .into_iter()
+            .find(|i| i.role == role)
+            .expect("an instance in that role")
+    }
+
+    /// Completes the job and waits until its instances are closed.
+    pub async fn complete(&self) -> anyhow::Result<()> {
+        self.control.complete(&self.user, &self.job_id, "").await?;
+        let mut events = self.control.watch(self.job_id.clone());
+        while let Some(event) = events.next().await {
+            if event?.last {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Runs the trace. Must run on a tokio runtime whose clock is paused.
+pub async fn run(
+    trace: &Trace,
+    options: &Options,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Report> {
+    let sim = Harness::deploy(options, data_dir).await?;
+    let mut served: BTreeMap<String, u64> = BTreeMap::new();
+    let mut unserved = 0;
+    for at in &trace.requests {
+        tokio::time::sleep_until(sim.start + *at).await;
+        match sim.predict().await {
             Ok(routed) => *served.entry(routed.instance_id).or_default() += 1,
             Err(_) => unserved += 1,
         }
     }
-    tokio::time::sleep_until(start + trace.end).await;
-    control.complete(&user, &job.id, "").await?;
-    let mut events = control.watch(job.id.clone());
-    while let Some(event) = events.next().await {
-        if event?.last {
-            break;
-        }
-    }
+    tokio::time::sleep_until(sim.start + trace.end).await;
+    sim.complete().await?;
 
-    let job = store.job(&job.id)?.expect("the job");
+    let store = sim.control.store();
+    let job = store.job(&sim.job_id)?.expect("the job");
     let instances = store.instances_of(&job)?;
     let now = crate::clock::now_ms();
     let hours = |ms: u64| ms as f64 / 3_600_000.0;
     let prices = |machine_id: &str| {
-        catalog
+        sim.catalog
             .resolve(machine_id)
             .map_or((0.0, 0.0), |m| (m.kind.on_demand_price, m.kind.spot_price))
     };
@@ -193,9 +250,7 @@ pub async fn run(
         .sum();
     let always_on_machine = job.cooling.clone().unwrap_or(job.standby.clone());
     let (od, spot) = prices(&always_on_machine);
-    cancel.cancel();
-    tasks.close();
-    tasks.wait().await;
+    sim.shutdown().await;
     Ok(Report {
         duration: trace.end,
         requests: trace.requests.len() as u64,
