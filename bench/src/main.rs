@@ -1,6 +1,7 @@
 //! `aibro-bench`: starts the real scheduler (local provider) from the same
-//! target dir, measures cold deploy → DEPLOYED of `examples/echo` and predict
-//! latency through the scheduler vs straight to the agent, and prints a table.
+//! target dir, measures cold deploy → DEPLOYED of `examples/echo`, predict
+//! latency through the scheduler vs straight to the agent, and the wake-up of
+//! a stopped cooling instance vs its cold launch, and prints tables.
 //!
 //! `cargo build --release --workspace && ./target/release/aibro-bench`
 
@@ -192,6 +193,128 @@ async fn main() -> anyhow::Result<()> {
             ms(st.max),
             st.per_s
         );
+    }
+    cooling_wake(&s, &token).await
+}
+
+/// The echo repo with a non-empty requirements.txt, so a cold launch builds a
+/// virtualenv (installing nothing: `--no-index` keeps it offline).
+fn repo_with_requirements() -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    let src = example("echo");
+    for sub in ["", "model", "data"] {
+        std::fs::create_dir_all(dir.path().join(sub))?;
+        for entry in std::fs::read_dir(src.join(sub))? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                std::fs::copy(entry.path(), dir.path().join(sub).join(entry.file_name()))?;
+            }
+        }
+    }
+    std::fs::write(dir.path().join("requirements.txt"), "--no-index\n")?;
+    Ok(dir)
+}
+
+fn reached(
+    e: &pb::JobEvent,
+    id: &str,
+    status: pb::InstanceStatus,
+    sub: pb::InstanceSubstatus,
+) -> bool {
+    e.instance_id == id && e.instance_status() == status && e.instance_substatus() == sub
+}
+
+fn at_ms(e: &pb::JobEvent) -> i64 {
+    e.at.as_ref()
+        .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+}
+
+/// Cold launch of a cooling instance vs waking it after its cool-down.
+async fn cooling_wake(s: &Scheduler, token: &str) -> anyhow::Result<()> {
+    let repo = repo_with_requirements()?;
+    let digest = s.upload_dir(token, repo.path()).await?;
+    let mut request = aibro_tests::deploy_request("wake", &digest);
+    request.machine_config = Some(pb::MachineConfig {
+        standby: "local.small.od".into(),
+        cooling: "local.large.od".into(),
+    });
+    request.cool_down_period_s = 2;
+    let job_id = s
+        .inference(Some(token))
+        .await?
+        .deploy(request)
+        .await?
+        .into_inner()
+        .job_id;
+    s.wait_status(token, &job_id, JobStatus::Deployed).await?;
+    let job = s.get_job(token, &job_id).await?;
+    let cooling = job
+        .instances
+        .iter()
+        .find(|i| i.role() == pb::InstanceRole::Cooling)
+        .expect("cooling instance")
+        .instance_id
+        .clone();
+    let deadline = Duration::from_secs(120);
+    use pb::{InstanceStatus as S, InstanceSubstatus as Sub};
+    let events = s
+        .watch_until(token, &job_id, deadline, |e| {
+            reached(e, &cooling, S::Closed, Sub::Stopped)
+        })
+        .await?;
+    let launched = events
+        .iter()
+        .find(|e| reached(e, &cooling, S::Launching, Sub::None))
+        .map(at_ms);
+    let serving = events
+        .iter()
+        .find(|e| reached(e, &cooling, S::Executing, Sub::None))
+        .map(at_ms);
+    let cold_ms = serving.zip(launched).map(|(b, a)| b - a).unwrap_or(0);
+    let last_seq = events.last().map_or(0, |e| e.seq);
+
+    let sent = Instant::now();
+    s.predict("bench", "public", "wake", "{}").await?;
+    let woke = s
+        .watch_until(token, &job_id, deadline, |e| {
+            e.seq > last_seq && reached(e, &cooling, S::Executing, Sub::None)
+        })
+        .await?;
+    let wake = sent.elapsed();
+    let woke: Vec<_> = woke
+        .iter()
+        .filter(|e| e.seq > last_seq && e.instance_id == cooling)
+        .collect();
+    let r = s.predict("bench", "public", "wake", "{}").await?;
+    assert_eq!(r.instance_id, cooling, "the woken instance serves");
+
+    println!("\ncooling instance, echo + non-empty requirements.txt (virtualenv), local provider");
+    println!(
+        "{:<44} {:>10}",
+        "cold launch: requested -> EXECUTING",
+        format!("{cold_ms} ms")
+    );
+    println!(
+        "{:<44} {:>10}",
+        "wake: first request -> EXECUTING again",
+        format!("{} ms", wake.as_millis())
+    );
+    println!(
+        "{:<44} {:>10.1}x",
+        "wake-up vs cold launch",
+        cold_ms as f64 / wake.as_secs_f64() / 1000.0
+    );
+    if let Some(first) = woke.first() {
+        println!("wake-up, step by step (scheduler timeline):");
+        for e in &woke {
+            let what = match e.phase.as_str() {
+                "" => pb::InstanceStatus::try_from(e.instance_status)
+                    .map_or("?", |s| s.as_str_name())
+                    .to_string(),
+                phase => phase.to_string(),
+            };
+            println!("  +{:>5} ms  {what}", at_ms(e) - at_ms(first));
+        }
     }
     Ok(())
 }

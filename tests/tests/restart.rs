@@ -4,13 +4,27 @@
 use aibro_proto::v1::{self as pb, JobStatus};
 use aibro_tests::{example, Scheduler};
 
-async fn snapshot(s: &Scheduler, token: &str) -> anyhow::Result<Vec<pb::Job>> {
-    Ok(s.jobs(Some(token))
+/// The caller's jobs, with the cost accrued so far by running instances set
+/// aside (it grows with the clock) and returned separately.
+async fn snapshot(s: &Scheduler, token: &str) -> anyhow::Result<(Vec<pb::Job>, f64)> {
+    let mut jobs = s
+        .jobs(Some(token))
         .await?
         .list_jobs(pb::ListJobsRequest { active_only: false })
         .await?
         .into_inner()
-        .jobs)
+        .jobs;
+    let mut accrued = 0.0;
+    for job in &mut jobs {
+        if job.status() == JobStatus::Deployed {
+            accrued += job.cost_usd;
+            (job.cost_usd, job.always_on_cost_usd) = (0.0, 0.0);
+            for inst in &mut job.instances {
+                (inst.cost_usd, inst.running_ms) = (0.0, 0);
+            }
+        }
+    }
+    Ok((jobs, accrued))
 }
 
 async fn restart_keeps_jobs(crash: bool) -> anyhow::Result<()> {
@@ -30,7 +44,7 @@ async fn restart_keeps_jobs(crash: bool) -> anyhow::Result<()> {
         .await?;
     s.watch_until(&token, &done, aibro_tests::DEPLOY_DEADLINE, |e| e.last)
         .await?;
-    let before = snapshot(&s, &token).await?;
+    let (before, cost_before) = snapshot(&s, &token).await?;
     assert_eq!(before.len(), 2);
 
     if crash {
@@ -40,8 +54,12 @@ async fn restart_keeps_jobs(crash: bool) -> anyhow::Result<()> {
     }
     s.spawn().await?;
 
-    let after = snapshot(&s, &token).await?;
+    let (after, cost_after) = snapshot(&s, &token).await?;
     assert_eq!(before, after, "jobs changed across the restart");
+    assert!(
+        cost_after > cost_before,
+        "the running standby kept accruing"
+    );
     let r = s
         .predict("alice", "public", "served", r#"{"again": true}"#)
         .await?;

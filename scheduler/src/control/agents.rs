@@ -155,7 +155,8 @@ impl Control {
             } else {
                 // The job goes on with its standby.
                 tracing::warn!(instance_id, "cooling instance failed: {reason}");
-                self.stop_instance(&inst).await;
+                let this = self.clone();
+                self.spawn(async move { this.stop_instance(&inst).await });
             }
             return Ok(());
         }

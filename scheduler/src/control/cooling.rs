@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use crate::clock::now_ms;
 use crate::router::Route;
-use crate::state::{self, InstanceEvent, InstanceState, Role};
-use crate::store::{InstanceRecord, JobRecord, Mark, StoreError};
+use crate::state::{InstanceEvent, InstanceState, Role};
+use crate::store::{InstanceRecord, JobRecord};
 
 use super::Control;
 
@@ -75,34 +75,6 @@ impl Control {
             };
             tokio::time::sleep(next.min(tick)).await;
         }
-    }
-
-    /// Applies one instance event (when still legal) with an optional mark.
-    async fn move_instance(
-        &self,
-        inst: &InstanceRecord,
-        event: InstanceEvent,
-        mark: Option<&str>,
-    ) -> bool {
-        let id = inst.id.clone();
-        let moved = self
-            .apply(&inst.job_id, |_, insts| {
-                let inst = insts
-                    .iter_mut()
-                    .find(|i| i.id == id)
-                    .ok_or_else(|| StoreError::Stale(format!("instance {id} left its job")))?;
-                inst.state = state::next_instance(inst.state, event)?;
-                if event == InstanceEvent::Start {
-                    inst.ready = false;
-                    inst.agent_address.clear();
-                }
-                Ok(mark.map(|m| Mark::phase(&id, m)).into_iter().collect())
-            })
-            .await;
-        if let Err(e) = &moved {
-            tracing::info!(instance_id = %inst.id, ?event, error = %e, "instance not moved");
-        }
-        moved.is_ok()
     }
 
     /// Starts a stopped cooling instance on its kept disk.

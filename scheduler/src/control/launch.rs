@@ -135,8 +135,20 @@ impl Control {
         });
     }
 
-    /// Stops one instance (its disk is kept) in the background.
+    /// Stops one instance, keeping its disk, and returns once it is CLOSED.
     pub(crate) async fn stop_instance(&self, inst: &InstanceRecord) {
+        if self.move_instance(inst, InstanceEvent::Stop, None).await {
+            self.close(&inst.id).await;
+        }
+    }
+
+    /// Applies one instance event (when still legal) with an optional mark.
+    pub(crate) async fn move_instance(
+        &self,
+        inst: &InstanceRecord,
+        event: InstanceEvent,
+        mark: Option<&str>,
+    ) -> bool {
         let id = inst.id.clone();
         let moved = self
             .apply(&inst.job_id, |_, insts| {
@@ -144,14 +156,18 @@ impl Control {
                     .iter_mut()
                     .find(|i| i.id == id)
                     .ok_or_else(|| StoreError::Stale(format!("instance {id} left its job")))?;
-                inst.state = state::next_instance(inst.state, InstanceEvent::Stop)?;
-                Ok(vec![])
+                inst.state = state::next_instance(inst.state, event)?;
+                if event == InstanceEvent::Start {
+                    inst.ready = false;
+                    inst.agent_address.clear();
+                }
+                Ok(mark.map(|m| Mark::phase(&id, m)).into_iter().collect())
             })
             .await;
-        match moved {
-            Ok(_) => self.start_close(id),
-            Err(e) => tracing::info!(instance_id = %inst.id, error = %e, "not stopped"),
+        if let Err(e) = &moved {
+            tracing::info!(instance_id = %inst.id, ?event, error = %e, "instance not moved");
         }
+        moved.is_ok()
     }
 
     /// Closes the instance in the background: see [`Control::close`].

@@ -18,6 +18,26 @@ fn options(boot_s: u64) -> Options {
     }
 }
 
+/// Every stored event pairs its job and instance states legally (the seed's map).
+fn assert_history_legal(sim: &Harness) {
+    let store = sim.control.store();
+    let job = store.job(&sim.job_id).unwrap().unwrap();
+    let instances = store.instances_of(&job).unwrap();
+    for e in store.events(&sim.job_id).unwrap() {
+        if let Some(state) = e.instance {
+            let role = instances
+                .iter()
+                .find(|i| i.id == e.instance_id)
+                .unwrap()
+                .role;
+            assert!(
+                crate::state::pair_allowed(job.kind, e.job, role, state),
+                "{e:?}"
+            );
+        }
+    }
+}
+
 async fn at(sim: &Harness, s: u64) {
     tokio::time::sleep_until(sim.start + Duration::from_secs(s)).await;
 }
@@ -62,6 +82,7 @@ async fn stops_at_expiry_showing_cooling_while_idle() {
         InstanceState::EXECUTING,
         "the standby never stops"
     );
+    assert_history_legal(&sim);
     sim.shutdown().await;
 }
 
@@ -89,6 +110,7 @@ async fn each_request_restarts_the_countdown() {
         entered(&sim, InstanceState::STOPPING),
         [(500 + COOL_DOWN) * 1000]
     );
+    assert_history_legal(&sim);
     sim.shutdown().await;
 }
 
@@ -125,6 +147,7 @@ async fn a_request_wakes_the_stopped_instance_once_per_burst() {
         1,
         "the woken instance kept its environment"
     );
+    assert_history_legal(&sim);
     sim.shutdown().await;
 }
 
@@ -148,6 +171,7 @@ async fn complete_during_wake_up_terminates_everything() {
         2,
         "the woken agent never got to serve"
     );
+    assert_history_legal(&sim);
     sim.shutdown().await;
 }
 
