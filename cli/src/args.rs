@@ -34,6 +34,8 @@ pub struct Cli {
 pub enum Command {
     /// Upload a model repo and deploy it as a prediction API; follow it until DEPLOYED.
     Deploy(DeployArgs),
+    /// Upload a training repo and run train(); follow it live, then fetch the outputs.
+    Fit(FitArgs),
     /// Send one request to a deployed model and print its output.
     Predict(PredictArgs),
     /// Shut down a job's instances and stop serving (the job ends COMPLETED).
@@ -55,6 +57,31 @@ pub enum Command {
     Machines,
     /// One-command demo: in-process scheduler, deploy examples/echo, predict, complete.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FitArgs {
+    /// Training repo (train.py with train(output_dir, **args)): a directory or a .tar.gz.
+    #[arg(long)]
+    pub artifacts: PathBuf,
+    /// Machine ids to try in order (repeat); the next is tried when one cannot be had.
+    #[arg(long = "machine-id", required = true)]
+    pub machine_ids: Vec<String>,
+    /// Seconds to hold the instance after the job for a next Fit on the same machine id.
+    #[arg(long)]
+    pub cool_down: Option<u32>,
+    /// Seconds to wait for each machine id before trying the next (default 30).
+    #[arg(long)]
+    pub wait_request: Option<u32>,
+    /// Keyword argument for train(), `key=value` (repeat).
+    #[arg(long = "arg")]
+    pub args: Vec<String>,
+    /// Free text shown with the job.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Download the trained outputs and unpack them into this directory.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -4,7 +4,7 @@
 use aibro_proto::v1::{
     admin_client::AdminClient, artifacts_client::ArtifactsClient,
     inference_client::InferenceClient, jobs_client::JobsClient,
-    marketplace_client::MarketplaceClient,
+    marketplace_client::MarketplaceClient, training_client::TrainingClient,
 };
 use anyhow::{Context, Result};
 use tonic::metadata::{Ascii, MetadataValue};
@@ -73,6 +73,11 @@ impl Client {
         InferenceClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub fn training(&self) -> TrainingClient<Authed> {
+        TrainingClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     pub fn jobs(&self) -> JobsClient<Authed> {

@@ -139,6 +139,9 @@ pub fn job(
     public_url: &str,
 ) -> pb::Job {
     pb::Job {
+        result_digest: j.result_digest.clone(),
+        result_size: j.result_size,
+        args: j.args.clone().into_iter().collect(),
         cost_usd: cost.total_usd,
         always_on_cost_usd: cost.always_on_usd,
         job_id: j.id.clone(),
@@ -179,7 +182,11 @@ pub fn predict_address(j: &JobRecord, public_url: &str) -> String {
 }
 
 pub fn event(job_id: &str, e: &EventRecord) -> pb::JobEvent {
+    let progress = e.progress.clone().unwrap_or_default();
     pb::JobEvent {
+        epoch: progress.epoch,
+        total_epochs: progress.total_epochs,
+        metrics: progress.metrics.into_iter().collect(),
         job_id: job_id.to_string(),
         seq: e.seq,
         at: timestamp(e.at_ms),

@@ -5,13 +5,14 @@
 use std::time::Duration;
 
 use aibro_proto::v1::{
-    agent_gateway_server::AgentGateway, report_request::Body, Chunk, FetchArtifactRequest,
-    RegisterRequest, RegisterResponse, ReportRequest, ReportResponse,
+    agent_gateway_server::AgentGateway, report_request::Body, ArtifactRef, Chunk,
+    FetchArtifactRequest, RegisterRequest, RegisterResponse, ReportRequest, ReportResponse,
+    ResultChunk,
 };
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use tokio_util::io::ReaderStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::control::Control;
 use crate::convert;
@@ -22,6 +23,7 @@ const CHUNK_BYTES: usize = 1 << 20;
 pub struct GatewayApi {
     pub control: Control,
     pub heartbeat_interval: Duration,
+    pub max_result_bytes: u64,
 }
 
 impl GatewayApi {
@@ -63,9 +65,42 @@ impl AgentGateway for GatewayApi {
         match r.body {
             Some(Body::Phase(phase)) => self.control.report(&r.instance_id, phase).await?,
             Some(Body::Heartbeat(_)) => self.control.heartbeat(&r.instance_id)?,
+            Some(Body::Progress(p)) => self.control.progress(&r.instance_id, p).await?,
             None => return Err(Status::invalid_argument("report has no body")),
         }
         Ok(Response::new(ReportResponse {}))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn upload_result(
+        &self,
+        request: Request<Streaming<ResultChunk>>,
+    ) -> Result<Response<ArtifactRef>, Status> {
+        self.check(&request)?;
+        let mut chunks = request.into_inner();
+        let first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the result upload was empty"))?;
+        let job_id = first.job_id.clone();
+        let owner = self.control.returning_job_owner(&job_id)?;
+        let rest = chunks.map(move |c| match c {
+            Ok(c) if c.job_id == job_id => Ok(c.data),
+            Ok(c) => Err(Status::invalid_argument(format!(
+                "chunk for job {} in the upload of {job_id}",
+                c.job_id
+            ))),
+            Err(e) => Err(e),
+        });
+        let data = futures::stream::iter([Ok(first.data)]).chain(rest);
+        let record = self
+            .control
+            .upload(&owner, Box::pin(data), self.max_result_bytes)
+            .await?;
+        Ok(Response::new(ArtifactRef {
+            digest: record.digest,
+            size: record.size,
+        }))
     }
 
     async fn fetch_artifact(

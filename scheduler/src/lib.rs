@@ -193,7 +193,9 @@ pub async fn run(
         .add_service(JobsServer::new(api::jobs::JobsApi {
             control: control.clone(),
         }))
-        .add_service(TrainingServer::new(api::training::TrainingApi))
+        .add_service(TrainingServer::new(api::training::TrainingApi {
+            control: control.clone(),
+        }))
         .add_service(MarketplaceServer::new(api::marketplace::MarketplaceApi {
             control: control.clone(),
         }))
@@ -203,9 +205,13 @@ pub async fn run(
         .add_service(AgentGatewayServer::new(gateway::GatewayApi {
             control: control.clone(),
             heartbeat_interval: config.heartbeat_interval(),
+            max_result_bytes: config.max_artifact_bytes,
         }));
 
-    std::fs::write(config.data_dir.join(LISTEN_ADDR_FILE), addr.to_string())?;
+    // Written whole (rename) so that a reader never sees it half-written.
+    let tmp = config.data_dir.join(".listen-addr.tmp");
+    std::fs::write(&tmp, addr.to_string())?;
+    std::fs::rename(&tmp, config.data_dir.join(LISTEN_ADDR_FILE))?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "scheduler listening");
     let serve = router.serve_with_incoming_shutdown(
         aibro_proto::transport::incoming(listener),

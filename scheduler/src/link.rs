@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aibro_proto::v1::{
     agent_client::AgentClient, AgentPredictRequest, AgentPredictResponse, PrepareRequest,
-    StopRequest,
+    StopRequest, TrainRequest,
 };
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -20,6 +20,7 @@ pub trait AgentLink: Send + Sync {
         request: AgentPredictRequest,
     ) -> BoxFuture<'static, Result<AgentPredictResponse, Status>>;
     fn stop(&self, request: StopRequest) -> BoxFuture<'static, Result<(), Status>>;
+    fn train(&self, request: TrainRequest) -> BoxFuture<'static, Result<(), Status>>;
 }
 
 pub type Link = Arc<dyn AgentLink>;
@@ -58,5 +59,10 @@ impl AgentLink for AgentClient<Channel> {
     fn stop(&self, request: StopRequest) -> BoxFuture<'static, Result<(), Status>> {
         let mut client = self.clone();
         async move { AgentClient::stop(&mut client, request).await.map(drop) }.boxed()
+    }
+
+    fn train(&self, request: TrainRequest) -> BoxFuture<'static, Result<(), Status>> {
+        let mut client = self.clone();
+        async move { AgentClient::train(&mut client, request).await.map(drop) }.boxed()
     }
 }

@@ -53,6 +53,7 @@ pub struct Mark {
     pub instance_id: String,
     pub phase: String,
     pub message: String,
+    pub progress: Option<Progress>,
 }
 
 impl Mark {
@@ -60,7 +61,7 @@ impl Mark {
         Mark {
             instance_id: instance_id.to_string(),
             phase: phase.to_string(),
-            message: String::new(),
+            ..Mark::default()
         }
     }
 }
@@ -176,6 +177,7 @@ impl Store {
             phase: "job created".into(),
             message: String::new(),
             last: false,
+            progress: None,
         };
         let mut job = job;
         job.last_seq = 1;
@@ -247,6 +249,7 @@ impl Store {
                     instance: instance.map(|i| i.state),
                     phase: mark.map(|m| m.phase.clone()).unwrap_or_default(),
                     message: mark.map(|m| m.message.clone()).unwrap_or_default(),
+                    progress: mark.and_then(|m| m.progress.clone()),
                     last: false,
                 });
             };

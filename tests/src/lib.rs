@@ -123,8 +123,9 @@ impl Scheduler {
         self.child = Some(child);
         let deadline = Instant::now() + STARTUP_DEADLINE;
         self.addr = loop {
-            if let Ok(addr) = std::fs::read_to_string(&addr_file) {
-                break addr;
+            match std::fs::read_to_string(&addr_file) {
+                Ok(addr) if !addr.is_empty() => break addr,
+                _ => {}
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait()? {
                 bail!("scheduler exited with {status}; log:\n{}", self.log());

@@ -22,23 +22,7 @@ pub enum Outcome {
 /// Runs the whole deploy and prints its progress and result; errors when the
 /// job is CANCELED or the dry run fails.
 pub async fn deploy(ctx: &Ctx, args: &DeployArgs) -> Result<Outcome> {
-    let started = Instant::now();
-    let archive = upload::prepare(&args.artifacts).await?;
-    if archive.was_packed() {
-        ctx.say(format!(
-            "packed {} ({})",
-            args.artifacts.display(),
-            display::bytes(std::fs::metadata(archive.path())?.len())
-        ));
-    }
-    let artifact = upload::upload(&ctx.client, archive.path()).await?;
-    drop(archive);
-    ctx.say(format!(
-        "uploaded {} ({}) in {:.1}s",
-        artifact.digest,
-        display::bytes(artifact.size),
-        started.elapsed().as_secs_f64()
-    ));
+    let artifact = upload::upload_repo(ctx, &args.artifacts).await?;
 
     let resp = ctx
         .client
@@ -166,13 +150,13 @@ pub fn progress_line(elapsed_ms: u64, e: &JobEvent) -> String {
 /// Elapsed time of an event since the first one, from the events' own
 /// timestamps (so replayed history shows the real timing), else the local clock.
 #[derive(Default)]
-struct Clock {
+pub(crate) struct Clock {
     first_at: Option<prost_types::Timestamp>,
     local: Option<Instant>,
 }
 
 impl Clock {
-    fn elapsed_ms(&mut self, e: &JobEvent) -> u64 {
+    pub(crate) fn elapsed_ms(&mut self, e: &JobEvent) -> u64 {
         let local = *self.local.get_or_insert_with(Instant::now);
         match (&e.at, &self.first_at) {
             (Some(at), Some(first)) => display::millis_between(first, at),

@@ -5,6 +5,7 @@ pub mod clients;
 pub mod complete;
 pub mod demo;
 pub mod deploy;
+pub mod fit;
 pub mod instances;
 pub mod jobs;
 pub mod machines;
@@ -57,6 +58,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Deploy(args) => deploy::deploy(&ctx, &args).await.map(drop),
+        Command::Fit(args) => fit::fit(&ctx, &args).await,
         Command::Predict(args) => predict::run(&ctx, &args).await,
         Command::Complete(sel) => complete::complete(&ctx, &sel).await.map(drop),
         Command::Clients(cmd) => clients::run(&ctx, cmd).await,

@@ -1,6 +1,7 @@
 //! `aibro.v1.Artifacts`: streamed, content-addressed uploads.
 
 use aibro_proto::v1::{artifacts_server::Artifacts, ArtifactRef, Chunk};
+use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::control::Control;
@@ -20,7 +21,11 @@ impl Artifacts for ArtifactsApi {
         let user = super::caller(&self.control, &request)?;
         let record = self
             .control
-            .upload(&user, request.into_inner(), self.max_artifact_bytes)
+            .upload(
+                &user,
+                request.into_inner().map(|c| c.map(|c| c.data)),
+                self.max_artifact_bytes,
+            )
             .await?;
         Ok(Response::new(ArtifactRef {
             digest: record.digest,

@@ -1,25 +1,57 @@
-//! `aibro.v1.Training`: not available yet.
+//! `aibro.v1.Training`: Fit and the trained outputs.
 
 use aibro_proto::v1::{
     training_server::Training, Chunk, DownloadResultRequest, FitRequest, FitResponse,
 };
 use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio_util::io::ReaderStream;
 use tonic::{Request, Response, Status};
 
-pub struct TrainingApi;
+use crate::control::{Control, FitSpec};
+
+const CHUNK_BYTES: usize = 1 << 20;
+
+pub struct TrainingApi {
+    pub control: Control,
+}
 
 #[tonic::async_trait]
 impl Training for TrainingApi {
     type DownloadResultStream = BoxStream<'static, Result<Chunk, Status>>;
 
-    async fn fit(&self, _: Request<FitRequest>) -> Result<Response<FitResponse>, Status> {
-        Err(Status::unimplemented("training jobs are not available yet"))
+    #[tracing::instrument(skip_all)]
+    async fn fit(&self, request: Request<FitRequest>) -> Result<Response<FitResponse>, Status> {
+        let user = super::caller(&self.control, &request)?;
+        let r = request.into_inner();
+        let spec = FitSpec {
+            artifact_digest: r.artifact_digest,
+            machine_ids: r.machine_ids,
+            cool_down_period_s: r.cool_down_period_s,
+            wait_request_s: r.wait_request_s,
+            description: r.description,
+            args: r.args.into_iter().collect(),
+        };
+        let job = self.control.fit(&user, spec).await?;
+        Ok(Response::new(FitResponse { job_id: job.id }))
     }
 
+    #[tracing::instrument(skip_all, fields(job_id = %request.get_ref().job_id))]
     async fn download_result(
         &self,
-        _: Request<DownloadResultRequest>,
+        request: Request<DownloadResultRequest>,
     ) -> Result<Response<Self::DownloadResultStream>, Status> {
-        Err(Status::unimplemented("training jobs are not available yet"))
+        let user = super::caller(&self.control, &request)?;
+        let path = self.control.result_path(&user, &request.get_ref().job_id)?;
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| Status::internal(format!("cannot open the result: {e}")))?;
+        let stream = ReaderStream::with_capacity(file, CHUNK_BYTES).map(|r| {
+            r.map(|data| Chunk {
+                data: data.to_vec(),
+            })
+            .map_err(|e| Status::internal(format!("cannot read the result: {e}")))
+        });
+        Ok(Response::new(stream.boxed()))
     }
 }

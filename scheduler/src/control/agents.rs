@@ -10,7 +10,9 @@ use aibro_proto::v1::{AgentPhase, PhaseReport, PrepareRequest};
 use crate::error::{Error, Result};
 use crate::link::{self, Link};
 use crate::router::Backend;
-use crate::state::{self, InstanceEvent, InstanceState, JobEvent, JobKind, JobStatus};
+use crate::state::{
+    self, InstanceEvent, InstanceState, JobEvent, JobKind, JobState, JobStatus, JobSubstatus, Role,
+};
 use crate::store::{HardwareRecord, InstanceRecord, JobRecord, Mark, StoreError};
 
 use super::Control;
@@ -50,7 +52,7 @@ fn promote_ready(job: &JobRecord, insts: &mut [InstanceRecord]) -> Result<(), St
 }
 
 impl Control {
-    fn live_instance(&self, instance_id: &str) -> Result<InstanceRecord> {
+    pub(crate) fn live_instance(&self, instance_id: &str) -> Result<InstanceRecord> {
         let inst = self
             .store()
             .instance(instance_id)?
@@ -144,34 +146,46 @@ impl Control {
             )));
         }
         let phase = report.phase();
-        if phase == AgentPhase::Failed {
-            let reason = if report.traceback.is_empty() {
-                report.message
-            } else {
-                report.traceback
-            };
-            if inst.role.is_primary() {
-                self.cancel(&inst.job_id, reason).await;
-            } else {
-                // The job goes on with its standby.
-                tracing::warn!(instance_id, "cooling instance failed: {reason}");
-                let this = self.clone();
-                self.spawn(async move { this.stop_instance(&inst).await });
+        match phase {
+            AgentPhase::Failed => {
+                let reason = if report.traceback.is_empty() {
+                    report.message
+                } else {
+                    report.traceback
+                };
+                if inst.role.is_primary() {
+                    self.cancel(&inst.job_id, reason).await;
+                } else {
+                    // The job goes on with its standby.
+                    tracing::warn!(instance_id, "cooling instance failed: {reason}");
+                    let this = self.clone();
+                    self.spawn(async move { this.stop_instance(&inst).await });
+                }
+                return Ok(());
             }
-            return Ok(());
+            AgentPhase::Returned => {
+                return self
+                    .returned(&inst, report.result_digest, report.result_size)
+                    .await;
+            }
+            _ => {}
         }
         let (event, mark) = match phase {
             AgentPhase::GearingUpEnv => (JobEvent::GearingUp, "gearing up env"),
             AgentPhase::ModelLoading if report.env_cached => (JobEvent::Loading, "env reused"),
             AgentPhase::ModelLoading => (JobEvent::Loading, "env geared up"),
+            AgentPhase::Serving if inst.role == Role::Trainer => {
+                (JobEvent::Serving, "ready to train")
+            }
             AgentPhase::Serving => (JobEvent::Serving, "model loaded"),
             AgentPhase::Training => (JobEvent::TrainingStarted, "training"),
             AgentPhase::Returning => (JobEvent::Returning, "returning"),
-            AgentPhase::Unspecified | AgentPhase::Failed => {
+            AgentPhase::Unspecified | AgentPhase::Failed | AgentPhase::Returned => {
                 return Err(Error::InvalidArgument("phase is unspecified".into()))
             }
         };
         let serving = phase == AgentPhase::Serving;
+        let training = phase == AgentPhase::Training;
         let committed = self
             .apply(&inst.job_id, |job, insts| {
                 if job.state.is_ended() {
@@ -184,15 +198,23 @@ impl Control {
                 if serving {
                     inst.ready = inst.state == InstanceState::LAUNCHING;
                 }
+                if training && inst.state == InstanceState::LAUNCHING {
+                    inst.state = state::next_instance(inst.state, InstanceEvent::Ready)?;
+                }
                 promote_ready(job, insts)?;
                 let mut mark = Mark::phase(instance_id, mark);
                 mark.message = report.message.clone();
                 Ok(vec![mark])
             })
             .await?;
-        if serving {
+        let job = &committed.job;
+        if serving && job.kind == JobKind::Training {
+            if job.state == JobState::new(JobStatus::Queuing, JobSubstatus::SendingModelAndData) {
+                self.start_training(job, instance_id);
+            }
+        } else if serving {
             for inst in committed.instances.iter().filter(|i| i.state.is_serving()) {
-                self.serve(&committed.job, inst);
+                self.serve(job, inst);
             }
         }
         Ok(())

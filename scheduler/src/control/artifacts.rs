@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 
 use aibro_agent::archive;
-use aibro_proto::v1::Chunk;
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -39,12 +38,12 @@ impl Control {
     /// Stores an uploaded archive. Nothing is kept when it is refused.
     pub async fn upload<S>(
         &self,
-        user: &User,
+        owner: &User,
         mut chunks: S,
         max_bytes: u64,
     ) -> Result<ArtifactRecord>
     where
-        S: Stream<Item = std::result::Result<Chunk, tonic::Status>> + Unpin,
+        S: Stream<Item = std::result::Result<Vec<u8>, tonic::Status>> + Unpin,
     {
         let io = |e: std::io::Error| Error::Internal(format!("artifact storage: {e}"));
         let tmp_dir = self.blobs_dir().join("tmp");
@@ -58,14 +57,14 @@ impl Control {
         let mut size = 0u64;
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk.map_err(Error::Agent)?;
-            size += chunk.data.len() as u64;
+            size += chunk.len() as u64;
             if size > max_bytes {
                 return Err(Error::ResourceExhausted(format!(
                     "artifact is larger than the {max_bytes}-byte limit (scheduler flag --max-artifact-bytes)"
                 )));
             }
-            hasher.update(&chunk.data);
-            file.write_all(&chunk.data).await.map_err(io)?;
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(io)?;
         }
         if size == 0 {
             return Err(Error::InvalidArgument(
@@ -92,7 +91,7 @@ impl Control {
             has_predict: manifest.has_predict,
             has_train: manifest.has_train,
         };
-        self.store().put_artifact(&user.0, &record).await?;
+        self.store().put_artifact(&owner.0, &record).await?;
         Ok(record)
     }
 }

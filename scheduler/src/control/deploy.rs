@@ -69,21 +69,27 @@ pub(crate) fn check_clients<'a>(ids: impl IntoIterator<Item = &'a String>) -> Re
 }
 
 impl Control {
-    /// Resolves an on-demand machine id that some provider of ours serves.
-    pub(crate) fn deployable_machine(&self, field: &str, id: &str) -> Result<Machine> {
+    /// Resolves a machine id that some provider of ours serves.
+    pub(crate) fn servable_machine(&self, field: &str, id: &str) -> Result<Machine> {
         let machine = self.catalog().resolve(id).ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "{field}: unknown machine id `{id}`; known ids: {}",
                 self.catalog().ids().join(", ")
             ))
         })?;
+        self.machine_provider(&machine)?;
+        Ok(machine)
+    }
+
+    /// Resolves an on-demand machine id that some provider of ours serves.
+    pub(crate) fn deployable_machine(&self, field: &str, id: &str) -> Result<Machine> {
+        let machine = self.servable_machine(field, id)?;
         if machine.market == Market::Spot {
             return Err(Error::InvalidArgument(format!(
                 "{field}: `{id}` is a spot machine id; deploys take on-demand ids (`{id}.od`), \
                  and the scheduler uses spot capacity by itself where it saves cost"
             )));
         }
-        self.machine_provider(&machine)?;
         Ok(machine)
     }
 
@@ -101,7 +107,11 @@ impl Control {
         })
     }
 
-    fn check_artifact(&self, user: &User, digest: &str) -> Result<crate::store::ArtifactRecord> {
+    pub(crate) fn check_artifact(
+        &self,
+        user: &User,
+        digest: &str,
+    ) -> Result<crate::store::ArtifactRecord> {
         if digest.is_empty() {
             return Err(Error::InvalidArgument(
                 "artifact_digest is required: upload the repo with Artifacts.Upload first".into(),
@@ -177,6 +187,9 @@ impl Control {
             updated_ms: now,
             instances: vec![],
             last_seq: 0,
+            progress_seq: 0,
+            result_digest: String::new(),
+            result_size: 0,
         };
         let committed = self.store().create_job(job).await?;
         self.hub().publish(&committed.job.id, &committed.events);

@@ -13,6 +13,15 @@ use crate::store::{InstanceRecord, JobRecord, Mark, StoreError, RECORD_VERSION};
 
 use super::{new_id, Control};
 
+/// Why an instance was not launched.
+#[derive(Debug)]
+pub(crate) enum Launch {
+    /// The provider failed; the reason says how.
+    Failed(String),
+    /// The job ended meanwhile; nothing is left running.
+    Abandoned,
+}
+
 const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a closing instance waits for requests already sent to it.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
@@ -56,7 +65,38 @@ impl Control {
         if let Err(reason) = self.acquire(&instance_id, &machine, wait).await {
             return self.cancel(job_id, reason).await;
         }
-        let _lock = self.lock_instance(&instance_id).await;
+        if let Err(Launch::Failed(reason)) = self
+            .launch_instance(job_id, role, &machine, &instance_id)
+            .await
+        {
+            self.cancel(job_id, reason).await;
+        }
+    }
+
+    /// Starts the machine of an instance that holds capacity, then records it
+    /// LAUNCHING in its job (its agent's registration waits for the record).
+    pub(crate) async fn launch_instance(
+        &self,
+        job_id: &str,
+        role: Role,
+        machine: &Machine,
+        instance_id: &str,
+    ) -> Result<(), Launch> {
+        let _lock = self.lock_instance(instance_id).await;
+        let launched = match self.machine_provider(machine) {
+            Ok(provider) => provider
+                .launch(instance_id, machine)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = launched {
+            self.capacity().release(instance_id);
+            return Err(Launch::Failed(format!(
+                "launching `{}` failed: {e}",
+                machine.id
+            )));
+        }
         let created = self
             .apply(job_id, |job, insts| {
                 if job.state.is_ended() {
@@ -67,7 +107,7 @@ impl Control {
                 }
                 insts.push(InstanceRecord {
                     v: RECORD_VERSION,
-                    id: instance_id.clone(),
+                    id: instance_id.to_string(),
                     job_id: job.id.clone(),
                     role,
                     machine_id: machine.id.clone(),
@@ -80,33 +120,21 @@ impl Control {
                     created_ms: crate::store::now_ms(),
                     updated_ms: 0,
                 });
-                job.instances.push(instance_id.clone());
-                Ok(vec![Mark::phase(&instance_id, "instance requested")])
+                job.instances.push(instance_id.to_string());
+                Ok(vec![Mark::phase(instance_id, "instance requested")])
             })
             .await;
         if let Err(e) = created {
             tracing::info!(error = %e, "launch abandoned");
-            self.capacity().release(&instance_id);
-            return;
-        }
-        let launched = match self.machine_provider(&machine) {
-            Ok(provider) => provider
-                .launch(&instance_id, &machine)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        drop(_lock);
-        match launched {
-            Ok(()) => {
-                tracing::info!(instance_id, "instance launched");
-                self.watch_connect(instance_id);
+            if let Ok(provider) = self.machine_provider(machine) {
+                let _ = provider.terminate(instance_id).await;
             }
-            Err(e) => {
-                let reason = format!("launching `{}` failed: {e}", machine.id);
-                self.cancel(job_id, reason).await;
-            }
+            self.capacity().release(instance_id);
+            return Err(Launch::Abandoned);
         }
+        tracing::info!(instance_id, "instance launched");
+        self.watch_connect(instance_id.to_string());
+        Ok(())
     }
 
     /// Gives up on an instance whose agent has not registered in time: the job
@@ -181,7 +209,7 @@ impl Control {
     /// terminate that overtook a stop is still carried out, and a second close
     /// of the same instance does nothing.
     #[tracing::instrument(skip(self))]
-    async fn close(&self, instance_id: &str) {
+    pub(crate) async fn close(&self, instance_id: &str) {
         let _lock = self.lock_instance(instance_id).await;
         loop {
             let inst = match self.store().instance(instance_id) {

@@ -10,6 +10,7 @@ mod deploy;
 mod launch;
 mod predict;
 mod recovery;
+mod train;
 mod watch;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use crate::router::Router;
 use crate::store::{Committed, InstanceRecord, JobRecord, Mark, Store, StoreError};
 
 pub use deploy::{DeploySpec, DryRun};
+pub use train::FitSpec;
 
 /// Knobs of the control plane.
 #[derive(Debug, Clone)]

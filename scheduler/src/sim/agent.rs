@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aibro_proto::v1::{
-    AgentPhase, AgentPredictRequest, AgentPredictResponse, PhaseReport, PrepareRequest, StopRequest,
+    AgentPhase, AgentPredictRequest, AgentPredictResponse, PhaseReport, PrepareRequest,
+    StopRequest, TrainRequest,
 };
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -187,5 +188,14 @@ impl AgentLink for SimAgent {
 
     fn stop(&self, _: StopRequest) -> BoxFuture<'static, Result<(), Status>> {
         async { Ok(()) }.boxed()
+    }
+
+    fn train(&self, _: TrainRequest) -> BoxFuture<'static, Result<(), Status>> {
+        async {
+            Err(Status::unimplemented(
+                "the simulator runs inference jobs only",
+            ))
+        }
+        .boxed()
     }
 }

@@ -35,6 +35,14 @@ pub struct JobRecord {
     pub instances: Vec<String>,
     /// Sequence number of the last timeline event.
     pub last_seq: u64,
+    /// Training: the last progress report applied (agents may re-send).
+    #[serde(default)]
+    pub progress_seq: u64,
+    /// Training: the uploaded outputs, once returned.
+    #[serde(default)]
+    pub result_digest: String,
+    #[serde(default)]
+    pub result_size: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -93,6 +101,16 @@ pub struct EventRecord {
     pub message: String,
     /// The job has ended and all its instances settled.
     pub last: bool,
+    /// Training progress reported by the user's code.
+    #[serde(default)]
+    pub progress: Option<Progress>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub epoch: u32,
+    pub total_epochs: u32,
+    pub metrics: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

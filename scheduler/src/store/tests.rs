@@ -25,6 +25,9 @@ pub(crate) fn job(id: &str, owner: &str, name: &str) -> JobRecord {
         updated_ms: now_ms(),
         instances: vec![],
         last_seq: 0,
+        progress_seq: 0,
+        result_digest: String::new(),
+        result_size: 0,
     }
 }
 

@@ -1,0 +1,294 @@
+//! Training jobs: Fit with machine-id fallback (each id is given
+//! `wait_request_s` to be fulfilled), Train once the instance is ready, live
+//! progress and log lines into the timeline, the returned outputs, and the
+//! cooling period that holds the instance after the job.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aibro_proto::v1::{self as pb, TrainRequest};
+
+use crate::auth::User;
+use crate::catalog::Machine;
+use crate::error::{Error, Result};
+use crate::state::{
+    self, InstanceEvent, InstanceState, JobEvent, JobKind, JobState, JobStatus, Role,
+};
+use crate::store::{InstanceRecord, JobRecord, Mark, Progress, StoreError, RECORD_VERSION};
+
+use super::launch::Launch;
+use super::{new_id, Control};
+
+const DEFAULT_WAIT_REQUEST_S: u32 = 30;
+
+/// A Fit request, out of its proto form.
+#[derive(Debug, Clone, Default)]
+pub struct FitSpec {
+    pub artifact_digest: String,
+    pub machine_ids: Vec<String>,
+    pub cool_down_period_s: u32,
+    pub wait_request_s: u32,
+    pub description: String,
+    pub args: BTreeMap<String, String>,
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl Control {
+    /// Validates a Fit, creates the job and starts requesting its machine.
+    pub async fn fit(&self, user: &User, spec: FitSpec) -> Result<JobRecord> {
+        if spec.machine_ids.is_empty() {
+            return Err(Error::InvalidArgument(
+                "machine_ids: give at least one machine id, tried in order (e.g. `local.small.od`)"
+                    .into(),
+            ));
+        }
+        let machines = spec
+            .machine_ids
+            .iter()
+            .map(|id| self.servable_machine("machine_ids", id))
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(key) = spec.args.keys().find(|k| !is_identifier(k)) {
+            return Err(Error::InvalidArgument(format!(
+                "argument `{key}` is not a Python identifier; train() receives args as keyword arguments"
+            )));
+        }
+        let artifact = self.check_artifact(user, &spec.artifact_digest)?;
+        if !artifact.has_train {
+            return Err(Error::InvalidArgument(format!(
+                "artifact {} has no train.py at its root; a training repo needs train.py with train(output_dir, **args)",
+                artifact.digest
+            )));
+        }
+        let now = crate::store::now_ms();
+        let job = JobRecord {
+            v: RECORD_VERSION,
+            id: new_id("job"),
+            owner: user.0.clone(),
+            kind: JobKind::Training,
+            model_name: String::new(),
+            state: JobState::QUEUED,
+            reason: String::new(),
+            standby: String::new(),
+            cooling: None,
+            machine_ids: spec.machine_ids,
+            artifact_digest: artifact.digest,
+            cool_down_period_s: spec.cool_down_period_s,
+            wait_request_s: if spec.wait_request_s == 0 {
+                DEFAULT_WAIT_REQUEST_S
+            } else {
+                spec.wait_request_s
+            },
+            client_ids: vec![],
+            description: spec.description,
+            args: spec.args,
+            created_ms: now,
+            updated_ms: now,
+            instances: vec![],
+            last_seq: 0,
+            progress_seq: 0,
+            result_digest: String::new(),
+            result_size: 0,
+        };
+        let committed = self.store().create_job(job).await?;
+        self.hub().publish(&committed.job.id, &committed.events);
+        let job = committed.job;
+        let this = self.clone();
+        let (job_id, wait) = (
+            job.id.clone(),
+            Duration::from_secs(job.wait_request_s.into()),
+        );
+        self.spawn(async move { this.request_trainer(&job_id, machines, wait).await });
+        Ok(job)
+    }
+
+    /// Tries each machine id in order until one is had; cancels the job with
+    /// every id's reason when none is.
+    #[tracing::instrument(skip(self, machines, wait))]
+    async fn request_trainer(&self, job_id: &str, machines: Vec<Machine>, wait: Duration) {
+        let mut tried = Vec::new();
+        for machine in machines {
+            let instance_id = new_id("inst");
+            let outcome = match self.acquire(&instance_id, &machine, wait).await {
+                Ok(()) => {
+                    self.launch_instance(job_id, Role::Trainer, &machine, &instance_id)
+                        .await
+                }
+                Err(reason) => Err(Launch::Failed(reason)),
+            };
+            match outcome {
+                Ok(()) | Err(Launch::Abandoned) => return,
+                Err(Launch::Failed(reason)) => {
+                    tracing::info!(machine = %machine.id, "falling back: {reason}");
+                    tried.push(format!("{}: {reason}", machine.id));
+                }
+            }
+        }
+        let reason = format!("no machine could be had; tried {}", tried.join("; "));
+        self.cancel(job_id, reason).await;
+    }
+
+    /// The trainer is ready: start train() on it.
+    pub(crate) fn start_training(&self, job: &JobRecord, instance_id: &str) {
+        let Some(link) = self.agent(instance_id) else {
+            return;
+        };
+        let request = TrainRequest {
+            job_id: job.id.clone(),
+            args: job.args.clone().into_iter().collect(),
+        };
+        let this = self.clone();
+        let job_id = job.id.clone();
+        self.spawn(async move {
+            if let Err(status) = link.train(request).await {
+                let reason = format!("the agent could not start training: {}", status.message());
+                this.cancel(&job_id, reason).await;
+            }
+        });
+    }
+
+    /// A progress report or a log line from the user's train().
+    pub async fn progress(&self, instance_id: &str, p: pb::Progress) -> Result<()> {
+        let inst = self.live_instance(instance_id)?;
+        self.apply(&inst.job_id, |job, _| {
+            if job.id != p.job_id || p.seq <= job.progress_seq || job.state.is_ended() {
+                return Ok(vec![]);
+            }
+            job.progress_seq = p.seq;
+            let mark = if p.log_line.is_empty() {
+                Mark {
+                    instance_id: instance_id.to_string(),
+                    phase: "progress".into(),
+                    message: String::new(),
+                    progress: Some(Progress {
+                        epoch: p.epoch,
+                        total_epochs: p.total_epochs,
+                        metrics: p.metrics.clone().into_iter().collect(),
+                    }),
+                }
+            } else {
+                Mark {
+                    instance_id: instance_id.to_string(),
+                    phase: "log".into(),
+                    message: p.log_line.clone(),
+                    progress: None,
+                }
+            };
+            Ok(vec![mark])
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The outputs are uploaded: the job completes; its instance cools for
+    /// `cool_down_period_s` (ready for reuse) or is terminated.
+    pub(crate) async fn returned(
+        &self,
+        inst: &InstanceRecord,
+        digest: String,
+        size: u64,
+    ) -> Result<()> {
+        let id = inst.id.clone();
+        let committed = self
+            .apply(&inst.job_id, |job, insts| {
+                if job.state.status != JobStatus::Training {
+                    return Err(StoreError::Stale("the job is not training".into()));
+                }
+                job.state = state::next_job(job.kind, job.state, JobEvent::Complete)?;
+                job.result_digest = digest.clone();
+                job.result_size = size;
+                let cool = job.cool_down_period_s > 0;
+                for inst in insts.iter_mut().filter(|i| !i.state.is_closed()) {
+                    let event = if cool && inst.id == id {
+                        InstanceEvent::Idle
+                    } else {
+                        InstanceEvent::Terminate
+                    };
+                    inst.state = state::next_instance(inst.state, event)?;
+                }
+                Ok(vec![Mark::phase(&id, "results returned")])
+            })
+            .await?;
+        for inst in committed.instances {
+            match inst.state {
+                InstanceState::TERMINATING => self.start_close(inst.id),
+                InstanceState::COOLING => {
+                    self.cool_then_terminate(inst, committed.job.cool_down_period_s)
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Terminates a cooling trainer once its period is over.
+    pub(crate) fn cool_then_terminate(&self, inst: InstanceRecord, cool_down_s: u32) {
+        let this = self.clone();
+        self.spawn(async move {
+            let until = inst.updated_ms + u64::from(cool_down_s) * 1000;
+            let left = until.saturating_sub(crate::store::now_ms());
+            tokio::time::sleep(Duration::from_millis(left)).await;
+            let Ok(Some(now)) = this.store().instance(&inst.id) else {
+                return;
+            };
+            if now.state == InstanceState::COOLING && now.job_id == inst.job_id {
+                let id = inst.id.clone();
+                let moved = this
+                    .apply(&inst.job_id, |_, insts| {
+                        let inst = insts.iter_mut().find(|i| i.id == id).ok_or_else(|| {
+                            StoreError::Stale(format!("instance {id} left its job"))
+                        })?;
+                        inst.state = state::next_instance(inst.state, InstanceEvent::Terminate)?;
+                        Ok(vec![Mark::phase(&id, "cooling period over")])
+                    })
+                    .await;
+                if moved.is_ok() {
+                    this.close(&inst.id).await;
+                }
+            }
+        });
+    }
+
+    /// The owner of a job that may upload its results now (TRAINING).
+    pub fn returning_job_owner(&self, job_id: &str) -> Result<User> {
+        let job = self
+            .store()
+            .job(job_id)?
+            .ok_or_else(|| Error::NotFound(format!("job {job_id} not found")))?;
+        if job.state.status != JobStatus::Training {
+            return Err(Error::FailedPrecondition(format!(
+                "job {job_id} is not training"
+            )));
+        }
+        Ok(User(job.owner))
+    }
+
+    /// Where a completed training job's outputs are stored.
+    pub fn result_path(&self, user: &User, job_id: &str) -> Result<PathBuf> {
+        let job = self.find_job(user, job_id, "")?;
+        if job.kind != JobKind::Training {
+            return Err(Error::FailedPrecondition(format!(
+                "job {job_id} is not a training job"
+            )));
+        }
+        if job.result_digest.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "job {job_id} has no results: it is {}; results are ready once it is COMPLETED",
+                crate::convert::substatus_name(job.state.substatus)
+            )));
+        }
+        self.existing_blob(&job.result_digest).ok_or_else(|| {
+            Error::Internal(format!(
+                "the result {} is missing from storage",
+                job.result_digest
+            ))
+        })
+    }
+}
