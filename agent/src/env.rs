@@ -68,6 +68,16 @@ pub(crate) fn venv_dir(repo: &Path, envs_dir: &Path) -> Result<Option<PathBuf>, 
     Ok(Some(envs_dir.join(&digest[..16])))
 }
 
+/// A ready virtualenv for `repo` exists under `envs_dir`, so [`gear_up`] will
+/// install nothing. A repo without requirements is never cached: it has no
+/// virtualenv (gearing up is instant, but still a phase of its own).
+pub(crate) fn is_cached(repo: &Path, envs_dir: &Path) -> bool {
+    match venv_dir(repo, envs_dir) {
+        Ok(Some(dir)) => dir.join(".ready").exists(),
+        _ => false,
+    }
+}
+
 /// Makes the environment for `repo` ready and returns its interpreter.
 pub(crate) async fn gear_up(
     python: &str,
@@ -197,15 +207,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(env.python, PathBuf::from("python3"));
+        assert!(!env.cached);
+        // Never "cached": there is no virtualenv to reuse.
+        assert!(!is_cached(repo, &repo.join("envs")));
         assert!(!repo.join("envs").exists());
-    }
-
-    /// A ready virtualenv for `repo` exists.
-    fn is_cached(repo: &Path, envs_dir: &Path) -> bool {
-        match venv_dir(repo, envs_dir) {
-            Ok(Some(dir)) => dir.join(".ready").exists(),
-            _ => false,
-        }
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! aibro-rs agent: runs on each (GPU) instance, registers with the scheduler, gears
 //! up the Python environment of a model repo, loads it into a pool of persistent
-//! Python workers and serves Predict; reports its phases and heartbeats.
+//! Python workers and serves Predict, or runs a training repo's train() and uploads
+//! its outputs; reports its phases, training progress and heartbeats.
 //! [`run`] is the whole agent; [`dry_run`] validates a repo archive locally.
 
 pub mod archive;
@@ -12,6 +13,7 @@ mod pool;
 mod reporter;
 mod runtime;
 mod service;
+mod trainer;
 mod worker;
 
 use std::future::Future;
@@ -51,16 +53,20 @@ pub enum Error {
 /// scheduler and reports, until `shutdown` completes (Ok) or the scheduler has been
 /// unreachable for `--orphan-timeout-s` (Err(Orphaned)). Workers are ended on exit.
 pub async fn run(
-    args: Args,
+    mut args: Args,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let dir_err = |source| Error::Dir {
-        path: args.dir.clone(),
-        source,
+    let dir_err = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Dir { path, source }
     };
-    std::fs::create_dir_all(&args.dir).map_err(dir_err)?;
-    let script = worker::install_script(&args.dir).map_err(dir_err)?;
+    // Absolute: the Python processes run in other directories.
+    args.dir = std::path::absolute(&args.dir).map_err(dir_err(&args.dir))?;
+    std::fs::create_dir_all(&args.dir).map_err(dir_err(&args.dir))?;
+    let script = worker::install_script(&args.dir).map_err(dir_err(&args.dir))?;
+    let trainer = worker::install_file(&args.dir, "trainer.py", trainer::TRAINER_PY)
+        .map_err(dir_err(&args.dir))?;
     let port = listener.local_addr().map_err(Error::Listener)?.port();
     let address = format!("{}:{port}", args.advertise_host);
     let instance_id = if args.instance_id.is_empty() {
@@ -76,6 +82,7 @@ pub async fn run(
     let rt = Arc::new(runtime::Runtime::new(
         args,
         script,
+        trainer,
         gateway.clone(),
         reports,
         cancel.clone(),

@@ -1,5 +1,6 @@
 //! The agent's connection to the scheduler (`AgentGateway`): Register with backoff,
-//! a heartbeat loop, and phase reports re-sent until acknowledged. Any failure makes
+//! a heartbeat loop, and phase and training progress reports (one queue, so they
+//! keep their order) re-sent until acknowledged. Any failure makes
 //! the agent register again before sending more. When the scheduler has been
 //! unreachable for longer than the orphan timeout the reporter gives up.
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use aibro_proto::v1::agent_gateway_client::AgentGatewayClient;
 use aibro_proto::v1::{
-    report_request, Hardware, Heartbeat, PhaseReport, RegisterRequest, ReportRequest,
+    report_request, Hardware, Heartbeat, PhaseReport, Progress, RegisterRequest, ReportRequest,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -21,7 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
-/// A phase report the scheduler keeps refusing is dropped after this many tries.
+/// A report the scheduler keeps refusing is dropped after this many tries.
 const MAX_REPORT_TRIES: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
@@ -81,19 +82,38 @@ pub(crate) trait Metrics: Send + Sync + 'static {
     fn workers_alive(&self) -> u32;
 }
 
-/// Queues phase reports for the reporter loop.
+/// One queued report: a phase report or a training progress report.
+pub(crate) type Queued = report_request::Body;
+
+/// Queues phase and progress reports for the reporter loop, which sends them in
+/// the order they were queued.
 #[derive(Clone)]
-pub(crate) struct Reports(mpsc::UnboundedSender<PhaseReport>);
+pub(crate) struct Reports(mpsc::UnboundedSender<Queued>);
 
 impl Reports {
-    pub(crate) fn channel() -> (Reports, mpsc::UnboundedReceiver<PhaseReport>) {
+    pub(crate) fn channel() -> (Reports, mpsc::UnboundedReceiver<Queued>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (Reports(tx), rx)
     }
 
     pub(crate) fn send(&self, report: PhaseReport) {
         tracing::info!(job_id = %report.job_id, phase = ?report.phase(), "{}", report.message);
-        let _ = self.0.send(report);
+        let _ = self.0.send(report_request::Body::Phase(report));
+    }
+
+    pub(crate) fn progress(&self, progress: Progress) {
+        tracing::debug!(job_id = %progress.job_id, seq = progress.seq, epoch = progress.epoch,
+            stream = %progress.stream, "{}", progress.log_line);
+        let _ = self.0.send(report_request::Body::Progress(progress));
+    }
+}
+
+/// The job a queued report is about (for logs).
+fn job_of(body: &Queued) -> &str {
+    match body {
+        report_request::Body::Phase(p) => &p.job_id,
+        report_request::Body::Progress(p) => &p.job_id,
+        report_request::Body::Heartbeat(_) => "",
     }
 }
 
@@ -115,10 +135,10 @@ impl Reporter {
     /// Runs until cancelled (Ok) or orphaned (Err).
     pub(crate) async fn run(
         mut self,
-        mut reports: mpsc::UnboundedReceiver<PhaseReport>,
+        mut reports: mpsc::UnboundedReceiver<Queued>,
         cancel: CancellationToken,
     ) -> Result<(), ReporterError> {
-        let mut pending: VecDeque<(PhaseReport, u32)> = VecDeque::new();
+        let mut pending: VecDeque<(Queued, u32)> = VecDeque::new();
         let mut last_ok = Instant::now();
         loop {
             let Some(interval) = self.register(&cancel, &mut last_ok).await? else {
@@ -189,8 +209,8 @@ impl Reporter {
     async fn session(
         &mut self,
         interval: Duration,
-        reports: &mut mpsc::UnboundedReceiver<PhaseReport>,
-        pending: &mut VecDeque<(PhaseReport, u32)>,
+        reports: &mut mpsc::UnboundedReceiver<Queued>,
+        pending: &mut VecDeque<(Queued, u32)>,
         cancel: &CancellationToken,
         last_ok: &mut Instant,
     ) -> Result<Outcome, ReporterError> {
@@ -204,7 +224,7 @@ impl Reporter {
             while let Some((report, tries)) = pending.front_mut() {
                 let req = ReportRequest {
                     instance_id: self.instance_id.clone(),
-                    body: Some(report_request::Body::Phase(report.clone())),
+                    body: Some(report.clone()),
                 };
                 let res = tokio::select! {
                     _ = cancel.cancelled() => return Ok(Outcome::Cancelled),
@@ -232,12 +252,12 @@ impl Reporter {
                                 tonic::Code::NotFound | tonic::Code::Unauthenticated
                             ));
                         if !retry {
-                            tracing::error!(code = ?status.code(), job_id = %report.job_id,
-                                "the scheduler refused a phase report; dropping it: {}", status.message());
+                            tracing::error!(code = ?status.code(), job_id = %job_of(report),
+                                "the scheduler refused a report; dropping it: {}", status.message());
                             pending.pop_front();
                             continue;
                         }
-                        return self.failed("phase report", status, *last_ok);
+                        return self.failed("report", status, *last_ok);
                     }
                 }
             }

@@ -1,30 +1,38 @@
-//! The jobs this agent serves: Prepare (fetch + unpack the artifact, gear up the
-//! environment, start the worker pool, reporting each phase), Predict routing to the
-//! job's pool, and Stop. A job's files live under `<dir>/jobs/<job_id>/`; the
-//! unpacked repo is reused when the agent (or its instance) restarts.
+//! The jobs this agent runs: Prepare (fetch + unpack the artifact, gear up the
+//! environment, then for inference start the worker pool; reporting each phase),
+//! Predict routing to the job's pool, Train (run train(), stream its progress,
+//! upload its outputs), and Stop. A job's files live under `<dir>/jobs/<job_id>/`;
+//! the unpacked repo is reused when the agent (or its instance) restarts, and the
+//! environments under `<dir>/envs/` are shared by jobs with the same requirements.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use aibro_proto::v1::{AgentPhase, FetchArtifactRequest, JobKind, PhaseReport};
+use aibro_proto::v1::{
+    AgentPhase, ArtifactRef, FetchArtifactRequest, JobKind, PhaseReport, ResultChunk,
+};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::archive::{self, ArchiveError, Limits};
 use crate::config::Args;
-use crate::env::{self, EnvError};
+use crate::env::{self, EnvError, PythonEnv};
 use crate::pool::{Pool, PoolError};
 use crate::reporter::{Gateway, Metrics, Reports};
+use crate::trainer::{self, TrainError, TrainSpec};
 use crate::worker::Output;
+
+/// Data bytes per `ResultChunk` of an uploaded result.
+const UPLOAD_CHUNK: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RuntimeError {
     #[error("job_id is empty")]
     NoJobId,
-    #[error("training jobs are not supported by this agent yet")]
-    TrainingUnsupported,
     #[error("this agent has no job `{0}`; send Prepare first")]
     UnknownJob(String),
     #[error("job `{0}` is still being prepared; retry when it reports SERVING")]
@@ -42,6 +50,22 @@ pub(crate) enum RuntimeError {
     Archive(#[from] ArchiveError),
     #[error("the repo has no predict.py at its root")]
     NoPredict,
+    #[error("the repo has no train.py at its root; a training repo needs train.py defining train(output_dir, **args)")]
+    NoTrain,
+    #[error("job `{0}` was prepared for inference; Train needs a job prepared as TRAINING")]
+    NotTraining(String),
+    #[error("job `{0}` is a training job; it serves no Predict")]
+    NotServing(String),
+    #[error("job `{0}` is still being prepared; send Train after it reports SERVING")]
+    TrainNotReady(String),
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error("cannot pack the training outputs: {0}")]
+    Pack(#[source] std::io::Error),
+    #[error("uploading the training outputs to the scheduler failed: {0}")]
+    Upload(tonic::Status),
+    #[error("the scheduler stored the training outputs as `{got}` but `{sent}` was sent; the upload is corrupt")]
+    UploadMismatch { sent: String, got: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -56,17 +80,42 @@ pub(crate) enum RuntimeError {
 
 enum JobState {
     Preparing(CancellationToken),
+    /// An inference job serving Predict.
     Serving(Arc<Pool>),
+    /// A prepared training job, ready for Train.
+    Ready(Arc<TrainJob>),
+    /// Train is running (training, or uploading the outputs).
+    Training(CancellationToken),
+    /// Training ended: its final report (RETURNED or FAILED), re-sent on a
+    /// repeated Train.
+    Trained(PhaseReport),
     Failed(String),
+}
+
+/// A prepared training job.
+pub(crate) struct TrainJob {
+    python: PathBuf,
+    repo: PathBuf,
+    job_dir: PathBuf,
+}
+
+/// What a successful preparation leaves.
+enum Prepared {
+    Pool(Pool),
+    Training(Arc<TrainJob>),
 }
 
 pub(crate) struct Runtime {
     args: Args,
+    /// The embedded worker.py and trainer.py, written into the agent's dir.
     script: PathBuf,
+    trainer: PathBuf,
     gateway: Gateway,
     reports: Reports,
     cancel: CancellationToken,
     jobs: Mutex<HashMap<String, JobState>>,
+    /// The running Train tasks (Stop waits for them).
+    training: TaskTracker,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
@@ -80,6 +129,7 @@ impl Runtime {
     pub(crate) fn new(
         args: Args,
         script: PathBuf,
+        trainer: PathBuf,
         gateway: Gateway,
         reports: Reports,
         cancel: CancellationToken,
@@ -87,10 +137,12 @@ impl Runtime {
         Runtime {
             args,
             script,
+            trainer,
             gateway,
             reports,
             cancel,
             jobs: Mutex::default(),
+            training: TaskTracker::new(),
         }
     }
 
@@ -108,7 +160,7 @@ impl Runtime {
     }
 
     /// Starts preparing `job_id` in the background; idempotent while it prepares or
-    /// serves (a repeated Prepare of a serving job re-reports SERVING).
+    /// is prepared (a repeated Prepare of a serving or ready job re-reports SERVING).
     pub(crate) fn prepare(
         self: &Arc<Self>,
         job_id: String,
@@ -118,16 +170,18 @@ impl Runtime {
         if job_id.is_empty() {
             return Err(RuntimeError::NoJobId);
         }
-        if kind == JobKind::Training {
-            return Err(RuntimeError::TrainingUnsupported);
-        }
+        let training = kind == JobKind::Training;
         let token = self.cancel.child_token();
         {
             let mut jobs = self.jobs.lock().expect("jobs");
             match jobs.get(&job_id) {
-                Some(JobState::Preparing(_)) => return Ok(()),
-                Some(JobState::Serving(_)) => {
-                    self.report(&job_id, AgentPhase::Serving, "serving");
+                Some(JobState::Preparing(_) | JobState::Training(_) | JobState::Trained(_)) => {
+                    return Ok(())
+                }
+                Some(state @ (JobState::Serving(_) | JobState::Ready(_))) => {
+                    let text = ready_text(matches!(state, JobState::Ready(_)));
+                    drop(jobs);
+                    self.report(&job_id, AgentPhase::Serving, text);
                     return Ok(());
                 }
                 Some(JobState::Failed(_)) | None => {}
@@ -138,7 +192,7 @@ impl Runtime {
         tokio::spawn(async move {
             let res = tokio::select! {
                 _ = token.cancelled() => return,
-                r = this.prepare_job(&job_id, &digest) => r,
+                r = this.prepare_job(&job_id, &digest, training) => r,
             };
             if let Some(stale) = this.finish(&job_id, res) {
                 stale.shutdown().await;
@@ -149,17 +203,22 @@ impl Runtime {
 
     /// Records the outcome of a preparation and reports it. Returns the pool when the
     /// job was stopped meanwhile (the caller ends it).
-    fn finish(&self, job_id: &str, res: Result<Pool, RuntimeError>) -> Option<Pool> {
+    fn finish(&self, job_id: &str, res: Result<Prepared, RuntimeError>) -> Option<Pool> {
         let mut jobs = self.jobs.lock().expect("jobs");
         let current = matches!(jobs.get(job_id), Some(JobState::Preparing(t)) if !t.is_cancelled());
         match res {
-            Ok(pool) if current => {
-                jobs.insert(job_id.to_string(), JobState::Serving(Arc::new(pool)));
+            Ok(prepared) if current => {
+                let (state, training) = match prepared {
+                    Prepared::Pool(pool) => (JobState::Serving(Arc::new(pool)), false),
+                    Prepared::Training(job) => (JobState::Ready(job), true),
+                };
+                jobs.insert(job_id.to_string(), state);
                 drop(jobs);
-                self.report(job_id, AgentPhase::Serving, "serving");
+                self.report(job_id, AgentPhase::Serving, ready_text(training));
                 None
             }
-            Ok(pool) => Some(pool),
+            Ok(Prepared::Pool(pool)) => Some(pool),
+            Ok(Prepared::Training(_)) => None,
             Err(e) if current => {
                 let (message, traceback) = failure_text(&e);
                 jobs.insert(job_id.to_string(), JobState::Failed(message.clone()));
@@ -178,53 +237,43 @@ impl Runtime {
         }
     }
 
-    async fn prepare_job(&self, job_id: &str, digest: &str) -> Result<Pool, RuntimeError> {
+    /// Fetches and unpacks the repo, gears up its environment (GEARING_UP_ENV only
+    /// when no ready one exists, then MODEL_LOADING) and, for inference, starts the
+    /// worker pool.
+    async fn prepare_job(
+        &self,
+        job_id: &str,
+        digest: &str,
+        training: bool,
+    ) -> Result<Prepared, RuntimeError> {
         let job_dir = self.jobs_dir().join(job_id);
-        let repo = job_dir.join("repo");
-        let marker = job_dir.join("repo.complete");
-        let envs = self.args.dir.join("envs");
-        let have_repo = marker.exists();
-        self.reports.send(PhaseReport {
-            job_id: job_id.to_string(),
-            phase: AgentPhase::GearingUpEnv.into(),
-            message: if have_repo {
-                "model repo already on disk; gearing up the environment".into()
-            } else {
-                "fetching the model repo and gearing up the environment".into()
-            },
-            ..PhaseReport::default()
-        });
-        if !have_repo {
-            tokio::fs::create_dir_all(&job_dir)
-                .await
-                .map_err(io_err(&job_dir))?;
-            let archive_path = job_dir.join("artifact.tar.gz");
-            self.fetch(digest, &archive_path).await?;
-            if repo.exists() {
-                tokio::fs::remove_dir_all(&repo)
-                    .await
-                    .map_err(io_err(&repo))?;
+        let repo = self.fetch_repo(&job_dir, digest).await?;
+        if training {
+            if !repo.join("train.py").is_file() {
+                return Err(RuntimeError::NoTrain);
             }
-            let (a, r) = (archive_path.clone(), repo.clone());
-            tokio::task::spawn_blocking(move || archive::unpack(&a, &r, &Limits::default()))
-                .await
-                .expect("unpack task")?;
-            tokio::fs::write(&marker, digest)
-                .await
-                .map_err(io_err(&marker))?;
-            let _ = tokio::fs::remove_file(&archive_path).await;
-        }
-        if !repo.join("predict.py").is_file() {
+        } else if !repo.join("predict.py").is_file() {
             return Err(RuntimeError::NoPredict);
         }
-        let penv = env::gear_up(&self.args.python, &repo, &envs, &self.args.pip).await?;
+        let penv = self.gear_up(job_id, &repo).await?;
         self.reports.send(PhaseReport {
             job_id: job_id.to_string(),
             phase: AgentPhase::ModelLoading.into(),
-            message: "loading the model".into(),
+            message: if training {
+                "model repo and data unpacked".into()
+            } else {
+                "loading the model".into()
+            },
             env_cached: penv.cached,
             ..PhaseReport::default()
         });
+        if training {
+            return Ok(Prepared::Training(Arc::new(TrainJob {
+                python: penv.python,
+                repo,
+                job_dir,
+            })));
+        }
         let pool = Pool::start(
             &penv.python,
             &self.script,
@@ -233,7 +282,49 @@ impl Runtime {
             self.args.workers,
         )
         .await?;
-        Ok(pool)
+        Ok(Prepared::Pool(pool))
+    }
+
+    /// The unpacked repo of the job: fetched and unpacked unless a complete one is
+    /// already on disk.
+    async fn fetch_repo(&self, job_dir: &Path, digest: &str) -> Result<PathBuf, RuntimeError> {
+        let repo = job_dir.join("repo");
+        let marker = job_dir.join("repo.complete");
+        if marker.exists() {
+            return Ok(repo);
+        }
+        tokio::fs::create_dir_all(job_dir)
+            .await
+            .map_err(io_err(job_dir))?;
+        let archive_path = job_dir.join("artifact.tar.gz");
+        self.fetch(digest, &archive_path).await?;
+        if repo.exists() {
+            tokio::fs::remove_dir_all(&repo)
+                .await
+                .map_err(io_err(&repo))?;
+        }
+        let (a, r) = (archive_path.clone(), repo.clone());
+        tokio::task::spawn_blocking(move || archive::unpack(&a, &r, &Limits::default()))
+            .await
+            .expect("unpack task")?;
+        tokio::fs::write(&marker, digest)
+            .await
+            .map_err(io_err(&marker))?;
+        let _ = tokio::fs::remove_file(&archive_path).await;
+        Ok(repo)
+    }
+
+    /// Reports GEARING_UP_ENV unless a ready environment exists, and gears up.
+    async fn gear_up(&self, job_id: &str, repo: &Path) -> Result<PythonEnv, RuntimeError> {
+        let envs = self.args.dir.join("envs");
+        if !env::is_cached(repo, &envs) {
+            self.report(
+                job_id,
+                AgentPhase::GearingUpEnv,
+                "gearing up the Python environment",
+            );
+        }
+        Ok(env::gear_up(&self.args.python, repo, &envs, &self.args.pip).await?)
     }
 
     /// Streams the artifact into `path`, checking its sha256.
@@ -291,12 +382,195 @@ impl Runtime {
                     })
                 }
                 Some(JobState::Serving(pool)) => pool.clone(),
+                Some(JobState::Ready(_) | JobState::Training(_) | JobState::Trained(_)) => {
+                    return Err(RuntimeError::NotServing(job_id.to_string()))
+                }
             }
         };
         Ok(pool.call(payload, content_type).await?)
     }
 
-    /// Ends every job's workers; `terminate` also removes the jobs' files.
+    /// Starts `train(output_dir, **args)` of a prepared training job in the
+    /// background: TRAINING, Progress reports, RETURNING, then RETURNED or FAILED.
+    /// A repeated Train while it runs does nothing; once it has ended, it re-sends
+    /// the final report.
+    pub(crate) fn train(
+        self: &Arc<Self>,
+        job_id: String,
+        args: HashMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        if job_id.is_empty() {
+            return Err(RuntimeError::NoJobId);
+        }
+        let token = self.cancel.child_token();
+        let job = {
+            let mut jobs = self.jobs.lock().expect("jobs");
+            let job = match jobs.get(&job_id) {
+                None => return Err(RuntimeError::UnknownJob(job_id)),
+                Some(JobState::Preparing(_)) => return Err(RuntimeError::TrainNotReady(job_id)),
+                Some(JobState::Serving(_)) => return Err(RuntimeError::NotTraining(job_id)),
+                Some(JobState::Failed(e)) => {
+                    return Err(RuntimeError::JobFailed {
+                        job: job_id,
+                        error: e.clone(),
+                    })
+                }
+                Some(JobState::Training(_)) => return Ok(()),
+                Some(JobState::Trained(last)) => {
+                    let last = last.clone();
+                    drop(jobs);
+                    self.reports.send(last);
+                    return Ok(());
+                }
+                Some(JobState::Ready(job)) => job.clone(),
+            };
+            jobs.insert(job_id.clone(), JobState::Training(token.clone()));
+            job
+        };
+        let this = self.clone();
+        self.training.spawn(async move {
+            let Some(last) = this.train_job(&job_id, &job, &args, &token).await else {
+                return;
+            };
+            let mut jobs = this.jobs.lock().expect("jobs");
+            if matches!(jobs.get(&job_id), Some(JobState::Training(t)) if !t.is_cancelled()) {
+                jobs.insert(job_id, JobState::Trained(last.clone()));
+                drop(jobs);
+                this.reports.send(last);
+            }
+        });
+        Ok(())
+    }
+
+    /// Runs one training job to its final report (None when stopped).
+    async fn train_job(
+        &self,
+        job_id: &str,
+        job: &TrainJob,
+        args: &HashMap<String, String>,
+        token: &CancellationToken,
+    ) -> Option<PhaseReport> {
+        self.report(job_id, AgentPhase::Training, "training");
+        match self.train_and_upload(job_id, job, args, token).await {
+            Ok(result) => Some(PhaseReport {
+                job_id: job_id.to_string(),
+                phase: AgentPhase::Returned.into(),
+                message: format!("training outputs uploaded ({} bytes)", result.size),
+                result_digest: result.digest,
+                result_size: result.size,
+                ..PhaseReport::default()
+            }),
+            Err(RuntimeError::Train(TrainError::Stopped)) => None,
+            Err(e) => {
+                let (message, traceback) = failure_text(&e);
+                tracing::error!(job_id = %job_id, "training failed: {traceback}");
+                Some(PhaseReport {
+                    job_id: job_id.to_string(),
+                    phase: AgentPhase::Failed.into(),
+                    message,
+                    traceback,
+                    ..PhaseReport::default()
+                })
+            }
+        }
+    }
+
+    async fn train_and_upload(
+        &self,
+        job_id: &str,
+        job: &TrainJob,
+        args: &HashMap<String, String>,
+        token: &CancellationToken,
+    ) -> Result<ArtifactRef, RuntimeError> {
+        let output = job.job_dir.join("output");
+        match tokio::fs::remove_dir_all(&output).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&output)(e)),
+        }
+        tokio::fs::create_dir_all(&output)
+            .await
+            .map_err(io_err(&output))?;
+        let args_file = job.job_dir.join("train-args.json");
+        let json = serde_json::to_vec(args).expect("args as JSON");
+        tokio::fs::write(&args_file, json)
+            .await
+            .map_err(io_err(&args_file))?;
+        let spec = TrainSpec {
+            job_id: job_id.to_string(),
+            python: job.python.clone(),
+            script: self.trainer.clone(),
+            repo: job.repo.clone(),
+            output_dir: output.clone(),
+            args_file,
+        };
+        trainer::run(&spec, &self.reports, token).await?;
+        if token.is_cancelled() {
+            return Err(TrainError::Stopped.into());
+        }
+        self.report(
+            job_id,
+            AgentPhase::Returning,
+            "uploading the training outputs",
+        );
+        let dir = job.job_dir.clone();
+        let (packed, sent) = tokio::task::spawn_blocking(move || pack(&output, &dir))
+            .await
+            .expect("pack task")
+            .map_err(RuntimeError::Pack)?;
+        let stored = tokio::select! {
+            _ = token.cancelled() => return Err(TrainError::Stopped.into()),
+            r = self.upload(job_id, packed.path()) => r?,
+        };
+        if stored.digest != sent.digest || stored.size != sent.size {
+            return Err(RuntimeError::UploadMismatch {
+                sent: format!("{} ({} bytes)", sent.digest, sent.size),
+                got: format!("{} ({} bytes)", stored.digest, stored.size),
+            });
+        }
+        Ok(stored)
+    }
+
+    /// Streams the file at `path` to the scheduler in `ResultChunk`s.
+    async fn upload(&self, job_id: &str, path: &Path) -> Result<ArtifactRef, RuntimeError> {
+        let file = tokio::fs::File::open(path).await.map_err(io_err(path))?;
+        let read_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
+        let job = job_id.to_string();
+        let errs = read_error.clone();
+        let chunks = futures::stream::unfold(Some(file), move |file| {
+            let job = job.clone();
+            let errs = errs.clone();
+            async move {
+                let mut file = file?;
+                let mut data = vec![0; UPLOAD_CHUNK];
+                let mut n = 0;
+                while n < UPLOAD_CHUNK {
+                    match file.read(&mut data[n..]).await {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) => {
+                            *errs.lock().expect("upload error") = Some(e);
+                            return None;
+                        }
+                    }
+                }
+                if n == 0 {
+                    return None;
+                }
+                data.truncate(n);
+                let next = (n == UPLOAD_CHUNK).then_some(file);
+                Some((ResultChunk { job_id: job, data }, next))
+            }
+        });
+        let res = self.gateway.clone().upload_result(chunks).await;
+        if let Some(e) = read_error.lock().expect("upload error").take() {
+            return Err(io_err(path)(e));
+        }
+        Ok(res.map_err(RuntimeError::Upload)?.into_inner())
+    }
+
+    /// Ends every job's workers and training processes; `terminate` also removes the
+    /// jobs' files. The environments (`envs/`) are kept for later jobs.
     pub(crate) async fn stop(&self, terminate: bool) -> Result<(), RuntimeError> {
         let states: Vec<JobState> = {
             let mut jobs = self.jobs.lock().expect("jobs");
@@ -304,11 +578,15 @@ impl Runtime {
         };
         for state in states {
             match state {
-                JobState::Preparing(token) => token.cancel(),
+                JobState::Preparing(token) | JobState::Training(token) => token.cancel(),
                 JobState::Serving(pool) => pool.shutdown().await,
-                JobState::Failed(_) => {}
+                JobState::Ready(_) | JobState::Trained(_) | JobState::Failed(_) => {}
             }
         }
+        // The training processes are ended (and waited for) by their tasks.
+        self.training.close();
+        self.training.wait().await;
+        self.training.reopen();
         if terminate {
             let dir = self.jobs_dir();
             match tokio::fs::remove_dir_all(&dir).await {
@@ -345,9 +623,72 @@ impl Runtime {
     }
 }
 
+/// What SERVING means for the job's kind.
+fn ready_text(training: bool) -> &'static str {
+    if training {
+        "ready to train"
+    } else {
+        "serving"
+    }
+}
+
+/// Packs `output` into a temporary file in `dir`; returns it with its address.
+fn pack(output: &Path, dir: &Path) -> std::io::Result<(tempfile::NamedTempFile, ArtifactRef)> {
+    struct Hashing<W> {
+        inner: W,
+        hasher: Sha256,
+        size: u64,
+    }
+    impl<W: Write> Write for Hashing<W> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = self.inner.write(buf)?;
+            self.hasher.update(&buf[..n]);
+            self.size += n as u64;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.inner.flush()
+        }
+    }
+    let mut file = tempfile::Builder::new()
+        .prefix(".result-")
+        .suffix(".tar.gz")
+        .tempfile_in(dir)?;
+    let r = {
+        let mut w = Hashing {
+            inner: std::io::BufWriter::new(file.as_file_mut()),
+            hasher: Sha256::new(),
+            size: 0,
+        };
+        archive::pack_dir(output, &mut w)?;
+        w.flush()?;
+        ArtifactRef {
+            digest: format!("sha256:{}", hex::encode(w.hasher.finalize())),
+            size: w.size,
+        }
+    };
+    Ok((file, r))
+}
+
 /// (short message, traceback or full error) for a FAILED report.
 fn failure_text(e: &RuntimeError) -> (String, String) {
     match e {
+        RuntimeError::Train(TrainError::Raised(tb)) => {
+            let last = tb
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            (format!("train() failed: {last}"), tb.clone())
+        }
+        RuntimeError::Train(e @ TrainError::Died { .. }) => (
+            e.to_string().lines().next().unwrap_or_default().to_string(),
+            e.to_string(),
+        ),
+        RuntimeError::Upload(_) | RuntimeError::UploadMismatch { .. } | RuntimeError::Pack(_) => (
+            "returning the training outputs failed".to_string(),
+            e.to_string(),
+        ),
         RuntimeError::Pool(PoolError::Start(tb)) => (
             "predict.py failed to import or load_model() raised".to_string(),
             tb.clone(),

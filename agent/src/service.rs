@@ -47,11 +47,11 @@ impl Agent for AgentService {
 
     async fn train(
         &self,
-        _request: Request<TrainRequest>,
+        request: Request<TrainRequest>,
     ) -> Result<Response<TrainResponse>, Status> {
-        Err(Status::unimplemented(
-            "training is not supported by this agent yet",
-        ))
+        let req = request.into_inner();
+        self.0.train(req.job_id, req.args).map_err(to_status)?;
+        Ok(Response::new(TrainResponse {}))
     }
 
     async fn stop(&self, request: Request<StopRequest>) -> Result<Response<StopResponse>, Status> {
@@ -68,10 +68,11 @@ pub(crate) fn to_status(e: RuntimeError) -> Status {
     let msg = e.to_string();
     match e {
         RuntimeError::NoJobId => Status::invalid_argument(msg),
-        RuntimeError::TrainingUnsupported => Status::unimplemented(msg),
-        RuntimeError::UnknownJob(_) | RuntimeError::JobFailed { .. } => {
-            Status::failed_precondition(msg)
-        }
+        RuntimeError::UnknownJob(_)
+        | RuntimeError::JobFailed { .. }
+        | RuntimeError::NotTraining(_)
+        | RuntimeError::NotServing(_)
+        | RuntimeError::TrainNotReady(_) => Status::failed_precondition(msg),
         RuntimeError::NotReady(_) => Status::unavailable(msg),
         RuntimeError::Pool(p) => match p {
             PoolError::Overloaded | PoolError::WorkerDied(_) | PoolError::Stopped => {

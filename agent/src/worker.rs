@@ -88,11 +88,17 @@ pub(crate) struct Worker {
 
 /// Writes `worker.py` into `dir` (if it is missing or differs) and returns its path.
 pub(crate) fn install_script(dir: &Path) -> std::io::Result<PathBuf> {
+    install_file(dir, "worker.py", WORKER_PY)
+}
+
+/// Writes `body` as `dir/name` (if it is missing or differs, atomically) and
+/// returns its path.
+pub(crate) fn install_file(dir: &Path, name: &str, body: &str) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    let path = dir.join("worker.py");
-    if std::fs::read_to_string(&path).ok().as_deref() != Some(WORKER_PY) {
-        let tmp = dir.join(format!(".worker.py.{}", std::process::id()));
-        std::fs::write(&tmp, WORKER_PY)?;
+    let path = dir.join(name);
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(body) {
+        let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+        std::fs::write(&tmp, body)?;
         std::fs::rename(&tmp, &path)?;
     }
     Ok(path)

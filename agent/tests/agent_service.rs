@@ -1,6 +1,9 @@
 //! The agent against a fake scheduler (an in-test AgentGateway): register, Prepare,
-//! phase reports, Predict, error codes, Stop, heartbeats and the orphan timeout.
+//! phase reports, Predict, error codes, Stop, heartbeats, the orphan timeout, and
+//! training (Train, Progress reports, UploadResult, environment reuse).
 
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,9 +11,9 @@ use std::time::Duration;
 use aibro_proto::v1::agent_client::AgentClient;
 use aibro_proto::v1::agent_gateway_server::{AgentGateway, AgentGatewayServer};
 use aibro_proto::v1::{
-    report_request, AgentPhase, AgentPredictRequest, Chunk, FetchArtifactRequest, JobKind,
-    PhaseReport, PrepareRequest, RegisterRequest, RegisterResponse, ReportRequest, ReportResponse,
-    StopRequest,
+    report_request, AgentPhase, AgentPredictRequest, ArtifactRef, Chunk, FetchArtifactRequest,
+    JobKind, PhaseReport, PrepareRequest, Progress, RegisterRequest, RegisterResponse,
+    ReportRequest, ReportResponse, ResultChunk, StopRequest, TrainRequest,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -19,16 +22,31 @@ use tonic::{Request, Response, Status};
 /// (digest, bytes) of the artifacts the fake scheduler serves.
 type Artifacts = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
+/// A result the agent uploaded.
+#[derive(Debug, Clone)]
+struct Upload {
+    job_id: String,
+    auth: String,
+    chunks: usize,
+    bytes: Vec<u8>,
+}
+
+type Uploads = Arc<Mutex<Vec<Upload>>>;
+
 #[derive(Debug)]
 enum Event {
     Registered(RegisterRequest, String),
     Phase(PhaseReport),
+    Progress(Progress),
     Heartbeat(u32),
 }
 
 struct FakeGateway {
     events: mpsc::UnboundedSender<Event>,
     artifacts: Artifacts,
+    uploads: Uploads,
+    /// Set to refuse uploads.
+    fail_uploads: Arc<AtomicBool>,
     /// Cleared to act like a restarted scheduler that forgot the instance.
     registered: Arc<AtomicBool>,
 }
@@ -67,6 +85,9 @@ impl AgentGateway for FakeGateway {
             Some(report_request::Body::Heartbeat(h)) => {
                 let _ = self.events.send(Event::Heartbeat(h.workers_alive));
             }
+            Some(report_request::Body::Progress(p)) => {
+                let _ = self.events.send(Event::Progress(p));
+            }
             None => {}
         }
         Ok(Response::new(ReportResponse {}))
@@ -94,12 +115,54 @@ impl AgentGateway for FakeGateway {
             .collect();
         Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
+
+    async fn upload_result(
+        &self,
+        request: Request<tonic::Streaming<ResultChunk>>,
+    ) -> Result<Response<ArtifactRef>, Status> {
+        let auth = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        if self.fail_uploads.load(Ordering::SeqCst) {
+            return Err(Status::resource_exhausted("result store is full"));
+        }
+        let mut stream = request.into_inner();
+        let mut upload = Upload {
+            job_id: String::new(),
+            auth,
+            chunks: 0,
+            bytes: Vec::new(),
+        };
+        while let Some(chunk) = stream.message().await? {
+            if chunk.job_id.is_empty() || (upload.chunks > 0 && chunk.job_id != upload.job_id) {
+                return Err(Status::invalid_argument(
+                    "every chunk must name the same job",
+                ));
+            }
+            if chunk.data.len() > 1 << 20 {
+                return Err(Status::invalid_argument("chunk over 1 MiB"));
+            }
+            upload.job_id = chunk.job_id;
+            upload.chunks += 1;
+            upload.bytes.extend_from_slice(&chunk.data);
+        }
+        let stored = ArtifactRef {
+            digest: format!("sha256:{}", hex::encode(Sha256::digest(&upload.bytes))),
+            size: upload.bytes.len() as u64,
+        };
+        self.uploads.lock().unwrap().push(upload);
+        Ok(Response::new(stored))
+    }
 }
 
 struct Harness {
     registered: Arc<AtomicBool>,
     events: mpsc::UnboundedReceiver<Event>,
     artifacts: Artifacts,
+    uploads: Uploads,
+    fail_uploads: Arc<AtomicBool>,
     _tmp: tempfile::TempDir,
     dir: std::path::PathBuf,
     agent_url: String,
@@ -111,10 +174,14 @@ impl Harness {
     async fn start() -> Harness {
         let (tx, events) = mpsc::unbounded_channel();
         let artifacts = Arc::new(Mutex::new(Vec::new()));
+        let uploads = Uploads::default();
+        let fail_uploads = Arc::new(AtomicBool::new(false));
         let registered = Arc::new(AtomicBool::new(false));
         let gw = FakeGateway {
             events: tx,
             artifacts: artifacts.clone(),
+            uploads: uploads.clone(),
+            fail_uploads: fail_uploads.clone(),
             registered: registered.clone(),
         };
         let gw_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -149,6 +216,8 @@ impl Harness {
             registered,
             events,
             artifacts,
+            uploads,
+            fail_uploads,
             _tmp: tmp,
             dir,
             agent_url,
@@ -164,8 +233,12 @@ impl Harness {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, body).unwrap();
         }
+        self.add_dir_artifact(src.path())
+    }
+
+    fn add_dir_artifact(&self, dir: &Path) -> String {
         let mut bytes = Vec::new();
-        aibro_agent::archive::pack_dir(src.path(), &mut bytes).unwrap();
+        aibro_agent::archive::pack_dir(dir, &mut bytes).unwrap();
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         self.artifacts.lock().unwrap().push((digest.clone(), bytes));
         digest
@@ -265,16 +338,37 @@ async fn prepare_predict_stop() {
         }
     }
 
-    // Training is not there yet.
+    // An inference job cannot train.
     let e = c
-        .prepare(PrepareRequest {
-            job_id: "job-2".into(),
-            artifact_digest: digest,
-            kind: JobKind::Training.into(),
+        .train(TrainRequest {
+            job_id: "job-1".into(),
+            args: HashMap::new(),
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unimplemented);
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("TRAINING"), "{e:?}");
+
+    // A repo without train.py cannot be prepared for training.
+    c.prepare(PrepareRequest {
+        job_id: "job-2".into(),
+        artifact_digest: digest,
+        kind: JobKind::Training.into(),
+    })
+    .await
+    .unwrap();
+    let p = loop {
+        let p = h.next_phase().await;
+        assert_eq!(p.job_id, "job-2");
+        if p.phase() == AgentPhase::Failed {
+            break p;
+        }
+        assert_ne!(p.phase(), AgentPhase::Serving, "{p:?}");
+    };
+    assert!(
+        p.message.contains("train.py") && p.message.contains("train(output_dir, **args)"),
+        "{p:?}"
+    );
 
     c.stop(StopRequest { terminate: true }).await.unwrap();
     assert!(!h.dir.join("jobs").exists());
@@ -400,7 +494,7 @@ async fn reregisters_and_resends_after_scheduler_forgets() {
         match h.next_event().await {
             Event::Registered(..) => reregistered = true,
             Event::Phase(p) => seen.push(p.phase()),
-            Event::Heartbeat(_) => {}
+            Event::Heartbeat(_) | Event::Progress(_) => {}
         }
     }
     assert!(reregistered);
@@ -413,6 +507,497 @@ async fn reregisters_and_resends_after_scheduler_forgets() {
             AgentPhase::Serving
         ]
     );
+    h.stop.take().unwrap().send(()).unwrap();
+    h.agent.await.unwrap().unwrap();
+}
+
+/// A phase or progress report, in the order the fake scheduler got them.
+#[derive(Debug)]
+enum Item {
+    Phase(PhaseReport),
+    Progress(Progress),
+}
+
+impl Harness {
+    /// The reports of `job_id` up to its RETURNED or FAILED report.
+    async fn until_trained(&mut self, job_id: &str) -> Vec<Item> {
+        let mut items = Vec::new();
+        loop {
+            match self.next_event().await {
+                Event::Phase(p) => {
+                    assert_eq!(p.job_id, job_id, "{p:?}");
+                    let end = matches!(p.phase(), AgentPhase::Returned | AgentPhase::Failed);
+                    items.push(Item::Phase(p));
+                    if end {
+                        return items;
+                    }
+                }
+                Event::Progress(p) => {
+                    assert_eq!(p.job_id, job_id, "{p:?}");
+                    items.push(Item::Progress(p));
+                }
+                Event::Registered(..) | Event::Heartbeat(_) => {}
+            }
+        }
+    }
+
+    async fn expect_phases(&mut self, job_id: &str, want: &[(AgentPhase, bool)]) {
+        for (phase, cached) in want {
+            let p = self.next_phase().await;
+            assert_eq!(p.job_id, job_id, "{p:?}");
+            assert_eq!(p.phase(), *phase, "{p:?}");
+            assert_eq!(p.env_cached, *cached, "{p:?}");
+        }
+    }
+
+    fn uploads(&self) -> Vec<Upload> {
+        self.uploads.lock().unwrap().clone()
+    }
+}
+
+fn phases(items: &[Item]) -> Vec<AgentPhase> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Phase(p) => Some(p.phase()),
+            Item::Progress(_) => None,
+        })
+        .collect()
+}
+
+fn progress(items: &[Item]) -> Vec<&Progress> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Progress(p) => Some(p),
+            Item::Phase(_) => None,
+        })
+        .collect()
+}
+
+fn last_phase(items: &[Item]) -> &PhaseReport {
+    match items.last() {
+        Some(Item::Phase(p)) => p,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Every file under `dir`, by relative path.
+fn read_tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.insert(
+                    p.strip_prefix(root).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// The files of an uploaded tar.gz.
+fn unpack_result(bytes: &[u8]) -> BTreeMap<PathBuf, Vec<u8>> {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("result.tar.gz");
+    std::fs::write(&archive, bytes).unwrap();
+    let dest = tmp.path().join("out");
+    aibro_agent::archive::unpack(&archive, &dest, &Default::default()).unwrap();
+    read_tree(&dest)
+}
+
+fn train_req(job_id: &str, args: &[(&str, &str)]) -> TrainRequest {
+    TrainRequest {
+        job_id: job_id.into(),
+        args: args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+fn prepare_req(job_id: &str, digest: &str, kind: JobKind) -> PrepareRequest {
+    PrepareRequest {
+        job_id: job_id.into(),
+        artifact_digest: digest.into(),
+        kind: kind.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trains_the_example_and_uploads_its_outputs() {
+    let mut h = Harness::start().await;
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/train-linear");
+    let digest = h.add_dir_artifact(&example);
+    let mut c = h.client().await;
+
+    // Train needs a prepared training job.
+    let e = c.train(train_req("fit-1", &[])).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+
+    c.prepare(prepare_req("fit-1", &digest, JobKind::Training))
+        .await
+        .unwrap();
+    // No requirements: nothing cached, but gearing up is still a phase.
+    h.expect_phases(
+        "fit-1",
+        &[
+            (AgentPhase::GearingUpEnv, false),
+            (AgentPhase::ModelLoading, false),
+            (AgentPhase::Serving, false),
+        ],
+    )
+    .await;
+    // A repeated Prepare re-reports SERVING only.
+    c.prepare(prepare_req("fit-1", &digest, JobKind::Training))
+        .await
+        .unwrap();
+    h.expect_phases("fit-1", &[(AgentPhase::Serving, false)])
+        .await;
+    // A training job serves no Predict.
+    let e = c
+        .predict(AgentPredictRequest {
+            job_id: "fit-1".into(),
+            payload: b"{}".to_vec(),
+            content_type: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+
+    c.train(train_req("fit-1", &[("epochs", "5"), ("lr", "0.05")]))
+        .await
+        .unwrap();
+    let items = h.until_trained("fit-1").await;
+    assert_eq!(
+        phases(&items),
+        [
+            AgentPhase::Training,
+            AgentPhase::Returning,
+            AgentPhase::Returned
+        ],
+        "{items:#?}"
+    );
+    // All progress comes between TRAINING and RETURNING.
+    assert!(matches!(&items[0], Item::Phase(p) if p.phase() == AgentPhase::Training));
+    let returning = items
+        .iter()
+        .position(|i| matches!(i, Item::Phase(p) if p.phase() == AgentPhase::Returning))
+        .unwrap();
+    assert!(items[1..returning]
+        .iter()
+        .all(|i| matches!(i, Item::Progress(_))));
+    let prog = progress(&items);
+    let seqs: Vec<u64> = prog.iter().map(|p| p.seq).collect();
+    assert_eq!(seqs, (1..=prog.len() as u64).collect::<Vec<_>>());
+    let epochs: Vec<_> = prog.iter().filter(|p| p.epoch > 0).collect();
+    assert_eq!(
+        epochs
+            .iter()
+            .map(|p| (p.epoch, p.total_epochs))
+            .collect::<Vec<_>>(),
+        (1..=5).map(|e| (e, 5)).collect::<Vec<_>>()
+    );
+    let losses: Vec<f64> = epochs.iter().map(|p| p.metrics["loss"]).collect();
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    assert!(losses[4] < losses[0], "{losses:?}");
+    let logs: Vec<&str> = prog
+        .iter()
+        .filter(|p| p.stream == "stdout")
+        .map(|p| p.log_line.as_str())
+        .collect();
+    assert_eq!(logs.len(), 5, "{logs:?}");
+    for (i, line) in logs.iter().enumerate() {
+        assert!(
+            line.starts_with(&format!("epoch {}/5 loss=", i + 1)),
+            "{line}"
+        );
+    }
+    assert!(prog.iter().all(|p| p.stream != "stderr"), "{prog:?}");
+
+    // The upload: what train() wrote, under the reported address.
+    let returned = last_phase(&items).clone();
+    let uploads = h.uploads();
+    assert_eq!(uploads.len(), 1);
+    let up = &uploads[0];
+    assert_eq!(up.job_id, "fit-1");
+    assert_eq!(up.auth, "Bearer join-secret");
+    assert!(up.chunks >= 1);
+    assert_eq!(
+        returned.result_digest,
+        format!("sha256:{}", hex::encode(Sha256::digest(&up.bytes)))
+    );
+    assert_eq!(returned.result_size, up.bytes.len() as u64);
+    let files = unpack_result(&up.bytes);
+    let written = read_tree(&h.dir.join("jobs/fit-1/output"));
+    assert_eq!(files, written);
+    assert_eq!(
+        files.keys().collect::<Vec<_>>(),
+        [Path::new("metrics.csv"), Path::new("model.json")]
+    );
+    let model: serde_json::Value = serde_json::from_slice(&files[Path::new("model.json")]).unwrap();
+    assert!(model["w"].is_f64() && model["b"].is_f64(), "{model}");
+    let csv = String::from_utf8(files[Path::new("metrics.csv")].clone()).unwrap();
+    assert_eq!(csv.lines().count(), 6, "{csv}");
+
+    // A repeated Train re-sends the outcome; it does not train again.
+    c.train(train_req("fit-1", &[])).await.unwrap();
+    let again = h.next_phase().await;
+    assert_eq!(again, returned);
+    assert_eq!(h.uploads().len(), 1);
+
+    h.stop.take().unwrap().send(()).unwrap();
+    h.agent.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_jobs_reuse_the_environment() {
+    let mut h = Harness::start().await;
+    // An options-only requirements file: a virtualenv is built, pip installs nothing.
+    let reqs = ("requirements.txt", "--no-index\n");
+    let first = h.add_artifact(&[
+        (
+            "train.py",
+            "import sys\ndef train(output_dir, tag='?'):\n    \
+             open(output_dir + '/env.txt', 'w').write(sys.prefix + '\\n' + tag)\n",
+        ),
+        reqs,
+    ]);
+    let mut c = h.client().await;
+    c.prepare(prepare_req("a", &first, JobKind::Training))
+        .await
+        .unwrap();
+    h.expect_phases(
+        "a",
+        &[
+            (AgentPhase::GearingUpEnv, false),
+            (AgentPhase::ModelLoading, false),
+            (AgentPhase::Serving, false),
+        ],
+    )
+    .await;
+    c.train(train_req("a", &[("tag", "A")])).await.unwrap();
+    let items = h.until_trained("a").await;
+    assert_eq!(
+        phases(&items),
+        [
+            AgentPhase::Training,
+            AgentPhase::Returning,
+            AgentPhase::Returned
+        ],
+        "{items:#?}"
+    );
+    let files = unpack_result(&h.uploads()[0].bytes);
+    let env = String::from_utf8(files[Path::new("env.txt")].clone()).unwrap();
+    let (prefix, tag) = env.split_once('\n').unwrap();
+    assert!(
+        Path::new(prefix).starts_with(h.dir.join("envs")),
+        "trained outside the job's venv: {prefix}"
+    );
+    assert_eq!(tag, "A");
+
+    // The instance is reused for another job: the environment stays.
+    c.stop(StopRequest { terminate: false }).await.unwrap();
+    assert!(h.dir.join("envs").is_dir());
+
+    // A second job with the same requirements: no gearing up; train() raises.
+    let second = h.add_artifact(&[
+        (
+            "train.py",
+            "import aibro\ndef train(output_dir, **args):\n    \
+             aibro.report(epoch=1, total_epochs=3, loss=1.5)\n    \
+             print('about to fail')\n    \
+             raise ValueError('diverged at lr=' + args['lr'])\n",
+        ),
+        reqs,
+    ]);
+    c.prepare(prepare_req("b", &second, JobKind::Training))
+        .await
+        .unwrap();
+    h.expect_phases(
+        "b",
+        &[
+            (AgentPhase::ModelLoading, true),
+            (AgentPhase::Serving, false),
+        ],
+    )
+    .await;
+    c.train(train_req("b", &[("lr", "9")])).await.unwrap();
+    let items = h.until_trained("b").await;
+    assert_eq!(
+        phases(&items),
+        [AgentPhase::Training, AgentPhase::Failed],
+        "{items:#?}"
+    );
+    let failed = last_phase(&items);
+    assert!(failed.traceback.contains("Traceback"), "{failed:?}");
+    assert!(
+        failed.traceback.contains("ValueError: diverged at lr=9"),
+        "{failed:?}"
+    );
+    assert!(failed.traceback.contains("train.py"), "{failed:?}");
+    assert!(failed.message.contains("ValueError"), "{failed:?}");
+    // Lines and reports come through different pipes: the order between the two
+    // kinds is the order the agent read them in, so either may come first.
+    let prog = progress(&items);
+    assert_eq!(prog.iter().map(|p| p.seq).collect::<Vec<_>>(), [1, 2]);
+    let report = prog.iter().find(|p| p.epoch > 0).unwrap();
+    assert_eq!((report.epoch, report.total_epochs), (1, 3));
+    assert_eq!(report.metrics["loss"], 1.5);
+    let line = prog.iter().find(|p| !p.stream.is_empty()).unwrap();
+    assert_eq!(
+        (line.stream.as_str(), line.log_line.as_str()),
+        ("stdout", "about to fail")
+    );
+    assert_eq!(h.uploads().len(), 1);
+
+    // Stop ends a running training process.
+    let third = h.add_artifact(&[
+        (
+            "train.py",
+            "import os, time\ndef train(output_dir):\n    \
+             print('pid', os.getpid())\n    time.sleep(600)\n",
+        ),
+        reqs,
+    ]);
+    c.prepare(prepare_req("c", &third, JobKind::Training))
+        .await
+        .unwrap();
+    h.expect_phases(
+        "c",
+        &[
+            (AgentPhase::ModelLoading, true),
+            (AgentPhase::Serving, false),
+        ],
+    )
+    .await;
+    c.train(train_req("c", &[])).await.unwrap();
+    h.expect_phases("c", &[(AgentPhase::Training, false)]).await;
+    let pid = loop {
+        if let Event::Progress(p) = h.next_event().await {
+            break p.log_line.strip_prefix("pid ").unwrap().to_string();
+        }
+    };
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    c.stop(StopRequest { terminate: true }).await.unwrap();
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "training process {pid} survived Stop"
+    );
+    assert!(!h.dir.join("jobs").exists());
+    assert!(h.dir.join("envs").is_dir());
+    let e = c.train(train_req("c", &[])).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+
+    h.stop.take().unwrap().send(()).unwrap();
+    h.agent.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_outputs_reconnects_and_upload_failures() {
+    let mut h = Harness::start().await;
+    assert!(matches!(h.next_event().await, Event::Registered(..)));
+    let digest = h.add_artifact(&[(
+        "train.py",
+        "import os, aibro\ndef train(output_dir, n='30'):\n    \
+         for e in range(1, int(n) + 1):\n        \
+         print('line', e)\n        aibro.report(epoch=e, total_epochs=int(n), step=e)\n    \
+         os.makedirs(output_dir + '/ckpt')\n    \
+         with open(output_dir + '/ckpt/weights.bin', 'wb') as f:\n        \
+         f.write(os.urandom(2_500_000))\n",
+    )]);
+    let mut c = h.client().await;
+    c.prepare(prepare_req("big", &digest, JobKind::Training))
+        .await
+        .unwrap();
+    h.expect_phases(
+        "big",
+        &[
+            (AgentPhase::GearingUpEnv, false),
+            (AgentPhase::ModelLoading, false),
+            (AgentPhase::Serving, false),
+        ],
+    )
+    .await;
+    // The scheduler "restarts": reports fail until the agent registers again, and
+    // are then sent again, each once, in order.
+    h.registered.store(false, Ordering::SeqCst);
+    c.train(train_req("big", &[])).await.unwrap();
+    let items = h.until_trained("big").await;
+    assert_eq!(
+        phases(&items),
+        [
+            AgentPhase::Training,
+            AgentPhase::Returning,
+            AgentPhase::Returned
+        ],
+        "{items:#?}"
+    );
+    let prog = progress(&items);
+    assert_eq!(prog.len(), 60);
+    let seqs: Vec<u64> = prog.iter().map(|p| p.seq).collect();
+    assert_eq!(seqs, (1..=60).collect::<Vec<_>>());
+    let epochs: Vec<u32> = prog
+        .iter()
+        .filter(|p| p.epoch > 0)
+        .map(|p| p.epoch)
+        .collect();
+    assert_eq!(epochs, (1..=30).collect::<Vec<_>>());
+    let lines: Vec<&str> = prog
+        .iter()
+        .filter(|p| p.stream == "stdout")
+        .map(|p| p.log_line.as_str())
+        .collect();
+    let want: Vec<String> = (1..=30).map(|e| format!("line {e}")).collect();
+    assert_eq!(lines, want);
+    let up = h.uploads().pop().unwrap();
+    assert!(up.chunks >= 3, "{} chunks", up.chunks);
+    let returned = last_phase(&items);
+    assert_eq!(
+        returned.result_digest,
+        format!("sha256:{}", hex::encode(Sha256::digest(&up.bytes)))
+    );
+    let files = unpack_result(&up.bytes);
+    assert_eq!(files, read_tree(&h.dir.join("jobs/big/output")));
+    assert_eq!(files[Path::new("ckpt/weights.bin")].len(), 2_500_000);
+
+    // An upload the scheduler refuses fails the job with its reason.
+    h.fail_uploads.store(true, Ordering::SeqCst);
+    c.prepare(prepare_req("refused", &digest, JobKind::Training))
+        .await
+        .unwrap();
+    h.expect_phases(
+        "refused",
+        &[
+            (AgentPhase::GearingUpEnv, false),
+            (AgentPhase::ModelLoading, false),
+            (AgentPhase::Serving, false),
+        ],
+    )
+    .await;
+    c.train(train_req("refused", &[("n", "1")])).await.unwrap();
+    let items = h.until_trained("refused").await;
+    assert_eq!(
+        phases(&items),
+        [
+            AgentPhase::Training,
+            AgentPhase::Returning,
+            AgentPhase::Failed
+        ],
+        "{items:#?}"
+    );
+    let failed = last_phase(&items);
+    assert!(
+        failed.traceback.contains("result store is full"),
+        "{failed:?}"
+    );
+
     h.stop.take().unwrap().send(()).unwrap();
     h.agent.await.unwrap().unwrap();
 }

@@ -125,6 +125,28 @@ async fn read_chunk(file: &mut tokio::fs::File) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Packs (if a directory) and uploads a repo, saying what it did.
+pub async fn upload_repo(ctx: &crate::commands::Ctx, src: &Path) -> Result<ArtifactRef> {
+    let started = std::time::Instant::now();
+    let archive = prepare(src).await?;
+    if archive.was_packed() {
+        ctx.say(format!(
+            "packed {} ({})",
+            src.display(),
+            crate::display::bytes(std::fs::metadata(archive.path())?.len())
+        ));
+    }
+    let artifact = upload(&ctx.client, archive.path()).await?;
+    drop(archive);
+    ctx.say(format!(
+        "uploaded {} ({}) in {:.1}s",
+        artifact.digest,
+        crate::display::bytes(artifact.size),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(artifact)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,26 +178,4 @@ mod tests {
         let f = tempfile::Builder::new().suffix(".zip").tempfile().unwrap();
         assert!(prepare(f.path()).await.is_err());
     }
-}
-
-/// Packs (if a directory) and uploads a repo, saying what it did.
-pub async fn upload_repo(ctx: &crate::commands::Ctx, src: &Path) -> Result<ArtifactRef> {
-    let started = std::time::Instant::now();
-    let archive = prepare(src).await?;
-    if archive.was_packed() {
-        ctx.say(format!(
-            "packed {} ({})",
-            src.display(),
-            crate::display::bytes(std::fs::metadata(archive.path())?.len())
-        ));
-    }
-    let artifact = upload(&ctx.client, archive.path()).await?;
-    drop(archive);
-    ctx.say(format!(
-        "uploaded {} ({}) in {:.1}s",
-        artifact.digest,
-        crate::display::bytes(artifact.size),
-        started.elapsed().as_secs_f64()
-    ));
-    Ok(artifact)
 }

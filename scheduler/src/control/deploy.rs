@@ -195,10 +195,10 @@ impl Control {
         self.hub().publish(&committed.job.id, &committed.events);
         let job = committed.job;
         self.open_route(&job);
-        self.start_launch(&job, Role::Standby, standby);
-        if let Some(cooling) = cooling {
-            self.start_launch(&job, Role::Cooling, cooling);
-        }
+        let launches = std::iter::once((Role::Standby, standby))
+            .chain(cooling.map(|c| (Role::Cooling, c)))
+            .collect();
+        self.start_launch(&job, launches);
         Ok((Some(job), None))
     }
 

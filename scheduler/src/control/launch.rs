@@ -27,11 +27,17 @@ const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 impl Control {
-    pub(crate) fn start_launch(&self, job: &JobRecord, role: Role, machine: Machine) {
+    /// Launches the job's instances one after the other, the primary first:
+    /// no other instance may exist while the job is REQUESTING_SERVER.
+    pub(crate) fn start_launch(&self, job: &JobRecord, launches: Vec<(Role, Machine)>) {
         let this = self.clone();
         let job_id = job.id.clone();
         let wait = Duration::from_secs(job.wait_request_s.into());
-        self.spawn(async move { this.launch(&job_id, role, machine, wait).await });
+        self.spawn(async move {
+            for (role, machine) in launches {
+                this.launch(&job_id, role, machine, wait).await;
+            }
+        });
     }
 
     /// Takes a machine of the type for the instance within `wait`.

@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::link;
-use crate::state::{InstanceState, JobStatus, JobSubstatus, Role};
+use crate::state::{InstanceState, JobKind, JobStatus, JobSubstatus, Role};
 
 use super::Control;
 
@@ -34,21 +34,21 @@ impl Control {
                 }
             }
             if job.state.substatus == JobSubstatus::RequestingServer {
-                // The wait starts again: the request was never placed.
-                let roles = [
-                    (Role::Standby, Some(&job.standby)),
-                    (Role::Cooling, job.cooling.as_ref()),
-                ];
-                for (role, machine) in roles {
-                    let launched = instances.iter().any(|i| i.role == role);
-                    if let Some(machine) = machine
-                        .and_then(|m| self.catalog().resolve(m))
-                        .filter(|_| !launched)
-                    {
-                        self.start_launch(&job, role, machine);
-                        resumed += 1;
+                // The request was never placed: place it again, with a new wait.
+                match job.kind {
+                    JobKind::Training => self.start_requesting_trainer(&job),
+                    JobKind::Inference => {
+                        let launches = [
+                            (Role::Standby, Some(&job.standby)),
+                            (Role::Cooling, job.cooling.as_ref()),
+                        ]
+                        .into_iter()
+                        .filter_map(|(role, id)| Some((role, self.catalog().resolve(id?)?)))
+                        .collect();
+                        self.start_launch(&job, launches);
                     }
                 }
+                resumed += 1;
             }
         }
         tracing::info!(resumed, "recovered state from the store");

@@ -50,11 +50,9 @@ impl Control {
                     .into(),
             ));
         }
-        let machines = spec
-            .machine_ids
-            .iter()
-            .map(|id| self.servable_machine("machine_ids", id))
-            .collect::<Result<Vec<_>>>()?;
+        for id in &spec.machine_ids {
+            self.servable_machine("machine_ids", id)?;
+        }
         if let Some(key) = spec.args.keys().find(|k| !is_identifier(k)) {
             return Err(Error::InvalidArgument(format!(
                 "argument `{key}` is not a Python identifier; train() receives args as keyword arguments"
@@ -99,14 +97,23 @@ impl Control {
         };
         let committed = self.store().create_job(job).await?;
         self.hub().publish(&committed.job.id, &committed.events);
-        let job = committed.job;
+        self.start_requesting_trainer(&committed.job);
+        Ok(committed.job)
+    }
+
+    /// Starts requesting the job's machine ids, in order, in the background.
+    pub(crate) fn start_requesting_trainer(&self, job: &JobRecord) {
+        let machines: Vec<Machine> = job
+            .machine_ids
+            .iter()
+            .filter_map(|id| self.catalog().resolve(id))
+            .collect();
         let this = self.clone();
         let (job_id, wait) = (
             job.id.clone(),
             Duration::from_secs(job.wait_request_s.into()),
         );
         self.spawn(async move { this.request_trainer(&job_id, machines, wait).await });
-        Ok(job)
     }
 
     /// Tries each machine id in order until one is had; cancels the job with

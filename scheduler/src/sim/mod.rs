@@ -273,12 +273,19 @@ async fn wait_serving(control: &Control, job_id: &str, with_cooling: bool) -> an
         }
         let job = control.store().job(job_id)?.expect("the job");
         let instances = control.store().instances_of(&job)?;
-        let serving = |role: Role| {
-            instances
-                .iter()
-                .any(|i| i.role == role && i.state == InstanceState::EXECUTING)
-        };
-        if serving(Role::Standby) && (!with_cooling || serving(Role::Cooling)) {
+        let serving: Vec<&str> = instances
+            .iter()
+            .filter(|i| i.state == InstanceState::EXECUTING)
+            .filter(|i| i.role == Role::Standby || (with_cooling && i.role == Role::Cooling))
+            .map(|i| i.id.as_str())
+            .collect();
+        if serving.len() == 1 + usize::from(with_cooling) {
+            // EXECUTING is published just before the router takes the instance.
+            let route = control.router().route(USER, MODEL).expect("the route");
+            // Yielding lets that happen without moving the virtual clock.
+            while serving.iter().any(|id| route.backend(id).is_none()) {
+                tokio::task::yield_now().await;
+            }
             return Ok(());
         }
     }

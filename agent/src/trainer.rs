@@ -1,0 +1,656 @@
+//! One training run: the embedded `trainer.py` in the job's environment, with the
+//! repo as cwd. It imports the repo's train.py, provides `import aibro` and calls
+//! `train(output_dir, **args)`. `aibro.report(...)` and the run's outcome arrive as
+//! JSON lines on a dedicated pipe (fd [`PROGRESS_FD`] in the child); every line the
+//! user's code prints on stdout or stderr becomes a log line. Both become
+//! `Progress` reports, numbered per job in the order the agent read them.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aibro_proto::v1::Progress;
+use serde::Deserialize;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::reporter::Reports;
+
+/// The trainer script, written next to the agent's data on start.
+pub(crate) const TRAINER_PY: &str = include_str!("trainer.py");
+
+/// The protocol pipe's fd number in the training process.
+const PROGRESS_FD: i32 = 3;
+/// Longer log lines are split (a progress bar without newlines stays bounded).
+const MAX_LOG_LINE: usize = 16 << 10;
+/// Longer protocol lines are dropped.
+const MAX_PROTOCOL_LINE: usize = 4 << 20;
+const STDERR_TAIL_LINES: usize = 60;
+/// After the process exits, how long its output may take to drain (a child process
+/// of the user's code could hold the pipes open forever).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TrainError {
+    #[error("cannot start the training process `{python}`: {source}")]
+    Spawn {
+        python: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// train.py failed to import, has no train(), or train() raised: the traceback.
+    #[error("{0}")]
+    Raised(String),
+    /// The process ended without reporting an outcome (killed, os._exit, crash).
+    #[error("the training process exited ({status}) before train() returned{}", if .stderr.is_empty() { String::new() } else { format!("; its last output:\n{}", .stderr) })]
+    Died { status: String, stderr: String },
+    /// Stop ended the run.
+    #[error("training was stopped")]
+    Stopped,
+}
+
+/// How to run one training job.
+#[derive(Debug, Clone)]
+pub(crate) struct TrainSpec {
+    pub job_id: String,
+    /// The job environment's interpreter.
+    pub python: PathBuf,
+    /// Where the embedded trainer.py has been written.
+    pub script: PathBuf,
+    /// The unpacked repo (the process's cwd).
+    pub repo: PathBuf,
+    /// The fresh, empty directory train() writes into.
+    pub output_dir: PathBuf,
+    /// JSON object of the str→str arguments.
+    pub args_file: PathBuf,
+}
+
+/// One line of the protocol pipe.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub(crate) enum Message {
+    Progress {
+        #[serde(default)]
+        epoch: u32,
+        #[serde(default)]
+        total_epochs: u32,
+        #[serde(default)]
+        metrics: HashMap<String, Metric>,
+    },
+    Done,
+    Error {
+        #[serde(default)]
+        traceback: String,
+    },
+}
+
+/// A metric value: a JSON number, or one of the strings trainer.py sends for
+/// non-finite values.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "serde_json::Value")]
+pub(crate) struct Metric(pub f64);
+
+impl TryFrom<serde_json::Value> for Metric {
+    type Error = String;
+
+    fn try_from(v: serde_json::Value) -> Result<Metric, String> {
+        match &v {
+            serde_json::Value::Number(n) => n.as_f64().map(Metric),
+            serde_json::Value::String(s) => match s.as_str() {
+                "NaN" => Some(f64::NAN),
+                "Infinity" => Some(f64::INFINITY),
+                "-Infinity" => Some(f64::NEG_INFINITY),
+                _ => None,
+            }
+            .map(Metric),
+            _ => None,
+        }
+        .ok_or_else(|| format!("metric value {v} is not a number"))
+    }
+}
+
+/// Parses one protocol line.
+pub(crate) fn parse_line(line: &[u8]) -> Result<Message, String> {
+    serde_json::from_slice(line).map_err(|e| {
+        format!(
+            "bad trainer message ({e}): {}",
+            String::from_utf8_lossy(&line[..line.len().min(200)])
+        )
+    })
+}
+
+/// A printed line as a terminal would show it: carriage returns (progress bars)
+/// keep only the last non-empty segment.
+pub(crate) fn display_line(raw: &[u8]) -> String {
+    let seg = raw
+        .split(|&b| b == b'\r')
+        .rev()
+        .find(|s| !s.is_empty())
+        .unwrap_or(&[]);
+    String::from_utf8_lossy(seg).into_owned()
+}
+
+/// Reads one line (without its `\n`) into `buf`, at most `max` bytes: a longer
+/// line comes back in pieces. Ok(None) at EOF; Ok(Some(complete)) otherwise, where
+/// `complete` is false for a piece cut at `max`.
+async fn read_line<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Option<bool>> {
+    buf.clear();
+    loop {
+        let avail = r.fill_buf().await?;
+        if avail.is_empty() {
+            return Ok((!buf.is_empty()).then_some(true));
+        }
+        let take = avail.len().min(max - buf.len());
+        if let Some(i) = avail[..take].iter().position(|&b| b == b'\n') {
+            buf.extend_from_slice(&avail[..i]);
+            r.consume(i + 1);
+            return Ok(Some(true));
+        }
+        buf.extend_from_slice(&avail[..take]);
+        r.consume(take);
+        if buf.len() >= max {
+            return Ok(Some(false));
+        }
+    }
+}
+
+/// Numbers and queues the job's Progress reports.
+struct Emitter {
+    job_id: String,
+    reports: Reports,
+    seq: Mutex<u64>,
+    cancel: CancellationToken,
+}
+
+impl Emitter {
+    fn emit(&self, mut p: Progress) {
+        if self.cancel.is_cancelled() {
+            return;
+        }
+        // Numbered and queued under one lock: seq order is queue order.
+        let mut seq = self.seq.lock().expect("seq lock");
+        *seq += 1;
+        p.seq = *seq;
+        p.job_id = self.job_id.clone();
+        self.reports.progress(p);
+    }
+}
+
+type Tail = Arc<Mutex<VecDeque<String>>>;
+
+/// Forwards the lines of one output stream as log-line Progress reports.
+fn forward_log(
+    stream: impl AsyncRead + Unpin + Send + 'static,
+    name: &'static str,
+    emitter: Arc<Emitter>,
+    tail: Option<Tail>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut r = BufReader::new(stream);
+        let mut buf = Vec::new();
+        while let Ok(Some(_)) = read_line(&mut r, &mut buf, MAX_LOG_LINE).await {
+            let line = display_line(&buf);
+            tracing::info!(job_id = %emitter.job_id, stream = name, "{line}");
+            if let Some(t) = &tail {
+                let mut t = t.lock().expect("tail lock");
+                if t.len() == STDERR_TAIL_LINES {
+                    t.pop_front();
+                }
+                t.push_back(line.clone());
+            }
+            emitter.emit(Progress {
+                log_line: line,
+                stream: name.to_string(),
+                ..Progress::default()
+            });
+        }
+    })
+}
+
+/// Reads the protocol pipe: progress becomes reports; returns the last outcome
+/// (done or error) the trainer sent, if any.
+fn read_protocol(
+    pipe: tokio::net::unix::pipe::Receiver,
+    emitter: Arc<Emitter>,
+) -> JoinHandle<Option<Result<(), String>>> {
+    tokio::spawn(async move {
+        let mut r = BufReader::new(pipe);
+        let mut buf = Vec::new();
+        let mut outcome = None;
+        let mut skipping = false;
+        while let Ok(Some(complete)) = read_line(&mut r, &mut buf, MAX_PROTOCOL_LINE).await {
+            // Keep reading whatever comes: a process blocked on a full pipe never ends.
+            if skipping || !complete {
+                skipping = !complete;
+                tracing::warn!(job_id = %emitter.job_id, "dropping an oversized trainer message");
+                continue;
+            }
+            match parse_line(&buf) {
+                Ok(Message::Progress {
+                    epoch,
+                    total_epochs,
+                    metrics,
+                }) => emitter.emit(Progress {
+                    epoch,
+                    total_epochs,
+                    metrics: metrics.into_iter().map(|(k, v)| (k, v.0)).collect(),
+                    ..Progress::default()
+                }),
+                Ok(Message::Done) => outcome = Some(Ok(())),
+                Ok(Message::Error { traceback }) => outcome = Some(Err(traceback)),
+                Err(e) => tracing::warn!(job_id = %emitter.job_id, "{e}"),
+            }
+        }
+        outcome
+    })
+}
+
+/// Aborts the reader tasks when a run ends early.
+struct Readers(Vec<tokio::task::AbortHandle>);
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// Runs `train(output_dir, **args)` to completion, queueing Progress reports
+/// (seq from 1). Ok when train() returned. Cancelling `cancel` kills the process
+/// (and waits for it) and gives [`TrainError::Stopped`]; no report follows then.
+///
+/// Must be called from a long-lived thread (a tokio worker thread, not
+/// `spawn_blocking`): the child gets SIGKILL when the spawning thread ends.
+pub(crate) async fn run(
+    spec: &TrainSpec,
+    reports: &Reports,
+    cancel: &CancellationToken,
+) -> Result<(), TrainError> {
+    let spawn_err = |source| TrainError::Spawn {
+        python: spec.python.display().to_string(),
+        source,
+    };
+    let (reader, writer) = std::io::pipe().map_err(spawn_err)?;
+    let wfd = writer.as_raw_fd();
+    let mut cmd = Command::new(&spec.python);
+    cmd.arg("-u")
+        .arg(&spec.script)
+        .arg(&spec.output_dir)
+        .arg(&spec.args_file)
+        .current_dir(&spec.repo)
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("AIBRO_PROGRESS_FD", PROGRESS_FD.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    // SAFETY: prctl, dup2 and fcntl are async-signal-safe and touch no memory of the
+    // parent. The pipe's write end is close-on-exec; it is moved to PROGRESS_FD,
+    // which dup2 (or the fcntl when it already is that fd) leaves open across exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            let rc = if wfd == PROGRESS_FD {
+                libc::fcntl(wfd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(wfd, PROGRESS_FD)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    // Only the child may hold the write end, or the pipe never reaches EOF.
+    drop(writer);
+    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))
+        .map_err(spawn_err)?;
+    let emitter = Arc::new(Emitter {
+        job_id: spec.job_id.clone(),
+        reports: reports.clone(),
+        seq: Mutex::new(0),
+        cancel: cancel.clone(),
+    });
+    let tail: Tail = Arc::default();
+    let stdout = forward_log(
+        child.stdout.take().expect("piped stdout"),
+        "stdout",
+        emitter.clone(),
+        None,
+    );
+    let stderr = forward_log(
+        child.stderr.take().expect("piped stderr"),
+        "stderr",
+        emitter.clone(),
+        Some(tail.clone()),
+    );
+    let protocol = read_protocol(pipe, emitter);
+    let _readers = Readers(vec![
+        stdout.abort_handle(),
+        stderr.abort_handle(),
+        protocol.abort_handle(),
+    ]);
+    tracing::info!(job_id = %spec.job_id, pid = ?child.id(), "training started");
+    let status = tokio::select! {
+        s = child.wait() => s,
+        _ = cancel.cancelled() => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            tracing::info!(job_id = %spec.job_id, "training stopped");
+            return Err(TrainError::Stopped);
+        }
+    };
+    let status = status
+        .map(|s| s.to_string())
+        .unwrap_or_else(|e| e.to_string());
+    // Everything it wrote is reported before the outcome.
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let _ = stdout.await;
+        let _ = stderr.await;
+        protocol.await.ok().flatten()
+    })
+    .await;
+    let outcome = match drained {
+        Ok(o) => o,
+        Err(_) => {
+            tracing::warn!(job_id = %spec.job_id, "the training process's output did not end after it exited (a child process holds it?)");
+            None
+        }
+    };
+    tracing::info!(job_id = %spec.job_id, %status, "training process ended");
+    match outcome {
+        Some(Ok(())) => Ok(()),
+        Some(Err(traceback)) => Err(TrainError::Raised(traceback)),
+        None => Err(TrainError::Died {
+            status,
+            stderr: tail
+                .lock()
+                .expect("tail lock")
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aibro_proto::v1::report_request::Body;
+
+    #[test]
+    fn parses_protocol_lines() {
+        let m = parse_line(
+            br#"{"type": "progress", "epoch": 3, "total_epochs": 20, "metrics": {"loss": 0.25, "n": 7, "bad": "NaN", "up": "Infinity", "down": "-Infinity"}}"#,
+        )
+        .unwrap();
+        let Message::Progress {
+            epoch,
+            total_epochs,
+            metrics,
+        } = m
+        else {
+            panic!("{m:?}")
+        };
+        assert_eq!((epoch, total_epochs), (3, 20));
+        assert_eq!(metrics["loss"], Metric(0.25));
+        assert_eq!(metrics["n"], Metric(7.0));
+        assert!(metrics["bad"].0.is_nan());
+        assert_eq!(metrics["up"].0, f64::INFINITY);
+        assert_eq!(metrics["down"].0, f64::NEG_INFINITY);
+        // Everything but the type is optional.
+        assert_eq!(
+            parse_line(br#"{"type": "progress"}"#).unwrap(),
+            Message::Progress {
+                epoch: 0,
+                total_epochs: 0,
+                metrics: HashMap::new()
+            }
+        );
+        assert_eq!(parse_line(br#"{"type":"done"}"#).unwrap(), Message::Done);
+        assert_eq!(
+            parse_line(br#"{"type":"error","traceback":"Traceback\nValueError: x\n"}"#).unwrap(),
+            Message::Error {
+                traceback: "Traceback\nValueError: x\n".into()
+            }
+        );
+        for bad in [
+            &br#"{"type":"progress","metrics":{"loss":"high"}}"#[..],
+            br#"{"type":"progress","epoch":-1}"#,
+            br#"{"type":"what"}"#,
+            b"not json",
+        ] {
+            assert!(parse_line(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn display_line_keeps_what_a_terminal_shows() {
+        assert_eq!(display_line(b"epoch 1"), "epoch 1");
+        assert_eq!(display_line(b" 10%\r 50%\r100%"), "100%");
+        assert_eq!(display_line(b"done\r"), "done");
+        assert_eq!(display_line(b"caf\xc3\xa9 \xff"), "café \u{fffd}");
+        assert_eq!(display_line(b""), "");
+    }
+
+    #[tokio::test]
+    async fn read_line_splits_and_bounds() {
+        let data: &[u8] = b"one\ntwo\r\n\nlong-line-here\nlast";
+        let mut r = BufReader::with_capacity(4, data);
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        while let Some(complete) = read_line(&mut r, &mut buf, 8).await.unwrap() {
+            got.push((String::from_utf8(buf.clone()).unwrap(), complete));
+        }
+        let want = [
+            ("one", true),
+            ("two\r", true),
+            ("", true),
+            ("long-lin", false),
+            ("e-here", true),
+            ("last", true),
+        ];
+        let want: Vec<_> = want.iter().map(|(s, c)| (s.to_string(), *c)).collect();
+        assert_eq!(got, want);
+    }
+
+    /// Runs trainer.py on a repo with the given train.py; returns the outcome and
+    /// the Progress reports queued.
+    async fn train(
+        train_py: &str,
+        args: &str,
+    ) -> (
+        Result<(), TrainError>,
+        Vec<Progress>,
+        tempfile::TempDir,
+        PathBuf,
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("repo");
+        let out = tmp.path().join("output");
+        std::fs::create_dir_all(&repo).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(repo.join("train.py"), train_py).unwrap();
+        let script = tmp.path().join("trainer.py");
+        std::fs::write(&script, TRAINER_PY).unwrap();
+        let args_file = tmp.path().join("args.json");
+        std::fs::write(&args_file, args).unwrap();
+        let spec = TrainSpec {
+            job_id: "t".into(),
+            python: "python3".into(),
+            script,
+            repo,
+            output_dir: out.clone(),
+            args_file,
+        };
+        let (reports, mut rx) = Reports::channel();
+        let res = run(&spec, &reports, &CancellationToken::new()).await;
+        drop(reports);
+        let mut progress = Vec::new();
+        while let Some(b) = rx.recv().await {
+            match b {
+                Body::Progress(p) => progress.push(p),
+                other => panic!("{other:?}"),
+            }
+        }
+        (res, progress, tmp, out)
+    }
+
+    #[tokio::test]
+    async fn reports_progress_logs_and_outputs() {
+        let (res, progress, _t, out) = train(
+            "import sys, aibro\n\
+             def train(output_dir, epochs='3', name='x'):\n    \
+             print('args', epochs, name)\n    \
+             for e in range(1, int(epochs) + 1):\n        \
+             aibro.report(epoch=e, total_epochs=int(epochs), loss=1.0 / e, acc=e)\n    \
+             print('to stderr', file=sys.stderr)\n    \
+             aibro.report(note=float('nan'))\n    \
+             open(output_dir + '/model.txt', 'w').write(name)\n",
+            r#"{"epochs": "2", "name": "m"}"#,
+        )
+        .await;
+        res.unwrap();
+        assert_eq!(std::fs::read_to_string(out.join("model.txt")).unwrap(), "m");
+        let seqs: Vec<u64> = progress.iter().map(|p| p.seq).collect();
+        assert_eq!(seqs, (1..=progress.len() as u64).collect::<Vec<_>>());
+        assert!(progress.iter().all(|p| p.job_id == "t"));
+        let epochs: Vec<(u32, u32)> = progress
+            .iter()
+            .filter(|p| p.epoch > 0)
+            .map(|p| (p.epoch, p.total_epochs))
+            .collect();
+        assert_eq!(epochs, [(1, 2), (2, 2)]);
+        let e2 = progress.iter().find(|p| p.epoch == 2).unwrap();
+        assert_eq!(e2.metrics["loss"], 0.5);
+        assert_eq!(e2.metrics["acc"], 2.0);
+        let logs: Vec<(&str, &str)> = progress
+            .iter()
+            .filter(|p| !p.stream.is_empty())
+            .map(|p| (p.stream.as_str(), p.log_line.as_str()))
+            .collect();
+        assert!(logs.contains(&("stdout", "args 2 m")), "{logs:?}");
+        assert!(logs.contains(&("stderr", "to stderr")), "{logs:?}");
+        assert!(progress
+            .iter()
+            .any(|p| p.metrics.get("note").is_some_and(|v| v.is_nan())));
+    }
+
+    #[tokio::test]
+    async fn failures_carry_the_traceback() {
+        let (res, ..) = train(
+            "def train(output_dir, **args):\n    raise ValueError('diverged ' + args['lr'])\n",
+            r#"{"lr": "9"}"#,
+        )
+        .await;
+        match res {
+            Err(TrainError::Raised(tb)) => {
+                assert!(tb.contains("Traceback"), "{tb}");
+                assert!(tb.contains("ValueError: diverged 9"), "{tb}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let (res, ..) = train("def train(:\n", "{}").await;
+        assert!(
+            matches!(&res, Err(TrainError::Raised(tb)) if tb.contains("SyntaxError")),
+            "{res:?}"
+        );
+        let (res, ..) = train("x = 1\n", "{}").await;
+        assert!(
+            matches!(&res, Err(TrainError::Raised(tb)) if tb.contains("does not define train(output_dir, **args)")),
+            "{res:?}"
+        );
+        // An unexpected argument is the user's error too.
+        let (res, ..) = train("def train(output_dir):\n    pass\n", r#"{"lr": "1"}"#).await;
+        assert!(
+            matches!(&res, Err(TrainError::Raised(tb)) if tb.contains("TypeError")),
+            "{res:?}"
+        );
+        let (res, ..) = train(
+            "import aibro\ndef train(output_dir):\n    aibro.report(loss='high')\n",
+            "{}",
+        )
+        .await;
+        assert!(
+            matches!(&res, Err(TrainError::Raised(tb)) if tb.contains("metric 'loss' must be a number")),
+            "{res:?}"
+        );
+        let (res, ..) = train(
+            "import os, sys\ndef train(output_dir):\n    print('bye', file=sys.stderr)\n    os._exit(4)\n",
+            "{}",
+        )
+        .await;
+        match res {
+            Err(e @ TrainError::Died { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("exit status: 4"), "{msg}");
+                assert!(msg.contains("bye"), "{msg}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // sys.exit(0) in train() counts as returning.
+        let (res, ..) = train(
+            "import sys\ndef train(output_dir):\n    sys.exit(0)\n",
+            "{}",
+        )
+        .await;
+        res.unwrap();
+    }
+
+    #[tokio::test]
+    async fn cancel_kills_the_process() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("repo");
+        std::fs::create_dir_all(&repo).unwrap();
+        let pid_file = tmp.path().join("pid");
+        std::fs::write(
+            repo.join("train.py"),
+            format!(
+                "import os, time\ndef train(output_dir):\n    \
+                 open({:?}, 'w').write(str(os.getpid()))\n    print('started')\n    time.sleep(600)\n",
+                pid_file.display().to_string()
+            ),
+        )
+        .unwrap();
+        let script = tmp.path().join("trainer.py");
+        std::fs::write(&script, TRAINER_PY).unwrap();
+        let args_file = tmp.path().join("args.json");
+        std::fs::write(&args_file, "{}").unwrap();
+        let spec = TrainSpec {
+            job_id: "t".into(),
+            python: "python3".into(),
+            script,
+            repo,
+            output_dir: tmp.path().to_path_buf(),
+            args_file,
+        };
+        let (reports, mut rx) = Reports::channel();
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let run = tokio::spawn(async move { run(&spec, &reports, &c).await });
+        // The first log line means train() is running.
+        match rx.recv().await.unwrap() {
+            Body::Progress(p) => assert_eq!(p.log_line, "started"),
+            other => panic!("{other:?}"),
+        }
+        cancel.cancel();
+        let res = run.await.unwrap();
+        assert!(matches!(res, Err(TrainError::Stopped)), "{res:?}");
+        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+        // SAFETY: signal 0 only checks that the process exists.
+        assert_eq!(unsafe { libc::kill(pid, 0) }, -1, "pid {pid} still alive");
+    }
+}
