@@ -61,18 +61,18 @@ pub fn job_cost(
             .resolve(machine_id)
             .map_or(0.0, |m| m.price_per_hour())
     };
-    let costs: Vec<InstanceCost> = instances
+    let cost = |instance_id: &str, machine_id: &str, running_ms: u64| {
+        let price_per_hour = price(machine_id);
+        InstanceCost {
+            instance_id: instance_id.to_string(),
+            price_per_hour,
+            running_ms,
+            cost_usd: price_per_hour * hours(running_ms),
+        }
+    };
+    let mut costs: Vec<InstanceCost> = instances
         .iter()
-        .map(|inst| {
-            let running_ms = running_ms(inst, now_ms);
-            let price_per_hour = price(&inst.machine_id);
-            InstanceCost {
-                instance_id: inst.id.clone(),
-                price_per_hour,
-                running_ms,
-                cost_usd: price_per_hour * hours(running_ms),
-            }
-        })
+        .map(|inst| cost(&inst.id, &inst.machine_id, running_ms(inst, now_ms)))
         .collect();
     // The job's span: the time its primary (standby) instances ran.
     let span_ms: u64 = instances
@@ -81,6 +81,12 @@ pub fn job_cost(
         .filter(|(inst, _)| inst.role.is_primary())
         .map(|(_, cost)| cost.running_ms)
         .sum();
+    // Instances handed to a later job: what they ran for this one.
+    costs.extend(
+        job.handed_over
+            .iter()
+            .map(|h| cost(&h.instance_id, &h.machine_id, h.running_ms)),
+    );
     let always_on_machine = job.cooling.as_deref().unwrap_or(&job.standby);
     JobCost {
         total_usd: costs.iter().map(|c| c.cost_usd).sum(),

@@ -289,6 +289,8 @@ pub enum InstanceEvent {
     Closed,
     /// Start a stopped machine again.
     Start,
+    /// A cooling instance is taken by another job (warm reuse).
+    Reassign,
 }
 
 pub fn next_instance(
@@ -310,7 +312,9 @@ pub fn next_instance(
         | (S::Closed, Sub::Stopped, E::Terminate) => InstanceState::TERMINATING,
         (S::Closing, Sub::Stopping, E::Closed) => InstanceState::STOPPED,
         (S::Closing, Sub::Terminating, E::Closed) => InstanceState::TERMINATED,
-        (S::Closed, Sub::Stopped, E::Start) => InstanceState::LAUNCHING,
+        (S::Closed, Sub::Stopped, E::Start) | (S::Cooling, _, E::Reassign) => {
+            InstanceState::LAUNCHING
+        }
         _ => return Err(StateError::Instance { from, event }),
     };
     Ok(to)

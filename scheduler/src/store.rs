@@ -127,6 +127,123 @@ fn unwrap_tx<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreEr
     })
 }
 
+/// The trees of one transaction, for changes to jobs and their instances.
+struct Tx<'a> {
+    jobs: &'a TransactionalTree,
+    instances: &'a TransactionalTree,
+    events: &'a TransactionalTree,
+    names: &'a TransactionalTree,
+}
+
+impl Tx<'_> {
+    /// One job's change; see [`Store::update`]. Instances the change hands to
+    /// another job (their `job_id` changed) are written but no longer checked
+    /// or shown as this job's.
+    fn update<F>(&self, job_id: &str, change: &F) -> TxResult<Committed>
+    where
+        F: Fn(&mut JobRecord, &mut Vec<InstanceRecord>) -> Result<Vec<Mark>, StoreError>,
+    {
+        let (jobs, instances, events, names) = (self.jobs, self.instances, self.events, self.names);
+        let Some(before) = tx_get::<JobRecord>(jobs, job_id.as_bytes())? else {
+            return abort(StoreError::JobNotFound(job_id.to_string()));
+        };
+        let mut old_instances = Vec::with_capacity(before.instances.len());
+        for id in &before.instances {
+            match tx_get::<InstanceRecord>(instances, id.as_bytes())? {
+                Some(inst) if inst.job_id == job_id => old_instances.push(inst),
+                // Handed over to another job: no longer this job's.
+                Some(_) => {}
+                None => return abort(StoreError::Corrupt(format!("instance {id} is missing"))),
+            }
+        }
+        let mut job = before.clone();
+        let mut insts = old_instances.clone();
+        let marks = change(&mut job, &mut insts).or_else(abort)?;
+        let (mut insts, leaving): (Vec<_>, Vec<_>) =
+            insts.into_iter().partition(|i| i.job_id == job.id);
+        for inst in leaving {
+            instances.insert(inst.id.as_bytes(), enc(&inst))?;
+        }
+        let pairs: Vec<_> = insts.iter().map(|i| (i.role, i.state)).collect();
+        state::check_job(job.kind, job.state, &pairs)
+            .map_err(StoreError::from)
+            .or_else(abort)?;
+
+        let now = now_ms();
+        let mut new_events = Vec::new();
+        let push = |new_events: &mut Vec<EventRecord>,
+                    job: &mut JobRecord,
+                    instance: Option<&InstanceRecord>,
+                    mark: Option<&Mark>| {
+            job.last_seq += 1;
+            new_events.push(EventRecord {
+                seq: job.last_seq,
+                at_ms: now,
+                job: job.state,
+                instance_id: instance
+                    .map(|i| i.id.clone())
+                    .or_else(|| mark.map(|m| m.instance_id.clone()))
+                    .unwrap_or_default(),
+                instance: instance.map(|i| i.state),
+                phase: mark.map(|m| m.phase.clone()).unwrap_or_default(),
+                message: mark.map(|m| m.message.clone()).unwrap_or_default(),
+                progress: mark.and_then(|m| m.progress.clone()),
+                last: false,
+            });
+        };
+        let mut changed_any = false;
+        for inst in &mut insts {
+            let old = old_instances.iter().find(|o| o.id == inst.id);
+            if old.map(|o| o.state) != Some(inst.state) {
+                ledger::account(old.map(|o| o.state), inst, now);
+            }
+            if old != Some(inst) {
+                inst.updated_ms = now;
+                instances.insert(inst.id.as_bytes(), enc(inst))?;
+            }
+            if old.map(|o| o.state) != Some(inst.state) {
+                changed_any = true;
+                push(&mut new_events, &mut job, Some(inst), None);
+            }
+        }
+        if job.state != before.state && !changed_any {
+            push(&mut new_events, &mut job, None, None);
+        }
+        for mark in &marks {
+            push(&mut new_events, &mut job, None, Some(mark));
+        }
+        let settled = job.state.is_ended() && insts.iter().all(|i| i.state.is_settled());
+        let was_settled =
+            before.state.is_ended() && old_instances.iter().all(|i| i.state.is_settled());
+        if settled && !was_settled {
+            if new_events.is_empty() {
+                push(&mut new_events, &mut job, None, None);
+            }
+            if let Some(e) = new_events.last_mut() {
+                e.last = true;
+            }
+        }
+        for e in &new_events {
+            events.insert(event_key(&job.id, e.seq), enc(e))?;
+        }
+        if job.state.is_ended() && !before.state.is_ended() {
+            let name_key = key2(&job.owner, &job.model_name);
+            if names.get(&name_key)?.as_deref() == Some(job.id.as_bytes()) {
+                names.remove(name_key)?;
+            }
+        }
+        if job != before || !new_events.is_empty() {
+            job.updated_ms = now;
+            jobs.insert(job.id.as_bytes(), enc(&job))?;
+        }
+        Ok(Committed {
+            job,
+            instances: insts,
+            events: new_events,
+        })
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store under `dir`. Needs a tokio runtime.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -213,96 +330,42 @@ impl Store {
     {
         let trees = (&self.jobs, &self.instances, &self.events, &self.names);
         let committed = unwrap_tx(trees.transaction(|(jobs, instances, events, names)| {
-            let Some(before) = tx_get::<JobRecord>(jobs, job_id.as_bytes())? else {
-                return abort(StoreError::JobNotFound(job_id.to_string()));
+            let tx = Tx {
+                jobs,
+                instances,
+                events,
+                names,
             };
-            let mut old_instances = Vec::with_capacity(before.instances.len());
-            for id in &before.instances {
-                match tx_get::<InstanceRecord>(instances, id.as_bytes())? {
-                    Some(inst) => old_instances.push(inst),
-                    None => return abort(StoreError::Corrupt(format!("instance {id} is missing"))),
-                }
-            }
-            let mut job = before.clone();
-            let mut insts = old_instances.clone();
-            let marks = change(&mut job, &mut insts).or_else(abort)?;
-            let pairs: Vec<_> = insts.iter().map(|i| (i.role, i.state)).collect();
-            state::check_job(job.kind, job.state, &pairs)
-                .map_err(StoreError::from)
-                .or_else(abort)?;
+            tx.update(job_id, &change)
+        }))?;
+        self.durable().await?;
+        Ok(committed)
+    }
 
-            let now = now_ms();
-            let mut new_events = Vec::new();
-            let push = |new_events: &mut Vec<EventRecord>,
-                        job: &mut JobRecord,
-                        instance: Option<&InstanceRecord>,
-                        mark: Option<&Mark>| {
-                job.last_seq += 1;
-                new_events.push(EventRecord {
-                    seq: job.last_seq,
-                    at_ms: now,
-                    job: job.state,
-                    instance_id: instance
-                        .map(|i| i.id.clone())
-                        .or_else(|| mark.map(|m| m.instance_id.clone()))
-                        .unwrap_or_default(),
-                    instance: instance.map(|i| i.state),
-                    phase: mark.map(|m| m.phase.clone()).unwrap_or_default(),
-                    message: mark.map(|m| m.message.clone()).unwrap_or_default(),
-                    progress: mark.and_then(|m| m.progress.clone()),
-                    last: false,
-                });
+    /// Two jobs' changes in one transaction, `first` before `second`: an
+    /// instance handed from one job to the other (its `job_id` changed by
+    /// `first`) is never seen by both or by neither.
+    pub async fn update_two<F, G>(
+        &self,
+        first: (&str, F),
+        second: (&str, G),
+    ) -> Result<(Committed, Committed), StoreError>
+    where
+        F: Fn(&mut JobRecord, &mut Vec<InstanceRecord>) -> Result<Vec<Mark>, StoreError>,
+        G: Fn(&mut JobRecord, &mut Vec<InstanceRecord>) -> Result<Vec<Mark>, StoreError>,
+    {
+        let trees = (&self.jobs, &self.instances, &self.events, &self.names);
+        let committed = unwrap_tx(trees.transaction(|(jobs, instances, events, names)| {
+            let tx = Tx {
+                jobs,
+                instances,
+                events,
+                names,
             };
-            let mut changed_any = false;
-            for inst in &mut insts {
-                let old = old_instances.iter().find(|o| o.id == inst.id);
-                if old.map(|o| o.state) != Some(inst.state) {
-                    ledger::account(old.map(|o| o.state), inst, now);
-                }
-                if old != Some(inst) {
-                    inst.updated_ms = now;
-                    instances.insert(inst.id.as_bytes(), enc(inst))?;
-                }
-                if old.map(|o| o.state) != Some(inst.state) {
-                    changed_any = true;
-                    push(&mut new_events, &mut job, Some(inst), None);
-                }
-            }
-            if job.state != before.state && !changed_any {
-                push(&mut new_events, &mut job, None, None);
-            }
-            for mark in &marks {
-                push(&mut new_events, &mut job, None, Some(mark));
-            }
-            let settled = job.state.is_ended() && insts.iter().all(|i| i.state.is_settled());
-            let was_settled =
-                before.state.is_ended() && old_instances.iter().all(|i| i.state.is_settled());
-            if settled && !was_settled {
-                if new_events.is_empty() {
-                    push(&mut new_events, &mut job, None, None);
-                }
-                if let Some(e) = new_events.last_mut() {
-                    e.last = true;
-                }
-            }
-            for e in &new_events {
-                events.insert(event_key(&job.id, e.seq), enc(e))?;
-            }
-            if job.state.is_ended() && !before.state.is_ended() {
-                let name_key = key2(&job.owner, &job.model_name);
-                if names.get(&name_key)?.as_deref() == Some(job.id.as_bytes()) {
-                    names.remove(name_key)?;
-                }
-            }
-            if job != before || !new_events.is_empty() {
-                job.updated_ms = now;
-                jobs.insert(job.id.as_bytes(), enc(&job))?;
-            }
-            Ok(Committed {
-                job,
-                instances: insts,
-                events: new_events,
-            })
+            Ok((
+                tx.update(first.0, &first.1)?,
+                tx.update(second.0, &second.1)?,
+            ))
         }))?;
         self.durable().await?;
         Ok(committed)
@@ -316,11 +379,15 @@ impl Store {
         self.instances.get(id)?.map(|v| dec(&v)).transpose()
     }
 
+    /// The job's instances, without those it handed to another job.
     pub fn instances_of(&self, job: &JobRecord) -> Result<Vec<InstanceRecord>, StoreError> {
-        job.instances
-            .iter()
-            .filter_map(|id| self.instance(id).transpose())
-            .collect()
+        let mut out = Vec::with_capacity(job.instances.len());
+        for id in &job.instances {
+            if let Some(inst) = self.instance(id)?.filter(|i| i.job_id == job.id) {
+                out.push(inst);
+            }
+        }
+        Ok(out)
     }
 
     /// The owner's active inference job named `model_name`.

@@ -229,3 +229,116 @@ async fn a_failing_train_cancels_with_the_traceback() -> anyhow::Result<()> {
     assert!(err.message().contains("not a Python identifier"), "{err:?}");
     Ok(())
 }
+
+/// A repo with a non-empty requirements.txt, so a cold start builds a virtualenv.
+fn train_repo_with_requirements() -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    let src = example("train-linear");
+    std::fs::create_dir(dir.path().join("data"))?;
+    std::fs::copy(src.join("train.py"), dir.path().join("train.py"))?;
+    std::fs::copy(
+        src.join("data/points.csv"),
+        dir.path().join("data/points.csv"),
+    )?;
+    std::fs::write(dir.path().join("requirements.txt"), "--no-index\n")?;
+    Ok(dir)
+}
+
+fn substatuses(events: &[pb::JobEvent]) -> Vec<JobSubstatus> {
+    let mut out: Vec<JobSubstatus> = Vec::new();
+    for e in events {
+        if out.last() != Some(&e.substatus()) {
+            out.push(e.substatus());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_cooling_trainer_is_reused_by_the_next_fit_then_terminated() -> anyhow::Result<()> {
+    let s = Scheduler::start().await?;
+    let token = s.user("hana").await?;
+    let repo = train_repo_with_requirements()?;
+    let digest = s.upload_dir(&token, repo.path()).await?;
+
+    let mut first = fit_request(&digest, &["local.small.od"]);
+    first.cool_down_period_s = 120;
+    let first_id = fit(&s, &token, first).await?;
+    let events = s
+        .watch_until(&token, &first_id, DEPLOY_DEADLINE, |e| e.last)
+        .await?;
+    assert!(substatuses(&events).contains(&JobSubstatus::GearingUpEnv));
+    let instance_id = s.get_job(&token, &first_id).await?.instances[0]
+        .instance_id
+        .clone();
+
+    let mut second = fit_request(&digest, &["local.small.od"]);
+    second.cool_down_period_s = 1;
+    let second_id = fit(&s, &token, second).await?;
+    let events = s
+        .watch_until(&token, &second_id, DEPLOY_DEADLINE, |e| {
+            e.status() == JobStatus::Completed
+        })
+        .await?;
+    assert_eq!(
+        substatuses(&events),
+        [
+            JobSubstatus::RequestingServer,
+            JobSubstatus::ConnectingServer,
+            JobSubstatus::SendingModelAndData,
+            JobSubstatus::Training,
+            JobSubstatus::Returning,
+            JobSubstatus::Completed,
+        ],
+        "no gear-up the second time"
+    );
+    let marks: Vec<&str> = events.iter().map(|e| e.phase.as_str()).collect();
+    assert!(
+        marks.contains(&"instance reused") && marks.contains(&"env reused"),
+        "{marks:?}"
+    );
+    assert!(
+        !marks.contains(&"instance requested") && !marks.contains(&"agent connected"),
+        "{marks:?}"
+    );
+    let job = s.get_job(&token, &second_id).await?;
+    assert_eq!(
+        job.instances[0].instance_id, instance_id,
+        "the same instance"
+    );
+
+    // The first job keeps what the instance ran for it, and says where it went.
+    let first = s.get_job(&token, &first_id).await?;
+    assert!(first.instances.is_empty());
+    assert!(first.cost_usd > 0.0);
+    let timeline = s
+        .jobs(Some(&token))
+        .await?
+        .get_timeline(pb::GetTimelineRequest {
+            job_id: first_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(timeline
+        .events
+        .iter()
+        .any(|e| e.phase == "instance handed over" && e.message.contains(&second_id)));
+
+    // After the second job's cooling period the instance is terminated (the
+    // watch ended when the job did, so poll with a deadline).
+    let deadline = std::time::Instant::now() + DEPLOY_DEADLINE;
+    loop {
+        let job = s.get_job(&token, &second_id).await?;
+        if job.instances[0].substatus() == pb::InstanceSubstatus::Terminated {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {:?}",
+            job.instances[0]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!s.data_dir.join("instances").join(&instance_id).exists());
+    Ok(())
+}

@@ -101,6 +101,12 @@ impl Control {
             return Ok(());
         }
         self.last_seen(instance_id);
+        self.prepare(&job, link);
+        Ok(())
+    }
+
+    /// Sends the job to its instance's agent (in the background).
+    pub(crate) fn prepare(&self, job: &JobRecord, link: Link) {
         let request = PrepareRequest {
             job_id: job.id.clone(),
             artifact_digest: job.artifact_digest.clone(),
@@ -110,13 +116,13 @@ impl Control {
             } as i32,
         };
         let this = self.clone();
+        let job_id = job.id.clone();
         self.spawn(async move {
             if let Err(status) = link.prepare(request).await {
                 let reason = format!("the agent refused the job: {}", status.message());
-                this.cancel(&job.id, reason).await;
+                this.cancel(&job_id, reason).await;
             }
         });
-        Ok(())
     }
 
     /// A heartbeat from a live instance's agent.

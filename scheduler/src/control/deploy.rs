@@ -190,6 +190,7 @@ impl Control {
             progress_seq: 0,
             result_digest: String::new(),
             result_size: 0,
+            handed_over: vec![],
         };
         let committed = self.store().create_job(job).await?;
         self.hub().publish(&committed.job.id, &committed.events);

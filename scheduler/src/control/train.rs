@@ -94,6 +94,7 @@ impl Control {
             progress_seq: 0,
             result_digest: String::new(),
             result_size: 0,
+            handed_over: vec![],
         };
         let committed = self.store().create_job(job).await?;
         self.hub().publish(&committed.job.id, &committed.events);
@@ -122,6 +123,14 @@ impl Control {
     async fn request_trainer(&self, job_id: &str, machines: Vec<Machine>, wait: Duration) {
         let mut tried = Vec::new();
         for machine in machines {
+            if let Some(warm) = self.warm_trainer(job_id, &machine.id) {
+                match self.take_over(job_id, &warm).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::info!(instance_id = %warm.id, error = %e, "warm instance not taken")
+                    }
+                }
+            }
             let instance_id = new_id("inst");
             let outcome = match self.acquire(&instance_id, &machine, wait).await {
                 Ok(()) => {
@@ -140,6 +149,76 @@ impl Control {
         }
         let reason = format!("no machine could be had; tried {}", tried.join("; "));
         self.cancel(job_id, reason).await;
+    }
+
+    /// A cooling trainer of the same owner on `machine_id`, ready for reuse.
+    fn warm_trainer(&self, job_id: &str, machine_id: &str) -> Option<InstanceRecord> {
+        let store = self.store();
+        let owner = store.job(job_id).ok()??.owner;
+        let jobs = store.jobs_of(&owner).ok()?;
+        jobs.iter()
+            .rev()
+            .filter(|j| j.kind == JobKind::Training && j.state.is_ended())
+            .filter_map(|j| store.instances_of(j).ok())
+            .flatten()
+            .find(|i| i.state == InstanceState::COOLING && i.machine_id == machine_id)
+    }
+
+    /// Hands a cooling trainer to `job_id` in one transaction over both jobs:
+    /// the new job skips requesting and connecting (and gearing up, when its
+    /// requirements are the same), and the agent gets the new job at once.
+    #[tracing::instrument(skip(self, warm), fields(instance_id = %warm.id))]
+    async fn take_over(&self, job_id: &str, warm: &InstanceRecord) -> Result<()> {
+        let link = self.agent(&warm.id).ok_or_else(|| {
+            Error::Unavailable(format!("instance {} has no agent connected", warm.id))
+        })?;
+        let mut moved = warm.clone();
+        moved.job_id = job_id.to_string();
+        moved.state =
+            state::next_instance(warm.state, InstanceEvent::Reassign).map_err(StoreError::from)?;
+        moved.running_ms = 0;
+        moved.running_since_ms = None;
+        moved.ready = false;
+        let handed = crate::store::HandedOver {
+            instance_id: warm.id.clone(),
+            machine_id: warm.machine_id.clone(),
+            to_job: job_id.to_string(),
+            running_ms: crate::ledger::running_ms(warm, crate::store::now_ms()),
+        };
+        let from = |job: &mut JobRecord, insts: &mut Vec<InstanceRecord>| {
+            let inst = insts
+                .iter_mut()
+                .find(|i| i.id == moved.id && i.state == InstanceState::COOLING)
+                .ok_or_else(|| {
+                    StoreError::Stale(format!("instance {} is no longer cooling", moved.id))
+                })?;
+            *inst = moved.clone();
+            job.handed_over.push(handed.clone());
+            Ok(vec![Mark {
+                message: format!("to job {job_id}"),
+                ..Mark::phase(&moved.id, "instance handed over")
+            }])
+        };
+        let to = |job: &mut JobRecord, insts: &mut Vec<InstanceRecord>| {
+            if job.state != JobState::QUEUED {
+                return Err(StoreError::Stale("the job is no longer requesting".into()));
+            }
+            job.state = state::next_job(job.kind, job.state, JobEvent::InstanceLaunched)?;
+            job.instances.push(moved.id.clone());
+            insts.push(moved.clone());
+            Ok(vec![Mark {
+                message: format!("from job {}", warm.job_id),
+                ..Mark::phase(&moved.id, "instance reused")
+            }])
+        };
+        let (old, new) = self
+            .store()
+            .update_two((&warm.job_id, from), (job_id, to))
+            .await?;
+        self.hub().publish(&old.job.id, &old.events);
+        self.hub().publish(&new.job.id, &new.events);
+        self.prepare(&new.job, link);
+        Ok(())
     }
 
     /// The trainer is ready: start train() on it.

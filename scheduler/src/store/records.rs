@@ -43,6 +43,18 @@ pub struct JobRecord {
     pub result_digest: String,
     #[serde(default)]
     pub result_size: u64,
+    /// Instances this job handed to a later job (warm reuse), with what they
+    /// ran for this one.
+    #[serde(default)]
+    pub handed_over: Vec<HandedOver>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandedOver {
+    pub instance_id: String,
+    pub machine_id: String,
+    pub to_job: String,
+    pub running_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -28,6 +28,7 @@ pub(crate) fn job(id: &str, owner: &str, name: &str) -> JobRecord {
         progress_seq: 0,
         result_digest: String::new(),
         result_size: 0,
+        handed_over: vec![],
     }
 }
 
