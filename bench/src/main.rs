@@ -194,15 +194,54 @@ async fn main() -> anyhow::Result<()> {
             st.per_s
         );
     }
-    cooling_wake(&s, &token).await
+    cooling_wake(&s, &token).await?;
+    fit_cold_vs_warm(&s, &token).await
 }
 
-/// The echo repo with a non-empty requirements.txt, so a cold launch builds a
-/// virtualenv (installing nothing: `--no-index` keeps it offline).
-fn repo_with_requirements() -> anyhow::Result<tempfile::TempDir> {
+/// Time from Fit to TRAINING for a cold instance and for the warm one it left.
+async fn fit_cold_vs_warm(s: &Scheduler, token: &str) -> anyhow::Result<()> {
+    let repo = repo_with_requirements("train-linear")?;
+    let digest = s.upload_dir(token, repo.path()).await?;
+    let (channel, bearer) = s.authed(Some(token)).await?;
+    let mut training = pb::training_client::TrainingClient::with_interceptor(channel, bearer);
+    println!("\ntraining, examples/train-linear + non-empty requirements.txt, Fit -> TRAINING");
+    let mut times = Vec::new();
+    for run in ["cold", "warm (reused)"] {
+        let request = pb::FitRequest {
+            artifact_digest: digest.clone(),
+            machine_ids: vec!["local.small.od".into()],
+            cool_down_period_s: 120,
+            ..Default::default()
+        };
+        let sent = Instant::now();
+        let job_id = training.fit(request).await?.into_inner().job_id;
+        s.watch_until(token, &job_id, Duration::from_secs(120), |e| {
+            e.status() == JobStatus::Training
+        })
+        .await?;
+        let elapsed = sent.elapsed();
+        s.watch_until(token, &job_id, Duration::from_secs(120), |e| e.last)
+            .await?;
+        println!("{:<44} {:>10}", run, format!("{} ms", elapsed.as_millis()));
+        times.push(elapsed);
+    }
+    println!(
+        "{:<44} {:>10.1}x",
+        "warm vs cold",
+        times[0].as_secs_f64() / times[1].as_secs_f64()
+    );
+    Ok(())
+}
+
+/// An example repo with a non-empty requirements.txt, so a cold launch builds
+/// a virtualenv (installing nothing: `--no-index` keeps it offline).
+fn repo_with_requirements(name: &str) -> anyhow::Result<tempfile::TempDir> {
     let dir = tempfile::tempdir()?;
-    let src = example("echo");
-    for sub in ["", "model", "data"] {
+    let src = example(name);
+    for sub in ["", "model", "data"]
+        .into_iter()
+        .filter(|sub| src.join(sub).is_dir())
+    {
         std::fs::create_dir_all(dir.path().join(sub))?;
         for entry in std::fs::read_dir(src.join(sub))? {
             let entry = entry?;
@@ -231,7 +270,7 @@ fn at_ms(e: &pb::JobEvent) -> i64 {
 
 /// Cold launch of a cooling instance vs waking it after its cool-down.
 async fn cooling_wake(s: &Scheduler, token: &str) -> anyhow::Result<()> {
-    let repo = repo_with_requirements()?;
+    let repo = repo_with_requirements("echo")?;
     let digest = s.upload_dir(token, repo.path()).await?;
     let mut request = aibro_tests::deploy_request("wake", &digest);
     request.machine_config = Some(pb::MachineConfig {

@@ -124,6 +124,35 @@ async fn the_cli_drives_a_deployment_end_to_end() -> anyhow::Result<()> {
         text(&out)
     );
 
+    // aibro fit: live progress, and the outputs unpacked where asked.
+    let out_dir = tempfile::tempdir()?;
+    let trained = out_dir.path().join("trained");
+    let train_repo = example("train-linear");
+    let out = aibro(
+        &s,
+        &token,
+        &[
+            "fit",
+            "--artifacts",
+            train_repo.to_str().unwrap(),
+            "--machine-id",
+            "local.small.od",
+            "--arg",
+            "epochs=4",
+            "--output",
+            trained.to_str().unwrap(),
+        ],
+    );
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("epoch   4/4") && shown.contains("TRAINING / RETURNING"),
+        "{shown}"
+    );
+    let model: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(trained.join("model.json"))?)?;
+    assert!(model.get("w").is_some(), "{model}");
+
     let out = aibro(&s, "secret_wrong", &["jobs", "list"]);
     assert!(
         !out.status.success() && text(&out).contains("UNAUTHENTICATED"),
