@@ -42,6 +42,18 @@ fn stats(mut samples: Vec<Duration>, wall: Duration) -> Stats {
     }
 }
 
+fn print_row(path: &str, concurrency: usize, st: &Stats) {
+    println!(
+        "{:<18} {:>5} {:>10} {:>10} {:>10} {:>10.0}",
+        path,
+        concurrency,
+        ms(st.p50),
+        ms(st.p99),
+        ms(st.max),
+        st.per_s
+    );
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
@@ -157,16 +169,7 @@ async fn main() -> anyhow::Result<()> {
             async move { client.predict(request).await.map(drop) }
         })
         .await?;
-        let st = stats(lat, wall);
-        println!(
-            "{:<18} {:>5} {:>10} {:>10} {:>10} {:>10.0}",
-            "via scheduler",
-            c,
-            ms(st.p50),
-            ms(st.p99),
-            ms(st.max),
-            st.per_s
-        );
+        print_row("via scheduler", c, &stats(lat, wall));
         let direct = AgentClient::new(
             tonic::transport::Channel::from_shared(agent_addr.clone())?
                 .connect()
@@ -183,16 +186,7 @@ async fn main() -> anyhow::Result<()> {
             async move { client.predict(request).await.map(drop) }
         })
         .await?;
-        let st = stats(lat, wall);
-        println!(
-            "{:<18} {:>5} {:>10} {:>10} {:>10} {:>10.0}",
-            "direct to agent",
-            c,
-            ms(st.p50),
-            ms(st.p99),
-            ms(st.max),
-            st.per_s
-        );
+        print_row("direct to agent", c, &stats(lat, wall));
     }
     cooling_wake(&s, &token).await?;
     fit_cold_vs_warm(&s, &token).await

@@ -99,24 +99,9 @@ pub fn job_cost(
 mod tests {
     use super::*;
     use crate::state::Role;
-    use crate::store::RECORD_VERSION;
 
     fn instance(id: &str, role: Role, machine: &str) -> InstanceRecord {
-        InstanceRecord {
-            v: RECORD_VERSION,
-            id: id.into(),
-            job_id: "j".into(),
-            role,
-            machine_id: machine.into(),
-            state: InstanceState::LAUNCHING,
-            agent_address: String::new(),
-            hardware: None,
-            ready: false,
-            running_ms: 0,
-            running_since_ms: None,
-            created_ms: 0,
-            updated_ms: 0,
-        }
+        InstanceRecord::launching(id, "j", role, machine, 0)
     }
 
     /// Moves `inst` to `to` at `at` hours, as the store does.

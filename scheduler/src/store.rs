@@ -320,6 +320,22 @@ impl Store {
         })
     }
 
+    /// Runs `f` in one sled transaction over the job trees, then waits until
+    /// it is on disk.
+    async fn transact<T>(&self, f: impl Fn(&Tx) -> TxResult<T>) -> Result<T, StoreError> {
+        let trees = (&self.jobs, &self.instances, &self.events, &self.names);
+        let out = unwrap_tx(trees.transaction(|(jobs, instances, events, names)| {
+            f(&Tx {
+                jobs,
+                instances,
+                events,
+                names,
+            })
+        }))?;
+        self.durable().await?;
+        Ok(out)
+    }
+
     /// Applies `change` to a job and its instances in one transaction. `change`
     /// may run more than once (on conflict) and must not have side effects. The
     /// result is checked against the status model; each status change and each
@@ -328,18 +344,7 @@ impl Store {
     where
         F: Fn(&mut JobRecord, &mut Vec<InstanceRecord>) -> Result<Vec<Mark>, StoreError>,
     {
-        let trees = (&self.jobs, &self.instances, &self.events, &self.names);
-        let committed = unwrap_tx(trees.transaction(|(jobs, instances, events, names)| {
-            let tx = Tx {
-                jobs,
-                instances,
-                events,
-                names,
-            };
-            tx.update(job_id, &change)
-        }))?;
-        self.durable().await?;
-        Ok(committed)
+        self.transact(|tx| tx.update(job_id, &change)).await
     }
 
     /// Two jobs' changes in one transaction, `first` before `second`: an
@@ -354,21 +359,13 @@ impl Store {
         F: Fn(&mut JobRecord, &mut Vec<InstanceRecord>) -> Result<Vec<Mark>, StoreError>,
         G: Fn(&mut JobRecord, &mut Vec<InstanceRecord>) -> Result<Vec<Mark>, StoreError>,
     {
-        let trees = (&self.jobs, &self.instances, &self.events, &self.names);
-        let committed = unwrap_tx(trees.transaction(|(jobs, instances, events, names)| {
-            let tx = Tx {
-                jobs,
-                instances,
-                events,
-                names,
-            };
+        self.transact(|tx| {
             Ok((
                 tx.update(first.0, &first.1)?,
                 tx.update(second.0, &second.1)?,
             ))
-        }))?;
-        self.durable().await?;
-        Ok(committed)
+        })
+        .await
     }
 
     pub fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {

@@ -362,6 +362,17 @@ impl Drop for Scheduler {
     }
 }
 
+/// The job substatuses the events passed through, in order, each once.
+pub fn substatuses(events: &[pb::JobEvent]) -> Vec<pb::JobSubstatus> {
+    let mut out: Vec<pb::JobSubstatus> = Vec::new();
+    for e in events {
+        if out.last() != Some(&e.substatus()) {
+            out.push(e.substatus());
+        }
+    }
+    out
+}
+
 pub fn deploy_request(model_name: &str, digest: &str) -> pb::DeployRequest {
     pb::DeployRequest {
         model_name: model_name.into(),

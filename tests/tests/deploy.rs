@@ -2,17 +2,7 @@
 //! scheduler, agent and Python processes on loopback.
 
 use aibro_proto::v1::{self as pb, JobStatus, JobSubstatus};
-use aibro_tests::{example, Scheduler};
-
-fn substatuses(events: &[pb::JobEvent]) -> Vec<JobSubstatus> {
-    let mut out: Vec<JobSubstatus> = Vec::new();
-    for e in events {
-        if out.last() != Some(&e.substatus()) {
-            out.push(e.substatus());
-        }
-    }
-    out
-}
+use aibro_tests::{example, substatuses, Scheduler};
 
 #[tokio::test]
 async fn deploy_predict_complete_with_both_run_signatures() -> anyhow::Result<()> {

@@ -2,7 +2,7 @@
 //! byte for byte, machine-id fallback, and failures with the traceback.
 
 use aibro_proto::v1::{self as pb, training_client::TrainingClient, JobStatus, JobSubstatus};
-use aibro_tests::{example, Scheduler, DEPLOY_DEADLINE};
+use aibro_tests::{example, substatuses, Scheduler, DEPLOY_DEADLINE};
 use tokio_stream::StreamExt;
 
 async fn fit(s: &Scheduler, token: &str, request: pb::FitRequest) -> anyhow::Result<String> {
@@ -242,16 +242,6 @@ fn train_repo_with_requirements() -> anyhow::Result<tempfile::TempDir> {
     )?;
     std::fs::write(dir.path().join("requirements.txt"), "--no-index\n")?;
     Ok(dir)
-}
-
-fn substatuses(events: &[pb::JobEvent]) -> Vec<JobSubstatus> {
-    let mut out: Vec<JobSubstatus> = Vec::new();
-    for e in events {
-        if out.last() != Some(&e.substatus()) {
-            out.push(e.substatus());
-        }
-    }
-    out
 }
 
 #[tokio::test]

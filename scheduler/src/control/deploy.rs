@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use crate::auth::User;
 use crate::catalog::{Machine, Market};
 use crate::error::{Error, Result};
-use crate::state::{self, InstanceEvent, InstanceState, JobEvent, JobKind, JobState, Role};
-use crate::store::{now_ms, JobRecord, StoreError, RECORD_VERSION};
+use crate::state::{self, InstanceEvent, InstanceState, JobEvent, JobKind, Role};
+use crate::store::{now_ms, JobRecord, StoreError};
 
 use super::{new_id, Control};
 
@@ -157,40 +157,27 @@ impl Control {
         if dryrun {
             return Ok((None, Some(self.dry_run(&artifact.digest).await?)));
         }
-        let now = now_ms();
         let job = JobRecord {
-            v: RECORD_VERSION,
-            id: new_id("job"),
-            owner: user.0.clone(),
-            kind: JobKind::Inference,
             model_name: spec.model_name,
-            state: JobState::QUEUED,
-            reason: String::new(),
             standby: standby.id.clone(),
             cooling: cooling.as_ref().map(|m| m.id.clone()),
-            machine_ids: vec![],
-            artifact_digest: artifact.digest,
-            cool_down_period_s: if spec.cool_down_period_s == 0 {
-                DEFAULT_COOL_DOWN_S
-            } else {
-                spec.cool_down_period_s
+            cool_down_period_s: match spec.cool_down_period_s {
+                0 => DEFAULT_COOL_DOWN_S,
+                s => s,
             },
-            wait_request_s: if spec.wait_request_s == 0 {
-                DEFAULT_WAIT_REQUEST_S
-            } else {
-                spec.wait_request_s
+            wait_request_s: match spec.wait_request_s {
+                0 => DEFAULT_WAIT_REQUEST_S,
+                s => s,
             },
             client_ids: spec.client_ids,
             description: spec.description,
-            args: Default::default(),
-            created_ms: now,
-            updated_ms: now,
-            instances: vec![],
-            last_seq: 0,
-            progress_seq: 0,
-            result_digest: String::new(),
-            result_size: 0,
-            handed_over: vec![],
+            ..JobRecord::queued(
+                new_id("job"),
+                &user.0,
+                JobKind::Inference,
+                artifact.digest,
+                now_ms(),
+            )
         };
         let committed = self.store().create_job(job).await?;
         self.hub().publish(&committed.job.id, &committed.events);

@@ -9,7 +9,7 @@ use aibro_proto::v1::StopRequest;
 
 use crate::catalog::Machine;
 use crate::state::{self, InstanceEvent, InstanceState, JobEvent, Role};
-use crate::store::{InstanceRecord, JobRecord, Mark, StoreError, RECORD_VERSION};
+use crate::store::{InstanceRecord, JobRecord, Mark, StoreError};
 
 use super::{new_id, Control};
 
@@ -111,21 +111,14 @@ impl Control {
                 if role.is_primary() {
                     job.state = state::next_job(job.kind, job.state, JobEvent::InstanceLaunched)?;
                 }
-                insts.push(InstanceRecord {
-                    v: RECORD_VERSION,
-                    id: instance_id.to_string(),
-                    job_id: job.id.clone(),
+                let now = crate::store::now_ms();
+                insts.push(InstanceRecord::launching(
+                    instance_id,
+                    &job.id,
                     role,
-                    machine_id: machine.id.clone(),
-                    state: InstanceState::LAUNCHING,
-                    agent_address: String::new(),
-                    hardware: None,
-                    ready: false,
-                    running_ms: 0,
-                    running_since_ms: None,
-                    created_ms: crate::store::now_ms(),
-                    updated_ms: 0,
-                });
+                    &machine.id,
+                    now,
+                ));
                 job.instances.push(instance_id.to_string());
                 Ok(vec![Mark::phase(instance_id, "instance requested")])
             })

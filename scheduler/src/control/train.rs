@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::state::{
     self, InstanceEvent, InstanceState, JobEvent, JobKind, JobState, JobStatus, Role,
 };
-use crate::store::{InstanceRecord, JobRecord, Mark, Progress, StoreError, RECORD_VERSION};
+use crate::store::{InstanceRecord, JobRecord, Mark, Progress, StoreError};
 
 use super::launch::Launch;
 use super::{new_id, Control};
@@ -67,34 +67,21 @@ impl Control {
         }
         let now = crate::store::now_ms();
         let job = JobRecord {
-            v: RECORD_VERSION,
-            id: new_id("job"),
-            owner: user.0.clone(),
-            kind: JobKind::Training,
-            model_name: String::new(),
-            state: JobState::QUEUED,
-            reason: String::new(),
-            standby: String::new(),
-            cooling: None,
             machine_ids: spec.machine_ids,
-            artifact_digest: artifact.digest,
             cool_down_period_s: spec.cool_down_period_s,
-            wait_request_s: if spec.wait_request_s == 0 {
-                DEFAULT_WAIT_REQUEST_S
-            } else {
-                spec.wait_request_s
+            wait_request_s: match spec.wait_request_s {
+                0 => DEFAULT_WAIT_REQUEST_S,
+                s => s,
             },
-            client_ids: vec![],
             description: spec.description,
             args: spec.args,
-            created_ms: now,
-            updated_ms: now,
-            instances: vec![],
-            last_seq: 0,
-            progress_seq: 0,
-            result_digest: String::new(),
-            result_size: 0,
-            handed_over: vec![],
+            ..JobRecord::queued(
+                new_id("job"),
+                &user.0,
+                JobKind::Training,
+                artifact.digest,
+                now,
+            )
         };
         let committed = self.store().create_job(job).await?;
         self.hub().publish(&committed.job.id, &committed.events);

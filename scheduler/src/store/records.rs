@@ -49,6 +49,65 @@ pub struct JobRecord {
     pub handed_over: Vec<HandedOver>,
 }
 
+impl JobRecord {
+    /// A new job, QUEUING / REQUESTING_SERVER, with nothing else set yet.
+    pub fn queued(
+        id: String,
+        owner: &str,
+        kind: JobKind,
+        artifact_digest: String,
+        now_ms: u64,
+    ) -> Self {
+        JobRecord {
+            v: RECORD_VERSION,
+            id,
+            owner: owner.to_string(),
+            kind,
+            model_name: String::new(),
+            state: JobState::QUEUED,
+            reason: String::new(),
+            standby: String::new(),
+            cooling: None,
+            machine_ids: vec![],
+            artifact_digest,
+            cool_down_period_s: 0,
+            wait_request_s: 0,
+            client_ids: vec![],
+            description: String::new(),
+            args: BTreeMap::new(),
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            instances: vec![],
+            last_seq: 0,
+            progress_seq: 0,
+            result_digest: String::new(),
+            result_size: 0,
+            handed_over: vec![],
+        }
+    }
+}
+
+impl InstanceRecord {
+    /// A new instance, LAUNCHING, that has not met its agent yet.
+    pub fn launching(id: &str, job_id: &str, role: Role, machine_id: &str, now_ms: u64) -> Self {
+        InstanceRecord {
+            v: RECORD_VERSION,
+            id: id.to_string(),
+            job_id: job_id.to_string(),
+            role,
+            machine_id: machine_id.to_string(),
+            state: InstanceState::LAUNCHING,
+            agent_address: String::new(),
+            hardware: None,
+            ready: false,
+            running_ms: 0,
+            running_since_ms: None,
+            created_ms: now_ms,
+            updated_ms: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HandedOver {
     pub instance_id: String,

@@ -1,54 +1,29 @@
-use std::collections::BTreeMap;
-
 use super::*;
 use crate::state::{InstanceState, JobEvent, JobState, Role};
 
 pub(crate) fn job(id: &str, owner: &str, name: &str) -> JobRecord {
     JobRecord {
-        v: RECORD_VERSION,
-        id: id.into(),
-        owner: owner.into(),
-        kind: JobKind::Inference,
         model_name: name.into(),
-        state: JobState::QUEUED,
-        reason: String::new(),
         standby: "local.small.od".into(),
-        cooling: None,
-        machine_ids: vec![],
-        artifact_digest: "sha256:00".into(),
-        cool_down_period_s: 600,
-        wait_request_s: 30,
-        client_ids: vec![],
-        description: String::new(),
-        args: BTreeMap::new(),
-        created_ms: now_ms(),
-        updated_ms: now_ms(),
-        instances: vec![],
-        last_seq: 0,
-        progress_seq: 0,
-        result_digest: String::new(),
-        result_size: 0,
-        handed_over: vec![],
+        ..JobRecord::queued(
+            id.into(),
+            owner,
+            JobKind::Inference,
+            "sha256:00".into(),
+            now_ms(),
+        )
     }
 }
 
 fn launch(job: &mut JobRecord, insts: &mut Vec<InstanceRecord>) -> Result<Vec<Mark>, StoreError> {
     job.state = state::next_job(job.kind, job.state, JobEvent::InstanceLaunched)?;
-    insts.push(InstanceRecord {
-        v: RECORD_VERSION,
-        id: "i1".into(),
-        job_id: job.id.clone(),
-        role: Role::Standby,
-        machine_id: "local.small.od".into(),
-        state: InstanceState::LAUNCHING,
-        agent_address: String::new(),
-        hardware: None,
-        ready: false,
-        running_ms: 0,
-        running_since_ms: None,
-        created_ms: 0,
-        updated_ms: 0,
-    });
+    insts.push(InstanceRecord::launching(
+        "i1",
+        &job.id,
+        Role::Standby,
+        "local.small.od",
+        0,
+    ));
     job.instances.push("i1".into());
     Ok(vec![Mark::phase("i1", "instance requested")])
 }
