@@ -24,6 +24,18 @@ impl Hub {
             .subscribe()
     }
 
+    /// Drops a watcher's subscription, and the job's channel with its last one.
+    pub fn unsubscribe(&self, job_id: &str, rx: broadcast::Receiver<EventRecord>) {
+        drop(rx);
+        let mut channels = self.channels.lock().expect("hub lock");
+        if channels
+            .get(job_id)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            channels.remove(job_id);
+        }
+    }
+
     pub fn publish(&self, job_id: &str, events: &[EventRecord]) {
         if events.is_empty() {
             return;
@@ -37,5 +49,21 @@ impl Hub {
                 channels.remove(job_id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_go_with_their_last_watcher() {
+        let hub = Hub::default();
+        let a = hub.subscribe("j");
+        let b = hub.subscribe("j");
+        hub.unsubscribe("j", a);
+        assert!(hub.channels.lock().unwrap().contains_key("j"));
+        hub.unsubscribe("j", b);
+        assert!(hub.channels.lock().unwrap().is_empty());
     }
 }

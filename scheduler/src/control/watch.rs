@@ -2,7 +2,7 @@
 //! in sequence order with gaps filled from the store, until the job's last
 //! event (ended and settled) or shutdown.
 
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -18,48 +18,60 @@ impl Control {
         // Subscribe before reading history so nothing falls in between.
         let mut live = self.hub().subscribe(&job_id);
         self.inner.tasks.spawn(async move {
-            let mut next_seq = 1u64;
-            let mut closed = false;
-            loop {
-                let from = next_seq;
-                let batch = match this.store().events(&job_id) {
-                    Ok(events) => events.into_iter().filter(move |e| e.seq >= from),
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
-                };
-                for e in batch {
-                    next_seq = e.seq + 1;
-                    let last = e.last;
-                    if tx.send(Ok(e)).await.is_err() || last {
-                        return;
-                    }
-                }
-                if closed {
-                    return;
-                }
-                // Wait for an event past what was sent; then read from the
-                // store, which holds it and anything published out of order.
-                loop {
-                    tokio::select! {
-                        _ = this.inner.cancel.cancelled() => {
-                            let _ = tx.send(Err(Error::Unavailable("the scheduler is shutting down".into()))).await;
-                            return;
-                        }
-                        _ = tx.closed() => return,
-                        received = live.recv() => match received {
-                            Ok(e) if e.seq < next_seq => continue,
-                            Ok(_) | Err(RecvError::Lagged(_)) => break,
-                            Err(RecvError::Closed) => {
-                                closed = true;
-                                break;
-                            }
-                        },
-                    }
-                }
-            }
+            this.stream_events(&job_id, &mut live, &tx).await;
+            this.hub().unsubscribe(&job_id, live);
         });
         ReceiverStream::new(rx)
+    }
+
+    /// Sends the job's events to `tx`, history first, until its last event,
+    /// the watcher leaving, or shutdown.
+    async fn stream_events(
+        &self,
+        job_id: &str,
+        live: &mut broadcast::Receiver<EventRecord>,
+        tx: &mpsc::Sender<Result<EventRecord>>,
+    ) {
+        let mut next_seq = 1u64;
+        let mut closed = false;
+        loop {
+            let events = match self.store().events(job_id) {
+                Ok(events) => events,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            let from = next_seq;
+            for e in events.into_iter().filter(|e| e.seq >= from) {
+                next_seq = e.seq + 1;
+                let last = e.last;
+                if tx.send(Ok(e)).await.is_err() || last {
+                    return;
+                }
+            }
+            if closed {
+                return;
+            }
+            // Wait for an event past what was sent; then read from the
+            // store, which holds it and anything published out of order.
+            loop {
+                tokio::select! {
+                    _ = self.inner.cancel.cancelled() => {
+                        let _ = tx.send(Err(Error::Unavailable("the scheduler is shutting down".into()))).await;
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                    received = live.recv() => match received {
+                        Ok(e) if e.seq < next_seq => continue,
+                        Ok(_) | Err(RecvError::Lagged(_)) => break,
+                        Err(RecvError::Closed) => {
+                            closed = true;
+                            break;
+                        }
+                    },
+                }
+            }
+        }
     }
 }
