@@ -43,6 +43,10 @@ pub struct Config {
     /// Milliseconds between agent heartbeats.
     #[arg(long, env = "AIBRO_HEARTBEAT_MS", default_value_t = 2000)]
     pub heartbeat_ms: u64,
+    /// Milliseconds without a heartbeat after which an agent is taken as lost
+    /// (its job canceled, or its cooling instance stopped).
+    #[arg(long, env = "AIBRO_AGENT_LOST_AFTER_MS", default_value_t = 15_000)]
+    pub agent_lost_after_ms: u64,
     /// Seconds without requests after which a cooling instance shows COOLING
     /// (at most half its cool-down period).
     #[arg(long, env = "AIBRO_COOLING_IDLE_S", default_value_t = 60)]

@@ -57,6 +57,8 @@ impl From<Error> for Status {
                 StoreError::DuplicateName(..) => Code::AlreadyExists,
                 StoreError::State(_) => Code::FailedPrecondition,
                 StoreError::Stale(_) => Code::Aborted,
+                StoreError::Invalid(_) => Code::InvalidArgument,
+                StoreError::Refused(_) => Code::FailedPrecondition,
                 StoreError::Sled(_) | StoreError::Corrupt(_) => Code::Internal,
             },
         };

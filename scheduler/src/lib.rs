@@ -151,6 +151,7 @@ pub async fn run(
         public_url,
         connect_timeout: config.connect_timeout(),
         heartbeat_interval: config.heartbeat_interval(),
+        agent_lost_after: Some(Duration::from_millis(config.agent_lost_after_ms)),
         cooling_idle: std::time::Duration::from_secs(config.cooling_idle_s),
         lifecycle_tick: std::time::Duration::from_millis(config.lifecycle_tick_ms),
         python: config.python.clone(),
@@ -166,6 +167,7 @@ pub async fn run(
         cancel.clone(),
     );
     control.recover().await?;
+    control.start_liveness();
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter

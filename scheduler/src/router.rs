@@ -237,9 +237,14 @@ impl Router {
         }
     }
 
-    /// Stops serving the model at once.
-    pub fn close(&self, owner: &str, model: &str) {
-        let removed = self.edit(|table| table.remove(&Self::key(owner, model)));
+    /// Stops serving the job's model at once (a newer job of the same name
+    /// keeps its route).
+    pub fn close(&self, owner: &str, model: &str, job_id: &str) {
+        let key = Self::key(owner, model);
+        let removed = self.edit(|table| match table.get(&key) {
+            Some(route) if route.job_id == job_id => table.remove(&key),
+            _ => None,
+        });
         if let Some(route) = removed {
             route.closed.cancel();
         }

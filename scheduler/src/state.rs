@@ -170,8 +170,8 @@ fn role_valid(kind: JobKind, role: Role) -> bool {
 }
 
 /// The seed's status map: may an instance with `role` be in `inst` while its job
-/// is in `job`? The cooling instance of a deployed job also stops and wakes
-/// while the job stays DEPLOYED (SPEC.md "Inference jobs").
+/// is in `job`? The cooling instance of a deployed job also stops, wakes, or
+/// (failed) is terminated while the job stays DEPLOYED (SPEC.md "Inference jobs").
 pub fn pair_allowed(kind: JobKind, job: JobState, role: Role, inst: InstanceState) -> bool {
     use InstanceStatus as I;
     if !job_state_valid(kind, job) || !instance_state_valid(inst) || !role_valid(kind, role) {
@@ -181,10 +181,10 @@ pub fn pair_allowed(kind: JobKind, job: JobState, role: Role, inst: InstanceStat
         JobStatus::Queuing => {
             job.substatus != JobSubstatus::RequestingServer && inst.status == I::Launching
         }
+        // The cooling instance comes and goes while the job serves: it stops
+        // when idle, wakes on demand, and is terminated if it fails.
         JobStatus::Deployed => match role {
-            Role::Cooling => {
-                inst != InstanceState::TERMINATING && inst != InstanceState::TERMINATED
-            }
+            Role::Cooling => true,
             _ => inst.status == I::Executing,
         },
         JobStatus::Training => inst.status == I::Executing,

@@ -33,6 +33,12 @@ pub enum StoreError {
     /// The change no longer applies (the job moved on meanwhile); nothing was written.
     #[error("{0}")]
     Stale(String),
+    /// The change asks for something invalid; nothing was written.
+    #[error("{0}")]
+    Invalid(String),
+    /// The job is not in a state that allows the change; nothing was written.
+    #[error("{0}")]
+    Refused(String),
     #[error("store: {0}")]
     Sled(String),
     #[error("stored record is corrupt: {0}")]

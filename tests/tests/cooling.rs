@@ -215,3 +215,52 @@ async fn cooling_instance_cools_down_stops_and_wakes_on_request() -> anyhow::Res
     }
     Ok(())
 }
+
+/// A cooling instance whose model fails to load (here: only on the large
+/// machine) is terminated once the job is DEPLOYED; the standby serves alone.
+#[tokio::test]
+async fn a_failing_cooling_instance_is_dropped_and_the_standby_serves() -> anyhow::Result<()> {
+    let s = Scheduler::start_with(&["--lifecycle-tick-ms", "100"]).await?;
+    let token = s.user("kim").await?;
+    let repo = aibro_tests::repo(
+        "import os\n\
+         def load_model():\n    \
+             if os.environ.get('AIBRO_MACHINE_ID', '').startswith('local.large'):\n        \
+                 raise RuntimeError('this model needs a GPU')\n    \
+             return 1\n\
+         def run(model, data):\n    return {'ok': model}\n",
+    );
+    let digest = s.upload_dir(&token, repo.path()).await?;
+    let mut request = aibro_tests::deploy_request("picky", &digest);
+    request.machine_config = Some(pb::MachineConfig {
+        standby: "local.small.od".into(),
+        cooling: "local.large.od".into(),
+    });
+    let job_id = s
+        .inference(Some(&token))
+        .await?
+        .deploy(request)
+        .await?
+        .into_inner()
+        .job_id;
+    s.wait_status(&token, &job_id, JobStatus::Deployed).await?;
+    let deadline = std::time::Instant::now() + DEPLOY_DEADLINE;
+    loop {
+        let job = s.get_job(&token, &job_id).await?;
+        let cooling = job
+            .instances
+            .iter()
+            .find(|i| i.role() == InstanceRole::Cooling);
+        if cooling.is_some_and(|i| i.substatus() == InstanceSubstatus::Terminated) {
+            assert_eq!(job.status(), JobStatus::Deployed);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{job:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..3 {
+        let r = s.predict("kim", "public", "picky", "{}").await?;
+        assert_eq!(r.role(), InstanceRole::Standby);
+    }
+    Ok(())
+}

@@ -3,8 +3,6 @@
 //! re-send after reconnecting), so each is applied only where it still moves
 //! the job forward.
 
-use std::time::Instant;
-
 use aibro_proto::v1::{AgentPhase, PhaseReport, PrepareRequest};
 
 use crate::error::{Error, Result};
@@ -132,14 +130,6 @@ impl Control {
         Ok(())
     }
 
-    fn last_seen(&self, instance_id: &str) {
-        self.inner
-            .heartbeats
-            .lock()
-            .expect("heartbeats lock")
-            .insert(instance_id.to_string(), Instant::now());
-    }
-
     /// A phase report from an agent.
     #[tracing::instrument(skip(self, report), fields(phase = ?report.phase()))]
     pub async fn report(&self, instance_id: &str, report: PhaseReport) -> Result<()> {
@@ -162,10 +152,13 @@ impl Control {
                 if inst.role.is_primary() {
                     self.cancel(&inst.job_id, reason).await;
                 } else {
-                    // The job goes on with its standby.
+                    // The job goes on with its standby; the failed instance goes.
                     tracing::warn!(instance_id, "cooling instance failed: {reason}");
                     let this = self.clone();
-                    self.spawn(async move { this.stop_instance(&inst).await });
+                    self.spawn(async move {
+                        this.close_when_allowed(&inst.id, InstanceEvent::Terminate)
+                            .await
+                    });
                 }
                 return Ok(());
             }

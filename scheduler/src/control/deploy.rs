@@ -261,7 +261,7 @@ impl Control {
             })
             .await?;
         let job = committed.job;
-        self.router().close(&job.owner, &job.model_name);
+        self.router().close(&job.owner, &job.model_name, &job.id);
         for inst in committed
             .instances
             .into_iter()
@@ -284,13 +284,19 @@ impl Control {
     ) -> Result<JobRecord> {
         let job = self.find_job(user, job_id, model_name)?;
         check_clients(&add)?;
-        if let Some(dup) = add.iter().find(|c| job.client_ids.contains(c)) {
-            return Err(Error::InvalidArgument(format!(
-                "client id `{dup}` is already listed; nothing was changed"
-            )));
-        }
         let committed = self
             .apply(&job.id, |job, _| {
+                if job.state.is_ended() {
+                    return Err(StoreError::Refused(format!(
+                        "job {} has ended; its client ids no longer matter",
+                        job.id
+                    )));
+                }
+                if let Some(dup) = add.iter().find(|c| job.client_ids.contains(c)) {
+                    return Err(StoreError::Invalid(format!(
+                        "client id `{dup}` is already listed; nothing was changed"
+                    )));
+                }
                 if be_public {
                     job.client_ids.clear();
                 } else {

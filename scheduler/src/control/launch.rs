@@ -8,7 +8,7 @@ use std::time::Duration;
 use aibro_proto::v1::StopRequest;
 
 use crate::catalog::Machine;
-use crate::state::{self, InstanceEvent, InstanceState, JobEvent, Role};
+use crate::state::{self, InstanceEvent, InstanceState, JobEvent, JobStatus, Role};
 use crate::store::{InstanceRecord, JobRecord, Mark, StoreError};
 
 use super::{new_id, Control};
@@ -23,6 +23,8 @@ pub(crate) enum Launch {
 }
 
 const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest wait between tries to close an instance the provider failed to.
+const CLOSE_RETRY_MAX: Duration = Duration::from_secs(30);
 /// How long a closing instance waits for requests already sent to it.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
@@ -35,7 +37,9 @@ impl Control {
         let wait = Duration::from_secs(job.wait_request_s.into());
         self.spawn(async move {
             for (role, machine) in launches {
-                this.launch(&job_id, role, machine, wait).await;
+                if !this.launch(&job_id, role, machine, wait).await {
+                    break;
+                }
             }
         });
     }
@@ -65,18 +69,34 @@ impl Control {
         }
     }
 
+    /// Requests and launches one instance; true when it is launching. A
+    /// primary that cannot be had cancels the job; a cooling instance that
+    /// cannot is left out (the standby serves alone).
     #[tracing::instrument(skip(self, machine, wait), fields(machine = %machine.id))]
-    async fn launch(&self, job_id: &str, role: Role, machine: Machine, wait: Duration) {
+    async fn launch(&self, job_id: &str, role: Role, machine: Machine, wait: Duration) -> bool {
         let instance_id = new_id("inst");
-        if let Err(reason) = self.acquire(&instance_id, &machine, wait).await {
-            return self.cancel(job_id, reason).await;
-        }
-        if let Err(Launch::Failed(reason)) = self
-            .launch_instance(job_id, role, &machine, &instance_id)
-            .await
-        {
+        let reason = match self.acquire(&instance_id, &machine, wait).await {
+            Err(reason) => reason,
+            Ok(()) => match self
+                .launch_instance(job_id, role, &machine, &instance_id)
+                .await
+            {
+                Ok(()) => return true,
+                Err(Launch::Abandoned) => return false,
+                Err(Launch::Failed(reason)) => reason,
+            },
+        };
+        if role.is_primary() {
             self.cancel(job_id, reason).await;
+        } else {
+            tracing::warn!("the job goes on without its {role:?} instance: {reason}");
+            let mark = Mark {
+                message: reason,
+                ..Mark::phase("", "cooling instance not launched")
+            };
+            let _ = self.apply(job_id, |_, _| Ok(vec![mark.clone()])).await;
         }
+        false
     }
 
     /// Starts the machine of an instance that holds capacity, then records it
@@ -97,6 +117,9 @@ impl Control {
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = launched {
+            if let Ok(provider) = self.machine_provider(machine) {
+                let _ = provider.terminate(instance_id).await;
+            }
             self.capacity().release(instance_id);
             return Err(Launch::Failed(format!(
                 "launching `{}` failed: {e}",
@@ -157,7 +180,7 @@ impl Control {
                 this.cancel(&inst.job_id, reason).await;
             } else {
                 tracing::warn!(instance_id, "{reason}; stopping it");
-                this.stop_instance(&inst).await;
+                this.close_when_allowed(&inst.id, InstanceEvent::Stop).await;
             }
         });
     }
@@ -166,6 +189,30 @@ impl Control {
     pub(crate) async fn stop_instance(&self, inst: &InstanceRecord) {
         if self.move_instance(inst, InstanceEvent::Stop, None).await {
             self.close(&inst.id).await;
+        }
+    }
+
+    /// Closes a cooling instance whose agent failed (`Terminate`) or went
+    /// silent (`Stop`: it may wake again), once its job allows: while the job
+    /// is QUEUING its instances must stay LAUNCHING (the seed's map), so this
+    /// waits for it to be DEPLOYED. A job that ends terminates it anyway.
+    pub(crate) async fn close_when_allowed(&self, instance_id: &str, event: InstanceEvent) {
+        loop {
+            let Ok(Some(inst)) = self.store().instance(instance_id) else {
+                return;
+            };
+            match self.store().job(&inst.job_id) {
+                Ok(Some(job)) if job.state.status == JobStatus::Queuing => {
+                    tokio::time::sleep(self.settings().lifecycle_tick).await;
+                }
+                Ok(Some(job)) if !job.state.is_ended() => {
+                    if self.move_instance(&inst, event, None).await {
+                        self.close(instance_id).await;
+                    }
+                    return;
+                }
+                _ => return,
+            }
         }
     }
 
@@ -210,6 +257,7 @@ impl Control {
     #[tracing::instrument(skip(self))]
     pub(crate) async fn close(&self, instance_id: &str) {
         let _lock = self.lock_instance(instance_id).await;
+        let mut backoff = Duration::from_millis(200);
         loop {
             let inst = match self.store().instance(instance_id) {
                 Ok(Some(inst)) => inst,
@@ -235,6 +283,7 @@ impl Control {
                         .await;
             }
             self.forget_agent(&inst.id);
+            self.forget_heartbeats(&inst.id);
             let Some(machine) = self.catalog().resolve(&inst.machine_id) else {
                 return tracing::error!(machine = inst.machine_id, "machine left the catalog");
             };
@@ -244,7 +293,11 @@ impl Control {
                 Err(e) => return tracing::error!(error = %e, "no provider to close the instance"),
             };
             if let Err(e) = result {
-                return tracing::error!(error = %e, "provider failed to close the instance");
+                // The machine must not be forgotten: try again, less often.
+                tracing::error!(error = %e, "provider failed to close the instance; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(CLOSE_RETRY_MAX);
+                continue;
             }
             let acted = inst.state;
             let closed = self

@@ -8,6 +8,7 @@ mod artifacts;
 mod cooling;
 mod deploy;
 mod launch;
+mod liveness;
 mod predict;
 mod recovery;
 mod train;
@@ -43,6 +44,8 @@ pub struct Settings {
     /// How long a launched agent may take to register.
     pub connect_timeout: Duration,
     pub heartbeat_interval: Duration,
+    /// An agent silent this long is taken as lost (None: never).
+    pub agent_lost_after: Option<Duration>,
     /// A cooling instance without requests for this long shows COOLING (at
     /// most half its cool-down period).
     pub cooling_idle: Duration,

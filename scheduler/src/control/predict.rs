@@ -30,6 +30,10 @@ impl Control {
 
     fn why_not_serving(&self, owner: &str, model_name: &str) -> Error {
         match self.store().job_by_name(owner, model_name) {
+            Ok(Some(job)) if job.state.status == crate::state::JobStatus::Deployed => Error::Unavailable(format!(
+                "model `{owner}/{model_name}` has no reachable instance right now (job {}); retry shortly",
+                job.id
+            )),
             Ok(Some(job)) => Error::Unavailable(format!(
                 "model `{owner}/{model_name}` is not serving yet (job {} is {}); retry once it is DEPLOYED",
                 job.id,

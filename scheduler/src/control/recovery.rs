@@ -23,9 +23,16 @@ impl Control {
                         self.start_close(inst.id.clone())
                     }
                     InstanceState::LAUNCHING => self.watch_connect(inst.id.clone()),
+                    InstanceState::COOLING if job.kind == JobKind::Training => {
+                        let link = link::grpc(&inst.agent_address).map_err(Error::Internal)?;
+                        self.set_agent(&inst.id, link);
+                        self.cool_then_terminate(inst.clone(), job.cool_down_period_s);
+                    }
                     s if s.is_serving() && !inst.agent_address.is_empty() => {
                         let link = link::grpc(&inst.agent_address).map_err(Error::Internal)?;
                         self.set_agent(&inst.id, link);
+                        // Its agent gets the usual grace to be heard from again.
+                        self.last_seen(&inst.id);
                         if job.state.status == JobStatus::Deployed {
                             self.serve(&job, inst);
                         }

@@ -74,13 +74,15 @@ impl LocalProvider {
             .stderr(log)
             .spawn()
             .map_err(|e| ProviderError::Spawn(self.agent_bin.display().to_string(), e))?;
-        if let Some(pid) = child.id() {
-            tokio::fs::write(dir.join(PID_FILE), pid.to_string()).await?;
-        }
+        let pid = child.id();
+        // Kept before anything else can fail, so that terminate can end it.
         self.children
             .lock()
             .expect("children lock")
             .insert(instance_id.to_string(), child);
+        if let Some(pid) = pid {
+            tokio::fs::write(dir.join(PID_FILE), pid.to_string()).await?;
+        }
         Ok(())
     }
 

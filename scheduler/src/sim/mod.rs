@@ -101,6 +101,7 @@ impl Harness {
             public_url: "sim://".into(),
             connect_timeout: Duration::from_secs(3600),
             heartbeat_interval: Duration::from_secs(3600),
+            agent_lost_after: None,
             cooling_idle: Duration::from_secs(60),
             lifecycle_tick: Duration::from_secs(1),
             python: "python3".into(),

@@ -88,6 +88,8 @@ fn seed_allows(kind: JobKind, job: JobState, role: Role, inst: InstanceState) ->
             "Cooling/Cooling",
             "Closing/Stopping",
             "Closed/Stopped",
+            "Closing/Terminating",
+            "Closed/Terminated",
         ]
         .contains(&is.as_str()),
         ("Training", "Training/Training" | "Training/Returning") => is == "Executing/None",
@@ -118,9 +120,9 @@ fn every_combination_matches_the_seed_map() {
         }
     }
     assert_eq!(total, 2 * 50 * 3 * 30);
-    // Inference: 3 queuing rows x 2 roles + standby 1 + cooling 5 + 2 ended x 5 x 2 roles.
+    // Inference: 3 queuing rows x 2 roles + standby 1 + cooling 7 + 2 ended x 5 x 2 roles.
     // Training: 3 queuing + 2 training + 2 ended x 5.
-    assert_eq!(allowed, (6 + 1 + 5 + 20) + (3 + 2 + 10));
+    assert_eq!(allowed, (6 + 1 + 7 + 20) + (3 + 2 + 10));
 }
 
 #[test]
