@@ -73,7 +73,7 @@ pub enum ArchiveError {
     LinkEscapes { path: String, target: String },
     #[error("archive entry `{path}` is a symlink to `{target}`; symlink targets must be plain relative paths (`..` only at the start)")]
     LinkNotNormalized { path: String, target: String },
-    #[error("archive entry `{path}` is a hard link to `{target}`, which is not an earlier file in the archive")]
+    #[error("archive entry `{path}` is a hard link to `{target}`, which is not an earlier regular file in the archive")]
     HardLinkTarget { path: String, target: String },
     #[error("archive entry `{path}` lies under `{link}`, which is a symlink; entries may not be written through links")]
     ThroughSymlink { path: String, link: String },
@@ -179,7 +179,9 @@ fn walk(archive: &Path, limits: &Limits, dest: Option<&Path>) -> Result<Manifest
             EntryType::Link => {
                 let target = link_target(&entry, &shown)?;
                 let t = hard_link_target(&target, &shown)?;
-                if !files.contains(&t) && !symlinks.contains(&t) {
+                // Only to regular files: a hard link to a symlink would move
+                // the symlink (and its relative target) to another depth.
+                if !files.contains(&t) {
                     return Err(ArchiveError::HardLinkTarget {
                         path: shown,
                         target: target.display().to_string(),
@@ -495,6 +497,16 @@ mod tests {
         let e = scan_err(&[("h", EntryType::Link, "../x", b"")]);
         assert!(matches!(e, ArchiveError::LinkEscapes { .. }), "{e}");
         let e = scan_err(&[("h", EntryType::Link, "missing", b"")]);
+        assert!(matches!(e, ArchiveError::HardLinkTarget { .. }), "{e}");
+        // A symlink that stays inside at its depth, hard-linked to the root,
+        // would point three levels out.
+        let e = scan_err(&[
+            ("a", EntryType::Directory, "", b""),
+            ("a/b", EntryType::Directory, "", b""),
+            ("a/b/c", EntryType::Directory, "", b""),
+            ("a/b/c/up", EntryType::Symlink, "../../..", b""),
+            ("top", EntryType::Link, "a/b/c/up", b""),
+        ]);
         assert!(matches!(e, ArchiveError::HardLinkTarget { .. }), "{e}");
     }
 

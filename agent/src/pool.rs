@@ -265,7 +265,14 @@ async fn serve(
         if req.reply.is_closed() {
             continue; // the caller gave up while it was queued
         }
-        let res = worker.call(&req.payload, &req.content_type, false).await;
+        // Stop must not wait for a long run(): the worker is killed right after.
+        let res = tokio::select! {
+            _ = cancel.cancelled() => {
+                let _ = req.reply.send(Err(PoolError::Stopped));
+                return false;
+            }
+            res = worker.call(&req.payload, &req.content_type, false) => res,
+        };
         let (answer, died) = match res {
             Ok(out) => (Ok(out), false),
             Err(WorkerError::UserError(tb)) => (Err(PoolError::RunRaised(tb)), false),
@@ -370,6 +377,48 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
         assert_ne!(v["pid"], pid);
         assert_eq!(pool.alive(), 1);
+        pool.shutdown().await;
+    }
+
+    /// Stop does not wait for a run() in progress, and its caller is told.
+    #[tokio::test]
+    async fn shutdown_does_not_wait_for_a_long_run() {
+        let (_t, pool) = pool_for(
+            "import time\ndef load_model():\n    return None\ndef run(model, data):\n    time.sleep(3600)\n",
+            &[],
+            1,
+        )
+        .await;
+        let pool = std::sync::Arc::new(pool);
+        let call = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.call(b"1".to_vec(), String::new()).await })
+        };
+        while pool.in_flight() == 0 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(30), pool.shutdown())
+            .await
+            .expect("shutdown returns while run() sleeps");
+        assert!(call.await.unwrap().is_err());
+    }
+
+    /// Bytes that are not UTF-8 on the user's output do not break the worker.
+    #[tokio::test]
+    async fn undecodable_output_keeps_the_worker_serving() {
+        let (_t, pool) = pool_for(
+            "import sys\ndef load_model():\n    return None\ndef run(model, data):\n    sys.stderr.buffer.write(b'\\xff\\xfe bad\\n')\n    sys.stderr.flush()\n    print('still printing')\n    return data\n",
+            &[],
+            1,
+        )
+        .await;
+        for i in 0..3 {
+            let out = pool
+                .call(format!("{i}").into_bytes(), String::new())
+                .await
+                .unwrap();
+            assert_eq!(out.body, format!("{i}").into_bytes());
+        }
         pool.shutdown().await;
     }
 

@@ -244,12 +244,15 @@ impl Reporter {
                                 | tonic::Code::DeadlineExceeded
                                 | tonic::Code::Cancelled
                                 | tonic::Code::Internal
-                                | tonic::Code::Aborted
                                 | tonic::Code::ResourceExhausted
                         ) || (*tries < MAX_REPORT_TRIES
                             && matches!(
                                 status.code(),
-                                tonic::Code::NotFound | tonic::Code::Unauthenticated
+                                // Aborted: the job moved on (e.g. a re-sent
+                                // report the scheduler already applied).
+                                tonic::Code::NotFound
+                                    | tonic::Code::Unauthenticated
+                                    | tonic::Code::Aborted
                             ));
                         if !retry {
                             tracing::error!(code = ?status.code(), job_id = %job_of(report),

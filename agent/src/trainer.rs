@@ -294,6 +294,7 @@ pub(crate) async fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true);
     // SAFETY: prctl, dup2 and fcntl are async-signal-safe and touch no memory of the
     // parent. The pipe's write end is close-on-exec; it is moved to PROGRESS_FD,
@@ -346,7 +347,7 @@ pub(crate) async fn run(
     let status = tokio::select! {
         s = child.wait() => s,
         _ = cancel.cancelled() => {
-            let _ = child.start_kill();
+            crate::worker::kill_group(&mut child);
             let _ = child.wait().await;
             tracing::info!(job_id = %spec.job_id, "training stopped");
             return Err(TrainError::Stopped);
@@ -355,20 +356,23 @@ pub(crate) async fn run(
     let status = status
         .map(|s| s.to_string())
         .unwrap_or_else(|e| e.to_string());
-    // Everything it wrote is reported before the outcome.
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        let _ = stdout.await;
-        let _ = stderr.await;
-        protocol.await.ok().flatten()
-    })
-    .await;
-    let outcome = match drained {
-        Ok(o) => o,
+    // The outcome first: the protocol pipe is not inherited across exec, so
+    // it ends with the process even where a child of the user's code keeps
+    // stdout/stderr open. Then what it printed, best effort, before reporting.
+    let outcome = match tokio::time::timeout(DRAIN_TIMEOUT, protocol).await {
+        Ok(outcome) => outcome.ok().flatten(),
         Err(_) => {
-            tracing::warn!(job_id = %spec.job_id, "the training process's output did not end after it exited (a child process holds it?)");
+            tracing::warn!(job_id = %spec.job_id, "the training process's result did not arrive after it exited");
             None
         }
     };
+    let printed = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let _ = stdout.await;
+        let _ = stderr.await;
+    });
+    if printed.await.is_err() {
+        tracing::warn!(job_id = %spec.job_id, "the training output did not end after it exited (a child process holds it?)");
+    }
     tracing::info!(job_id = %spec.job_id, %status, "training process ended");
     match outcome {
         Some(Ok(())) => Ok(()),

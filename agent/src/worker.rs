@@ -157,6 +157,7 @@ impl Worker {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .kill_on_drop(true);
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
@@ -176,8 +177,21 @@ impl Worker {
         let index = spec.index;
         let t = tail.clone();
         let stderr_task = tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            // Bytes, not UTF-8 lines: one undecodable byte must not end the
+            // reader (the user's prints would then fail with a broken pipe).
+            let mut reader = BufReader::new(stderr);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf).await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string();
                 tracing::info!(worker = index, "{line}");
                 let mut t = t.lock().expect("tail lock");
                 if t.len() == STDERR_TAIL_LINES {
@@ -236,7 +250,7 @@ impl Worker {
     /// Ends the worker: closes its input (it exits on EOF), then kills it.
     pub(crate) async fn shutdown(mut self) {
         drop(self.stdin);
-        let _ = self.child.start_kill();
+        kill_group(&mut self.child);
         let _ = self.child.wait().await;
         tracing::debug!(worker = self.index, "worker ended");
     }
@@ -265,29 +279,19 @@ impl Worker {
         }
     }
 
+    /// The next reply. The process ending also ends the wait: a process
+    /// forked by the user's code may hold the pipe open after the worker died.
     async fn read_frame(&mut self) -> Result<(Reply, Vec<u8>), WorkerError> {
-        let hlen = match self.stdout.read_u32().await {
-            Ok(n) => n,
-            Err(_) => return Err(self.died().await),
+        let read = tokio::select! {
+            biased;
+            read = read_frame(&mut self.stdout) => read,
+            _ = self.child.wait() => Err(None),
         };
-        if hlen > MAX_HEADER {
-            return Err(WorkerError::Protocol(format!("header of {hlen} bytes")));
+        match read {
+            Ok(frame) => Ok(frame),
+            Err(Some(e)) => Err(e),
+            Err(None) => Err(self.died().await),
         }
-        let mut header = vec![0; hlen as usize];
-        if self.stdout.read_exact(&mut header).await.is_err() {
-            return Err(self.died().await);
-        }
-        let blen = match self.stdout.read_u32().await {
-            Ok(n) => n,
-            Err(_) => return Err(self.died().await),
-        };
-        let mut body = vec![0; blen as usize];
-        if self.stdout.read_exact(&mut body).await.is_err() {
-            return Err(self.died().await);
-        }
-        let reply: Reply = serde_json::from_slice(&header)
-            .map_err(|e| WorkerError::Protocol(format!("bad header: {e}")))?;
-        Ok((reply, body))
     }
 
     /// Waits for the process to end (its stdout is closed) and reports its tail.
@@ -314,6 +318,38 @@ impl Worker {
         }
         WorkerError::Died { stderr }
     }
+}
+
+/// Kills a child started in its own process group, and whatever it started
+/// (e.g. processes the user's code forked that hold GPU memory).
+pub(crate) fn kill_group(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(-(pid as i32), libc::SIGKILL);
+        }
+    }
+    let _ = child.start_kill();
+}
+
+/// One reply frame; `Err(None)` when the pipe ended (the worker died).
+async fn read_frame<R: AsyncReadExt + Unpin>(
+    stdout: &mut R,
+) -> Result<(Reply, Vec<u8>), Option<WorkerError>> {
+    let hlen = stdout.read_u32().await.map_err(|_| None)?;
+    if hlen > MAX_HEADER {
+        return Err(Some(WorkerError::Protocol(format!(
+            "header of {hlen} bytes"
+        ))));
+    }
+    let mut header = vec![0; hlen as usize];
+    stdout.read_exact(&mut header).await.map_err(|_| None)?;
+    let blen = stdout.read_u32().await.map_err(|_| None)?;
+    let mut body = vec![0; blen as usize];
+    stdout.read_exact(&mut body).await.map_err(|_| None)?;
+    let reply: Reply = serde_json::from_slice(&header)
+        .map_err(|e| Some(WorkerError::Protocol(format!("bad header: {e}"))))?;
+    Ok((reply, body))
 }
 
 #[cfg(test)]

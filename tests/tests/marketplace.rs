@@ -1,0 +1,46 @@
+//! The marketplace lists the catalog with live capacity: the numbers change
+//! as instances are taken and released.
+
+use aibro_proto::v1::{self as pb, marketplace_client::MarketplaceClient, JobStatus};
+use aibro_tests::{example, Scheduler, DEPLOY_DEADLINE};
+
+async fn available(s: &Scheduler, token: &str, machine: &str) -> anyhow::Result<u32> {
+    let (ch, b) = s.authed(Some(token)).await?;
+    let machines = MarketplaceClient::with_interceptor(ch, b)
+        .available_machines(pb::AvailableMachinesRequest {})
+        .await?
+        .into_inner()
+        .machines;
+    let m = machines
+        .iter()
+        .find(|m| m.machine_id == machine)
+        .ok_or_else(|| anyhow::anyhow!("{machine} not listed"))?;
+    assert!(m.on_demand_price_per_hour > m.spot_price_per_hour, "{m:?}");
+    Ok(m.available)
+}
+
+#[tokio::test]
+async fn available_machines_follow_instances_taken_and_released() -> anyhow::Result<()> {
+    let s = Scheduler::start().await?;
+    let token = s.user("lena").await?;
+    let before = available(&s, &token, "local.small").await?;
+    assert_eq!(before, 8, "the shipped capacity");
+    assert!(available(&s, &token, "g4dn.12xlarge").await? > 0);
+
+    let digest = s.upload_dir(&token, &example("echo")).await?;
+    let job_id = s.deploy(&token, "m", &digest).await?;
+    s.wait_status(&token, &job_id, JobStatus::Deployed).await?;
+    assert_eq!(available(&s, &token, "local.small").await?, before - 1);
+
+    s.inference(Some(&token))
+        .await?
+        .complete(pb::CompleteRequest {
+            job_id: job_id.clone(),
+            model_name: String::new(),
+        })
+        .await?;
+    s.watch_until(&token, &job_id, DEPLOY_DEADLINE, |e| e.last)
+        .await?;
+    assert_eq!(available(&s, &token, "local.small").await?, before);
+    Ok(())
+}
