@@ -113,14 +113,7 @@ async fn main() -> anyhow::Result<()> {
         s.wait_status(&token, &job_id, JobStatus::Deployed).await?;
         let total = start.elapsed();
         totals.push(total);
-        let timeline = s
-            .jobs(Some(&token))
-            .await?
-            .get_timeline(pb::GetTimelineRequest {
-                job_id: job_id.clone(),
-            })
-            .await?
-            .into_inner();
+        let timeline = s.timeline(&token, &job_id).await?;
         let phase = |name: &str| {
             timeline
                 .phases

@@ -304,6 +304,17 @@ impl Scheduler {
         Ok(events)
     }
 
+    pub async fn timeline(&self, token: &str, job_id: &str) -> Result<pb::Timeline> {
+        Ok(self
+            .jobs(Some(token))
+            .await?
+            .get_timeline(pb::GetTimelineRequest {
+                job_id: job_id.into(),
+            })
+            .await?
+            .into_inner())
+    }
+
     pub async fn get_job(&self, token: &str, job_id: &str) -> Result<pb::Job> {
         Ok(self
             .jobs(Some(token))

@@ -147,14 +147,7 @@ async fn cooling_instance_cools_down_stops_and_wakes_on_request() -> anyhow::Res
     assert_eq!(r.instance_id, cooling, "the same instance came back");
 
     // Woken once, and it reused its environment instead of gearing up again.
-    let timeline = s
-        .jobs(Some(&token))
-        .await?
-        .get_timeline(pb::GetTimelineRequest {
-            job_id: job_id.clone(),
-        })
-        .await?
-        .into_inner();
+    let timeline = s.timeline(&token, &job_id).await?;
     let marks: Vec<&str> = timeline
         .events
         .iter()

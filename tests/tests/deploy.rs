@@ -74,14 +74,7 @@ async fn deploy_predict_complete_with_both_run_signatures() -> anyhow::Result<()
     }
 
     // The timeline holds each phase, in order.
-    let timeline = s
-        .jobs(Some(&token))
-        .await?
-        .get_timeline(pb::GetTimelineRequest {
-            job_id: echo_job.clone(),
-        })
-        .await?
-        .into_inner();
+    let timeline = s.timeline(&token, &echo_job).await?;
     let names: Vec<_> = timeline.phases.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
         names,

@@ -301,14 +301,7 @@ async fn a_cooling_trainer_is_reused_by_the_next_fit_then_terminated() -> anyhow
     let first = s.get_job(&token, &first_id).await?;
     assert!(first.instances.is_empty());
     assert!(first.cost_usd > 0.0);
-    let timeline = s
-        .jobs(Some(&token))
-        .await?
-        .get_timeline(pb::GetTimelineRequest {
-            job_id: first_id.clone(),
-        })
-        .await?
-        .into_inner();
+    let timeline = s.timeline(&token, &first_id).await?;
     assert!(timeline
         .events
         .iter()
