@@ -70,6 +70,9 @@ pub fn instance(i: &Instance) -> Value {
         "price_per_hour": i.price_per_hour,
         "running_ms": i.running_ms,
         "cost_usd": i.cost_usd,
+        "in_flight": i.in_flight,
+        "workers_alive": i.workers_alive,
+        "last_heartbeat_at": time(&i.last_heartbeat_at),
         "created_at": time(&i.created_at),
         "updated_at": time(&i.updated_at),
     })

@@ -3,6 +3,7 @@
 use aibro_proto::v1 as pb;
 use prost_types::Timestamp;
 
+use crate::control::Seen;
 use crate::ledger::{InstanceCost, JobCost};
 use crate::state::{InstanceStatus, InstanceSubstatus, JobKind, JobStatus, JobSubstatus, Role};
 use crate::store::{EventRecord, HardwareRecord, InstanceRecord, JobRecord};
@@ -113,8 +114,17 @@ fn hardware(h: &HardwareRecord) -> pb::Hardware {
     }
 }
 
-pub fn instance(i: &InstanceRecord, cost: Option<&InstanceCost>) -> pb::Instance {
+/// `seen`: what its agent last reported, for a live instance.
+pub fn instance(
+    i: &InstanceRecord,
+    cost: Option<&InstanceCost>,
+    seen: Option<Seen>,
+) -> pb::Instance {
+    let seen = seen.filter(|_| !i.state.is_closed());
     pb::Instance {
+        in_flight: seen.map_or(0, |s| s.in_flight),
+        workers_alive: seen.map_or(0, |s| s.workers_alive),
+        last_heartbeat_at: seen.and_then(|s| timestamp(s.at_ms)),
         price_per_hour: cost.map_or(0.0, |c| c.price_per_hour),
         running_ms: cost.map_or(0, |c| c.running_ms),
         cost_usd: cost.map_or(0.0, |c| c.cost_usd),
@@ -132,10 +142,12 @@ pub fn instance(i: &InstanceRecord, cost: Option<&InstanceCost>) -> pb::Instance
 }
 
 /// `public_url` is the scheduler's address users send predictions to.
+/// `seen(id)`: what an instance's agent last reported.
 pub fn job(
     j: &JobRecord,
     instances: &[InstanceRecord],
     cost: &JobCost,
+    seen: impl Fn(&str) -> Option<Seen>,
     public_url: &str,
 ) -> pb::Job {
     pb::Job {
@@ -163,7 +175,10 @@ pub fn job(
         updated_at: timestamp(j.updated_ms),
         instances: instances
             .iter()
-            .map(|i| instance(i, cost.instances.iter().find(|c| c.instance_id == i.id)))
+            .map(|i| {
+                let cost = cost.instances.iter().find(|c| c.instance_id == i.id);
+                instance(i, cost, seen(&i.id))
+            })
             .collect(),
         predict_address: predict_address(j, public_url),
     }

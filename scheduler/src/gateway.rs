@@ -64,7 +64,7 @@ impl AgentGateway for GatewayApi {
         let r = request.into_inner();
         match r.body {
             Some(Body::Phase(phase)) => self.control.report(&r.instance_id, phase).await?,
-            Some(Body::Heartbeat(_)) => self.control.heartbeat(&r.instance_id)?,
+            Some(Body::Heartbeat(h)) => self.control.heartbeat(&r.instance_id, &h)?,
             Some(Body::Progress(p)) => self.control.progress(&r.instance_id, p).await?,
             None => return Err(Status::invalid_argument("report has no body")),
         }

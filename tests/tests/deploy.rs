@@ -103,6 +103,17 @@ async fn deploy_predict_complete_with_both_run_signatures() -> anyhow::Result<()
         assert!(marks.contains(&mark), "{mark} missing from {marks:?}");
     }
 
+    // Heartbeats show the agent's workers (2 by default).
+    let deadline = std::time::Instant::now() + aibro_tests::DEPLOY_DEADLINE;
+    loop {
+        let inst = s.get_job(&token, &echo_job).await?.instances.remove(0);
+        if inst.last_heartbeat_at.is_some() && inst.workers_alive == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{inst:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
     // Complete: serving stops at once, the instance is terminated, its dir removed.
     let job = s.get_job(&token, &echo_job).await?;
     let instance_id = job.instances[0].instance_id.clone();

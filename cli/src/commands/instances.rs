@@ -38,13 +38,13 @@ pub async fn show(ctx: &Ctx, job_id: Option<&str>) -> Result<()> {
 pub fn table(instances: &[Instance], with_job: bool) -> Table {
     let mut t = if with_job {
         Table::new([
-            "INSTANCE", "JOB", "ROLE", "MACHINE", "STATUS", "HARDWARE", "AGENT", "RUNNING", "COST",
-            "UPDATED",
+            "INSTANCE", "JOB", "ROLE", "MACHINE", "STATUS", "HARDWARE", "AGENT", "WORKERS",
+            "RUNNING", "COST", "UPDATED",
         ])
     } else {
         Table::new([
-            "INSTANCE", "ROLE", "MACHINE", "STATUS", "HARDWARE", "AGENT", "RUNNING", "COST",
-            "UPDATED",
+            "INSTANCE", "ROLE", "MACHINE", "STATUS", "HARDWARE", "AGENT", "WORKERS", "RUNNING",
+            "COST", "UPDATED",
         ])
     };
     for i in instances {
@@ -58,6 +58,7 @@ pub fn table(instances: &[Instance], with_job: bool) -> Table {
             display::instance_state(i.status, i.substatus),
             display::hardware(&i.hardware),
             or_dash(&i.agent_address),
+            load(i),
             display::duration_ms(i.running_ms),
             display::usd(i.cost_usd),
             display::ago(&i.updated_at),
@@ -65,6 +66,14 @@ pub fn table(instances: &[Instance], with_job: bool) -> Table {
         t.row(row);
     }
     t
+}
+
+/// "2 (1 busy)": Python workers serving, requests in flight, from the last heartbeat.
+fn load(i: &Instance) -> String {
+    if i.last_heartbeat_at.is_none() {
+        return "-".into();
+    }
+    format!("{} ({} busy)", i.workers_alive, i.in_flight)
 }
 
 pub fn or_dash(s: &str) -> String {

@@ -28,7 +28,8 @@ impl JobsApi {
             .map_err(Error::from)?;
         let cost = self.cost(job, &instances);
         let public_url = &self.control.settings().public_url;
-        Ok(convert::job(job, &instances, &cost, public_url))
+        let seen = |id: &str| self.control.seen(id);
+        Ok(convert::job(job, &instances, &cost, seen, public_url))
     }
 
     fn cost(&self, job: &JobRecord, instances: &[InstanceRecord]) -> JobCost {
@@ -117,7 +118,7 @@ impl Jobs for JobsApi {
                 records
                     .iter()
                     .zip(&cost.instances)
-                    .map(|(i, c)| convert::instance(i, Some(c))),
+                    .map(|(i, c)| convert::instance(i, Some(c), self.control.seen(&i.id))),
             );
         }
         Ok(Response::new(ListInstancesResponse { instances }))

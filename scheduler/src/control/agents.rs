@@ -98,7 +98,7 @@ impl Control {
         if job.state.is_ended() {
             return Ok(());
         }
-        self.last_seen(instance_id);
+        self.last_seen(instance_id, None);
         self.prepare(&job, link);
         Ok(())
     }
@@ -124,9 +124,13 @@ impl Control {
     }
 
     /// A heartbeat from a live instance's agent.
-    pub fn heartbeat(&self, instance_id: &str) -> Result<()> {
+    pub fn heartbeat(
+        &self,
+        instance_id: &str,
+        heartbeat: &aibro_proto::v1::Heartbeat,
+    ) -> Result<()> {
         self.live_instance(instance_id)?;
-        self.last_seen(instance_id);
+        self.last_seen(instance_id, Some(heartbeat));
         Ok(())
     }
 
@@ -134,7 +138,7 @@ impl Control {
     #[tracing::instrument(skip(self, report), fields(phase = ?report.phase()))]
     pub async fn report(&self, instance_id: &str, report: PhaseReport) -> Result<()> {
         let inst = self.live_instance(instance_id)?;
-        self.last_seen(instance_id);
+        self.last_seen(instance_id, None);
         if report.job_id != inst.job_id {
             return Err(Error::FailedPrecondition(format!(
                 "instance {instance_id} works for job {}, not {}",

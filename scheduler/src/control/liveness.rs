@@ -5,9 +5,21 @@
 
 use std::time::{Duration, Instant};
 
+use aibro_proto::v1::Heartbeat;
+
 use crate::state::InstanceEvent;
 
 use super::Control;
+
+/// What an instance's agent last said about itself, and when.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen {
+    pub at: Instant,
+    /// The same moment on the clock, for users.
+    pub at_ms: u64,
+    pub in_flight: u32,
+    pub workers_alive: u32,
+}
 
 impl Control {
     /// Runs the liveness check until shutdown (a no-op without a limit).
@@ -33,7 +45,7 @@ impl Control {
         let mut heartbeats = self.inner.heartbeats.lock().expect("heartbeats lock");
         let silent: Vec<String> = heartbeats
             .iter()
-            .filter(|(_, seen)| seen.elapsed() >= limit)
+            .filter(|(_, seen)| seen.at.elapsed() >= limit)
             .map(|(id, _)| id.clone())
             .collect();
         for id in &silent {
@@ -51,12 +63,31 @@ impl Control {
             .remove(instance_id);
     }
 
-    pub(crate) fn last_seen(&self, instance_id: &str) {
+    /// The instance's agent was heard from (any call); `heartbeat` adds its load.
+    pub(crate) fn last_seen(&self, instance_id: &str, heartbeat: Option<&Heartbeat>) {
+        let mut heartbeats = self.inner.heartbeats.lock().expect("heartbeats lock");
+        let seen = heartbeats.entry(instance_id.to_string()).or_insert(Seen {
+            at: Instant::now(),
+            at_ms: 0,
+            in_flight: 0,
+            workers_alive: 0,
+        });
+        seen.at = Instant::now();
+        seen.at_ms = crate::clock::now_ms();
+        if let Some(h) = heartbeat {
+            seen.in_flight = h.in_flight;
+            seen.workers_alive = h.workers_alive;
+        }
+    }
+
+    /// What the instance's agent last reported, while it is live.
+    pub fn seen(&self, instance_id: &str) -> Option<Seen> {
         self.inner
             .heartbeats
             .lock()
             .expect("heartbeats lock")
-            .insert(instance_id.to_string(), Instant::now());
+            .get(instance_id)
+            .copied()
     }
 
     #[tracing::instrument(skip(self, limit))]

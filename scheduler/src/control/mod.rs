@@ -33,6 +33,7 @@ use crate::router::Router;
 use crate::store::{Committed, InstanceRecord, JobRecord, Mark, Store, StoreError};
 
 pub use deploy::{DeploySpec, DryRun};
+pub use liveness::Seen;
 pub use train::FitSpec;
 
 /// Knobs of the control plane.
@@ -69,7 +70,7 @@ pub(crate) struct Inner {
     /// Serialises provider work (launch, start, stop, terminate) per instance.
     instance_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// When each instance's agent was last heard from.
-    heartbeats: Mutex<HashMap<String, std::time::Instant>>,
+    heartbeats: Mutex<HashMap<String, liveness::Seen>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
 }

@@ -32,7 +32,7 @@ impl Control {
                         let link = link::grpc(&inst.agent_address).map_err(Error::Internal)?;
                         self.set_agent(&inst.id, link);
                         // Its agent gets the usual grace to be heard from again.
-                        self.last_seen(&inst.id);
+                        self.last_seen(&inst.id, None);
                         if job.state.status == JobStatus::Deployed {
                             self.serve(&job, inst);
                         }
