@@ -4,8 +4,9 @@
 use aibro_proto::v1::{self as pb, JobStatus};
 use aibro_tests::{example, Scheduler};
 
-/// The caller's jobs, with the cost accrued so far by running instances set
-/// aside (it grows with the clock) and returned separately.
+/// The caller's jobs, with what changes with the clock set aside: the cost
+/// accrued so far by running instances (returned separately) and the agents'
+/// last heartbeats.
 async fn snapshot(s: &Scheduler, token: &str) -> anyhow::Result<(Vec<pb::Job>, f64)> {
     let mut jobs = s
         .jobs(Some(token))
@@ -21,6 +22,8 @@ async fn snapshot(s: &Scheduler, token: &str) -> anyhow::Result<(Vec<pb::Job>, f
             (job.cost_usd, job.always_on_cost_usd) = (0.0, 0.0);
             for inst in &mut job.instances {
                 (inst.cost_usd, inst.running_ms) = (0.0, 0);
+                // What the agent last reported is live, not stored.
+                (inst.in_flight, inst.workers_alive, inst.last_heartbeat_at) = (0, 0, None);
             }
         }
     }
