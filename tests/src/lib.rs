@@ -315,6 +315,41 @@ impl Scheduler {
             .into_inner())
     }
 
+    /// Completes the job and waits until its instances are shut down.
+    pub async fn complete(&self, token: &str, job_id: &str) -> Result<Vec<pb::JobEvent>> {
+        let request = pb::CompleteRequest {
+            job_id: job_id.into(),
+            model_name: String::new(),
+        };
+        self.inference(Some(token)).await?.complete(request).await?;
+        self.watch_until(token, job_id, DEPLOY_DEADLINE, |e| e.last)
+            .await
+    }
+
+    /// Deploys with a standby and a cooling instance; returns the job id.
+    pub async fn deploy_with_cooling(
+        &self,
+        token: &str,
+        model_name: &str,
+        digest: &str,
+        cooling: &str,
+        cool_down_period_s: u32,
+    ) -> Result<String> {
+        let mut request = deploy_request(model_name, digest);
+        request.machine_config = Some(pb::MachineConfig {
+            standby: "local.small.od".into(),
+            cooling: cooling.into(),
+        });
+        request.cool_down_period_s = cool_down_period_s;
+        Ok(self
+            .inference(Some(token))
+            .await?
+            .deploy(request)
+            .await?
+            .into_inner()
+            .job_id)
+    }
+
     pub async fn get_job(&self, token: &str, job_id: &str) -> Result<pb::Job> {
         Ok(self
             .jobs(Some(token))

@@ -38,19 +38,9 @@ async fn cooling_instance_cools_down_stops_and_wakes_on_request() -> anyhow::Res
     }
     std::fs::write(repo.path().join("requirements.txt"), "--no-index\n")?;
     let digest = s.upload_dir(&token, repo.path()).await?;
-    let mut request = aibro_tests::deploy_request("cool", &digest);
-    request.machine_config = Some(pb::MachineConfig {
-        standby: "local.small.od".into(),
-        cooling: "local.large.od".into(),
-    });
-    request.cool_down_period_s = 2;
     let job_id = s
-        .inference(Some(&token))
-        .await?
-        .deploy(request)
-        .await?
-        .into_inner()
-        .job_id;
+        .deploy_with_cooling(&token, "cool", &digest, "local.large.od", 2)
+        .await?;
     s.wait_status(&token, &job_id, JobStatus::Deployed).await?;
     let job = s.get_job(&token, &job_id).await?;
     assert_eq!(job.cooling_machine, "local.large.od");
@@ -168,15 +158,7 @@ async fn cooling_instance_cools_down_stops_and_wakes_on_request() -> anyhow::Res
     assert!(!marks[woken..].contains(&"env geared up"), "{marks:?}");
 
     // Complete terminates both, and removes their disks.
-    s.inference(Some(&token))
-        .await?
-        .complete(pb::CompleteRequest {
-            job_id: job_id.clone(),
-            model_name: String::new(),
-        })
-        .await?;
-    s.watch_until(&token, &job_id, Duration::from_secs(30), |e| e.last)
-        .await?;
+    s.complete(&token, &job_id).await?;
     let job = s.get_job(&token, &job_id).await?;
     // The ledger: each instance was charged for the time it held a machine.
     let total: f64 = job.instances.iter().map(|i| i.cost_usd).sum();
@@ -224,18 +206,9 @@ async fn a_failing_cooling_instance_is_dropped_and_the_standby_serves() -> anyho
          def run(model, data):\n    return {'ok': model}\n",
     );
     let digest = s.upload_dir(&token, repo.path()).await?;
-    let mut request = aibro_tests::deploy_request("picky", &digest);
-    request.machine_config = Some(pb::MachineConfig {
-        standby: "local.small.od".into(),
-        cooling: "local.large.od".into(),
-    });
     let job_id = s
-        .inference(Some(&token))
-        .await?
-        .deploy(request)
-        .await?
-        .into_inner()
-        .job_id;
+        .deploy_with_cooling(&token, "picky", &digest, "local.large.od", 0)
+        .await?;
     s.wait_status(&token, &job_id, JobStatus::Deployed).await?;
     let deadline = std::time::Instant::now() + DEPLOY_DEADLINE;
     loop {

@@ -38,15 +38,7 @@ async fn restart_keeps_jobs(crash: bool) -> anyhow::Result<()> {
     let done = s.deploy(&token, "done", &digest).await?;
     s.wait_status(&token, &served, JobStatus::Deployed).await?;
     s.wait_status(&token, &done, JobStatus::Deployed).await?;
-    s.inference(Some(&token))
-        .await?
-        .complete(pb::CompleteRequest {
-            job_id: done.clone(),
-            model_name: String::new(),
-        })
-        .await?;
-    s.watch_until(&token, &done, aibro_tests::DEPLOY_DEADLINE, |e| e.last)
-        .await?;
+    s.complete(&token, &done).await?;
     let (before, cost_before) = snapshot(&s, &token).await?;
     assert_eq!(before.len(), 2);
 
