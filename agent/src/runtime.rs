@@ -26,6 +26,8 @@ use crate::reporter::{Gateway, Metrics, Reports};
 use crate::trainer::{self, TrainError, TrainSpec};
 use crate::worker::Output;
 
+/// Tries at uploading the outputs while the scheduler is unreachable.
+const UPLOAD_TRIES: u32 = 8;
 /// Data bytes per `ResultChunk` of an uploaded result.
 const UPLOAD_CHUNK: usize = 1 << 20;
 
@@ -520,7 +522,7 @@ impl Runtime {
             .map_err(RuntimeError::Pack)?;
         let stored = tokio::select! {
             _ = token.cancelled() => return Err(TrainError::Stopped.into()),
-            r = self.upload(job_id, packed.path()) => r?,
+            r = self.upload_retrying(job_id, packed.path()) => r?,
         };
         if stored.digest != sent.digest || stored.size != sent.size {
             return Err(RuntimeError::UploadMismatch {
@@ -532,6 +534,31 @@ impl Runtime {
     }
 
     /// Streams the file at `path` to the scheduler in `ResultChunk`s.
+    /// Uploads the packed outputs, trying again (the file is still there) while
+    /// the scheduler is unreachable, e.g. while it restarts.
+    async fn upload_retrying(
+        &self,
+        job_id: &str,
+        path: &Path,
+    ) -> Result<ArtifactRef, RuntimeError> {
+        let mut backoff = std::time::Duration::from_millis(200);
+        for _ in 1..UPLOAD_TRIES {
+            match self.upload(job_id, path).await {
+                Err(RuntimeError::Upload(status)) if status.code() == tonic::Code::Unavailable => {
+                    tracing::warn!(
+                        job_id,
+                        "uploading the outputs failed, retrying in {backoff:?}: {}",
+                        status.message()
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+                }
+                other => return other,
+            }
+        }
+        self.upload(job_id, path).await
+    }
+
     async fn upload(&self, job_id: &str, path: &Path) -> Result<ArtifactRef, RuntimeError> {
         let file = tokio::fs::File::open(path).await.map_err(io_err(path))?;
         let read_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
