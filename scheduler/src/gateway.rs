@@ -11,14 +11,11 @@ use aibro_proto::v1::{
 };
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use tokio_util::io::ReaderStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::control::Control;
 use crate::convert;
 use crate::error::Error;
-
-const CHUNK_BYTES: usize = 1 << 20;
 
 pub struct GatewayApi {
     pub control: Control,
@@ -113,15 +110,8 @@ impl AgentGateway for GatewayApi {
             .control
             .existing_blob(digest)
             .ok_or_else(|| Status::not_found(format!("artifact {digest} not found")))?;
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(|e| Status::internal(format!("cannot open artifact: {e}")))?;
-        let stream = ReaderStream::with_capacity(file, CHUNK_BYTES).map(|r| {
-            r.map(|data| Chunk {
-                data: data.to_vec(),
-            })
-            .map_err(|e| Status::internal(format!("cannot read artifact: {e}")))
-        });
-        Ok(Response::new(stream.boxed()))
+        Ok(Response::new(
+            crate::api::file_chunks(path, "artifact").await?,
+        ))
     }
 }

@@ -4,13 +4,9 @@ use aibro_proto::v1::{
     training_server::Training, Chunk, DownloadResultRequest, FitRequest, FitResponse,
 };
 use futures::stream::BoxStream;
-use futures::StreamExt;
-use tokio_util::io::ReaderStream;
 use tonic::{Request, Response, Status};
 
 use crate::control::{Control, FitSpec};
-
-const CHUNK_BYTES: usize = 1 << 20;
 
 pub struct TrainingApi {
     pub control: Control,
@@ -43,15 +39,6 @@ impl Training for TrainingApi {
     ) -> Result<Response<Self::DownloadResultStream>, Status> {
         let user = super::caller(&self.control, &request)?;
         let path = self.control.result_path(&user, &request.get_ref().job_id)?;
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(|e| Status::internal(format!("cannot open the result: {e}")))?;
-        let stream = ReaderStream::with_capacity(file, CHUNK_BYTES).map(|r| {
-            r.map(|data| Chunk {
-                data: data.to_vec(),
-            })
-            .map_err(|e| Status::internal(format!("cannot read the result: {e}")))
-        });
-        Ok(Response::new(stream.boxed()))
+        Ok(Response::new(super::file_chunks(path, "result").await?))
     }
 }

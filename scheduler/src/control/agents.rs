@@ -13,7 +13,7 @@ use crate::state::{
 };
 use crate::store::{HardwareRecord, InstanceRecord, JobRecord, Mark, StoreError};
 
-use super::Control;
+use super::{instance_mut, Control};
 
 /// Moves the job on `event` when that is legal from where it is now; a
 /// repeated report leaves it as it is.
@@ -21,16 +21,6 @@ fn advance(job: &mut JobRecord, event: JobEvent) {
     if let Ok(next) = state::next_job(job.kind, job.state, event) {
         job.state = next;
     }
-}
-
-fn instance_mut<'a>(
-    insts: &'a mut [InstanceRecord],
-    id: &str,
-) -> Result<&'a mut InstanceRecord, StoreError> {
-    insts
-        .iter_mut()
-        .find(|i| i.id == id)
-        .ok_or_else(|| StoreError::Stale(format!("instance {id} is not part of its job")))
 }
 
 /// Instances whose agents serve and that may now take traffic: EXECUTING

@@ -11,7 +11,7 @@ use crate::catalog::Machine;
 use crate::state::{self, InstanceEvent, InstanceState, JobEvent, JobStatus, Role};
 use crate::store::{InstanceRecord, JobRecord, Mark, StoreError};
 
-use super::{new_id, Control};
+use super::{instance_mut, new_id, Control};
 
 /// Why an instance was not launched.
 #[derive(Debug)]
@@ -226,10 +226,7 @@ impl Control {
         let id = inst.id.clone();
         let moved = self
             .apply(&inst.job_id, |_, insts| {
-                let inst = insts
-                    .iter_mut()
-                    .find(|i| i.id == id)
-                    .ok_or_else(|| StoreError::Stale(format!("instance {id} left its job")))?;
+                let inst = instance_mut(insts, &id)?;
                 inst.state = state::next_instance(inst.state, event)?;
                 if event == InstanceEvent::Start {
                     inst.ready = false;
@@ -302,12 +299,7 @@ impl Control {
             let acted = inst.state;
             let closed = self
                 .apply(&inst.job_id, |_, insts| {
-                    let inst = insts
-                        .iter_mut()
-                        .find(|i| i.id == instance_id)
-                        .ok_or_else(|| {
-                            StoreError::Stale(format!("instance {instance_id} left its job"))
-                        })?;
+                    let inst = instance_mut(insts, instance_id)?;
                     if inst.state != acted {
                         return Err(StoreError::Stale(
                             "the instance was asked to close otherwise".into(),

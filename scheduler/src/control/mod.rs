@@ -224,6 +224,17 @@ impl Control {
     }
 }
 
+/// The instance `id` among a job's instances, inside a change.
+pub(crate) fn instance_mut<'a>(
+    insts: &'a mut [InstanceRecord],
+    id: &str,
+) -> Result<&'a mut InstanceRecord, StoreError> {
+    insts
+        .iter_mut()
+        .find(|i| i.id == id)
+        .ok_or_else(|| StoreError::Stale(format!("instance {id} is not part of its job")))
+}
+
 pub(crate) fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
 }

@@ -311,20 +311,13 @@ impl Control {
             let Ok(Some(now)) = this.store().instance(&inst.id) else {
                 return;
             };
-            if now.state == InstanceState::COOLING && now.job_id == inst.job_id {
-                let id = inst.id.clone();
-                let moved = this
-                    .apply(&inst.job_id, |_, insts| {
-                        let inst = insts.iter_mut().find(|i| i.id == id).ok_or_else(|| {
-                            StoreError::Stale(format!("instance {id} left its job"))
-                        })?;
-                        inst.state = state::next_instance(inst.state, InstanceEvent::Terminate)?;
-                        Ok(vec![Mark::phase(&id, "cooling period over")])
-                    })
-                    .await;
-                if moved.is_ok() {
-                    this.close(&inst.id).await;
-                }
+            if now.state == InstanceState::COOLING
+                && now.job_id == inst.job_id
+                && this
+                    .move_instance(&inst, InstanceEvent::Terminate, Some("cooling period over"))
+                    .await
+            {
+                this.close(&inst.id).await;
             }
         });
     }
