@@ -40,9 +40,20 @@ pub struct Args {
         hide_env_values = true
     )]
     pub join_token: String,
-    /// This instance's id (generated when empty).
+    /// The instance this agent runs as (set by the scheduler's provider that
+    /// launched it). Without it the agent joins the scheduler's pool as an idle
+    /// machine of type --machine-id and waits to be assigned an instance.
     #[arg(long, env = "AIBRO_INSTANCE_ID", default_value = "")]
     pub instance_id: String,
+    /// The catalog machine type of this host: required without --instance-id
+    /// (pool agents), informative with it.
+    #[arg(long, env = "AIBRO_MACHINE_ID", default_value = "")]
+    pub machine_id: String,
+    /// The GPUs this agent uses, by index (comma-separated), so that several agents
+    /// can share a host; default: every GPU detected. They are spread over a job's
+    /// Python workers (CUDA_VISIBLE_DEVICES); a training run gets them all.
+    #[arg(long, env = "AIBRO_GPUS", value_delimiter = ',')]
+    pub gpus: Option<Vec<u32>>,
     /// Data directory: virtualenvs, unpacked jobs, worker dirs.
     #[arg(long, env = "AIBRO_DIR", default_value = "aibro-agent-data")]
     pub dir: PathBuf,
@@ -101,5 +112,23 @@ mod tests {
         assert!(a.pip.pip_no_index);
         assert_eq!(a.listen.port(), 9000);
         assert_eq!(a.orphan_timeout_s, 300);
+        assert_eq!(a.gpus, None);
+        assert_eq!(a.machine_id, "");
+    }
+
+    #[test]
+    fn parses_pool_flags() {
+        let a = Args::try_parse_from([
+            "aibro-agent",
+            "--machine-id",
+            "gpu.8xh100",
+            "--gpus",
+            "4,5,6,7",
+        ])
+        .unwrap();
+        assert_eq!(a.instance_id, "");
+        assert_eq!(a.machine_id, "gpu.8xh100");
+        assert_eq!(a.gpus, Some(vec![4, 5, 6, 7]));
+        assert!(Args::try_parse_from(["aibro-agent", "--gpus", "0,x"]).is_err());
     }
 }

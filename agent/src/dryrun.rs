@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::archive::{self, Limits};
 use crate::config::PipOptions;
 use crate::env;
@@ -74,9 +76,12 @@ async fn run(
         script,
         dir,
         index: 0,
+        gpus: Vec::new(),
     };
     let (payload, content_type) = sample(&repo.join("data"));
-    let mut w = Worker::start(&spec).await.map_err(|e| e.to_string())?;
+    let mut w = Worker::start(&spec, &CancellationToken::new())
+        .await
+        .map_err(|e| e.to_string())?;
     let res = w.call(&payload, content_type, true).await;
     w.shutdown().await;
     match res {

@@ -1,8 +1,12 @@
-//! What this machine has: CPUs, memory, hostname and NVIDIA GPUs (through
-//! `nvidia-smi` when it is installed). Detection never fails: anything that cannot
-//! be read is reported as zero / empty.
+//! What this machine has: CPUs, memory, hostname and NVIDIA GPUs (through NVML,
+//! loaded at run time, or `nvidia-smi` where NVML cannot be initialised), and how
+//! this agent's GPUs are handed to the Python processes (`CUDA_VISIBLE_DEVICES`).
+//! Detection never fails: anything that cannot be read is reported as zero / empty.
+
+use std::sync::OnceLock;
 
 use aibro_proto::v1::{Gpu, Hardware};
+use nvml_wrapper::Nvml;
 
 const MIB: u64 = 1 << 20;
 
@@ -21,8 +25,79 @@ pub fn detect() -> Hardware {
     }
 }
 
-/// GPUs as reported by `nvidia-smi` right now; empty without it.
+/// Every GPU with its memory in use right now, from NVML, else from `nvidia-smi`;
+/// empty without either.
 pub(crate) fn gpus() -> Vec<Gpu> {
+    if let Some(nvml) = nvml() {
+        match nvml_gpus(nvml) {
+            Ok(gpus) => return gpus,
+            Err(e) => tracing::debug!("NVML cannot list the GPUs ({e}); asking nvidia-smi"),
+        }
+    }
+    nvidia_smi_gpus()
+}
+
+/// The GPUs of `gpus` whose index is in `indices`.
+pub(crate) fn only(mut gpus: Vec<Gpu>, indices: &[u32]) -> Vec<Gpu> {
+    gpus.retain(|g| indices.contains(&g.index));
+    gpus
+}
+
+/// Gives a process started by `cmd` the GPUs `gpus` (NVML / nvidia-smi indices,
+/// which CUDA uses too once told to order devices by PCI bus id). With none, the
+/// environment is left as it is.
+pub(crate) fn use_gpus(cmd: &mut tokio::process::Command, gpus: &[u32]) {
+    if gpus.is_empty() {
+        return;
+    }
+    let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
+    cmd.env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        .env("CUDA_VISIBLE_DEVICES", list.join(","));
+}
+
+/// NVML, initialised on first use; None where it cannot be (no driver).
+fn nvml() -> Option<&'static Nvml> {
+    static NVML: OnceLock<Option<Nvml>> = OnceLock::new();
+    NVML.get_or_init(|| {
+        // Driver installs ship the versioned name; the bare one comes with dev files.
+        let nvml = Nvml::builder()
+            .lib_path(std::ffi::OsStr::new("libnvidia-ml.so.1"))
+            .init()
+            .or_else(|_| Nvml::init());
+        match nvml {
+            Ok(nvml) => Some(nvml),
+            Err(e) => {
+                tracing::debug!("NVML is not available ({e}); GPUs come from nvidia-smi");
+                None
+            }
+        }
+    })
+    .as_ref()
+}
+
+/// The GPUs NVML sees; one that cannot be read (e.g. fallen off the bus) is left out.
+fn nvml_gpus(nvml: &Nvml) -> Result<Vec<Gpu>, nvml_wrapper::error::NvmlError> {
+    let mut gpus = Vec::new();
+    for index in 0..nvml.device_count()? {
+        let gpu = nvml.device_by_index(index).and_then(|d| {
+            let memory = d.memory_info()?;
+            Ok(Gpu {
+                index,
+                name: d.name()?,
+                memory_total_bytes: memory.total,
+                memory_used_bytes: memory.used,
+            })
+        });
+        match gpu {
+            Ok(g) => gpus.push(g),
+            Err(e) => tracing::debug!(index, "NVML cannot read this GPU: {e}"),
+        }
+    }
+    Ok(gpus)
+}
+
+/// GPUs as reported by `nvidia-smi` right now; empty without it.
+fn nvidia_smi_gpus() -> Vec<Gpu> {
     let out = std::process::Command::new("nvidia-smi")
         .args([
             "--query-gpu=index,name,memory.total,memory.used",
@@ -98,6 +173,52 @@ mod tests {
     fn parses_meminfo() {
         let s = "MemTotal:       16314564 kB\nMemFree:  1 kB\n";
         assert_eq!(parse_meminfo(s), Some(16314564 * 1024));
+    }
+
+    #[test]
+    fn only_keeps_the_chosen_gpus() {
+        let gpu = |index| Gpu {
+            index,
+            ..Gpu::default()
+        };
+        let g = only(vec![gpu(0), gpu(1), gpu(2), gpu(3)], &[3, 1, 7]);
+        assert_eq!(g.iter().map(|g| g.index).collect::<Vec<_>>(), [1, 3]);
+        assert!(only(vec![gpu(0)], &[]).is_empty());
+    }
+
+    #[test]
+    fn use_gpus_sets_cuda_visible_devices() {
+        let envs = |gpus: &[u32]| {
+            let mut cmd = tokio::process::Command::new("true");
+            use_gpus(&mut cmd, gpus);
+            cmd.as_std()
+                .get_envs()
+                .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
+                .collect::<Vec<_>>()
+        };
+        assert!(envs(&[]).is_empty());
+        let set = envs(&[4, 6]);
+        assert!(set.contains(&("CUDA_VISIBLE_DEVICES".into(), Some("4,6".into()))));
+        assert!(set.contains(&("CUDA_DEVICE_ORDER".into(), Some("PCI_BUS_ID".into()))));
+    }
+
+    /// Checks something only on a host with an NVIDIA driver.
+    #[test]
+    fn nvml_agrees_with_nvidia_smi() {
+        let (Some(nvml), smi) = (nvml(), nvidia_smi_gpus()) else {
+            return;
+        };
+        let from_nvml = nvml_gpus(nvml).unwrap();
+        assert_eq!(from_nvml.len(), smi.len(), "{from_nvml:?} vs {smi:?}");
+        for (a, b) in from_nvml.iter().zip(&smi) {
+            assert_eq!((a.index, &a.name), (b.index, &b.name));
+            assert!(
+                a.memory_total_bytes.abs_diff(b.memory_total_bytes) <= MIB,
+                "{a:?} vs {b:?}"
+            );
+        }
+        // Initialised once.
+        assert!(std::ptr::eq(nvml, super::nvml().unwrap()));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! aibro-rs agent: runs on each (GPU) instance, registers with the scheduler, gears
 //! up the Python environment of a model repo, loads it into a pool of persistent
 //! Python workers and serves Predict, or runs a training repo's train() and uploads
-//! its outputs; reports its phases, training progress and heartbeats.
+//! its outputs; reports its phases, training progress and heartbeats. Started
+//! without an instance id it joins the scheduler's pool and waits to be assigned one.
 //! [`run`] is the whole agent; [`dry_run`] validates a repo archive locally.
 
 pub mod archive;
@@ -9,6 +10,7 @@ mod config;
 mod dryrun;
 mod env;
 pub mod hardware;
+mod identity;
 mod pool;
 mod reporter;
 mod runtime;
@@ -33,6 +35,8 @@ const MAX_MESSAGE_BYTES: usize = 256 << 20;
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("give --instance-id (the instance a provider launched this agent as) or --machine-id (the machine type of this host, to join the scheduler's pool)")]
+    NoIdentity,
     #[error("agent data directory `{path}`: {source}")]
     Dir {
         path: std::path::PathBuf,
@@ -57,6 +61,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    if args.instance_id.is_empty() && args.machine_id.is_empty() {
+        return Err(Error::NoIdentity);
+    }
     let dir_err = |path: &std::path::Path| {
         let path = path.to_path_buf();
         move |source| Error::Dir { path, source }
@@ -64,45 +71,68 @@ pub async fn run(
     // Absolute: the Python processes run in other directories.
     args.dir = std::path::absolute(&args.dir).map_err(dir_err(&args.dir))?;
     std::fs::create_dir_all(&args.dir).map_err(dir_err(&args.dir))?;
-    let script = worker::install_script(&args.dir).map_err(dir_err(&args.dir))?;
-    let trainer = worker::install_file(&args.dir, "trainer.py", trainer::TRAINER_PY)
-        .map_err(dir_err(&args.dir))?;
+    let scripts = runtime::Scripts {
+        worker: worker::install_script(&args.dir).map_err(dir_err(&args.dir))?,
+        trainer: worker::install_file(&args.dir, "trainer.py", trainer::TRAINER_PY)
+            .map_err(dir_err(&args.dir))?,
+    };
+    let agent_id = identity::agent_id(&args.dir).map_err(dir_err(&args.dir))?;
     let port = listener.local_addr().map_err(Error::Listener)?.port();
     let address = format!("{}:{port}", args.advertise_host);
-    let instance_id = if args.instance_id.is_empty() {
-        format!("agent-{}", uuid::Uuid::now_v7())
-    } else {
-        args.instance_id.clone()
-    };
     let gateway = reporter::gateway(&args.scheduler, &args.join_token)
         .map_err(|e| Error::Scheduler(e.to_string()))?;
-    let (reports, rx) = reporter::Reports::channel();
+    let mut hardware = tokio::task::spawn_blocking(hardware::detect)
+        .await
+        .unwrap_or_default();
+    // `--gpus` holds even where none is detected (it only sets what the Python
+    // processes see); Register reports the detected ones it names.
+    let gpus = args
+        .gpus
+        .clone()
+        .unwrap_or_else(|| hardware.gpus.iter().map(|g| g.index).collect());
+    let unknown: Vec<&u32> = gpus
+        .iter()
+        .filter(|i| !hardware.gpus.iter().any(|g| g.index == **i))
+        .collect();
+    if !hardware.gpus.is_empty() && !unknown.is_empty() {
+        tracing::warn!(?unknown, "--gpus names GPUs this host does not have");
+    }
+    hardware.gpus = hardware::only(hardware.gpus, &gpus);
+    let identity = Arc::new(identity::Identity::new(
+        agent_id,
+        args.machine_id.clone(),
+        args.instance_id.clone(),
+    ));
+    tracing::info!(agent_id = %identity.agent_id, instance_id = %args.instance_id,
+        machine_id = %args.machine_id, %address, cpus = hardware.cpus, ?gpus, "agent starting");
+    let (queue, rx) = reporter::ReportQueue::channel();
     let cancel = CancellationToken::new();
     let orphan_timeout = Duration::from_secs(args.orphan_timeout_s);
     let rt = Arc::new(runtime::Runtime::new(
         args,
-        script,
-        trainer,
+        scripts,
         gateway.clone(),
-        reports,
+        queue,
+        identity.clone(),
+        gpus.clone(),
         cancel.clone(),
     ));
-    let hardware = tokio::task::spawn_blocking(hardware::detect)
-        .await
-        .unwrap_or_default();
-    tracing::info!(%instance_id, %address, cpus = hardware.cpus, gpus = hardware.gpus.len(), "agent starting");
     let reporter = reporter::Reporter {
         gateway,
-        instance_id,
+        identity: identity.clone(),
         address,
         hardware,
+        gpus,
         orphan_timeout,
         metrics: rt.clone(),
     };
     let mut reporter_task = tokio::spawn(reporter.run(rx, cancel.clone()));
-    let svc = AgentServer::new(service::AgentService(rt.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let svc = AgentServer::new(service::AgentService {
+        runtime: rt.clone(),
+        identity,
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let server = tonic::transport::Server::builder()
         .add_service(svc)
         .serve_with_incoming_shutdown(

@@ -1,7 +1,8 @@
 //! A pool of N persistent workers serving one bounded request queue. Each worker
 //! has its own directory (and `data/` copy) and handles one request at a time, so
 //! legacy `run(model)` requests never race. A worker that dies is restarted in the
-//! background; the request that hit it fails with a retryable error.
+//! background; the request that hit it fails with a retryable error. The agent's
+//! GPUs are spread over the workers (see [`spread`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -44,11 +45,13 @@ struct Request {
     payload: Vec<u8>,
     content_type: String,
     reply: oneshot::Sender<Result<Output, PoolError>>,
+    waiting: Waiting,
 }
 
 #[derive(Default)]
 struct Counters {
     in_flight: AtomicU32,
+    queued: AtomicU32,
     alive: AtomicU32,
     pids: std::sync::Mutex<Vec<u32>>,
 }
@@ -56,6 +59,8 @@ struct Counters {
 pub(crate) struct Pool {
     tx: mpsc::Sender<Request>,
     counters: Arc<Counters>,
+    /// Workers the pool keeps running.
+    size: u32,
     cancel: CancellationToken,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -69,20 +74,53 @@ impl Drop for InFlight {
     }
 }
 
+/// Counts a request as queued until a worker takes it (or it is dropped unserved).
+struct Waiting(Arc<Counters>);
+
+impl Waiting {
+    fn new(counters: &Arc<Counters>) -> Waiting {
+        counters.queued.fetch_add(1, Ordering::Relaxed);
+        Waiting(counters.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The GPUs of each of `workers` workers: with at least as many GPUs as workers,
+/// worker i gets every GPU at a position j of `gpus` with j % workers == i; with
+/// fewer, worker i shares the GPU at position i % G. Empty without GPUs.
+fn spread(gpus: &[u32], workers: usize) -> Vec<Vec<u32>> {
+    (0..workers)
+        .map(|i| match gpus.len() {
+            0 => Vec::new(),
+            g if g >= workers => gpus.iter().skip(i).step_by(workers).copied().collect(),
+            g => vec![gpus[i % g]],
+        })
+        .collect()
+}
+
 impl Pool {
     /// Prepares `n` worker directories under `workers_dir` from `repo`, starts the
-    /// workers and waits until every one has loaded the model. Fails with the first
-    /// load error (the other workers are ended).
+    /// workers with their share of `gpus` and waits until every one has loaded the
+    /// model. Fails with the first load error (the other workers are ended), or with
+    /// [`PoolError::Stopped`] once `cancel` is cancelled, after every worker started
+    /// so far has exited. `cancel` then ends the pool.
     pub(crate) async fn start(
         python: &Path,
         script: &Path,
         repo: &Path,
         workers_dir: &Path,
         n: usize,
+        gpus: &[u32],
+        cancel: CancellationToken,
     ) -> Result<Pool, PoolError> {
         let n = n.max(1);
         let mut specs = Vec::with_capacity(n);
-        for index in 0..n {
+        for (index, gpus) in spread(gpus, n).into_iter().enumerate() {
             let dir = workers_dir.join(index.to_string());
             crate::worker::prepare_dir(repo, &dir).map_err(|source| PoolError::Dir {
                 path: dir.clone(),
@@ -93,9 +131,11 @@ impl Pool {
                 script: script.to_path_buf(),
                 dir,
                 index,
+                gpus,
             });
         }
-        let started = futures::future::join_all(specs.iter().map(Worker::start)).await;
+        let started =
+            futures::future::join_all(specs.iter().map(|s| Worker::start(s, &cancel))).await;
         let mut workers = Vec::with_capacity(n);
         let mut first_err = None;
         for r in started {
@@ -109,6 +149,9 @@ impl Pool {
             for w in workers {
                 w.shutdown().await;
             }
+            if cancel.is_cancelled() {
+                return Err(PoolError::Stopped);
+            }
             return Err(PoolError::Start(e.to_string()));
         }
 
@@ -118,7 +161,6 @@ impl Pool {
             pids: std::sync::Mutex::new(vec![0; n]),
             ..Counters::default()
         });
-        let cancel = CancellationToken::new();
         let tasks = specs
             .into_iter()
             .zip(workers)
@@ -129,6 +171,7 @@ impl Pool {
         Ok(Pool {
             tx,
             counters,
+            size: n as u32,
             cancel,
             tasks: std::sync::Mutex::new(tasks),
         })
@@ -148,6 +191,7 @@ impl Pool {
                 payload,
                 content_type,
                 reply,
+                waiting: Waiting::new(&self.counters),
             })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => PoolError::Overloaded,
@@ -161,9 +205,19 @@ impl Pool {
         self.counters.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Requests waiting for a free worker.
+    pub(crate) fn queued(&self) -> u32 {
+        self.counters.queued.load(Ordering::Relaxed)
+    }
+
     /// Workers that have loaded the model and are serving.
     pub(crate) fn alive(&self) -> u32 {
         self.counters.alive.load(Ordering::Relaxed)
+    }
+
+    /// Workers the pool keeps running (some may be restarting).
+    pub(crate) fn size(&self) -> u32 {
+        self.size
     }
 
     /// Process ids of the current workers (0 while one restarts).
@@ -202,11 +256,8 @@ async fn slot(
         let mut worker = match current.take() {
             Some(w) => w,
             None => {
-                let started = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    r = Worker::start(&spec) => r,
-                };
-                match started {
+                match Worker::start(&spec, &cancel).await {
+                    Err(_) if cancel.is_cancelled() => return,
                     Ok(w) => {
                         tracing::info!(worker = spec.index, "worker restarted");
                         backoff = Duration::from_millis(200);
@@ -261,17 +312,26 @@ async fn serve(
             _ = cancel.cancelled() => return false,
             req = async { rx.lock().await.recv().await } => req,
         };
-        let Some(req) = req else { return false };
-        if req.reply.is_closed() {
+        let Some(Request {
+            payload,
+            content_type,
+            reply,
+            waiting,
+        }) = req
+        else {
+            return false;
+        };
+        drop(waiting);
+        if reply.is_closed() {
             continue; // the caller gave up while it was queued
         }
         // Stop must not wait for a long run(): the worker is killed right after.
         let res = tokio::select! {
             _ = cancel.cancelled() => {
-                let _ = req.reply.send(Err(PoolError::Stopped));
+                let _ = reply.send(Err(PoolError::Stopped));
                 return false;
             }
-            res = worker.call(&req.payload, &req.content_type, false) => res,
+            res = worker.call(&payload, &content_type, false) => res,
         };
         let (answer, died) = match res {
             Ok(out) => (Ok(out), false),
@@ -279,7 +339,7 @@ async fn serve(
             Err(WorkerError::BadInput(m)) => (Err(PoolError::BadInput(m)), false),
             Err(e) => (Err(PoolError::WorkerDied(e.to_string())), true),
         };
-        let _ = req.reply.send(answer);
+        let _ = reply.send(answer);
         if died {
             return true;
         }
@@ -302,10 +362,78 @@ mod tests {
     async fn pool_for(predict: &str, data: &[(&str, &str)], n: usize) -> (tempfile::TempDir, Pool) {
         let (tmp, spec) = crate::worker::tests::repo(predict, data);
         let repo = tmp.path().join("repo");
-        let pool = Pool::start(&spec.python, &spec.script, &repo, &tmp.path().join("w"), n)
-            .await
-            .unwrap();
+        let pool = Pool::start(
+            &spec.python,
+            &spec.script,
+            &repo,
+            &tmp.path().join("w"),
+            n,
+            &[],
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
         (tmp, pool)
+    }
+
+    #[test]
+    fn spreads_gpus_over_workers() {
+        // At least as many GPUs as workers: round robin, every GPU used.
+        assert_eq!(spread(&[0, 1], 2), [vec![0], vec![1]]);
+        assert_eq!(
+            spread(&[0, 1, 2, 3, 4, 5, 6, 7], 3),
+            [vec![0, 3, 6], vec![1, 4, 7], vec![2, 5]]
+        );
+        // Positions in the agent's list, not GPU indices.
+        assert_eq!(spread(&[4, 5, 6, 7], 2), [vec![4, 6], vec![5, 7]]);
+        assert_eq!(spread(&[3], 1), [vec![3]]);
+        // Fewer GPUs than workers: shared in turn.
+        assert_eq!(spread(&[0, 1], 5), [[0], [1], [0], [1], [0]]);
+        assert_eq!(spread(&[6], 3), [[6], [6], [6]]);
+        // No GPUs: nothing to give.
+        assert_eq!(spread(&[], 2), [Vec::<u32>::new(), Vec::new()]);
+    }
+
+    /// Requests beyond the free workers are counted as queued until one takes them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn counts_queued_requests() {
+        let (t, pool) = pool_for(
+            "import os, time\n\
+             def load_model():\n    return None\n\
+             def run(model, data):\n    \
+             open(data['started'], 'w').close()\n    \
+             while not os.path.exists(data['release']):\n        time.sleep(0.01)\n    \
+             return data['i']\n",
+            &[],
+            1,
+        )
+        .await;
+        assert_eq!((pool.size(), pool.queued()), (1, 0));
+        let pool = Arc::new(pool);
+        let release = t.path().join("release");
+        let call = |i: u32| {
+            let pool = pool.clone();
+            let started = t.path().join(format!("started-{i}"));
+            let body = serde_json::json!({ "i": i, "started": started, "release": release });
+            tokio::spawn(async move {
+                pool.call(serde_json::to_vec(&body).unwrap(), String::new())
+                    .await
+            })
+        };
+        let first = call(0);
+        wait_for("the first request to run", || {
+            t.path().join("started-0").exists()
+        })
+        .await;
+        let rest = [call(1), call(2)];
+        wait_for("two queued requests", || pool.queued() == 2).await;
+        assert_eq!(pool.in_flight(), 3);
+        std::fs::write(&release, "").unwrap();
+        for c in std::iter::once(first).chain(rest) {
+            c.await.unwrap().unwrap();
+        }
+        assert_eq!((pool.queued(), pool.in_flight()), (0, 0));
+        pool.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,10 +570,49 @@ mod tests {
             &tmp.path().join("repo"),
             &tmp.path().join("w"),
             2,
+            &[],
+            CancellationToken::new(),
         )
         .await
         .err()
         .unwrap();
         assert!(err.to_string().contains("ModuleNotFoundError"), "{err}");
+    }
+
+    /// Stopped while load_model() runs: the loading workers have exited on return.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_start_ends_the_loading_workers() {
+        let (tmp, spec) = crate::worker::tests::repo(
+            "import os, time\n\
+             def load_model():\n    \
+             open('../pid-' + os.path.basename(os.getcwd()), 'w').write(str(os.getpid()))\n    \
+             time.sleep(600)\n\
+             def run(model, data):\n    return data\n",
+            &[],
+        );
+        let workers = tmp.path().join("w");
+        let cancel = CancellationToken::new();
+        let start = {
+            let (python, script, repo) = (spec.python, spec.script, tmp.path().join("repo"));
+            let (workers, cancel) = (workers.clone(), cancel.clone());
+            tokio::spawn(async move {
+                Pool::start(&python, &script, &repo, &workers, 2, &[], cancel).await
+            })
+        };
+        let pid_files = [workers.join("pid-0"), workers.join("pid-1")];
+        wait_for("both workers to load", || {
+            pid_files
+                .iter()
+                .all(|p| std::fs::read_to_string(p).is_ok_and(|s| !s.is_empty()))
+        })
+        .await;
+        cancel.cancel();
+        let err = start.await.unwrap().err().unwrap();
+        assert!(matches!(err, PoolError::Stopped), "{err}");
+        for p in pid_files {
+            let pid: i32 = std::fs::read_to_string(p).unwrap().parse().unwrap();
+            // SAFETY: signal 0 only checks that the process exists.
+            assert_eq!(unsafe { libc::kill(pid, 0) }, -1, "worker {pid} survived");
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! The agent's connection to the scheduler (`AgentGateway`): Register with backoff,
 //! a heartbeat loop, and phase and training progress reports (one queue, so they
 //! keep their order) re-sent until acknowledged. Any failure makes
-//! the agent register again before sending more. When the scheduler has been
+//! the agent register again before sending more; so does an Assign, at once, under
+//! the new instance (or as an idle pool agent). When the scheduler has been
 //! unreachable for longer than the orphan timeout the reporter gives up.
 
 use std::collections::VecDeque;
@@ -10,14 +11,17 @@ use std::time::Duration;
 
 use aibro_proto::v1::agent_gateway_client::AgentGatewayClient;
 use aibro_proto::v1::{
-    report_request, Hardware, Heartbeat, PhaseReport, Progress, RegisterRequest, ReportRequest,
+    report_request, AgentPhase, Hardware, Heartbeat, PhaseReport, Progress, RegisterRequest,
+    ReportRequest,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::identity::Identity;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
@@ -78,38 +82,84 @@ pub(crate) fn gateway(url: &str, join_token: &str) -> Result<Gateway, ReporterEr
 
 /// Live numbers sent with each heartbeat.
 pub(crate) trait Metrics: Send + Sync + 'static {
+    /// Requests being served or waiting for a worker.
     fn in_flight(&self) -> u32;
+    /// Workers serving, or ready to.
     fn workers_alive(&self) -> u32;
+    /// Requests waiting for a free worker.
+    fn queued(&self) -> u32;
+    /// Workers the loaded job should have; 0 when none is loaded.
+    fn workers(&self) -> u32;
 }
 
-/// One queued report: a phase report or a training progress report.
-pub(crate) type Queued = report_request::Body;
+/// One queued report (phase or training progress) and the instance it was
+/// produced for.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub instance_id: Arc<str>,
+    pub body: report_request::Body,
+}
 
-/// Queues phase and progress reports for the reporter loop, which sends them in
-/// the order they were queued.
+/// The sending side of the report queue. Reports go out through [`Reports`]
+/// bound to the instance whose work they describe.
 #[derive(Clone)]
-pub(crate) struct Reports(mpsc::UnboundedSender<Queued>);
+pub(crate) struct ReportQueue(mpsc::UnboundedSender<Queued>);
 
-impl Reports {
-    pub(crate) fn channel() -> (Reports, mpsc::UnboundedReceiver<Queued>) {
+impl ReportQueue {
+    pub(crate) fn channel() -> (ReportQueue, mpsc::UnboundedReceiver<Queued>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Reports(tx), rx)
+        (ReportQueue(tx), rx)
     }
 
+    /// Reports about work this agent does as `instance_id`.
+    pub(crate) fn of(&self, instance_id: &str) -> Reports {
+        Reports {
+            tx: self.0.clone(),
+            instance_id: instance_id.into(),
+        }
+    }
+}
+
+/// Queues phase and progress reports of one instance for the reporter loop, which
+/// sends them in the order they were queued.
+#[derive(Clone)]
+pub(crate) struct Reports {
+    tx: mpsc::UnboundedSender<Queued>,
+    instance_id: Arc<str>,
+}
+
+impl Reports {
     pub(crate) fn send(&self, report: PhaseReport) {
         tracing::info!(job_id = %report.job_id, phase = ?report.phase(), "{}", report.message);
-        let _ = self.0.send(report_request::Body::Phase(report));
+        self.queue(report_request::Body::Phase(report));
+    }
+
+    /// A phase report with only a message.
+    pub(crate) fn phase(&self, job_id: &str, phase: AgentPhase, message: &str) {
+        self.send(PhaseReport {
+            job_id: job_id.to_string(),
+            phase: phase.into(),
+            message: message.to_string(),
+            ..PhaseReport::default()
+        });
     }
 
     pub(crate) fn progress(&self, progress: Progress) {
         tracing::debug!(job_id = %progress.job_id, seq = progress.seq, epoch = progress.epoch,
             stream = %progress.stream, "{}", progress.log_line);
-        let _ = self.0.send(report_request::Body::Progress(progress));
+        self.queue(report_request::Body::Progress(progress));
+    }
+
+    fn queue(&self, body: report_request::Body) {
+        let _ = self.tx.send(Queued {
+            instance_id: self.instance_id.clone(),
+            body,
+        });
     }
 }
 
 /// The job a queued report is about (for logs).
-fn job_of(body: &Queued) -> &str {
+fn job_of(body: &report_request::Body) -> &str {
     match body {
         report_request::Body::Phase(p) => &p.job_id,
         report_request::Body::Progress(p) => &p.job_id,
@@ -119,16 +169,23 @@ fn job_of(body: &Queued) -> &str {
 
 pub(crate) struct Reporter {
     pub gateway: Gateway,
-    pub instance_id: String,
+    /// The agent id and the instance it runs as now.
+    pub identity: Arc<Identity>,
     pub address: String,
+    /// What Register reports (its GPUs: only this agent's).
     pub hardware: Hardware,
+    /// This agent's GPUs: heartbeats report the memory in use of these.
+    pub gpus: Vec<u32>,
     pub orphan_timeout: Duration,
     pub metrics: Arc<dyn Metrics>,
 }
 
 enum Outcome {
     Cancelled,
+    /// A call failed: register again after a pause.
     Reregister,
+    /// Assigned another instance (or back to the idle pool): register again now.
+    Assigned,
 }
 
 impl Reporter {
@@ -138,17 +195,26 @@ impl Reporter {
         mut reports: mpsc::UnboundedReceiver<Queued>,
         cancel: CancellationToken,
     ) -> Result<(), ReporterError> {
+        let mut instance = self.identity.subscribe();
         let mut pending: VecDeque<(Queued, u32)> = VecDeque::new();
         let mut last_ok = Instant::now();
         loop {
-            let Some(interval) = self.register(&cancel, &mut last_ok).await? else {
+            let Some((interval, registered_as)) =
+                self.register(&mut instance, &cancel, &mut last_ok).await?
+            else {
                 return Ok(());
             };
-            match self
-                .session(interval, &mut reports, &mut pending, &cancel, &mut last_ok)
-                .await?
-            {
+            let session = Session {
+                interval,
+                registered_as,
+                instance: &mut instance,
+                reports: &mut reports,
+                pending: &mut pending,
+                last_ok: &mut last_ok,
+            };
+            match self.session(session, &cancel).await? {
                 Outcome::Cancelled => return Ok(()),
+                Outcome::Assigned => continue,
                 Outcome::Reregister => {}
             }
             // Do not hammer a scheduler that accepts Register but fails the rest.
@@ -159,18 +225,25 @@ impl Reporter {
         }
     }
 
-    /// Registers, retrying with backoff. None when cancelled.
+    /// Registers as the current instance (an idle pool agent: as none), retrying
+    /// with backoff. Returns the heartbeat interval and the instance registered as;
+    /// None when cancelled.
     async fn register(
         &mut self,
+        instance: &mut watch::Receiver<String>,
         cancel: &CancellationToken,
         last_ok: &mut Instant,
-    ) -> Result<Option<Duration>, ReporterError> {
+    ) -> Result<Option<(Duration, String)>, ReporterError> {
         let mut backoff = BACKOFF_START;
         loop {
+            // Marked seen: a later Assign shows up as a change in the session.
+            let instance_id = instance.borrow_and_update().clone();
             let req = RegisterRequest {
-                instance_id: self.instance_id.clone(),
+                instance_id: instance_id.clone(),
                 address: self.address.clone(),
                 hardware: Some(self.hardware.clone()),
+                agent_id: self.identity.agent_id.clone(),
+                machine_id: self.identity.machine_id.clone(),
             };
             let res = tokio::select! {
                 _ = cancel.cancelled() => return Ok(None),
@@ -180,8 +253,13 @@ impl Reporter {
                 Ok(resp) => {
                     *last_ok = Instant::now();
                     let ms = resp.into_inner().heartbeat_interval_ms.max(50);
-                    tracing::info!(instance_id = %self.instance_id, address = %self.address, "registered with the scheduler");
-                    return Ok(Some(Duration::from_millis(ms.into())));
+                    if instance_id.is_empty() {
+                        tracing::info!(agent_id = %self.identity.agent_id, machine_id = %self.identity.machine_id,
+                            address = %self.address, "joined the scheduler's pool; idle until assigned");
+                    } else {
+                        tracing::info!(%instance_id, address = %self.address, "registered with the scheduler");
+                    }
+                    return Ok(Some((Duration::from_millis(ms.into()), instance_id)));
                 }
                 Err(status) => {
                     tracing::warn!(code = ?status.code(), "register failed: {}", status.message());
@@ -205,26 +283,47 @@ impl Reporter {
         }
     }
 
-    /// Heartbeats and reports until a call fails (re-register) or cancellation.
+    /// Heartbeats and reports until a call fails (re-register), the agent is
+    /// assigned another instance, or cancellation.
     async fn session(
         &mut self,
-        interval: Duration,
-        reports: &mut mpsc::UnboundedReceiver<Queued>,
-        pending: &mut VecDeque<(Queued, u32)>,
+        s: Session<'_>,
         cancel: &CancellationToken,
-        last_ok: &mut Instant,
     ) -> Result<Outcome, ReporterError> {
-        let mut tick = tokio::time::interval(interval);
+        let mut tick = tokio::time::interval(s.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // Everything queued so far goes out first, in order.
-            while let Ok(r) = reports.try_recv() {
-                pending.push_back((r, 0));
+            if s.instance.has_changed().unwrap_or(false) {
+                return Ok(Outcome::Assigned);
             }
-            while let Some((report, tries)) = pending.front_mut() {
+            // Everything queued so far goes out first, in order.
+            while let Ok(r) = s.reports.try_recv() {
+                s.pending.push_back((r, 0));
+            }
+            while let Some((report, tries)) = s.pending.front_mut() {
+                // A report goes out only under the instance it was produced for,
+                // and only while the agent still runs as that instance. Those of an
+                // earlier instance are dropped rather than sent under the new id:
+                // the scheduler stops an instance's job before it reassigns the
+                // agent, and may meanwhile run that instance on another agent, so
+                // they would describe a job that instance no longer has here.
+                let stale = {
+                    let current = s.instance.borrow();
+                    current.is_empty() || *report.instance_id != *current
+                };
+                if stale {
+                    tracing::info!(job_id = %job_of(&report.body), instance_id = %report.instance_id,
+                        "dropping a report of an instance this agent no longer runs as");
+                    s.pending.pop_front();
+                    continue;
+                }
+                if *report.instance_id != s.registered_as {
+                    return Ok(Outcome::Assigned);
+                }
                 let req = ReportRequest {
-                    instance_id: self.instance_id.clone(),
-                    body: Some(report.clone()),
+                    instance_id: s.registered_as.clone(),
+                    agent_id: self.identity.agent_id.clone(),
+                    body: Some(report.body.clone()),
                 };
                 let res = tokio::select! {
                     _ = cancel.cancelled() => return Ok(Outcome::Cancelled),
@@ -232,8 +331,8 @@ impl Reporter {
                 };
                 match res {
                     Ok(_) => {
-                        *last_ok = Instant::now();
-                        pending.pop_front();
+                        *s.last_ok = Instant::now();
+                        s.pending.pop_front();
                     }
                     Err(status) => {
                         *tries += 1;
@@ -255,42 +354,51 @@ impl Reporter {
                                     | tonic::Code::Aborted
                             ));
                         if !retry {
-                            tracing::error!(code = ?status.code(), job_id = %job_of(report),
+                            tracing::error!(code = ?status.code(), job_id = %job_of(&report.body),
                                 "the scheduler refused a report; dropping it: {}", status.message());
-                            pending.pop_front();
+                            s.pending.pop_front();
                             continue;
                         }
-                        return self.failed("report", status, *last_ok);
+                        return self.failed("report", status, *s.last_ok);
                     }
                 }
             }
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(Outcome::Cancelled),
-                r = reports.recv() => {
-                    if let Some(r) = r { pending.push_back((r, 0)) }
+                _ = s.instance.changed() => return Ok(Outcome::Assigned),
+                r = s.reports.recv() => {
+                    if let Some(r) = r { s.pending.push_back((r, 0)) }
                 }
                 _ = tick.tick() => {
-                    let gpus = tokio::task::spawn_blocking(crate::hardware::gpus)
-                        .await
-                        .unwrap_or_default();
                     let req = ReportRequest {
-                        instance_id: self.instance_id.clone(),
-                        body: Some(report_request::Body::Heartbeat(Heartbeat {
-                            in_flight: self.metrics.in_flight(),
-                            workers_alive: self.metrics.workers_alive(),
-                            gpus,
-                        })),
+                        instance_id: s.registered_as.clone(),
+                        agent_id: self.identity.agent_id.clone(),
+                        body: Some(report_request::Body::Heartbeat(self.heartbeat().await)),
                     };
                     let res = tokio::select! {
                         _ = cancel.cancelled() => return Ok(Outcome::Cancelled),
                         r = self.gateway.report(req) => r,
                     };
                     match res {
-                        Ok(_) => *last_ok = Instant::now(),
-                        Err(status) => return self.failed("heartbeat", status, *last_ok),
+                        Ok(_) => *s.last_ok = Instant::now(),
+                        Err(status) => return self.failed("heartbeat", status, *s.last_ok),
                     }
                 }
             }
+        }
+    }
+
+    /// The live numbers, and the memory in use of this agent's GPUs.
+    async fn heartbeat(&self) -> Heartbeat {
+        let gpus = tokio::task::spawn_blocking(crate::hardware::gpus)
+            .await
+            .unwrap_or_default();
+        Heartbeat {
+            in_flight: self.metrics.in_flight(),
+            workers_alive: self.metrics.workers_alive(),
+            gpus: crate::hardware::only(gpus, &self.gpus),
+            queued: self.metrics.queued(),
+            workers: self.metrics.workers(),
         }
     }
 
@@ -304,4 +412,15 @@ impl Reporter {
         self.check_orphan(last_ok)?;
         Ok(Outcome::Reregister)
     }
+}
+
+/// The state one registered session works with.
+struct Session<'a> {
+    interval: Duration,
+    /// The instance registered as; empty for an idle pool agent.
+    registered_as: String,
+    instance: &'a mut watch::Receiver<String>,
+    reports: &'a mut mpsc::UnboundedReceiver<Queued>,
+    pending: &'a mut VecDeque<(Queued, u32)>,
+    last_ok: &'a mut Instant,
 }

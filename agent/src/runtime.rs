@@ -2,8 +2,10 @@
 //! environment, then for inference start the worker pool; reporting each phase),
 //! Predict routing to the job's pool, Train (run train(), stream its progress,
 //! upload its outputs), and Stop. A job's files live under `<dir>/jobs/<job_id>/`;
-//! the unpacked repo is reused when the agent (or its instance) restarts, and the
-//! environments under `<dir>/envs/` are shared by jobs with the same requirements.
+//! the unpacked repo is reused when the agent (or its instance) restarts or the job
+//! is prepared again after a Stop that kept the files, and the environments under
+//! `<dir>/envs/` are shared by jobs with the same requirements. Reports are queued
+//! for the instance the agent ran as when Prepare or Train was called.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -21,8 +23,9 @@ use tokio_util::task::TaskTracker;
 use crate::archive::{self, ArchiveError, Limits};
 use crate::config::Args;
 use crate::env::{self, EnvError, PythonEnv};
+use crate::identity::Identity;
 use crate::pool::{Pool, PoolError};
-use crate::reporter::{Gateway, Metrics, Reports};
+use crate::reporter::{Gateway, Metrics, ReportQueue, Reports};
 use crate::trainer::{self, TrainError, TrainSpec};
 use crate::worker::Output;
 
@@ -35,6 +38,8 @@ const UPLOAD_CHUNK: usize = 1 << 20;
 pub(crate) enum RuntimeError {
     #[error("job_id is empty")]
     NoJobId,
+    #[error("this pool agent is idle (it runs no instance); Assign it an instance first")]
+    Unassigned,
     #[error("this agent has no job `{0}`; send Prepare first")]
     UnknownJob(String),
     #[error("job `{0}` is still being prepared; retry when it reports SERVING")]
@@ -107,17 +112,25 @@ enum Prepared {
     Training(Arc<TrainJob>),
 }
 
+/// The embedded worker.py and trainer.py, written into the agent's dir.
+pub(crate) struct Scripts {
+    pub worker: PathBuf,
+    pub trainer: PathBuf,
+}
+
 pub(crate) struct Runtime {
     args: Args,
-    /// The embedded worker.py and trainer.py, written into the agent's dir.
-    script: PathBuf,
-    trainer: PathBuf,
+    scripts: Scripts,
     gateway: Gateway,
-    reports: Reports,
+    queue: ReportQueue,
+    identity: Arc<Identity>,
+    /// This agent's GPUs: spread over a job's workers, all of them for training.
+    gpus: Vec<u32>,
     cancel: CancellationToken,
     jobs: Mutex<HashMap<String, JobState>>,
-    /// The running Train tasks (Stop waits for them).
-    training: TaskTracker,
+    /// The running Prepare and Train tasks (Stop waits for them, and so for the
+    /// processes they started).
+    tasks: TaskTracker,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
@@ -130,21 +143,23 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
 impl Runtime {
     pub(crate) fn new(
         args: Args,
-        script: PathBuf,
-        trainer: PathBuf,
+        scripts: Scripts,
         gateway: Gateway,
-        reports: Reports,
+        queue: ReportQueue,
+        identity: Arc<Identity>,
+        gpus: Vec<u32>,
         cancel: CancellationToken,
     ) -> Runtime {
         Runtime {
             args,
-            script,
-            trainer,
+            scripts,
             gateway,
-            reports,
+            queue,
+            identity,
+            gpus,
             cancel,
             jobs: Mutex::default(),
-            training: TaskTracker::new(),
+            tasks: TaskTracker::new(),
         }
     }
 
@@ -152,13 +167,14 @@ impl Runtime {
         self.args.dir.join("jobs")
     }
 
-    fn report(&self, job_id: &str, phase: AgentPhase, message: &str) {
-        self.reports.send(PhaseReport {
-            job_id: job_id.to_string(),
-            phase: phase.into(),
-            message: message.to_string(),
-            ..PhaseReport::default()
-        });
+    /// Reports for the instance this agent runs as now; an idle pool agent takes
+    /// no work.
+    fn reports(&self) -> Result<Reports, RuntimeError> {
+        let instance = self.identity.instance();
+        if instance.is_empty() {
+            return Err(RuntimeError::Unassigned);
+        }
+        Ok(self.queue.of(&instance))
     }
 
     /// Starts preparing `job_id` in the background; idempotent while it prepares or
@@ -172,6 +188,7 @@ impl Runtime {
         if job_id.is_empty() {
             return Err(RuntimeError::NoJobId);
         }
+        let reports = self.reports()?;
         let training = kind == JobKind::Training;
         let token = self.cancel.child_token();
         {
@@ -183,7 +200,7 @@ impl Runtime {
                 Some(state @ (JobState::Serving(_) | JobState::Ready(_))) => {
                     let text = ready_text(matches!(state, JobState::Ready(_)));
                     drop(jobs);
-                    self.report(&job_id, AgentPhase::Serving, text);
+                    reports.phase(&job_id, AgentPhase::Serving, text);
                     return Ok(());
                 }
                 Some(JobState::Failed(_)) | None => {}
@@ -191,12 +208,11 @@ impl Runtime {
             jobs.insert(job_id.clone(), JobState::Preparing(token.clone()));
         }
         let this = self.clone();
-        tokio::spawn(async move {
-            let res = tokio::select! {
-                _ = token.cancelled() => return,
-                r = this.prepare_job(&job_id, &digest, training) => r,
-            };
-            if let Some(stale) = this.finish(&job_id, res) {
+        self.tasks.spawn(async move {
+            let res = this
+                .prepare_job(&reports, &job_id, &digest, training, &token)
+                .await;
+            if let Some(stale) = this.finish(&reports, &job_id, res) {
                 stale.shutdown().await;
             }
         });
@@ -205,7 +221,12 @@ impl Runtime {
 
     /// Records the outcome of a preparation and reports it. Returns the pool when the
     /// job was stopped meanwhile (the caller ends it).
-    fn finish(&self, job_id: &str, res: Result<Prepared, RuntimeError>) -> Option<Pool> {
+    fn finish(
+        &self,
+        reports: &Reports,
+        job_id: &str,
+        res: Result<Prepared, RuntimeError>,
+    ) -> Option<Pool> {
         let mut jobs = self.jobs.lock().expect("jobs");
         let current = matches!(jobs.get(job_id), Some(JobState::Preparing(t)) if !t.is_cancelled());
         match res {
@@ -216,7 +237,7 @@ impl Runtime {
                 };
                 jobs.insert(job_id.to_string(), state);
                 drop(jobs);
-                self.report(job_id, AgentPhase::Serving, ready_text(training));
+                reports.phase(job_id, AgentPhase::Serving, ready_text(training));
                 None
             }
             Ok(Prepared::Pool(pool)) => Some(pool),
@@ -226,7 +247,7 @@ impl Runtime {
                 jobs.insert(job_id.to_string(), JobState::Failed(message.clone()));
                 drop(jobs);
                 tracing::error!(job_id = %job_id, "prepare failed: {traceback}");
-                self.reports.send(PhaseReport {
+                reports.send(PhaseReport {
                     job_id: job_id.to_string(),
                     phase: AgentPhase::Failed.into(),
                     message,
@@ -241,15 +262,52 @@ impl Runtime {
 
     /// Fetches and unpacks the repo, gears up its environment (GEARING_UP_ENV only
     /// when no ready one exists, then MODEL_LOADING) and, for inference, starts the
-    /// worker pool.
+    /// worker pool. Cancelling `token` stops it; workers already started are ended
+    /// (and waited for) before it returns.
     async fn prepare_job(
         &self,
+        reports: &Reports,
         job_id: &str,
         digest: &str,
         training: bool,
+        token: &CancellationToken,
     ) -> Result<Prepared, RuntimeError> {
         let job_dir = self.jobs_dir().join(job_id);
-        let repo = self.fetch_repo(&job_dir, digest).await?;
+        let (repo, penv) = tokio::select! {
+            _ = token.cancelled() => return Err(PoolError::Stopped.into()),
+            r = self.set_up(reports, job_id, &job_dir, digest, training) => r?,
+        };
+        if training {
+            return Ok(Prepared::Training(Arc::new(TrainJob {
+                python: penv.python,
+                repo,
+                job_dir,
+            })));
+        }
+        let pool = Pool::start(
+            &penv.python,
+            &self.scripts.worker,
+            &repo,
+            &job_dir.join("workers"),
+            self.args.workers,
+            &self.gpus,
+            token.child_token(),
+        )
+        .await?;
+        Ok(Prepared::Pool(pool))
+    }
+
+    /// The job's repo, unpacked and checked, and its environment, geared up;
+    /// reports MODEL_LOADING when both are ready.
+    async fn set_up(
+        &self,
+        reports: &Reports,
+        job_id: &str,
+        job_dir: &Path,
+        digest: &str,
+        training: bool,
+    ) -> Result<(PathBuf, PythonEnv), RuntimeError> {
+        let repo = self.fetch_repo(job_dir, digest).await?;
         if training {
             if !repo.join("train.py").is_file() {
                 return Err(RuntimeError::NoTrain);
@@ -257,8 +315,8 @@ impl Runtime {
         } else if !repo.join("predict.py").is_file() {
             return Err(RuntimeError::NoPredict);
         }
-        let penv = self.gear_up(job_id, &repo).await?;
-        self.reports.send(PhaseReport {
+        let penv = self.gear_up(reports, job_id, &repo).await?;
+        reports.send(PhaseReport {
             job_id: job_id.to_string(),
             phase: AgentPhase::ModelLoading.into(),
             message: if training {
@@ -269,30 +327,16 @@ impl Runtime {
             env_cached: penv.cached,
             ..PhaseReport::default()
         });
-        if training {
-            return Ok(Prepared::Training(Arc::new(TrainJob {
-                python: penv.python,
-                repo,
-                job_dir,
-            })));
-        }
-        let pool = Pool::start(
-            &penv.python,
-            &self.script,
-            &repo,
-            &job_dir.join("workers"),
-            self.args.workers,
-        )
-        .await?;
-        Ok(Prepared::Pool(pool))
+        Ok((repo, penv))
     }
 
-    /// The unpacked repo of the job: fetched and unpacked unless a complete one is
-    /// already on disk.
+    /// The unpacked repo of the job: fetched and unpacked unless a complete one of
+    /// the same artifact is already on disk.
     async fn fetch_repo(&self, job_dir: &Path, digest: &str) -> Result<PathBuf, RuntimeError> {
         let repo = job_dir.join("repo");
         let marker = job_dir.join("repo.complete");
-        if marker.exists() {
+        if tokio::fs::read_to_string(&marker).await.ok().as_deref() == Some(digest) {
+            tracing::info!(job_dir = %job_dir.display(), "reusing the unpacked repo");
             return Ok(repo);
         }
         tokio::fs::create_dir_all(job_dir)
@@ -300,6 +344,11 @@ impl Runtime {
             .map_err(io_err(job_dir))?;
         let archive_path = job_dir.join("artifact.tar.gz");
         self.fetch(digest, &archive_path).await?;
+        match tokio::fs::remove_file(&marker).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&marker)(e)),
+        }
         if repo.exists() {
             tokio::fs::remove_dir_all(&repo)
                 .await
@@ -317,10 +366,15 @@ impl Runtime {
     }
 
     /// Reports GEARING_UP_ENV unless a ready environment exists, and gears up.
-    async fn gear_up(&self, job_id: &str, repo: &Path) -> Result<PythonEnv, RuntimeError> {
+    async fn gear_up(
+        &self,
+        reports: &Reports,
+        job_id: &str,
+        repo: &Path,
+    ) -> Result<PythonEnv, RuntimeError> {
         let envs = self.args.dir.join("envs");
         if !env::is_cached(repo, &envs) {
-            self.report(
+            reports.phase(
                 job_id,
                 AgentPhase::GearingUpEnv,
                 "gearing up the Python environment",
@@ -404,6 +458,7 @@ impl Runtime {
         if job_id.is_empty() {
             return Err(RuntimeError::NoJobId);
         }
+        let reports = self.reports()?;
         let token = self.cancel.child_token();
         let job = {
             let mut jobs = self.jobs.lock().expect("jobs");
@@ -421,7 +476,7 @@ impl Runtime {
                 Some(JobState::Trained(last)) => {
                     let last = last.clone();
                     drop(jobs);
-                    self.reports.send(last);
+                    reports.send(last);
                     return Ok(());
                 }
                 Some(JobState::Ready(job)) => job.clone(),
@@ -430,15 +485,15 @@ impl Runtime {
             job
         };
         let this = self.clone();
-        self.training.spawn(async move {
-            let Some(last) = this.train_job(&job_id, &job, &args, &token).await else {
+        self.tasks.spawn(async move {
+            let Some(last) = this.train_job(&reports, &job_id, &job, &args, &token).await else {
                 return;
             };
             let mut jobs = this.jobs.lock().expect("jobs");
             if matches!(jobs.get(&job_id), Some(JobState::Training(t)) if !t.is_cancelled()) {
                 jobs.insert(job_id, JobState::Trained(last.clone()));
                 drop(jobs);
-                this.reports.send(last);
+                reports.send(last);
             }
         });
         Ok(())
@@ -447,13 +502,17 @@ impl Runtime {
     /// Runs one training job to its final report (None when stopped).
     async fn train_job(
         &self,
+        reports: &Reports,
         job_id: &str,
         job: &TrainJob,
         args: &HashMap<String, String>,
         token: &CancellationToken,
     ) -> Option<PhaseReport> {
-        self.report(job_id, AgentPhase::Training, "training");
-        match self.train_and_upload(job_id, job, args, token).await {
+        reports.phase(job_id, AgentPhase::Training, "training");
+        match self
+            .train_and_upload(reports, job_id, job, args, token)
+            .await
+        {
             Ok(result) => Some(PhaseReport {
                 job_id: job_id.to_string(),
                 phase: AgentPhase::Returned.into(),
@@ -479,6 +538,7 @@ impl Runtime {
 
     async fn train_and_upload(
         &self,
+        reports: &Reports,
         job_id: &str,
         job: &TrainJob,
         args: &HashMap<String, String>,
@@ -501,16 +561,17 @@ impl Runtime {
         let spec = TrainSpec {
             job_id: job_id.to_string(),
             python: job.python.clone(),
-            script: self.trainer.clone(),
+            script: self.scripts.trainer.clone(),
             repo: job.repo.clone(),
             output_dir: output.clone(),
             args_file,
+            gpus: self.gpus.clone(),
         };
-        trainer::run(&spec, &self.reports, token).await?;
+        trainer::run(&spec, reports, token).await?;
         if token.is_cancelled() {
             return Err(TrainError::Stopped.into());
         }
-        self.report(
+        reports.phase(
             job_id,
             AgentPhase::Returning,
             "uploading the training outputs",
@@ -596,8 +657,10 @@ impl Runtime {
         Ok(res.map_err(RuntimeError::Upload)?.into_inner())
     }
 
-    /// Ends every job's workers and training processes; `terminate` also removes the
-    /// jobs' files. The environments (`envs/`) are kept for later jobs.
+    /// Ends every job's workers and training processes, and waits for them to exit
+    /// (their GPU memory is free then); `terminate` also removes the jobs' files.
+    /// The environments (`envs/`) are kept for later jobs, and without `terminate`
+    /// so are the unpacked repos, which a later Prepare of the same job reuses.
     pub(crate) async fn stop(&self, terminate: bool) -> Result<(), RuntimeError> {
         let states: Vec<JobState> = {
             let mut jobs = self.jobs.lock().expect("jobs");
@@ -610,10 +673,11 @@ impl Runtime {
                 JobState::Ready(_) | JobState::Trained(_) | JobState::Failed(_) => {}
             }
         }
-        // The training processes are ended (and waited for) by their tasks.
-        self.training.close();
-        self.training.wait().await;
-        self.training.reopen();
+        // Workers still loading and training processes are ended (and waited
+        // for) by their tasks.
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.tasks.reopen();
         if terminate {
             let dir = self.jobs_dir();
             match tokio::fs::remove_dir_all(&dir).await {
@@ -633,6 +697,14 @@ impl Metrics for Runtime {
 
     fn workers_alive(&self) -> u32 {
         self.pools().iter().map(|p| p.alive()).sum()
+    }
+
+    fn queued(&self) -> u32 {
+        self.pools().iter().map(|p| p.queued()).sum()
+    }
+
+    fn workers(&self) -> u32 {
+        self.pools().iter().map(|p| p.size()).sum()
     }
 }
 

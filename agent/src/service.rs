@@ -1,19 +1,24 @@
 //! The `Agent` gRPC service the scheduler calls. Thin: it delegates to the runtime
-//! and maps errors to `tonic::Status` with messages a user can act on.
+//! (jobs) and the identity (Assign), and maps errors to `tonic::Status` with
+//! messages a user can act on.
 
 use std::sync::Arc;
 
 use aibro_proto::v1::agent_server::Agent;
 use aibro_proto::v1::{
-    AgentPredictRequest, AgentPredictResponse, JobKind, PrepareRequest, PrepareResponse,
-    StopRequest, StopResponse, TrainRequest, TrainResponse,
+    AgentPredictRequest, AgentPredictResponse, AssignRequest, AssignResponse, JobKind,
+    PrepareRequest, PrepareResponse, StopRequest, StopResponse, TrainRequest, TrainResponse,
 };
 use tonic::{Request, Response, Status};
 
+use crate::identity::{AssignError, Identity};
 use crate::pool::PoolError;
 use crate::runtime::{Runtime, RuntimeError};
 
-pub(crate) struct AgentService(pub Arc<Runtime>);
+pub(crate) struct AgentService {
+    pub runtime: Arc<Runtime>,
+    pub identity: Arc<Identity>,
+}
 
 #[tonic::async_trait]
 impl Agent for AgentService {
@@ -23,7 +28,7 @@ impl Agent for AgentService {
     ) -> Result<Response<PrepareResponse>, Status> {
         let req = request.into_inner();
         let kind = JobKind::try_from(req.kind).unwrap_or(JobKind::Unspecified);
-        self.0
+        self.runtime
             .prepare(req.job_id, req.artifact_digest, kind)
             .map_err(to_status)?;
         Ok(Response::new(PrepareResponse {}))
@@ -35,7 +40,7 @@ impl Agent for AgentService {
     ) -> Result<Response<AgentPredictResponse>, Status> {
         let req = request.into_inner();
         let out = self
-            .0
+            .runtime
             .predict(&req.job_id, req.payload, req.content_type)
             .await
             .map_err(to_status)?;
@@ -50,16 +55,36 @@ impl Agent for AgentService {
         request: Request<TrainRequest>,
     ) -> Result<Response<TrainResponse>, Status> {
         let req = request.into_inner();
-        self.0.train(req.job_id, req.args).map_err(to_status)?;
+        self.runtime
+            .train(req.job_id, req.args)
+            .map_err(to_status)?;
         Ok(Response::new(TrainResponse {}))
     }
 
     async fn stop(&self, request: Request<StopRequest>) -> Result<Response<StopResponse>, Status> {
-        self.0
+        self.runtime
             .stop(request.into_inner().terminate)
             .await
             .map_err(to_status)?;
         Ok(Response::new(StopResponse {}))
+    }
+
+    /// Answers once the agent runs as the new instance; its registration under it
+    /// follows from the reporter.
+    async fn assign(
+        &self,
+        request: Request<AssignRequest>,
+    ) -> Result<Response<AssignResponse>, Status> {
+        self.identity
+            .assign(request.into_inner().instance_id)
+            .map_err(assign_status)?;
+        Ok(Response::new(AssignResponse {}))
+    }
+}
+
+fn assign_status(e: AssignError) -> Status {
+    match e {
+        AssignError::NotPool(_) => Status::failed_precondition(e.to_string()),
     }
 }
 
@@ -69,6 +94,7 @@ pub(crate) fn to_status(e: RuntimeError) -> Status {
     match e {
         RuntimeError::NoJobId => Status::invalid_argument(msg),
         RuntimeError::UnknownJob(_)
+        | RuntimeError::Unassigned
         | RuntimeError::JobFailed { .. }
         | RuntimeError::NotTraining(_)
         | RuntimeError::NotServing(_)

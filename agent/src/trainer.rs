@@ -68,6 +68,8 @@ pub(crate) struct TrainSpec {
     pub output_dir: PathBuf,
     /// JSON object of the str→str arguments.
     pub args_file: PathBuf,
+    /// The GPUs it may use: all of the agent's.
+    pub gpus: Vec<u32>,
 }
 
 /// One line of the protocol pipe.
@@ -296,6 +298,7 @@ pub(crate) async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    crate::hardware::use_gpus(&mut cmd, &spec.gpus);
     // SAFETY: prctl, dup2 and fcntl are async-signal-safe and touch no memory of the
     // parent. The pipe's write end is close-on-exec; it is moved to PROGRESS_FD,
     // which dup2 (or the fcntl when it already is that fd) leaves open across exec.
@@ -393,6 +396,7 @@ pub(crate) async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reporter::ReportQueue;
     use aibro_proto::v1::report_request::Body;
 
     #[test]
@@ -471,17 +475,21 @@ mod tests {
         assert_eq!(got, want);
     }
 
-    /// Runs trainer.py on a repo with the given train.py; returns the outcome and
-    /// the Progress reports queued.
-    async fn train(
-        train_py: &str,
-        args: &str,
-    ) -> (
+    type Trained = (
         Result<(), TrainError>,
         Vec<Progress>,
         tempfile::TempDir,
         PathBuf,
-    ) {
+    );
+
+    /// Runs trainer.py on a repo with the given train.py; returns the outcome and
+    /// the Progress reports queued.
+    async fn train(train_py: &str, args: &str) -> Trained {
+        train_on(train_py, args, &[]).await
+    }
+
+    /// [`train`] with the agent's GPUs.
+    async fn train_on(train_py: &str, args: &str, gpus: &[u32]) -> Trained {
         let tmp = tempfile::tempdir().unwrap();
         let repo = tmp.path().join("repo");
         let out = tmp.path().join("output");
@@ -499,13 +507,15 @@ mod tests {
             repo,
             output_dir: out.clone(),
             args_file,
+            gpus: gpus.to_vec(),
         };
-        let (reports, mut rx) = Reports::channel();
-        let res = run(&spec, &reports, &CancellationToken::new()).await;
-        drop(reports);
+        let (queue, mut rx) = ReportQueue::channel();
+        let res = run(&spec, &queue.of("i"), &CancellationToken::new()).await;
+        drop(queue);
         let mut progress = Vec::new();
-        while let Some(b) = rx.recv().await {
-            match b {
+        while let Some(q) = rx.recv().await {
+            assert_eq!(&*q.instance_id, "i");
+            match q.body {
                 Body::Progress(p) => progress.push(p),
                 other => panic!("{other:?}"),
             }
@@ -551,6 +561,22 @@ mod tests {
         assert!(progress
             .iter()
             .any(|p| p.metrics.get("note").is_some_and(|v| v.is_nan())));
+    }
+
+    #[tokio::test]
+    async fn gets_all_the_agents_gpus() {
+        let py = "import os\ndef train(output_dir):\n    \
+                  open(output_dir + '/cuda', 'w').write(os.environ.get('CUDA_VISIBLE_DEVICES', '-'))\n";
+        let (res, _, _t, out) = train_on(py, "{}", &[1, 3, 4]).await;
+        res.unwrap();
+        assert_eq!(std::fs::read_to_string(out.join("cuda")).unwrap(), "1,3,4");
+        let (res, _, _t, out) = train(py, "{}").await;
+        res.unwrap();
+        let inherited = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or("-".into());
+        assert_eq!(
+            std::fs::read_to_string(out.join("cuda")).unwrap(),
+            inherited
+        );
     }
 
     #[tokio::test]
@@ -640,13 +666,14 @@ mod tests {
             repo,
             output_dir: tmp.path().to_path_buf(),
             args_file,
+            gpus: Vec::new(),
         };
-        let (reports, mut rx) = Reports::channel();
+        let (queue, mut rx) = ReportQueue::channel();
         let cancel = CancellationToken::new();
         let c = cancel.clone();
-        let run = tokio::spawn(async move { run(&spec, &reports, &c).await });
+        let run = tokio::spawn(async move { run(&spec, &queue.of("i"), &c).await });
         // The first log line means train() is running.
-        match rx.recv().await.unwrap() {
+        match rx.recv().await.unwrap().body {
             Body::Progress(p) => assert_eq!(p.log_line, "started"),
             other => panic!("{other:?}"),
         }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio_util::sync::CancellationToken;
 
 /// The worker script, written next to the agent's data on start.
 pub(crate) const WORKER_PY: &str = include_str!("worker.py");
@@ -40,6 +41,8 @@ pub(crate) enum WorkerError {
     Died { stderr: String },
     #[error("the Python worker broke the protocol: {0}")]
     Protocol(String),
+    #[error("the Python worker was stopped while it loaded the model")]
+    Stopped,
 }
 
 /// What `run()` returned.
@@ -60,6 +63,8 @@ pub(crate) struct WorkerSpec {
     pub dir: PathBuf,
     /// Index within its pool, for logs.
     pub index: usize,
+    /// The GPUs it may use (`CUDA_VISIBLE_DEVICES`); none: the environment as is.
+    pub gpus: Vec<u32>,
 }
 
 #[derive(Deserialize)]
@@ -143,11 +148,16 @@ fn copy_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
 }
 
 impl Worker {
-    /// Starts the process and waits until `load_model()` has returned.
+    /// Starts the process and waits until `load_model()` has returned. When that
+    /// fails, or `cancel` is cancelled first ([`WorkerError::Stopped`]), the process
+    /// has exited by the time this returns.
     ///
     /// Must be called from a long-lived thread (a tokio worker thread, not
     /// `spawn_blocking`): the child gets SIGKILL when the spawning thread ends.
-    pub(crate) async fn start(spec: &WorkerSpec) -> Result<Worker, WorkerError> {
+    pub(crate) async fn start(
+        spec: &WorkerSpec,
+        cancel: &CancellationToken,
+    ) -> Result<Worker, WorkerError> {
         let mut cmd = Command::new(&spec.python);
         cmd.arg("-u")
             .arg(&spec.script)
@@ -159,6 +169,7 @@ impl Worker {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        crate::hardware::use_gpus(&mut cmd, &spec.gpus);
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
@@ -208,13 +219,20 @@ impl Worker {
             stderr_task: Some(stderr_task),
             index,
         };
-        let (reply, _) = w.read_frame().await?;
-        if reply.ok {
-            tracing::debug!(worker = index, pid = ?w.pid(), "worker loaded the model");
-            Ok(w)
-        } else {
-            Err(WorkerError::LoadFailed(reply.traceback))
-        }
+        let ready = tokio::select! {
+            r = w.read_frame() => r,
+            _ = cancel.cancelled() => Err(WorkerError::Stopped),
+        };
+        let err = match ready {
+            Ok((reply, _)) if reply.ok => {
+                tracing::debug!(worker = index, pid = ?w.pid(), "worker loaded the model");
+                return Ok(w);
+            }
+            Ok((reply, _)) => WorkerError::LoadFailed(reply.traceback),
+            Err(e) => e,
+        };
+        w.shutdown().await;
+        Err(err)
     }
 
     pub(crate) fn pid(&self) -> Option<u32> {
@@ -373,6 +391,7 @@ pub(crate) mod tests {
             script,
             dir,
             index: 0,
+            gpus: Vec::new(),
         };
         (tmp, spec)
     }
@@ -395,7 +414,9 @@ pub(crate) mod tests {
              sys.stdout.write('raw write\\n')\n    return {'got': data, 'k': model['k'], 't': (1, 2)}\n",
             &[],
         );
-        let mut w = Worker::start(&spec).await.unwrap();
+        let mut w = Worker::start(&spec, &CancellationToken::new())
+            .await
+            .unwrap();
         let v = json_call(&mut w, r#"{"a": [1, 2]}"#).await;
         assert_eq!(
             v,
@@ -408,6 +429,28 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn gets_its_gpus_through_cuda_visible_devices() {
+        let (_t, mut spec) = repo(
+            "import os\ndef load_model():\n    return None\n\
+             def run(model, data):\n    return os.environ.get('CUDA_VISIBLE_DEVICES')\n",
+            &[],
+        );
+        // Without GPUs the environment is left as it is.
+        let mut w = Worker::start(&spec, &CancellationToken::new())
+            .await
+            .unwrap();
+        let inherited = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+        assert_eq!(json_call(&mut w, "{}").await, serde_json::json!(inherited));
+        w.shutdown().await;
+        spec.gpus = vec![2, 5];
+        let mut w = Worker::start(&spec, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(json_call(&mut w, "{}").await, "2,5");
+        w.shutdown().await;
+    }
+
+    #[tokio::test]
     async fn bytes_and_conversions() {
         let (_t, spec) = repo(
             "def load_model():\n    return None\n\
@@ -416,7 +459,9 @@ pub(crate) mod tests {
              return {'set': {5}, 'tuple': (1, (2, 3)), 'nested': b'hi'}\n",
             &[],
         );
-        let mut w = Worker::start(&spec).await.unwrap();
+        let mut w = Worker::start(&spec, &CancellationToken::new())
+            .await
+            .unwrap();
         let out = w
             .call(b"\x00\x01abc", "application/octet-stream", false)
             .await
@@ -446,7 +491,9 @@ pub(crate) mod tests {
              with open('data/x.json') as f:\n        return {'model': model, 'x': json.load(f)}\n",
             &[("x.json", r#"{"sample": true}"#)],
         );
-        let mut w = Worker::start(&spec).await.unwrap();
+        let mut w = Worker::start(&spec, &CancellationToken::new())
+            .await
+            .unwrap();
         // With use_data_dir the shipped sample is used as is.
         let out = w.call(b"{}", "application/json", true).await.unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
@@ -464,7 +511,10 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn syntax_error_gives_traceback() {
         let (_t, spec) = repo("def load_model(:\n    pass\n", &[]);
-        let e = Worker::start(&spec).await.err().unwrap();
+        let e = Worker::start(&spec, &CancellationToken::new())
+            .await
+            .err()
+            .unwrap();
         assert!(
             matches!(&e, WorkerError::LoadFailed(tb) if tb.contains("SyntaxError")),
             "{e}"
@@ -477,7 +527,10 @@ pub(crate) mod tests {
             "def load_model():\n    raise RuntimeError('weights missing')\ndef run(m, d):\n    pass\n",
             &[],
         );
-        let e = Worker::start(&spec).await.err().unwrap();
+        let e = Worker::start(&spec, &CancellationToken::new())
+            .await
+            .err()
+            .unwrap();
         match e {
             WorkerError::LoadFailed(tb) => {
                 assert!(tb.contains("Traceback"), "{tb}");
@@ -491,7 +544,10 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn missing_run_is_reported() {
         let (_t, spec) = repo("def load_model():\n    return 1\n", &[]);
-        let e = Worker::start(&spec).await.err().unwrap();
+        let e = Worker::start(&spec, &CancellationToken::new())
+            .await
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("does not define run()"), "{e}");
     }
 
@@ -501,7 +557,9 @@ pub(crate) mod tests {
             "def load_model():\n    return 1\ndef run(m, d):\n    raise ValueError('bad input ' + str(d))\n",
             &[],
         );
-        let mut w = Worker::start(&spec).await.unwrap();
+        let mut w = Worker::start(&spec, &CancellationToken::new())
+            .await
+            .unwrap();
         let e = w.call(b"5", "application/json", false).await.unwrap_err();
         match e {
             WorkerError::UserError(tb) => assert!(tb.contains("ValueError: bad input 5"), "{tb}"),
@@ -518,7 +576,10 @@ pub(crate) mod tests {
             "import os, sys\nprint('about to exit', file=sys.stderr)\nos._exit(3)\n",
             &[],
         );
-        let e = Worker::start(&spec).await.err().unwrap();
+        let e = Worker::start(&spec, &CancellationToken::new())
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(&e, WorkerError::Died { .. }), "{e}");
         assert!(e.to_string().contains("exit status: 3"), "{e}");
     }

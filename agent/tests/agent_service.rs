@@ -1,6 +1,7 @@
 //! The agent against a fake scheduler (an in-test AgentGateway): register, Prepare,
-//! phase reports, Predict, error codes, Stop, heartbeats, the orphan timeout, and
-//! training (Train, Progress reports, UploadResult, environment reuse).
+//! phase reports, Predict, error codes, Stop, heartbeats, the orphan timeout,
+//! training (Train, Progress reports, UploadResult, environment reuse), pool agents
+//! (Assign, re-registration, reuse of a stopped job's files) and GPU assignment.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -11,9 +12,10 @@ use std::time::Duration;
 use aibro_proto::v1::agent_client::AgentClient;
 use aibro_proto::v1::agent_gateway_server::{AgentGateway, AgentGatewayServer};
 use aibro_proto::v1::{
-    report_request, AgentPhase, AgentPredictRequest, ArtifactRef, Chunk, FetchArtifactRequest,
-    JobKind, PhaseReport, PrepareRequest, Progress, RegisterRequest, RegisterResponse,
-    ReportRequest, ReportResponse, ResultChunk, StopRequest, TrainRequest,
+    report_request, AgentPhase, AgentPredictRequest, ArtifactRef, AssignRequest, Chunk,
+    FetchArtifactRequest, Heartbeat, JobKind, PhaseReport, PrepareRequest, Progress,
+    RegisterRequest, RegisterResponse, ReportRequest, ReportResponse, ResultChunk, StopRequest,
+    TrainRequest,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -33,12 +35,19 @@ struct Upload {
 
 type Uploads = Arc<Mutex<Vec<Upload>>>;
 
+/// Who sent a report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ids {
+    instance_id: String,
+    agent_id: String,
+}
+
 #[derive(Debug)]
 enum Event {
     Registered(RegisterRequest, String),
-    Phase(PhaseReport),
+    Phase(PhaseReport, Ids),
     Progress(Progress),
-    Heartbeat(u32),
+    Heartbeat(Heartbeat, Ids),
 }
 
 struct FakeGateway {
@@ -49,6 +58,8 @@ struct FakeGateway {
     fail_uploads: Arc<AtomicBool>,
     /// Cleared to act like a restarted scheduler that forgot the instance.
     registered: Arc<AtomicBool>,
+    /// Set to fail every report as if the scheduler were unreachable.
+    refuse_reports: Arc<AtomicBool>,
 }
 
 #[tonic::async_trait]
@@ -75,15 +86,23 @@ impl AgentGateway for FakeGateway {
         &self,
         request: Request<ReportRequest>,
     ) -> Result<Response<ReportResponse>, Status> {
+        if self.refuse_reports.load(Ordering::SeqCst) {
+            return Err(Status::unavailable("the scheduler is restarting"));
+        }
         if !self.registered.load(Ordering::SeqCst) {
             return Err(Status::not_found("unknown instance; register first"));
         }
-        match request.into_inner().body {
+        let req = request.into_inner();
+        let ids = Ids {
+            instance_id: req.instance_id,
+            agent_id: req.agent_id,
+        };
+        match req.body {
             Some(report_request::Body::Phase(p)) => {
-                let _ = self.events.send(Event::Phase(p));
+                let _ = self.events.send(Event::Phase(p, ids));
             }
             Some(report_request::Body::Heartbeat(h)) => {
-                let _ = self.events.send(Event::Heartbeat(h.workers_alive));
+                let _ = self.events.send(Event::Heartbeat(h, ids));
             }
             Some(report_request::Body::Progress(p)) => {
                 let _ = self.events.send(Event::Progress(p));
@@ -159,6 +178,7 @@ impl AgentGateway for FakeGateway {
 
 struct Harness {
     registered: Arc<AtomicBool>,
+    refuse_reports: Arc<AtomicBool>,
     events: mpsc::UnboundedReceiver<Event>,
     artifacts: Artifacts,
     uploads: Uploads,
@@ -171,18 +191,26 @@ struct Harness {
 }
 
 impl Harness {
+    /// An agent started as instance `inst-1` with two workers.
     async fn start() -> Harness {
+        Harness::start_with(&["--instance-id", "inst-1", "--workers", "2"]).await
+    }
+
+    /// An agent started with `flags` besides the scheduler, join token and dir.
+    async fn start_with(flags: &[&str]) -> Harness {
         let (tx, events) = mpsc::unbounded_channel();
         let artifacts = Arc::new(Mutex::new(Vec::new()));
         let uploads = Uploads::default();
         let fail_uploads = Arc::new(AtomicBool::new(false));
         let registered = Arc::new(AtomicBool::new(false));
+        let refuse_reports = Arc::new(AtomicBool::new(false));
         let gw = FakeGateway {
             events: tx,
             artifacts: artifacts.clone(),
             uploads: uploads.clone(),
             fail_uploads: fail_uploads.clone(),
             registered: registered.clone(),
+            refuse_reports: refuse_reports.clone(),
         };
         let gw_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gw_addr = gw_listener.local_addr().unwrap();
@@ -193,19 +221,20 @@ impl Harness {
         );
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("agent");
-        let args = <aibro_agent::Args as clap::Parser>::parse_from([
-            "aibro-agent",
-            "--scheduler",
-            &format!("http://{gw_addr}"),
-            "--join-token",
-            "join-secret",
-            "--instance-id",
-            "inst-1",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--workers",
-            "2",
-        ]);
+        let scheduler = format!("http://{gw_addr}");
+        let args = <aibro_agent::Args as clap::Parser>::parse_from(
+            [
+                "aibro-agent",
+                "--scheduler",
+                &scheduler,
+                "--join-token",
+                "join-secret",
+                "--dir",
+                dir.to_str().unwrap(),
+            ]
+            .iter()
+            .chain(flags),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let agent_url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -214,6 +243,7 @@ impl Harness {
         }));
         Harness {
             registered,
+            refuse_reports,
             events,
             artifacts,
             uploads,
@@ -253,11 +283,41 @@ impl Harness {
 
     /// The next phase report (heartbeats and registrations are skipped).
     async fn next_phase(&mut self) -> PhaseReport {
+        self.next_phase_from().await.0
+    }
+
+    /// The next phase report and who sent it.
+    async fn next_phase_from(&mut self) -> (PhaseReport, Ids) {
         loop {
-            if let Event::Phase(p) = self.next_event().await {
-                return p;
+            if let Event::Phase(p, ids) = self.next_event().await {
+                return (p, ids);
             }
         }
+    }
+
+    /// The next registration.
+    async fn next_register(&mut self) -> RegisterRequest {
+        loop {
+            if let Event::Registered(req, _) = self.next_event().await {
+                return req;
+            }
+        }
+    }
+
+    /// The next heartbeat that satisfies `want`.
+    async fn heartbeat_where(&mut self, want: impl Fn(&Heartbeat, &Ids) -> bool) -> Heartbeat {
+        loop {
+            if let Event::Heartbeat(hb, ids) = self.next_event().await {
+                if want(&hb, &ids) {
+                    return hb;
+                }
+            }
+        }
+    }
+
+    async fn stop_agent(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.agent.await.unwrap().unwrap();
     }
 
     async fn client(&self) -> AgentClient<tonic::transport::Channel> {
@@ -271,6 +331,7 @@ async fn prepare_predict_stop() {
     match h.next_event().await {
         Event::Registered(req, auth) => {
             assert_eq!(req.instance_id, "inst-1");
+            assert!(req.agent_id.starts_with("agent-"), "{req:?}");
             assert_eq!(auth, "Bearer join-secret");
             assert_eq!(format!("http://{}", req.address), h.agent_url);
             assert!(req.hardware.unwrap().cpus >= 1);
@@ -287,6 +348,16 @@ async fn prepare_predict_stop() {
         ("requirements.txt", "# nothing to install\n"),
     ]);
     let mut c = h.client().await;
+
+    // Only pool agents can be assigned.
+    let e = c
+        .assign(AssignRequest {
+            instance_id: "inst-2".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("inst-1"), "{e:?}");
 
     // Unknown job.
     let e = c
@@ -331,8 +402,8 @@ async fn prepare_predict_stop() {
 
     // Heartbeats report both workers.
     loop {
-        if let Event::Heartbeat(alive) = h.next_event().await {
-            if alive == 2 {
+        if let Event::Heartbeat(hb, _) = h.next_event().await {
+            if hb.workers_alive == 2 && hb.workers == 2 && hb.queued == 0 {
                 break;
             }
         }
@@ -454,6 +525,8 @@ async fn orphaned_agent_exits() {
         &format!("http://{addr}"),
         "--dir",
         tmp.path().to_str().unwrap(),
+        "--machine-id",
+        "local.small",
         "--orphan-timeout-s",
         "0",
     ]);
@@ -493,8 +566,8 @@ async fn reregisters_and_resends_after_scheduler_forgets() {
     while seen.last() != Some(&AgentPhase::Serving) {
         match h.next_event().await {
             Event::Registered(..) => reregistered = true,
-            Event::Phase(p) => seen.push(p.phase()),
-            Event::Heartbeat(_) | Event::Progress(_) => {}
+            Event::Phase(p, _) => seen.push(p.phase()),
+            Event::Heartbeat(..) | Event::Progress(_) => {}
         }
     }
     assert!(reregistered);
@@ -524,7 +597,7 @@ impl Harness {
         let mut items = Vec::new();
         loop {
             match self.next_event().await {
-                Event::Phase(p) => {
+                Event::Phase(p, _) => {
                     assert_eq!(p.job_id, job_id, "{p:?}");
                     let end = matches!(p.phase(), AgentPhase::Returned | AgentPhase::Failed);
                     items.push(Item::Phase(p));
@@ -536,7 +609,7 @@ impl Harness {
                     assert_eq!(p.job_id, job_id, "{p:?}");
                     items.push(Item::Progress(p));
                 }
-                Event::Registered(..) | Event::Heartbeat(_) => {}
+                Event::Registered(..) | Event::Heartbeat(..) => {}
             }
         }
     }
@@ -1000,4 +1073,308 @@ async fn large_outputs_reconnects_and_upload_failures() {
 
     h.stop.take().unwrap().send(()).unwrap();
     h.agent.await.unwrap().unwrap();
+}
+
+fn predict_req(job_id: &str, payload: serde_json::Value) -> AgentPredictRequest {
+    AgentPredictRequest {
+        job_id: job_id.into(),
+        payload: serde_json::to_vec(&payload).unwrap(),
+        content_type: "application/json".into(),
+    }
+}
+
+fn assign(instance_id: &str) -> AssignRequest {
+    AssignRequest {
+        instance_id: instance_id.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_without_an_identity_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = <aibro_agent::Args as clap::Parser>::parse_from([
+        "aibro-agent",
+        "--dir",
+        tmp.path().to_str().unwrap(),
+    ]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = aibro_agent::run(args, listener, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, aibro_agent::Error::NoIdentity), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("--instance-id") && msg.contains("--machine-id"),
+        "{msg}"
+    );
+}
+
+/// What the scheduler does with a pool agent: assign it (it registers again as the
+/// instance and is prepared), stop the instance (Stop, then back to the pool), start
+/// it again (the job's unpacked repo and environment are reused), terminate it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_agent_is_assigned_stopped_and_started_again() {
+    let mut h = Harness::start_with(&["--machine-id", "gpu.small", "--workers", "1"]).await;
+    let joined = h.next_register().await;
+    assert_eq!(joined.instance_id, "");
+    assert_eq!(joined.machine_id, "gpu.small");
+    let agent_id = joined.agent_id.clone();
+    assert!(agent_id.starts_with("agent-"), "{joined:?}");
+    assert_eq!(
+        std::fs::read_to_string(h.dir.join("agent-id")).unwrap(),
+        agent_id
+    );
+    let idle = Ids {
+        instance_id: String::new(),
+        agent_id: agent_id.clone(),
+    };
+    h.heartbeat_where(|hb, ids| *ids == idle && hb.workers == 0)
+        .await;
+    let digest = h.add_artifact(&[
+        (
+            "predict.py",
+            "import os\ndef load_model():\n    return os.getpid()\n\
+             def run(model, data):\n    return {'x': data['x'], 'pid': model}\n",
+        ),
+        ("requirements.txt", "--no-index\n"),
+    ]);
+    let mut c = h.client().await;
+    // An idle agent takes no job.
+    let e = c
+        .prepare(prepare_req("job-1", &digest, JobKind::Inference))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+
+    // Launch: assigned, it registers again as the instance.
+    c.assign(assign("inst-9")).await.unwrap();
+    let req = h.next_register().await;
+    assert_eq!(
+        (req.instance_id.as_str(), req.agent_id.as_str()),
+        ("inst-9", agent_id.as_str())
+    );
+    let inst = Ids {
+        instance_id: "inst-9".into(),
+        agent_id: agent_id.clone(),
+    };
+    c.prepare(prepare_req("job-1", &digest, JobKind::Inference))
+        .await
+        .unwrap();
+    for (phase, cached) in [
+        (AgentPhase::GearingUpEnv, false),
+        (AgentPhase::ModelLoading, false),
+        (AgentPhase::Serving, false),
+    ] {
+        let (p, ids) = h.next_phase_from().await;
+        assert_eq!((p.phase(), p.env_cached), (phase, cached), "{p:?}");
+        assert_eq!(ids, inst);
+    }
+    let out = c
+        .predict(predict_req("job-1", serde_json::json!({"x": 1})))
+        .await
+        .unwrap()
+        .into_inner();
+    let v: serde_json::Value = serde_json::from_slice(&out.output).unwrap();
+    assert_eq!(v["x"], 1);
+    let pid = v["pid"].as_u64().unwrap();
+    h.heartbeat_where(|hb, ids| *ids == inst && hb.workers == 1 && hb.workers_alive == 1)
+        .await;
+    let repo_file = h.dir.join("jobs/job-1/repo/predict.py");
+    let unpacked = std::fs::metadata(&repo_file).unwrap().modified().unwrap();
+
+    // Assigning the instance it already runs as changes nothing.
+    c.assign(assign("inst-9")).await.unwrap();
+    // Stop: the worker has exited when Stop returns; back to the pool.
+    c.stop(StopRequest { terminate: false }).await.unwrap();
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "worker {pid} survived Stop"
+    );
+    c.assign(assign("")).await.unwrap();
+    // The next registration is the idle one (the no-op Assign sent none).
+    let req = h.next_register().await;
+    assert_eq!(
+        (req.instance_id.as_str(), req.agent_id.as_str()),
+        ("", agent_id.as_str())
+    );
+    h.heartbeat_where(|hb, ids| *ids == idle && hb.workers == 0 && hb.workers_alive == 0)
+        .await;
+    assert!(repo_file.exists());
+
+    // Start again: nothing is fetched (the artifact is gone from the scheduler) and
+    // nothing installed.
+    h.artifacts.lock().unwrap().clear();
+    c.assign(assign("inst-9")).await.unwrap();
+    assert_eq!(h.next_register().await.instance_id, "inst-9");
+    c.prepare(prepare_req("job-1", &digest, JobKind::Inference))
+        .await
+        .unwrap();
+    for (phase, cached) in [
+        (AgentPhase::ModelLoading, true),
+        (AgentPhase::Serving, false),
+    ] {
+        let (p, ids) = h.next_phase_from().await;
+        assert_eq!((p.phase(), p.env_cached), (phase, cached), "{p:?}");
+        assert_eq!(ids, inst);
+    }
+    assert_eq!(
+        std::fs::metadata(&repo_file).unwrap().modified().unwrap(),
+        unpacked
+    );
+    let out = c
+        .predict(predict_req("job-1", serde_json::json!({"x": 2})))
+        .await
+        .unwrap()
+        .into_inner();
+    let v: serde_json::Value = serde_json::from_slice(&out.output).unwrap();
+    assert_eq!(v["x"], 2);
+    assert_ne!(v["pid"], pid);
+
+    // Terminate: the job's files go, the environment stays for later jobs.
+    c.stop(StopRequest { terminate: true }).await.unwrap();
+    c.assign(assign("")).await.unwrap();
+    assert_eq!(h.next_register().await.instance_id, "");
+    assert!(!h.dir.join("jobs").exists());
+    assert!(h.dir.join("envs").is_dir());
+    h.stop_agent().await;
+}
+
+/// Reports queued for an instance are not sent once the agent runs as another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_of_an_earlier_instance_are_dropped() {
+    let mut h = Harness::start_with(&["--machine-id", "gpu.small", "--workers", "1"]).await;
+    assert_eq!(h.next_register().await.instance_id, "");
+    let digest = h.add_artifact(&[(
+        "predict.py",
+        "def load_model():\n    return 0\ndef run(m, d):\n    return d\n",
+    )]);
+    let mut c = h.client().await;
+    c.assign(assign("inst-a")).await.unwrap();
+    assert_eq!(h.next_register().await.instance_id, "inst-a");
+    // The scheduler becomes unreachable: the job's reports stay queued.
+    h.refuse_reports.store(true, Ordering::SeqCst);
+    c.prepare(prepare_req("old", &digest, JobKind::Inference))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while c
+        .predict(predict_req("old", serde_json::json!(1)))
+        .await
+        .is_err()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "job never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Reassigned meanwhile (the scheduler's Stop is skipped: the job stays).
+    c.assign(assign("inst-b")).await.unwrap();
+    loop {
+        if h.next_register().await.instance_id == "inst-b" {
+            break;
+        }
+    }
+    h.refuse_reports.store(false, Ordering::SeqCst);
+    c.prepare(prepare_req("new", &digest, JobKind::Inference))
+        .await
+        .unwrap();
+    // The first report to arrive is the new job's, under the new instance.
+    let (p, ids) = h.next_phase_from().await;
+    assert_eq!(p.job_id, "new", "{p:?}");
+    assert_eq!(ids.instance_id, "inst-b");
+    loop {
+        let (p, ids) = h.next_phase_from().await;
+        assert_eq!(
+            (p.job_id.as_str(), ids.instance_id.as_str()),
+            ("new", "inst-b")
+        );
+        if p.phase() == AgentPhase::Serving {
+            break;
+        }
+    }
+    h.stop_agent().await;
+}
+
+/// An idle pool agent keeps heartbeating, so the orphan timeout never hits it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_pool_agent_is_not_orphaned() {
+    let mut h =
+        Harness::start_with(&["--machine-id", "gpu.small", "--orphan-timeout-s", "1"]).await;
+    assert_eq!(h.next_register().await.instance_id, "");
+    let first = tokio::time::Instant::now();
+    // Heartbeats spanning twice the orphan timeout, every one of them idle.
+    while first.elapsed() < Duration::from_secs(2) {
+        h.heartbeat_where(|_, ids| ids.instance_id.is_empty()).await;
+    }
+    assert!(!h.agent.is_finished(), "the idle agent exited");
+    h.stop_agent().await;
+}
+
+/// `--gpus 0,1` with two workers: each worker sees one GPU through
+/// CUDA_VISIBLE_DEVICES; heartbeats count the requests waiting for a worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpus_are_spread_over_the_workers() {
+    let mut h =
+        Harness::start_with(&["--instance-id", "inst-g", "--workers", "2", "--gpus", "0,1"]).await;
+    let req = h.next_register().await;
+    // Only detected GPUs are reported, and only those named by --gpus.
+    let reported = req.hardware.unwrap().gpus;
+    assert!(reported.iter().all(|g| g.index <= 1), "{reported:?}");
+    let digest = h.add_artifact(&[(
+        "predict.py",
+        "import os, time\ndef load_model():\n    return None\n\
+         def run(model, data):\n    \
+         open(os.path.join(data['dir'], 'started-%d' % os.getpid()), 'w').close()\n    \
+         deadline = time.time() + 60\n    \
+         while not os.path.exists(os.path.join(data['dir'], 'release')) and time.time() < deadline:\n        \
+         time.sleep(0.01)\n    \
+         return {'cuda': os.environ.get('CUDA_VISIBLE_DEVICES'), 'pid': os.getpid()}\n",
+    )]);
+    let mut c = h.client().await;
+    c.prepare(prepare_req("g", &digest, JobKind::Inference))
+        .await
+        .unwrap();
+    loop {
+        if h.next_phase().await.phase() == AgentPhase::Serving {
+            break;
+        }
+    }
+    let sync = tempfile::tempdir().unwrap();
+    let call = |c: &AgentClient<tonic::transport::Channel>| {
+        let mut c = c.clone();
+        let req = predict_req("g", serde_json::json!({ "dir": sync.path() }));
+        tokio::spawn(async move { c.predict(req).await })
+    };
+    let busy = [call(&c), call(&c)];
+    // Both requests run at once: one on each worker.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(sync.path()).unwrap().count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "workers never busy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waiting = call(&c);
+    h.heartbeat_where(|hb, _| {
+        (hb.in_flight, hb.queued, hb.workers, hb.workers_alive) == (3, 1, 2, 2)
+    })
+    .await;
+    std::fs::write(sync.path().join("release"), "").unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut pids = std::collections::BTreeSet::new();
+    for r in busy.into_iter().chain([waiting]) {
+        let out = r.await.unwrap().unwrap().into_inner();
+        let v: serde_json::Value = serde_json::from_slice(&out.output).unwrap();
+        seen.insert(v["cuda"].as_str().unwrap().to_string());
+        pids.insert(v["pid"].as_u64().unwrap());
+    }
+    assert_eq!(seen, ["0".to_string(), "1".to_string()].into());
+    assert_eq!(pids.len(), 2);
+    h.heartbeat_where(|hb, _| hb.in_flight == 0 && hb.queued == 0)
+        .await;
+    // Stop returns once the workers (and so their GPU memory) are gone.
+    c.stop(StopRequest { terminate: false }).await.unwrap();
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {pid} survived Stop"
+        );
+    }
+    h.stop_agent().await;
 }
