@@ -51,6 +51,9 @@ pub enum Command {
     /// Access tokens (admin only).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The emulated spot market of the local provider (admin only).
+    #[command(subcommand)]
+    Spot(SpotCommand),
     /// List instances (of one job, or of all your jobs).
     Instances(InstancesArgs),
     /// List the machine catalog with prices and live availability.
@@ -200,6 +203,27 @@ pub enum JobsCommand {
 pub struct JobIdArg {
     /// Job id.
     pub job_id: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpotCommand {
+    /// Interrupt a running spot instance now, as the spot market would: the
+    /// scheduler replaces it before the notice ends.
+    Interrupt {
+        /// Instance id (see `aibro instances`).
+        instance_id: String,
+        /// Milliseconds of notice before the machine is reclaimed (default:
+        /// the scheduler's --spot-notice-ms).
+        #[arg(long, default_value_t = 0)]
+        notice_ms: u32,
+    },
+    /// Set the probability that a spot request for a machine type is fulfilled.
+    Availability {
+        /// Machine type, without `.od` (e.g. `local.small`).
+        machine_type: String,
+        /// 0.0 (never) to 1.0 (always).
+        availability: f64,
+    },
 }
 
 #[derive(Debug, Subcommand)]

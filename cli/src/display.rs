@@ -156,6 +156,24 @@ pub fn hardware(hw: &Option<Hardware>) -> String {
     parts.join(", ")
 }
 
+/// Live GPU memory in use: "0: 1.2 GiB/16.0 GiB, 1: …"; "-" without GPUs.
+pub fn gpu_memory(gpus: &[aibro_proto::v1::Gpu]) -> String {
+    if gpus.is_empty() {
+        return "-".into();
+    }
+    gpus.iter()
+        .map(|g| {
+            format!(
+                "{}: {}/{}",
+                g.index,
+                bytes(g.memory_used_bytes),
+                bytes(g.memory_total_bytes)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Standard base64 (for non-UTF-8 outputs in JSON).
 pub fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

@@ -31,11 +31,12 @@ impl Capacity {
     }
 
     /// Takes a machine of the type for `instance_id`, waiting until `deadline`
-    /// for one to be released. False if none could be had in time.
+    /// for one to be released (or added: `capacity` is asked again each time).
+    /// False if none could be had in time.
     pub async fn acquire(
         &self,
         machine_type: &str,
-        capacity: u32,
+        capacity: impl Fn() -> u32,
         instance_id: &str,
         deadline: Instant,
     ) -> bool {
@@ -43,7 +44,7 @@ impl Capacity {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if self.try_take(machine_type, capacity, instance_id) {
+            if self.try_take(machine_type, capacity(), instance_id) {
                 return true;
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
@@ -73,6 +74,11 @@ impl Capacity {
         }
     }
 
+    /// Machines were added (a pool agent joined): waiters look again.
+    pub fn added(&self) {
+        self.freed.notify_waiters();
+    }
+
     pub fn used(&self, machine_type: &str) -> u32 {
         let holders = self.holders.lock().expect("capacity lock");
         holders.values().filter(|t| *t == machine_type).count() as u32
@@ -88,16 +94,16 @@ mod tests {
     async fn waits_for_a_release_until_the_deadline() {
         let cap = std::sync::Arc::new(Capacity::default());
         let soon = || Instant::now() + Duration::from_secs(5);
-        assert!(cap.acquire("t", 1, "a", soon()).await);
+        assert!(cap.acquire("t", || 1, "a", soon()).await);
         assert!(
-            cap.acquire("t", 1, "a", soon()).await,
+            cap.acquire("t", || 1, "a", soon()).await,
             "a holder asking again keeps its machine"
         );
-        assert!(!cap.acquire("t", 1, "b", soon()).await);
+        assert!(!cap.acquire("t", || 1, "b", soon()).await);
         let waiter = {
             let cap = cap.clone();
             tokio::spawn(async move {
-                cap.acquire("t", 1, "c", Instant::now() + Duration::from_secs(30))
+                cap.acquire("t", || 1, "c", Instant::now() + Duration::from_secs(30))
                     .await
             })
         };

@@ -40,6 +40,19 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// The same machine type on `market` (`g4dn.4xlarge.od` ↔ `g4dn.4xlarge`).
+    pub fn on_market(&self, market: Market) -> Machine {
+        let id = match market {
+            Market::Spot => self.kind.name.clone(),
+            Market::OnDemand => format!("{}{ON_DEMAND_SUFFIX}", self.kind.name),
+        };
+        Machine {
+            id,
+            market,
+            kind: self.kind.clone(),
+        }
+    }
+
     pub fn price_per_hour(&self) -> f64 {
         match self.market {
             Market::Spot => self.kind.spot_price,
@@ -133,6 +146,11 @@ mod tests {
         assert_eq!(spot.price_per_hour(), 0.36);
         assert!(c.resolve("local.small.od").is_some());
         assert!(c.resolve("nope.od").is_none());
+        assert_eq!(od.on_market(Market::Spot).id, "g4dn.12xlarge");
+        assert_eq!(
+            spot.on_market(Market::OnDemand),
+            c.resolve("g4dn.4xlarge.od").unwrap()
+        );
     }
 
     #[test]

@@ -57,6 +57,24 @@ pub struct Config {
     /// Seconds an agent keeps running without reaching the scheduler before it exits.
     #[arg(long, env = "AIBRO_AGENT_ORPHAN_TIMEOUT_S", default_value_t = 300)]
     pub agent_orphan_timeout_s: u64,
+    /// Run deploys on the spot twin of their on-demand machine ids whenever a
+    /// spot request is fulfilled (interrupted spot instances are replaced).
+    #[arg(long, env = "AIBRO_USE_SPOT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub use_spot: bool,
+    /// Seconds between looks for spot capacity for on-demand stand-ins.
+    #[arg(long, env = "AIBRO_SPOT_CHECK_S", default_value_t = 60)]
+    pub spot_check_s: u64,
+    /// Local provider: the probability a spot request is fulfilled, for every
+    /// type (default: each type's `spot_availability` in the catalog).
+    #[arg(long, env = "AIBRO_SPOT_AVAILABILITY")]
+    pub spot_availability: Option<f64>,
+    /// Local provider: random interruptions per spot instance and hour.
+    #[arg(long, env = "AIBRO_SPOT_INTERRUPTIONS_PER_HOUR", default_value_t = 0.0)]
+    pub spot_interruptions_per_hour: f64,
+    /// Local provider: milliseconds of notice before an interrupted spot
+    /// instance is reclaimed.
+    #[arg(long, env = "AIBRO_SPOT_NOTICE_MS", default_value_t = 120_000)]
+    pub spot_notice_ms: u64,
 }
 
 impl Config {

@@ -121,10 +121,17 @@ pub fn instance(
     seen: Option<Seen>,
 ) -> pb::Instance {
     let seen = seen.filter(|_| !i.state.is_closed());
+    let load = seen.as_ref().map(|s| &s.load);
     pb::Instance {
-        in_flight: seen.map_or(0, |s| s.in_flight),
-        workers_alive: seen.map_or(0, |s| s.workers_alive),
-        last_heartbeat_at: seen.and_then(|s| timestamp(s.at_ms)),
+        in_flight: load.map_or(0, |l| l.in_flight),
+        workers_alive: load.map_or(0, |l| l.workers_alive),
+        queued: load.map_or(0, |l| l.queued),
+        workers: load.map_or(0, |l| l.workers),
+        gpus: load.map(|l| l.gpus.clone()).unwrap_or_default(),
+        last_heartbeat_at: seen.as_ref().and_then(|s| timestamp(s.at_ms)),
+        replaces: i.replaces.clone().unwrap_or_default(),
+        reason: i.reason.clone(),
+        host: i.host.clone(),
         price_per_hour: cost.map_or(0.0, |c| c.price_per_hour),
         running_ms: cost.map_or(0, |c| c.running_ms),
         cost_usd: cost.map_or(0.0, |c| c.cost_usd),

@@ -13,7 +13,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::control::Control;
+use crate::control::{Control, Registration};
 use crate::convert;
 use crate::error::Error;
 
@@ -44,10 +44,14 @@ impl AgentGateway for GatewayApi {
     ) -> Result<Response<RegisterResponse>, Status> {
         self.check(&request)?;
         let r = request.into_inner();
-        let hardware = convert::hardware_from_pb(r.hardware.unwrap_or_default());
-        self.control
-            .register(&r.instance_id, &r.address, hardware)
-            .await?;
+        let registration = Registration {
+            hardware: convert::hardware_from_pb(r.hardware.unwrap_or_default()),
+            instance_id: r.instance_id,
+            agent_id: r.agent_id,
+            machine_id: r.machine_id,
+            address: r.address,
+        };
+        self.control.register(registration).await?;
         Ok(Response::new(RegisterResponse {
             heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u32,
         }))
@@ -61,7 +65,7 @@ impl AgentGateway for GatewayApi {
         let r = request.into_inner();
         match r.body {
             Some(Body::Phase(phase)) => self.control.report(&r.instance_id, phase).await?,
-            Some(Body::Heartbeat(h)) => self.control.heartbeat(&r.instance_id, &h)?,
+            Some(Body::Heartbeat(h)) => self.control.heartbeat(&r.instance_id, &r.agent_id, &h)?,
             Some(Body::Progress(p)) => self.control.progress(&r.instance_id, p).await?,
             None => return Err(Status::invalid_argument("report has no body")),
         }

@@ -45,33 +45,39 @@ use tokio_util::task::TaskTracker;
 pub use config::Config;
 
 const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// The token agents join with (`aibro-agent --join-token`), for hosts started by hand.
+const JOIN_TOKEN_FILE: &str = "join-token";
 /// Written once listening: the address, for scripts and tests that bind port 0.
 const LISTEN_ADDR_FILE: &str = "listen-addr";
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Room above the payload limit for the rest of a Predict request.
 const ENVELOPE_BYTES: usize = 64 << 10;
 
+/// Writes `<data-dir>/<name>` (mode 0600) atomically.
+fn write_secret(data_dir: &std::path::Path, name: &str, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = data_dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(secret.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, data_dir.join(name))
+}
+
 /// Creates the admin account and writes its token to `<data-dir>/admin-token`
-/// (mode 0600) on first start.
-async fn ensure_admin(auth: &auth::Auth, data_dir: &std::path::Path) -> anyhow::Result<()> {
-    let path = data_dir.join(ADMIN_TOKEN_FILE);
-    if path.exists() {
-        return Ok(());
+/// on first start; writes the agents' join token to `<data-dir>/join-token`.
+async fn ensure_secrets(auth: &auth::Auth, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    if !data_dir.join(JOIN_TOKEN_FILE).exists() {
+        write_secret(data_dir, JOIN_TOKEN_FILE, auth.join_token())?;
     }
-    let token = auth.create_token(auth::ADMIN_USER).await?;
-    let tmp = data_dir.join(".admin-token.tmp");
-    {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(token.as_bytes())?;
-        f.sync_all()?;
+    if !data_dir.join(ADMIN_TOKEN_FILE).exists() {
+        let token = auth.create_token(auth::ADMIN_USER).await?;
+        write_secret(data_dir, ADMIN_TOKEN_FILE, &token)?;
     }
-    std::fs::rename(&tmp, &path)?;
     Ok(())
 }
 
@@ -116,7 +122,7 @@ pub async fn run(
     let _ = std::fs::remove_file(config.data_dir.join(LISTEN_ADDR_FILE));
     let store = store::Store::open(&config.data_dir.join("db")).context("cannot open the store")?;
     let auth = auth::Auth::open(store.clone()).await?;
-    ensure_admin(&auth, &config.data_dir).await?;
+    ensure_secrets(&auth, &config.data_dir).await?;
     let catalog = catalog::Catalog::load(config.catalog.as_deref())?;
     let public_url = config
         .public_url
@@ -135,17 +141,33 @@ pub async fn run(
         args.extend(config.pip_args());
         args
     };
+    let tasks = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    let (notices, interruptions) = tokio::sync::mpsc::unbounded_channel();
+    let spot = Arc::new(provider::spot::SpotMarket::new(
+        provider::spot::SpotSettings {
+            availability: config.spot_availability,
+            interruptions_per_hour: config.spot_interruptions_per_hour,
+            notice: Duration::from_millis(config.spot_notice_ms),
+        },
+        notices,
+    ));
+    {
+        let (spot, cancel) = (spot.clone(), cancel.clone());
+        tasks.spawn(async move { spot.run(cancel).await });
+    }
     let local = provider::local::LocalProvider::new(
         config.agent_bin(),
         config.data_dir.join("instances"),
         public_url.clone(),
         auth.join_token().to_string(),
         agent_args,
+        spot,
     );
-    let providers = provider::Providers::default().with("local", Arc::new(local));
+    let providers = provider::Providers::default()
+        .with("local", Arc::new(local))
+        .with_pool(Arc::default());
 
-    let tasks = TaskTracker::new();
-    let cancel = CancellationToken::new();
     let settings = control::Settings {
         data_dir: config.data_dir.clone(),
         public_url,
@@ -156,6 +178,8 @@ pub async fn run(
         lifecycle_tick: std::time::Duration::from_millis(config.lifecycle_tick_ms),
         python: config.python.clone(),
         pip: config.pip.clone(),
+        use_spot: config.use_spot,
+        spot_check: Duration::from_secs(config.spot_check_s.max(1)),
     };
     let control = control::Control::new(
         settings,
@@ -168,6 +192,8 @@ pub async fn run(
     );
     control.recover().await?;
     control.start_liveness();
+    control.start_interruptions(interruptions);
+    control.start_spot_return();
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter

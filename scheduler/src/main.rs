@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 
 #[derive(Parser)]
 #[command(name = "aibro-scheduler", version, about = "aibro-rs scheduler")]
-#[command(args_conflicts_with_subcommands = true)]
+#[command(args_conflicts_with_subcommands = true, args_override_self = true)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,

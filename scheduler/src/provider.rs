@@ -1,15 +1,20 @@
 //! Where instances come from. A provider launches, stops, starts and
 //! terminates the machine behind an instance id; `local` (the embedded
-//! default) runs each instance as an `aibro-agent` process on this host.
+//! default) runs each instance as an `aibro-agent` process on this host,
+//! `pool` assigns agents that joined from other hosts. Providers with a spot
+//! market say whether spot capacity can be had and announce interruptions.
 
 pub mod local;
+pub mod pool;
+pub mod spot;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::catalog::Machine;
+use crate::catalog::{Machine, MachineType};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
@@ -17,6 +22,19 @@ pub enum ProviderError {
     Spawn(String, std::io::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("instance {0} is not a running spot machine")]
+    NotSpot(String),
+    #[error("this provider cannot {0}")]
+    Unsupported(&'static str),
+    #[error("{0}")]
+    Pool(String),
+}
+
+/// A provider's notice that a spot machine is reclaimed after `notice`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interruption {
+    pub instance_id: String,
+    pub notice: Duration,
 }
 
 pub trait Provider: Send + Sync {
@@ -36,18 +54,65 @@ pub trait Provider: Send + Sync {
     ) -> BoxFuture<'a, Result<(), ProviderError>>;
     /// Ends the machine and removes its disk. Idempotent.
     fn terminate<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>>;
+
+    /// A stopped machine stays reserved for its instance (a pool agent keeps
+    /// its disk), so it still counts against capacity.
+    fn stopped_holds_machine(&self) -> bool {
+        false
+    }
+    /// The probability that a spot request for the type is fulfilled now.
+    fn spot_availability(&self, _kind: &MachineType) -> f64 {
+        0.0
+    }
+    /// One spot request: would a spot machine of the type be had now?
+    fn spot_available(&self, _kind: &MachineType) -> bool {
+        false
+    }
+    /// How many machines of the type exist now, where the provider knows
+    /// better than the catalog (a pool counts the agents that joined).
+    fn capacity(&self, _kind: &MachineType) -> Option<u32> {
+        None
+    }
+    /// Interrupts a running spot machine now, as its market would (`None`:
+    /// the default notice).
+    fn interrupt(
+        &self,
+        _instance_id: &str,
+        _notice: Option<Duration>,
+    ) -> Result<(), ProviderError> {
+        Err(ProviderError::Unsupported(
+            "interrupt instances (it has no emulated spot market)",
+        ))
+    }
+    /// Sets the emulated spot availability of a machine type.
+    fn set_spot_availability(&self, _machine_type: &str, _p: f64) -> Result<(), ProviderError> {
+        Err(ProviderError::Unsupported(
+            "set spot availability (it has no emulated spot market)",
+        ))
+    }
 }
 
 /// The providers this scheduler runs, by the name the catalog uses.
 #[derive(Clone, Default)]
 pub struct Providers {
     by_name: HashMap<String, Arc<dyn Provider>>,
+    pool: Option<Arc<pool::Pool>>,
 }
 
 impl Providers {
     pub fn with(mut self, name: &str, provider: Arc<dyn Provider>) -> Self {
         self.by_name.insert(name.to_string(), provider);
         self
+    }
+
+    /// Adds the pool provider, which agents join from other hosts.
+    pub fn with_pool(mut self, pool: Arc<pool::Pool>) -> Self {
+        self.pool = Some(pool.clone());
+        self.with(pool::POOL, pool)
+    }
+
+    pub fn pool(&self) -> Option<&Arc<pool::Pool>> {
+        self.pool.as_ref()
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Provider>> {

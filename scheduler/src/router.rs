@@ -51,6 +51,20 @@ impl Backend {
         self.served.load(Ordering::Relaxed)
     }
 
+    async fn call(&self, request: AgentPredictRequest) -> Result<Routed, tonic::Status> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _in_flight = InFlight(self.in_flight.clone());
+        self.last_request_ms.fetch_max(now_ms(), Ordering::Relaxed);
+        let response = self.link.predict(request).await?;
+        self.served.fetch_add(1, Ordering::Relaxed);
+        Ok(Routed {
+            output: response.output,
+            content_type: response.content_type,
+            instance_id: self.instance_id.clone(),
+            role: self.role,
+        })
+    }
+
     /// Waits until no request is in flight on this backend, or `limit` passed.
     pub async fn drain(&self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
@@ -262,36 +276,37 @@ impl Router {
         if !client_allowed(&route.clients.load(), client_id) {
             return Err(RouteError::ClientDenied);
         }
-        let backend = route
-            .backends
-            .load()
-            .first()
-            .cloned()
-            .ok_or(RouteError::NoBackend)?;
-        if route.has_cooling && backend.role != Role::Cooling {
+        let backends = route.backends.load();
+        let first = backends.first().ok_or(RouteError::NoBackend)?;
+        if route.has_cooling && first.role != Role::Cooling {
             route.request_wake();
         }
-        backend.in_flight.fetch_add(1, Ordering::AcqRel);
-        let _in_flight = InFlight(backend.in_flight.clone());
-        backend
-            .last_request_ms
-            .fetch_max(now_ms(), Ordering::Relaxed);
         let request = AgentPredictRequest {
             job_id: route.job_id.clone(),
             payload,
             content_type,
         };
-        let response = backend
-            .link
-            .predict(request)
-            .await
-            .map_err(RouteError::Agent)?;
-        backend.served.fetch_add(1, Ordering::Relaxed);
-        Ok(Routed {
-            output: response.output,
-            content_type: response.content_type,
-            instance_id: backend.instance_id,
-            role: backend.role,
-        })
+        // An instance that cannot take the request (unreachable, lost,
+        // overloaded) passes it to the next one, if there is one.
+        let mut last = None;
+        let n = backends.len();
+        let mut request = Some(request);
+        for (i, backend) in backends.iter().enumerate() {
+            // Copied only while another backend may need it.
+            let this_try = if i + 1 == n {
+                request.take()
+            } else {
+                request.clone()
+            };
+            let Some(this_try) = this_try else { break };
+            match backend.call(this_try).await {
+                Ok(routed) => return Ok(routed),
+                Err(status) if status.code() == tonic::Code::Unavailable => last = Some(status),
+                Err(status) => return Err(RouteError::Agent(status)),
+            }
+        }
+        Err(RouteError::Agent(
+            last.expect("at least one backend was tried"),
+        ))
     }
 }

@@ -172,6 +172,10 @@ fn role_valid(kind: JobKind, role: Role) -> bool {
 /// The seed's status map: may an instance with `role` be in `inst` while its job
 /// is in `job`? The cooling instance of a deployed job also stops, wakes, or
 /// (failed) is terminated while the job stays DEPLOYED (SPEC.md "Inference jobs").
+/// A deployed job's standby may be replaced (spot interruption, lost agent):
+/// the replacement launches and the replaced one closes while the job serves,
+/// so a standby may be LAUNCHING, EXECUTING, CLOSING or CLOSED then, never
+/// COOLING; [`check_job`] keeps one standby LAUNCHING or EXECUTING throughout.
 pub fn pair_allowed(kind: JobKind, job: JobState, role: Role, inst: InstanceState) -> bool {
     use InstanceStatus as I;
     if !job_state_valid(kind, job) || !instance_state_valid(inst) || !role_valid(kind, role) {
@@ -185,7 +189,7 @@ pub fn pair_allowed(kind: JobKind, job: JobState, role: Role, inst: InstanceStat
         // when idle, wakes on demand, and is terminated if it fails.
         JobStatus::Deployed => match role {
             Role::Cooling => true,
-            _ => inst.status == I::Executing,
+            _ => inst.status != I::Cooling,
         },
         JobStatus::Training => inst.status == I::Executing,
         JobStatus::Canceled | JobStatus::Completed => {
@@ -321,7 +325,8 @@ pub fn next_instance(
 }
 
 /// Checks a whole job: every instance pairs legally with the job, and a job
-/// past REQUESTING_SERVER that has not ended has its primary instance.
+/// past REQUESTING_SERVER that has not ended has its primary instance,
+/// LAUNCHING or EXECUTING (a replaced one may be closing beside it).
 pub fn check_job(
     kind: JobKind,
     job: JobState,
@@ -333,9 +338,13 @@ pub fn check_job(
         }
     }
     let needs_primary = !job.is_ended() && job.substatus != JobSubstatus::RequestingServer;
-    let has_primary = instances
-        .iter()
-        .any(|(role, inst)| role.is_primary() && !inst.is_closed());
+    let has_primary = instances.iter().any(|(role, inst)| {
+        role.is_primary()
+            && matches!(
+                inst.status,
+                InstanceStatus::Launching | InstanceStatus::Executing
+            )
+    });
     if needs_primary && !has_primary {
         return Err(StateError::MissingInstance { job });
     }

@@ -112,6 +112,9 @@ impl Scheduler {
                 "30",
                 "--connect-timeout-s",
                 "60",
+                // Deploys stay on-demand unless a test asks for spot.
+                "--spot-availability",
+                "0",
             ])
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
@@ -229,12 +232,28 @@ impl Scheduler {
 
     /// Deploys `digest` on a `local.small.od` standby; returns the job id.
     pub async fn deploy(&self, token: &str, model_name: &str, digest: &str) -> Result<String> {
-        let r = self
-            .inference(Some(token))
-            .await?
-            .deploy(deploy_request(model_name, digest))
-            .await?;
+        self.deploy_with(token, deploy_request(model_name, digest))
+            .await
+    }
+
+    /// Sends a deploy request; returns the job id.
+    pub async fn deploy_with(&self, token: &str, request: pb::DeployRequest) -> Result<String> {
+        let r = self.inference(Some(token)).await?.deploy(request).await?;
         Ok(r.into_inner().job_id)
+    }
+
+    /// The marketplace's entry for a machine type.
+    pub async fn machine(&self, token: &str, machine_type: &str) -> Result<pb::Machine> {
+        let (ch, b) = self.authed(Some(token)).await?;
+        let machines = pb::marketplace_client::MarketplaceClient::with_interceptor(ch, b)
+            .available_machines(pb::AvailableMachinesRequest {})
+            .await?
+            .into_inner()
+            .machines;
+        machines
+            .into_iter()
+            .find(|m| m.machine_id == machine_type)
+            .ok_or_else(|| anyhow::anyhow!("{machine_type} is not listed"))
     }
 
     /// Every event of the job until `until` holds for one, within `deadline`.
@@ -341,13 +360,7 @@ impl Scheduler {
             cooling: cooling.into(),
         });
         request.cool_down_period_s = cool_down_period_s;
-        Ok(self
-            .inference(Some(token))
-            .await?
-            .deploy(request)
-            .await?
-            .into_inner()
-            .job_id)
+        self.deploy_with(token, request).await
     }
 
     pub async fn get_job(&self, token: &str, job_id: &str) -> Result<pb::Job> {

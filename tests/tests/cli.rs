@@ -161,3 +161,46 @@ async fn the_cli_drives_a_deployment_end_to_end() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_cli_shows_the_fleet_and_drives_the_spot_market() -> anyhow::Result<()> {
+    let s = Scheduler::start().await?;
+    let admin = s.admin_token.clone();
+    let out = aibro(&s, &admin, &["spot", "availability", "local.large", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let machines = text(&aibro(&s, &admin, &["machines"]));
+    let large = machines
+        .lines()
+        .find(|l| l.starts_with("local.large"))
+        .expect("local.large listed");
+    assert!(large.contains("100%"), "{machines}");
+
+    let token = s.user("uma").await?;
+    let digest = s.upload_dir(&token, &example("echo")).await?;
+    let mut request = aibro_tests::deploy_request("big", &digest);
+    request.machine_config = Some(aibro_proto::v1::MachineConfig {
+        standby: "local.large.od".into(),
+        cooling: String::new(),
+    });
+    let job_id = s.deploy_with(&token, request).await?;
+    s.wait_status(&token, &job_id, aibro_proto::v1::JobStatus::Deployed)
+        .await?;
+    let shown = text(&aibro(&s, &token, &["instances", "--job-id", &job_id]));
+    for column in ["MACHINE", "GPU MEMORY", "WORKERS", "NOTE"] {
+        assert!(shown.contains(column), "{column} missing:\n{shown}");
+    }
+    assert!(shown.contains("local.large "), "runs on spot:\n{shown}");
+
+    let inst = s.get_job(&token, &job_id).await?.instances[0]
+        .instance_id
+        .clone();
+    let out = aibro(&s, &token, &["spot", "interrupt", &inst]);
+    assert!(!out.status.success(), "only the admin may interrupt");
+    let out = aibro(
+        &s,
+        &admin,
+        &["spot", "interrupt", &inst, "--notice-ms", "60000"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    Ok(())
+}

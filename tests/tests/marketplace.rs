@@ -1,20 +1,11 @@
 //! The marketplace lists the catalog with live capacity: the numbers change
 //! as instances are taken and released.
 
-use aibro_proto::v1::{self as pb, marketplace_client::MarketplaceClient, JobStatus};
+use aibro_proto::v1::JobStatus;
 use aibro_tests::{example, Scheduler};
 
 async fn available(s: &Scheduler, token: &str, machine: &str) -> anyhow::Result<u32> {
-    let (ch, b) = s.authed(Some(token)).await?;
-    let machines = MarketplaceClient::with_interceptor(ch, b)
-        .available_machines(pb::AvailableMachinesRequest {})
-        .await?
-        .into_inner()
-        .machines;
-    let m = machines
-        .iter()
-        .find(|m| m.machine_id == machine)
-        .ok_or_else(|| anyhow::anyhow!("{machine} not listed"))?;
+    let m = s.machine(token, machine).await?;
     assert!(m.on_demand_price_per_hour > m.spot_price_per_hour, "{m:?}");
     Ok(m.available)
 }

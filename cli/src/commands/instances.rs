@@ -38,13 +38,34 @@ pub async fn show(ctx: &Ctx, job_id: Option<&str>) -> Result<()> {
 pub fn table(instances: &[Instance], with_job: bool) -> Table {
     let mut t = if with_job {
         Table::new([
-            "INSTANCE", "JOB", "ROLE", "MACHINE", "STATUS", "HARDWARE", "AGENT", "WORKERS",
-            "RUNNING", "COST", "UPDATED",
+            "INSTANCE",
+            "JOB",
+            "ROLE",
+            "MACHINE",
+            "STATUS",
+            "HARDWARE",
+            "GPU MEMORY",
+            "AGENT",
+            "WORKERS",
+            "RUNNING",
+            "COST",
+            "UPDATED",
+            "NOTE",
         ])
     } else {
         Table::new([
-            "INSTANCE", "ROLE", "MACHINE", "STATUS", "HARDWARE", "AGENT", "WORKERS", "RUNNING",
-            "COST", "UPDATED",
+            "INSTANCE",
+            "ROLE",
+            "MACHINE",
+            "STATUS",
+            "HARDWARE",
+            "GPU MEMORY",
+            "AGENT",
+            "WORKERS",
+            "RUNNING",
+            "COST",
+            "UPDATED",
+            "NOTE",
         ])
     };
     for i in instances {
@@ -57,23 +78,41 @@ pub fn table(instances: &[Instance], with_job: bool) -> Table {
             i.machine_id.clone(),
             display::instance_state(i.status, i.substatus),
             display::hardware(&i.hardware),
+            display::gpu_memory(&i.gpus),
             or_dash(&i.agent_address),
             load(i),
             display::duration_ms(i.running_ms),
             display::usd(i.cost_usd),
             display::ago(&i.updated_at),
+            note(i),
         ]);
         t.row(row);
     }
     t
 }
 
-/// "2 (1 busy)": Python workers serving, requests in flight, from the last heartbeat.
+/// "2/2 (1 busy, 0 queued)": Python workers alive of those the job should
+/// have, requests in flight and waiting, from the last heartbeat.
 fn load(i: &Instance) -> String {
     if i.last_heartbeat_at.is_none() {
         return "-".into();
     }
-    format!("{} ({} busy)", i.workers_alive, i.in_flight)
+    format!(
+        "{}/{} ({} busy, {} queued)",
+        i.workers_alive, i.workers, i.in_flight, i.queued
+    )
+}
+
+/// What replaced what, and why an instance ended when its job did not ask.
+fn note(i: &Instance) -> String {
+    let mut parts = Vec::new();
+    if !i.replaces.is_empty() {
+        parts.push(format!("replaces {}", i.replaces));
+    }
+    if !i.reason.is_empty() {
+        parts.push(i.reason.clone());
+    }
+    or_dash(&parts.join("; "))
 }
 
 pub fn or_dash(s: &str) -> String {

@@ -65,6 +65,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Jobs(cmd) => jobs::run(&ctx, cmd).await,
         Command::Timeline(arg) => timeline::show(&ctx, &arg.job_id).await,
         Command::Token(cmd) => token::run(&ctx, cmd).await,
+        Command::Spot(cmd) => token::spot(&ctx, cmd).await,
         Command::Instances(args) => instances::show(&ctx, args.job_id.as_deref()).await,
         Command::Machines => machines::show(&ctx).await,
         Command::Demo(_) => unreachable!("handled above"),

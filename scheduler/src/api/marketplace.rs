@@ -18,24 +18,25 @@ impl Marketplace for MarketplaceApi {
         request: Request<AvailableMachinesRequest>,
     ) -> Result<Response<AvailableMachinesResponse>, Status> {
         super::caller(&self.control, &request)?;
-        let machines = self
-            .control
+        let control = &self.control;
+        let machines = control
             .catalog()
             .types()
-            .map(|t| Machine {
-                machine_id: t.name.clone(),
-                gpu_type: t.gpu_type.clone(),
-                gpu_count: t.gpu_count,
-                vcpus: t.vcpus,
-                memory_gib: t.memory_gib,
-                spot_price_per_hour: t.spot_price,
-                on_demand_price_per_hour: t.on_demand_price,
-                capacity: t.capacity,
-                available: t
-                    .capacity
-                    .saturating_sub(self.control.capacity().used(&t.name)),
-                spot_availability: t.spot_availability,
-                provider: t.provider.clone(),
+            .map(|t| {
+                let capacity = control.live_capacity(t);
+                Machine {
+                    machine_id: t.name.clone(),
+                    gpu_type: t.gpu_type.clone(),
+                    gpu_count: t.gpu_count,
+                    vcpus: t.vcpus,
+                    memory_gib: t.memory_gib,
+                    spot_price_per_hour: t.spot_price,
+                    on_demand_price_per_hour: t.on_demand_price,
+                    capacity,
+                    available: capacity.saturating_sub(control.capacity().used(&t.name)),
+                    spot_availability: control.spot_availability(t),
+                    provider: t.provider.clone(),
+                }
             })
             .collect();
         Ok(Response::new(AvailableMachinesResponse { machines }))

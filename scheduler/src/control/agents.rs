@@ -7,13 +7,26 @@ use aibro_proto::v1::{AgentPhase, PhaseReport, PrepareRequest};
 
 use crate::error::{Error, Result};
 use crate::link::{self, Link};
+use crate::provider::pool::POOL;
 use crate::router::Backend;
 use crate::state::{
-    self, InstanceEvent, InstanceState, JobEvent, JobKind, JobState, JobStatus, JobSubstatus, Role,
+    self, InstanceEvent, InstanceState, InstanceStatus, JobEvent, JobKind, JobState, JobStatus,
+    JobSubstatus, Role,
 };
 use crate::store::{HardwareRecord, InstanceRecord, JobRecord, Mark, StoreError};
 
 use super::{instance_mut, Control};
+
+/// An agent's registration.
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    /// Empty: an idle pool agent.
+    pub instance_id: String,
+    pub agent_id: String,
+    pub machine_id: String,
+    pub address: String,
+    pub hardware: HardwareRecord,
+}
 
 /// Moves the job on `event` when that is legal from where it is now; a
 /// repeated report leaves it as it is.
@@ -36,6 +49,28 @@ fn promote_ready(job: &JobRecord, insts: &mut [InstanceRecord]) -> Result<(), St
     {
         inst.state = state::next_instance(inst.state, InstanceEvent::Ready)?;
     }
+    retire_replaced(insts)
+}
+
+/// Instances whose replacement serves now are terminated (they drain first).
+fn retire_replaced(insts: &mut [InstanceRecord]) -> Result<(), StoreError> {
+    let serving: Vec<(String, String)> = insts
+        .iter()
+        .filter(|i| i.state == InstanceState::EXECUTING)
+        .filter_map(|i| Some((i.replaces.clone()?, i.id.clone())))
+        .collect();
+    for (old, new) in serving {
+        let old = instance_mut(insts, &old)?;
+        if matches!(
+            old.state.status,
+            InstanceStatus::Launching | InstanceStatus::Executing | InstanceStatus::Cooling
+        ) {
+            old.state = state::next_instance(old.state, InstanceEvent::Terminate)?;
+            if old.reason.is_empty() {
+                old.reason = format!("replaced by {new}");
+            }
+        }
+    }
     Ok(())
 }
 
@@ -53,19 +88,71 @@ impl Control {
         Ok(inst)
     }
 
-    /// An agent joined over gRPC at `address`.
-    pub async fn register(
-        &self,
-        instance_id: &str,
-        address: &str,
-        hardware: HardwareRecord,
-    ) -> Result<()> {
-        self.live_instance(instance_id)?;
-        let link = link::grpc(address).map_err(Error::InvalidArgument)?;
-        self.attach(instance_id, address, link, hardware).await
+    /// An agent joined over gRPC at `agent.address`: as an instance's agent,
+    /// or (no instance id) as an idle pool machine of type `agent.machine_id`.
+    pub async fn register(&self, agent: Registration) -> Result<()> {
+        if agent.instance_id.is_empty() {
+            return self.join_pool(agent);
+        }
+        let inst = self.live_instance(&agent.instance_id)?;
+        let link = link::grpc(&agent.address).map_err(Error::InvalidArgument)?;
+        let pool_type = self
+            .catalog()
+            .resolve(&inst.machine_id)
+            .filter(|m| m.kind.provider == POOL)
+            .map(|m| m.kind.name);
+        if let (Some(pool), Some(kind)) = (self.inner.providers.pool(), pool_type) {
+            if !agent.agent_id.is_empty() {
+                pool.join(&agent.agent_id, &kind, &agent.address, &agent.instance_id)
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            }
+        }
+        self.attach(
+            &agent.instance_id,
+            &agent.address,
+            link,
+            agent.hardware,
+            &agent.agent_id,
+        )
+        .await
+    }
+
+    fn join_pool(&self, agent: Registration) -> Result<()> {
+        let pool = self.inner.providers.pool().ok_or_else(|| {
+            Error::FailedPrecondition("this scheduler runs no pool provider".into())
+        })?;
+        if agent.agent_id.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a pool agent must send its agent_id".into(),
+            ));
+        }
+        let pool_types: Vec<&str> = self
+            .catalog()
+            .types()
+            .filter(|t| t.provider == POOL)
+            .map(|t| t.name.as_str())
+            .collect();
+        let machine_type = agent.machine_id.trim_end_matches(".od");
+        if !pool_types.contains(&machine_type) {
+            return Err(Error::InvalidArgument(format!(
+                "machine id `{}` is not a pool machine type in the catalog; add a [[machine]] \
+                 with provider = \"pool\" to the scheduler's --catalog (pool types now: {})",
+                agent.machine_id,
+                if pool_types.is_empty() {
+                    "none".to_string()
+                } else {
+                    pool_types.join(", ")
+                }
+            )));
+        }
+        pool.join(&agent.agent_id, machine_type, &agent.address, "")
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        self.capacity().added();
+        Ok(())
     }
 
     /// Remembers how to reach the instance's agent and sends it its job.
+    /// `host`: the pool agent that runs it, if any.
     #[tracing::instrument(skip(self, link, hardware))]
     pub async fn attach(
         &self,
@@ -73,6 +160,7 @@ impl Control {
         address: &str,
         link: Link,
         hardware: HardwareRecord,
+        host: &str,
     ) -> Result<()> {
         let inst = self.live_instance(instance_id)?;
         self.set_agent(instance_id, link.clone());
@@ -81,6 +169,7 @@ impl Control {
                 let inst = instance_mut(insts, instance_id)?;
                 inst.agent_address = address.to_string();
                 inst.hardware = Some(hardware.clone());
+                inst.host = host.to_string();
                 Ok(vec![Mark::phase(instance_id, "agent connected")])
             })
             .await?;
@@ -113,12 +202,28 @@ impl Control {
         });
     }
 
-    /// A heartbeat from a live instance's agent.
+    /// A heartbeat from a live instance's agent, or from an idle pool agent
+    /// (no instance id).
     pub fn heartbeat(
         &self,
         instance_id: &str,
+        agent_id: &str,
         heartbeat: &aibro_proto::v1::Heartbeat,
     ) -> Result<()> {
+        if instance_id.is_empty() {
+            let known = self
+                .inner
+                .providers
+                .pool()
+                .is_some_and(|p| p.seen(agent_id));
+            return if known {
+                Ok(())
+            } else {
+                Err(Error::NotFound(format!(
+                    "pool agent `{agent_id}` is not in the pool; register again"
+                )))
+            };
+        }
         self.live_instance(instance_id)?;
         self.last_seen(instance_id, Some(heartbeat));
         Ok(())
@@ -143,7 +248,9 @@ impl Control {
                 } else {
                     report.traceback
                 };
-                if inst.role.is_primary() {
+                if self.replacement_failed(&inst, &reason).await {
+                    tracing::warn!(instance_id, "replacement failed: {reason}");
+                } else if inst.role.is_primary() {
                     self.cancel(&inst.job_id, reason).await;
                 } else {
                     // The job goes on with its standby; the failed instance goes.
@@ -208,6 +315,14 @@ impl Control {
         } else if serving {
             for inst in committed.instances.iter().filter(|i| i.state.is_serving()) {
                 self.serve(job, inst);
+            }
+            // Traffic has moved to their replacements: drain and terminate.
+            for old in committed
+                .instances
+                .iter()
+                .filter(|i| i.state == InstanceState::TERMINATING && i.replaced_by.is_some())
+            {
+                self.start_close(old.id.clone());
             }
         }
         Ok(())

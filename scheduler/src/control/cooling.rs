@@ -28,10 +28,14 @@ impl Control {
     fn cooling_instance(&self, job_id: &str) -> Option<InstanceRecord> {
         let job = self.store().job(job_id).ok()??;
         let instances = self.store().instances_of(&job).ok()?;
-        instances
-            .into_iter()
-            .rev()
-            .find(|i| i.role == Role::Cooling)
+        // The newest one not on its way out (a replacement may be launching).
+        instances.into_iter().rev().find(|i| {
+            i.role == Role::Cooling
+                && !matches!(
+                    i.state,
+                    InstanceState::TERMINATING | InstanceState::TERMINATED
+                )
+        })
     }
 
     async fn cooling_loop(&self, job: &JobRecord, route: &Route) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aibro_proto::v1::StopRequest;
 
-use crate::catalog::Machine;
+use crate::catalog::{Machine, MachineType, Market};
 use crate::state::{self, InstanceEvent, InstanceState, JobEvent, JobStatus, Role};
 use crate::store::{InstanceRecord, JobRecord, Mark, StoreError};
 
@@ -53,19 +53,58 @@ impl Control {
     ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + wait;
         let kind = &machine.kind;
+        let capacity = || self.live_capacity(kind);
         if self
             .capacity()
-            .acquire(&kind.name, kind.capacity, instance_id, deadline)
+            .acquire(&kind.name, capacity, instance_id, deadline)
             .await
         {
-            Ok(())
+            return Ok(());
+        }
+        let why = match capacity() {
+            0 if kind.provider == crate::provider::pool::POOL => {
+                "no pool agent of that type has joined".to_string()
+            }
+            n => format!("all {n} are in use"),
+        };
+        Err(format!(
+            "no `{}` instance could be had within wait_request_s={}s: {why}",
+            machine.id,
+            wait.as_secs(),
+        ))
+    }
+
+    /// How many machines of the type exist: the provider's live count (a
+    /// pool's joined agents), else the catalog's capacity.
+    pub fn live_capacity(&self, kind: &MachineType) -> u32 {
+        self.inner
+            .providers
+            .get(&kind.provider)
+            .and_then(|p| p.capacity(kind))
+            .unwrap_or(kind.capacity)
+    }
+
+    /// The probability a spot request for the type is fulfilled now.
+    pub fn spot_availability(&self, kind: &MachineType) -> f64 {
+        self.inner
+            .providers
+            .get(&kind.provider)
+            .map_or(0.0, |p| p.spot_availability(kind))
+    }
+
+    /// The machine to launch for an on-demand id of a deploy: its spot twin
+    /// when spot use is on and a spot request is fulfilled now.
+    pub(crate) fn market_machine(&self, on_demand: &Machine) -> Machine {
+        let spot = self.settings().use_spot
+            && on_demand.market == Market::OnDemand
+            && on_demand.kind.spot_price < on_demand.kind.on_demand_price
+            && self
+                .machine_provider(on_demand)
+                .is_ok_and(|p| p.spot_available(&on_demand.kind));
+        if spot {
+            on_demand.on_market(Market::Spot)
         } else {
-            Err(format!(
-                "no `{}` instance could be had within wait_request_s={}s: all {} are in use",
-                machine.id,
-                wait.as_secs(),
-                kind.capacity
-            ))
+            on_demand.clone()
         }
     }
 
@@ -75,10 +114,11 @@ impl Control {
     #[tracing::instrument(skip(self, machine, wait), fields(machine = %machine.id))]
     async fn launch(&self, job_id: &str, role: Role, machine: Machine, wait: Duration) -> bool {
         let instance_id = new_id("inst");
+        let machine = self.market_machine(&machine);
         let reason = match self.acquire(&instance_id, &machine, wait).await {
             Err(reason) => reason,
             Ok(()) => match self
-                .launch_instance(job_id, role, &machine, &instance_id)
+                .launch_instance(job_id, role, &machine, &instance_id, None)
                 .await
             {
                 Ok(()) => return true,
@@ -101,12 +141,15 @@ impl Control {
 
     /// Starts the machine of an instance that holds capacity, then records it
     /// LAUNCHING in its job (its agent's registration waits for the record).
+    /// A replacement names the instance it `replaces`, which must still be
+    /// live and not replaced already.
     pub(crate) async fn launch_instance(
         &self,
         job_id: &str,
         role: Role,
         machine: &Machine,
         instance_id: &str,
+        replaces: Option<(&str, &str)>,
     ) -> Result<(), Launch> {
         let _lock = self.lock_instance(instance_id).await;
         let launched = match self.machine_provider(machine) {
@@ -131,19 +174,28 @@ impl Control {
                 if job.state.is_ended() {
                     return Err(StoreError::Stale("job ended while requesting".into()));
                 }
-                if role.is_primary() {
-                    job.state = state::next_job(job.kind, job.state, JobEvent::InstanceLaunched)?;
-                }
-                let now = crate::store::now_ms();
-                insts.push(InstanceRecord::launching(
+                let mut new = InstanceRecord::launching(
                     instance_id,
                     &job.id,
                     role,
                     &machine.id,
-                    now,
-                ));
+                    crate::store::now_ms(),
+                );
+                let mut mark = Mark::phase(instance_id, "instance requested");
+                if let Some((old_id, why)) = replaces {
+                    let old = instance_mut(insts, old_id)?;
+                    if old.replaced_by.is_some() || old.state.is_closed() {
+                        return Err(StoreError::Stale(format!("{old_id} is already replaced")));
+                    }
+                    old.replaced_by = Some(instance_id.to_string());
+                    new.replaces = Some(old_id.to_string());
+                    mark.message = format!("replaces {old_id} ({why}) on {}", machine.id);
+                } else if role.is_primary() {
+                    job.state = state::next_job(job.kind, job.state, JobEvent::InstanceLaunched)?;
+                }
+                insts.push(new);
                 job.instances.push(instance_id.to_string());
-                Ok(vec![Mark::phase(instance_id, "instance requested")])
+                Ok(vec![mark])
             })
             .await;
         if let Err(e) = created {
@@ -176,7 +228,9 @@ impl Control {
                 "the agent of instance {instance_id} did not connect within {}s",
                 timeout.as_secs()
             );
-            if inst.role.is_primary() {
+            if this.replacement_failed(&inst, &reason).await {
+                tracing::warn!(instance_id, "{reason}");
+            } else if inst.role.is_primary() {
                 this.cancel(&inst.job_id, reason).await;
             } else {
                 tracing::warn!(instance_id, "{reason}; stopping it");
@@ -284,10 +338,14 @@ impl Control {
             let Some(machine) = self.catalog().resolve(&inst.machine_id) else {
                 return tracing::error!(machine = inst.machine_id, "machine left the catalog");
             };
-            let result = match self.machine_provider(&machine) {
-                Ok(p) if terminate => p.terminate(&inst.id).await,
-                Ok(p) => p.stop(&inst.id).await,
+            let provider = match self.machine_provider(&machine) {
+                Ok(p) => p,
                 Err(e) => return tracing::error!(error = %e, "no provider to close the instance"),
+            };
+            let result = if terminate {
+                provider.terminate(&inst.id).await
+            } else {
+                provider.stop(&inst.id).await
             };
             if let Err(e) = result {
                 // The machine must not be forgotten: try again, less often.
@@ -311,7 +369,9 @@ impl Control {
                 .await;
             match closed {
                 Ok(_) => {
-                    self.capacity().release(instance_id);
+                    if terminate || !provider.stopped_holds_machine() {
+                        self.capacity().release(instance_id);
+                    }
                     return;
                 }
                 Err(StoreError::Stale(_)) => continue,

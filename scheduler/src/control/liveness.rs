@@ -1,24 +1,24 @@
 //! Agents that stop sending heartbeats: after `agent_lost_after` without one,
-//! an instance's agent is taken as lost. A lost primary cancels its job (the
-//! reason says so); a lost cooling instance is stopped and the standby serves.
-//! Everything goes through the ordinary transition path.
+//! an instance's agent is taken as lost. A deployed job's lost instance is
+//! replaced (see `replace`); otherwise a lost primary cancels its job (the
+//! reason says so) and a lost cooling instance is stopped. Idle pool agents
+//! that go silent leave the pool. Everything goes through the ordinary
+//! transition path.
 
 use std::time::{Duration, Instant};
 
 use aibro_proto::v1::Heartbeat;
 
-use crate::state::InstanceEvent;
-
 use super::Control;
 
 /// What an instance's agent last said about itself, and when.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Seen {
     pub at: Instant,
     /// The same moment on the clock, for users.
     pub at_ms: u64,
-    pub in_flight: u32,
-    pub workers_alive: u32,
+    /// The last heartbeat's load, workers and GPU memory (default until one came).
+    pub load: Heartbeat,
 }
 
 impl Control {
@@ -35,6 +35,9 @@ impl Control {
                 tick.tick().await;
                 for instance_id in this.silent_agents(limit) {
                     this.agent_lost(&instance_id, limit).await;
+                }
+                if let Some(pool) = this.inner.providers.pool() {
+                    pool.drop_silent(limit);
                 }
             }
         });
@@ -69,14 +72,12 @@ impl Control {
         let seen = heartbeats.entry(instance_id.to_string()).or_insert(Seen {
             at: Instant::now(),
             at_ms: 0,
-            in_flight: 0,
-            workers_alive: 0,
+            load: Heartbeat::default(),
         });
         seen.at = Instant::now();
         seen.at_ms = crate::clock::now_ms();
         if let Some(h) = heartbeat {
-            seen.in_flight = h.in_flight;
-            seen.workers_alive = h.workers_alive;
+            seen.load = h.clone();
         }
     }
 
@@ -87,7 +88,7 @@ impl Control {
             .lock()
             .expect("heartbeats lock")
             .get(instance_id)
-            .copied()
+            .cloned()
     }
 
     #[tracing::instrument(skip(self, limit))]
@@ -103,11 +104,6 @@ impl Control {
             limit.as_secs_f64()
         );
         tracing::warn!("{reason}");
-        if inst.role.is_primary() {
-            self.cancel(&inst.job_id, reason).await;
-        } else {
-            self.close_when_allowed(instance_id, InstanceEvent::Stop)
-                .await;
-        }
+        self.lost(&inst, reason).await;
     }
 }

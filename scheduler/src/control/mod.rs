@@ -11,6 +11,7 @@ mod launch;
 mod liveness;
 mod predict;
 mod recovery;
+mod replace;
 mod train;
 mod watch;
 
@@ -32,6 +33,7 @@ use crate::provider::Providers;
 use crate::router::Router;
 use crate::store::{Committed, InstanceRecord, JobRecord, Mark, Store, StoreError};
 
+pub use agents::Registration;
 pub use deploy::{DeploySpec, DryRun};
 pub use liveness::Seen;
 pub use train::FitSpec;
@@ -55,6 +57,10 @@ pub struct Settings {
     pub python: String,
     /// pip options for dry runs (the agents get theirs as flags).
     pub pip: aibro_agent::PipOptions,
+    /// Deploys run on spot twins of their on-demand ids when spot can be had.
+    pub use_spot: bool,
+    /// How often on-demand stand-ins look for spot capacity again.
+    pub spot_check: Duration,
 }
 
 pub(crate) struct Inner {

@@ -14,6 +14,7 @@ impl Control {
         for job in self.store().all_jobs()? {
             self.open_route(&job);
             let instances = self.store().instances_of(&job)?;
+            self.reserve_pool_hosts(&instances);
             for inst in instances.iter().filter(|i| !i.state.is_closed()) {
                 if let Some(m) = self.catalog().resolve(&inst.machine_id) {
                     self.capacity().hold(&m.kind.name, &inst.id);
@@ -60,5 +61,22 @@ impl Control {
         }
         tracing::info!(resumed, "recovered state from the store");
         Ok(())
+    }
+
+    /// Pool agents keep the disks of stopped instances: they stay reserved
+    /// (and hold their machine's capacity).
+    fn reserve_pool_hosts(&self, instances: &[crate::store::InstanceRecord]) {
+        let Some(pool) = self.inner.providers.pool() else {
+            return;
+        };
+        for inst in instances
+            .iter()
+            .filter(|i| i.state == InstanceState::STOPPED && !i.host.is_empty())
+        {
+            if let Some(m) = self.catalog().resolve(&inst.machine_id) {
+                pool.reserve(&inst.host, &m.kind.name, &inst.id);
+                self.capacity().hold(&m.kind.name, &inst.id);
+            }
+        }
     }
 }

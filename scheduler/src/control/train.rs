@@ -119,12 +119,15 @@ impl Control {
                 }
             }
             let instance_id = new_id("inst");
-            let outcome = match self.acquire(&instance_id, &machine, wait).await {
-                Ok(()) => {
-                    self.launch_instance(job_id, Role::Trainer, &machine, &instance_id)
-                        .await
-                }
+            let outcome = match self.spot_request(&machine) {
                 Err(reason) => Err(Launch::Failed(reason)),
+                Ok(()) => match self.acquire(&instance_id, &machine, wait).await {
+                    Ok(()) => {
+                        self.launch_instance(job_id, Role::Trainer, &machine, &instance_id, None)
+                            .await
+                    }
+                    Err(reason) => Err(Launch::Failed(reason)),
+                },
             };
             match outcome {
                 Ok(()) | Err(Launch::Abandoned) => return,

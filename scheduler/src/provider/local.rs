@@ -2,18 +2,21 @@
 //! directory `<data-dir>/instances/<id>`. Stop kills the process and keeps the
 //! directory (environment, unpacked repo); terminate also removes it. The pid
 //! is kept in the directory so a restarted scheduler can still end it.
+//! Spot machines come from an emulated [`SpotMarket`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::process::{Child, Command};
 
+use super::spot::SpotMarket;
 use super::{Provider, ProviderError};
-use crate::catalog::Machine;
+use crate::catalog::{Machine, MachineType, Market};
 
 const PID_FILE: &str = "agent.pid";
 const LOG_FILE: &str = "agent.log";
@@ -26,6 +29,7 @@ pub struct LocalProvider {
     /// Extra flags for every agent (workers, python, pip options, timeouts).
     agent_args: Vec<String>,
     children: Mutex<HashMap<String, Child>>,
+    spot: Arc<SpotMarket>,
 }
 
 impl LocalProvider {
@@ -35,6 +39,7 @@ impl LocalProvider {
         scheduler_url: String,
         join_token: String,
         agent_args: Vec<String>,
+        spot: Arc<SpotMarket>,
     ) -> Self {
         LocalProvider {
             agent_bin,
@@ -43,6 +48,7 @@ impl LocalProvider {
             join_token,
             agent_args,
             children: Mutex::new(HashMap::new()),
+            spot,
         }
     }
 
@@ -80,6 +86,9 @@ impl LocalProvider {
             .lock()
             .expect("children lock")
             .insert(instance_id.to_string(), child);
+        if machine.market == Market::Spot {
+            self.spot.running(instance_id);
+        }
         if let Some(pid) = pid {
             tokio::fs::write(dir.join(PID_FILE), pid.to_string()).await?;
         }
@@ -89,6 +98,7 @@ impl LocalProvider {
     /// Ends the instance's agent, whether this process started it or an
     /// earlier scheduler did (then only the pid file knows it).
     async fn kill(&self, instance_id: &str) -> Result<(), ProviderError> {
+        self.spot.gone(instance_id);
         let child = self
             .children
             .lock()
@@ -163,5 +173,22 @@ impl Provider for LocalProvider {
             }
         }
         .boxed()
+    }
+
+    fn spot_availability(&self, kind: &MachineType) -> f64 {
+        self.spot.availability(kind)
+    }
+
+    fn spot_available(&self, kind: &MachineType) -> bool {
+        self.spot.fulfilled(kind)
+    }
+
+    fn interrupt(&self, instance_id: &str, notice: Option<Duration>) -> Result<(), ProviderError> {
+        self.spot.interrupt(instance_id, notice)
+    }
+
+    fn set_spot_availability(&self, machine_type: &str, p: f64) -> Result<(), ProviderError> {
+        self.spot.set_availability(machine_type, p);
+        Ok(())
     }
 }

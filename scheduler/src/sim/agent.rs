@@ -128,6 +128,7 @@ pub(super) async fn boot_loop(
                     "sim",
                     Arc::new(agent),
                     HardwareRecord::default(),
+                    "",
                 )
                 .await
             {

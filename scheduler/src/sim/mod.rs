@@ -106,6 +106,8 @@ impl Harness {
             lifecycle_tick: Duration::from_secs(1),
             python: "python3".into(),
             pip: Default::default(),
+            use_spot: false,
+            spot_check: Duration::from_secs(60),
         };
         let control = Control::new(
             settings,

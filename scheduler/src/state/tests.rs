@@ -81,7 +81,16 @@ fn seed_allows(kind: JobKind, job: JobState, role: Role, inst: InstanceState) ->
         (_, "Queuing/ConnectingServer" | "Queuing/GearingUpEnv") => is == "Launching/None",
         ("Inference", "Queuing/DeployingModel") => is == "Launching/None",
         ("Training", "Queuing/SendingModelAndData") => is == "Launching/None",
-        ("Inference", "Deployed/DeployedModel") if r == "Standby" => is == "Executing/None",
+        // A standby is replaced (spot interruption, lost agent) while the job serves.
+        ("Inference", "Deployed/DeployedModel") if r == "Standby" => [
+            "Launching/None",
+            "Executing/None",
+            "Closing/Stopping",
+            "Closed/Stopped",
+            "Closing/Terminating",
+            "Closed/Terminated",
+        ]
+        .contains(&is.as_str()),
         ("Inference", "Deployed/DeployedModel") => [
             "Launching/None",
             "Executing/None",
@@ -120,9 +129,9 @@ fn every_combination_matches_the_seed_map() {
         }
     }
     assert_eq!(total, 2 * 50 * 3 * 30);
-    // Inference: 3 queuing rows x 2 roles + standby 1 + cooling 7 + 2 ended x 5 x 2 roles.
+    // Inference: 3 queuing rows x 2 roles + standby 6 + cooling 7 + 2 ended x 5 x 2 roles.
     // Training: 3 queuing + 2 training + 2 ended x 5.
-    assert_eq!(allowed, (6 + 1 + 7 + 20) + (3 + 2 + 10));
+    assert_eq!(allowed, (6 + 6 + 7 + 20) + (3 + 2 + 10));
 }
 
 #[test]
@@ -158,6 +167,32 @@ fn an_active_job_past_requesting_needs_its_primary_instance() {
     .is_ok());
     let ended = JobState::new(JobStatus::Completed, JobSubstatus::Completed);
     assert!(check_job(JobKind::Inference, ended, &[]).is_ok());
+}
+
+#[test]
+fn a_deployed_job_keeps_a_live_standby_while_one_is_replaced() {
+    let deployed = JobState::new(JobStatus::Deployed, JobSubstatus::DeployedModel);
+    let check = |insts: &[(Role, InstanceState)]| check_job(JobKind::Inference, deployed, insts);
+    // The interrupted standby serves while its replacement launches.
+    assert!(check(&[
+        (Role::Standby, InstanceState::EXECUTING),
+        (Role::Standby, InstanceState::LAUNCHING)
+    ])
+    .is_ok());
+    // A lost one closes while its replacement launches.
+    assert!(check(&[
+        (Role::Standby, InstanceState::TERMINATING),
+        (Role::Standby, InstanceState::LAUNCHING)
+    ])
+    .is_ok());
+    // But never is every standby closing or closed.
+    assert!(check(&[
+        (Role::Standby, InstanceState::TERMINATED),
+        (Role::Standby, InstanceState::STOPPING),
+        (Role::Cooling, InstanceState::EXECUTING)
+    ])
+    .is_err());
+    assert!(check(&[(Role::Standby, InstanceState::COOLING)]).is_err());
 }
 
 /// Every job transition either yields a valid state or is refused; the happy

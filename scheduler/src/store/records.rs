@@ -104,6 +104,10 @@ impl InstanceRecord {
             running_since_ms: None,
             created_ms: now_ms,
             updated_ms: 0,
+            replaces: None,
+            replaced_by: None,
+            reason: String::new(),
+            host: String::new(),
         }
     }
 }
@@ -155,6 +159,19 @@ pub struct InstanceRecord {
     pub running_since_ms: Option<u64>,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// The instance of the same role this one replaces (it closes once this
+    /// one serves).
+    #[serde(default)]
+    pub replaces: Option<String>,
+    /// The instance launched to replace this one.
+    #[serde(default)]
+    pub replaced_by: Option<String>,
+    /// Why it was replaced or closed when its job did not ask for it.
+    #[serde(default)]
+    pub reason: String,
+    /// The pool agent that runs it (pool provider only).
+    #[serde(default)]
+    pub host: String,
 }
 
 /// One entry of a job's timeline.

@@ -1,5 +1,5 @@
 use super::*;
-use crate::state::{InstanceState, JobEvent, JobState, Role};
+use crate::state::{InstanceState, JobEvent, Role};
 
 pub(crate) fn job(id: &str, owner: &str, name: &str) -> JobRecord {
     JobRecord {
@@ -82,13 +82,10 @@ async fn an_illegal_combination_is_never_written() {
     store.create_job(job("j1", "alice", "m")).await.unwrap();
     store.update("j1", launch).await.unwrap();
     let before = store.job("j1").unwrap().unwrap();
-    // DEPLOYED while the standby is still LAUNCHING is not in the seed's map.
+    // EXECUTING while the job is still QUEUING is not in the seed's map.
     let err = store
-        .update("j1", |j, _| {
-            j.state = JobState::new(
-                crate::state::JobStatus::Deployed,
-                crate::state::JobSubstatus::DeployedModel,
-            );
+        .update("j1", |_, insts| {
+            insts[0].state = InstanceState::EXECUTING;
             Ok(vec![])
         })
         .await

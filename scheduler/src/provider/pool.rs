@@ -1,0 +1,317 @@
+//! The pool provider: agents started by hand (or by systemd) on GPU hosts
+//! join as idle machines of a catalog type. Launch assigns an idle agent of
+//! the type to the instance (`Agent.Assign`; it registers again under the
+//! instance id and gets its job); stop parks it (the agent has already
+//! unloaded the model and keeps the environment and the unpacked repo) and
+//! keeps it reserved for the instance; start assigns it again; terminate
+//! frees it for the next launch. Membership is live state: agents register
+//! again after a scheduler restart, and reservations of stopped instances are
+//! restored from the store.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use aibro_proto::v1::agent_client::AgentClient;
+use aibro_proto::v1::AssignRequest;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{Provider, ProviderError};
+use crate::catalog::{Machine, MachineType};
+
+/// The provider name catalog types use.
+pub const POOL: &str = "pool";
+const ASSIGN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a member does for an instance.
+#[derive(Debug, Clone, PartialEq)]
+enum Holds {
+    Nothing,
+    /// Runs the instance.
+    Running(String),
+    /// Keeps the stopped instance's disk.
+    Parked(String),
+}
+
+struct Member {
+    machine_type: String,
+    /// None until the agent registered (a reservation restored at start).
+    client: Option<AgentClient<Channel>>,
+    holds: Holds,
+    last_seen: Instant,
+}
+
+impl Member {
+    /// Not heard from yet: no address, holds nothing.
+    fn new(machine_type: &str) -> Member {
+        Member {
+            machine_type: machine_type.to_string(),
+            client: None,
+            holds: Holds::Nothing,
+            last_seen: Instant::now(),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Pool {
+    members: Mutex<HashMap<String, Member>>,
+}
+
+fn client(address: &str) -> Result<AgentClient<Channel>, ProviderError> {
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| ProviderError::Pool(format!("bad agent address `{address}`: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    Ok(AgentClient::new(endpoint.connect_lazy()))
+}
+
+impl Pool {
+    /// An agent registered: idle (`instance_id` empty) or running an instance
+    /// it was assigned before a scheduler restart. Updates a known member.
+    pub fn join(
+        &self,
+        agent_id: &str,
+        machine_type: &str,
+        address: &str,
+        instance_id: &str,
+    ) -> Result<(), ProviderError> {
+        let client = client(address)?;
+        let mut members = self.members.lock().expect("pool lock");
+        let member = members
+            .entry(agent_id.to_string())
+            .or_insert_with(|| Member::new(machine_type));
+        member.machine_type = machine_type.to_string();
+        member.client = Some(client);
+        member.last_seen = Instant::now();
+        if !instance_id.is_empty() {
+            member.holds = Holds::Running(instance_id.to_string());
+        }
+        tracing::info!(agent_id, machine_type, address, holds = ?member.holds, "pool agent joined");
+        Ok(())
+    }
+
+    /// A heartbeat from an idle member; false if it is not (or no longer) known.
+    pub fn seen(&self, agent_id: &str) -> bool {
+        match self.members.lock().expect("pool lock").get_mut(agent_id) {
+            Some(m) => {
+                m.last_seen = Instant::now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Restores, at start, that `agent_id` keeps the disk of a stopped instance.
+    pub fn reserve(&self, agent_id: &str, machine_type: &str, instance_id: &str) {
+        self.members
+            .lock()
+            .expect("pool lock")
+            .entry(agent_id.to_string())
+            .or_insert_with(|| Member::new(machine_type))
+            .holds = Holds::Parked(instance_id.to_string());
+    }
+
+    /// Forgets idle members silent for `limit`.
+    pub fn drop_silent(&self, limit: Duration) {
+        let mut members = self.members.lock().expect("pool lock");
+        let silent: Vec<String> = members
+            .iter()
+            .filter(|(_, m)| m.holds == Holds::Nothing && m.last_seen.elapsed() >= limit)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &silent {
+            tracing::warn!(agent_id = id, "pool agent silent; it leaves the pool");
+            members.remove(id);
+        }
+    }
+
+    /// Changes what a member holds, with `pick` choosing the member; returns
+    /// its client and what it held before, for undoing.
+    fn take(
+        &self,
+        pick: impl Fn(&Member) -> bool,
+        holds: Holds,
+    ) -> Option<(String, AgentClient<Channel>, Holds)> {
+        let mut members = self.members.lock().expect("pool lock");
+        let (id, member) = members
+            .iter_mut()
+            .filter(|(_, m)| m.client.is_some())
+            .find(|(_, m)| pick(m))?;
+        let before = std::mem::replace(&mut member.holds, holds);
+        Some((id.clone(), member.client.clone()?, before))
+    }
+
+    fn set_holds(&self, agent_id: &str, holds: Holds) {
+        if let Some(m) = self.members.lock().expect("pool lock").get_mut(agent_id) {
+            m.holds = holds;
+        }
+    }
+
+    /// Tells the member to run as `instance_id` ("" = idle); on failure the
+    /// member goes back to holding `before`.
+    async fn assign(
+        &self,
+        agent_id: &str,
+        mut client: AgentClient<Channel>,
+        instance_id: &str,
+        before: Holds,
+    ) -> Result<(), ProviderError> {
+        let request = AssignRequest {
+            instance_id: instance_id.to_string(),
+        };
+        let result = tokio::time::timeout(ASSIGN_TIMEOUT, client.assign(request)).await;
+        let error = match result {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(status)) => status.message().to_string(),
+            Err(_) => format!("no answer within {ASSIGN_TIMEOUT:?}"),
+        };
+        self.set_holds(agent_id, before);
+        Err(ProviderError::Pool(format!(
+            "pool agent {agent_id} refused to run `{}`: {error}",
+            if instance_id.is_empty() {
+                "nothing"
+            } else {
+                instance_id
+            }
+        )))
+    }
+
+    fn holding(instance_id: &str) -> impl Fn(&Member) -> bool + '_ {
+        move |m| matches!(&m.holds, Holds::Running(i) | Holds::Parked(i) if i == instance_id)
+    }
+}
+
+impl Provider for Pool {
+    fn launch<'a>(
+        &'a self,
+        instance_id: &'a str,
+        machine: &'a Machine,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        async move {
+            let (agent_id, client, before) = self
+                .take(
+                    |m| m.holds == Holds::Nothing && m.machine_type == machine.kind.name,
+                    Holds::Running(instance_id.to_string()),
+                )
+                .ok_or_else(|| {
+                    ProviderError::Pool(format!(
+                        "no idle pool agent of type `{}`",
+                        machine.kind.name
+                    ))
+                })?;
+            tracing::info!(agent_id, instance_id, "pool agent assigned");
+            self.assign(&agent_id, client, instance_id, before).await
+        }
+        .boxed()
+    }
+
+    fn stop<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
+        async move {
+            let parked = Holds::Parked(instance_id.to_string());
+            match self.take(Self::holding(instance_id), parked) {
+                Some((agent_id, client, before)) => {
+                    self.assign(&agent_id, client, "", before).await
+                }
+                None => Ok(()),
+            }
+        }
+        .boxed()
+    }
+
+    fn start<'a>(
+        &'a self,
+        instance_id: &'a str,
+        _machine: &'a Machine,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        async move {
+            let running = Holds::Running(instance_id.to_string());
+            let (agent_id, client, before) = self
+                .take(Self::holding(instance_id), running)
+                .ok_or_else(|| {
+                    ProviderError::Pool(format!(
+                        "the pool agent that keeps instance {instance_id}'s disk is not in the pool"
+                    ))
+                })?;
+            self.assign(&agent_id, client, instance_id, before).await
+        }
+        .boxed()
+    }
+
+    fn terminate<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
+        async move {
+            let Some((agent_id, client, _)) = self.take(Self::holding(instance_id), Holds::Nothing)
+            else {
+                // Not known (any more): a reservation without its agent is dropped.
+                let mut members = self.members.lock().expect("pool lock");
+                members.retain(|_, m| !Self::holding(instance_id)(m));
+                return Ok(());
+            };
+            // The member is free either way; an agent that does not answer
+            // registers again (idle) when it comes back.
+            if let Err(e) = self.assign(&agent_id, client, "", Holds::Nothing).await {
+                tracing::warn!(error = %e, "pool agent not told it is free");
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn stopped_holds_machine(&self) -> bool {
+        true
+    }
+
+    fn capacity(&self, kind: &MachineType) -> Option<u32> {
+        let members = self.members.lock().expect("pool lock");
+        let n = members
+            .values()
+            .filter(|m| m.machine_type == kind.name)
+            .count();
+        Some(n as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Catalog, Market};
+
+    fn machine() -> Machine {
+        let kind = MachineType {
+            name: "pool.cpu".into(),
+            provider: POOL.into(),
+            ..Catalog::shipped().resolve("local.small").unwrap().kind
+        };
+        Machine {
+            id: "pool.cpu.od".into(),
+            market: Market::OnDemand,
+            kind,
+        }
+    }
+
+    #[tokio::test]
+    async fn members_count_as_capacity_and_a_silent_agent_is_not_assigned() {
+        let pool = Pool::default();
+        let m = machine();
+        assert_eq!(pool.capacity(&m.kind), Some(0));
+        // Nothing listens there: Assign fails and the member stays free.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        pool.join("a1", "pool.cpu", &address, "").unwrap();
+        pool.reserve("a2", "pool.cpu", "inst-stopped");
+        assert_eq!(pool.capacity(&m.kind), Some(2));
+        let err = pool.launch("inst-1", &m).await.unwrap_err();
+        assert!(err.to_string().contains("refused to run"), "{err}");
+        assert!(pool.seen("a1"));
+        // The reservation has no agent yet: it cannot be started, only dropped.
+        assert!(pool.start("inst-stopped", &m).await.is_err());
+        pool.drop_silent(Duration::ZERO);
+        assert!(!pool.seen("a1"), "a silent idle member leaves");
+        assert_eq!(pool.capacity(&m.kind), Some(1), "the reservation stays");
+        pool.terminate("inst-stopped").await.unwrap();
+        assert_eq!(pool.capacity(&m.kind), Some(0));
+    }
+}

@@ -1,0 +1,217 @@
+//! The pool provider with agents started by hand, as on GPU hosts: they join
+//! as idle machines of a catalog type, are assigned by launches, keep their
+//! environment and the unpacked repo across stop/start, and are wiped and
+//! freed on terminate. The marketplace counts the agents that joined.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use aibro_proto::v1::{self as pb, InstanceRole, InstanceStatus, InstanceSubstatus, JobStatus};
+use aibro_tests::{bin, Scheduler, DEPLOY_DEADLINE};
+use anyhow::{bail, Result};
+use tokio::process::{Child, Command};
+
+const CATALOG: &str = r#"
+[[machine]]
+type = "pool.cpu"
+provider = "pool"
+gpu_type = "none"
+gpu_count = 0
+vcpus = 2
+memory_gib = 4.0
+spot_price = 0.0
+on_demand_price = 0.10
+capacity = 0
+spot_availability = 0.0
+"#;
+
+/// An agent started the way an operator would on a host.
+fn host_agent(s: &Scheduler, dir: &Path, machine_id: &str) -> Result<Child> {
+    let join_token = std::fs::read_to_string(s.data_dir.join("join-token"))?;
+    std::fs::create_dir_all(dir)?;
+    let log = std::fs::File::create(dir.with_extension("log"))?;
+    Ok(Command::new(bin("aibro-agent"))
+        .args(["--scheduler", &s.endpoint(), "--machine-id", machine_id])
+        .args(["--listen", "127.0.0.1:0", "--dir"])
+        .arg(dir)
+        .env("AIBRO_JOIN_TOKEN", join_token)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+/// Waits until the marketplace shows `(capacity, available)` for pool.cpu.
+async fn wait_pool(s: &Scheduler, token: &str, want: (u32, u32)) -> Result<()> {
+    let deadline = Instant::now() + DEPLOY_DEADLINE;
+    loop {
+        let m = s.machine(token, "pool.cpu").await?;
+        if (m.capacity, m.available) == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("pool.cpu shows {}/{} of {want:?}", m.available, m.capacity);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_instance(
+    s: &Scheduler,
+    token: &str,
+    job_id: &str,
+    id: &str,
+    status: InstanceStatus,
+) -> Result<pb::Instance> {
+    let deadline = Instant::now() + DEPLOY_DEADLINE;
+    loop {
+        let job = s.get_job(token, job_id).await?;
+        let inst = job.instances.iter().find(|i| i.instance_id == id).unwrap();
+        if inst.status() == status {
+            return Ok(inst.clone());
+        }
+        if Instant::now() > deadline {
+            bail!("{id} is {:?}, not {status:?}", inst.status());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn pool_agents_join_are_assigned_keep_their_disk_and_are_freed() -> Result<()> {
+    let catalog = tempfile::NamedTempFile::new()?;
+    std::fs::write(catalog.path(), CATALOG)?;
+    let s = Scheduler::start_with(&[
+        "--catalog",
+        catalog.path().to_str().unwrap(),
+        "--heartbeat-ms",
+        "200",
+        "--lifecycle-tick-ms",
+        "100",
+    ])
+    .await?;
+    let token = s.user("olga").await?;
+    let hosts = tempfile::tempdir()?;
+    let host_dirs = [hosts.path().join("a"), hosts.path().join("b")];
+    let _agents = host_dirs
+        .iter()
+        .map(|d| host_agent(&s, d, "pool.cpu"))
+        .collect::<Result<Vec<_>>>()?;
+    wait_pool(&s, &token, (2, 2)).await?;
+
+    // A requirements file makes gear-up build a virtualenv (installing nothing).
+    let repo = aibro_tests::repo(
+        "def load_model():\n    return None\n\ndef run(model, data):\n    return data\n",
+    );
+    std::fs::write(repo.path().join("requirements.txt"), "--no-index\n")?;
+    let digest = s.upload_dir(&token, repo.path()).await?;
+    let mut request = aibro_tests::deploy_request("pooled", &digest);
+    request.machine_config = Some(pb::MachineConfig {
+        standby: "pool.cpu.od".into(),
+        cooling: "pool.cpu.od".into(),
+    });
+    request.cool_down_period_s = 2;
+    let job_id = s.deploy_with(&token, request).await?;
+    s.wait_status(&token, &job_id, JobStatus::Deployed).await?;
+    let job = s.get_job(&token, &job_id).await?;
+    let cooling = job
+        .instances
+        .iter()
+        .find(|i| i.role() == InstanceRole::Cooling)
+        .unwrap()
+        .clone();
+    let hosts_used: Vec<&str> = job.instances.iter().map(|i| i.host.as_str()).collect();
+    assert!(
+        hosts_used.iter().all(|h| h.starts_with("agent-")),
+        "{hosts_used:?}"
+    );
+    assert_ne!(hosts_used[0], hosts_used[1], "one agent per instance");
+    wait_pool(&s, &token, (2, 0)).await?;
+    s.predict("olga", "public", "pooled", "{}").await?;
+
+    // Idle: the cooling instance stops; its agent keeps the job's files and
+    // stays reserved for it (not free for other launches).
+    wait_instance(
+        &s,
+        &token,
+        &job_id,
+        &cooling.instance_id,
+        InstanceStatus::Closed,
+    )
+    .await?;
+    wait_pool(&s, &token, (2, 0)).await?;
+    let cooling_dir = host_dirs
+        .iter()
+        .find(|d| {
+            std::fs::read_to_string(d.join("agent-id")).ok().as_deref()
+                == Some(cooling.host.as_str())
+        })
+        .expect("the cooling host's dir");
+    assert!(
+        cooling_dir.join("jobs").join(&job_id).is_dir(),
+        "the repo was kept"
+    );
+
+    // The next request wakes it on the same agent, without gearing up again.
+    let r = s.predict("olga", "public", "pooled", "{}").await?;
+    assert_eq!(r.role(), InstanceRole::Standby);
+    let woken = wait_instance(
+        &s,
+        &token,
+        &job_id,
+        &cooling.instance_id,
+        InstanceStatus::Executing,
+    )
+    .await?;
+    assert_eq!(woken.host, cooling.host);
+    let timeline = s.timeline(&token, &job_id).await?;
+    let env_marks: Vec<&str> = timeline
+        .events
+        .iter()
+        .filter(|e| e.instance_id == cooling.instance_id && e.phase.starts_with("env "))
+        .map(|e| e.phase.as_str())
+        .collect();
+    assert_eq!(env_marks.last(), Some(&"env reused"), "{env_marks:?}");
+
+    // Complete: both terminated, their job files wiped, both agents free again.
+    s.complete(&token, &job_id).await?;
+    let job = s.get_job(&token, &job_id).await?;
+    assert!(job
+        .instances
+        .iter()
+        .all(|i| i.substatus() == InstanceSubstatus::Terminated));
+    wait_pool(&s, &token, (2, 2)).await?;
+    for d in &host_dirs {
+        assert!(
+            !d.join("jobs").join(&job_id).exists(),
+            "{} still has the job",
+            d.display()
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_agent_of_an_unknown_pool_type_is_refused() -> Result<()> {
+    let s = Scheduler::start().await?;
+    let token = s.user("pia").await?;
+    let dir = tempfile::tempdir()?;
+    let mut agent = host_agent(&s, &dir.path().join("h"), "local.small")?;
+    // It keeps trying to register and is refused each time; the reason is logged.
+    let log = dir.path().join("h.log");
+    let deadline = Instant::now() + DEPLOY_DEADLINE;
+    while !std::fs::read_to_string(&log)?.contains("not a pool machine type") {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log)?
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent.kill().await?;
+    let small = s.machine(&token, "local.small").await?;
+    assert_eq!(small.capacity, 8, "a refused agent adds nothing");
+    Ok(())
+}
