@@ -242,6 +242,27 @@ impl Scheduler {
         Ok(r.into_inner().job_id)
     }
 
+    /// Polls the job until `done` holds for its instances (within the deploy deadline).
+    pub async fn wait_instances(
+        &self,
+        token: &str,
+        job_id: &str,
+        what: &str,
+        done: impl Fn(&[pb::Instance]) -> bool,
+    ) -> Result<pb::Job> {
+        let deadline = Instant::now() + DEPLOY_DEADLINE;
+        loop {
+            let job = self.get_job(token, job_id).await?;
+            if done(&job.instances) {
+                return Ok(job);
+            }
+            if Instant::now() > deadline {
+                bail!("{what} did not happen; instances: {:#?}", job.instances);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The marketplace's entry for a machine type.
     pub async fn machine(&self, token: &str, machine_type: &str) -> Result<pb::Machine> {
         let (ch, b) = self.authed(Some(token)).await?;
@@ -451,4 +472,14 @@ pub fn repo(predict_py: &str) -> tempfile::TempDir {
     std::fs::create_dir(dir.path().join("data")).expect("data dir");
     std::fs::write(dir.path().join("data/input.json"), "{}").expect("sample");
     dir
+}
+
+/// A serving (EXECUTING) instance that replaced `old`, if any.
+pub fn serving_replacement_of<'a>(
+    instances: &'a [pb::Instance],
+    old: &str,
+) -> Option<&'a pb::Instance> {
+    instances
+        .iter()
+        .find(|i| i.replaces == old && i.status() == pb::InstanceStatus::Executing)
 }

@@ -3,10 +3,8 @@
 //! deployed job's lost instance is terminated and its role replaced, and the
 //! job serves again from the replacement; a job still queuing is canceled.
 
-use std::time::{Duration, Instant};
-
-use aibro_proto::v1::{self as pb, InstanceStatus, JobStatus};
-use aibro_tests::{example, Scheduler, DEPLOY_DEADLINE};
+use aibro_proto::v1::{self as pb, JobStatus};
+use aibro_tests::{example, serving_replacement_of, Scheduler, DEPLOY_DEADLINE};
 
 fn kill_agent(s: &Scheduler, instance_id: &str) -> anyhow::Result<()> {
     let pid: i32 = std::fs::read_to_string(
@@ -35,23 +33,14 @@ async fn a_killed_agent_is_detected_and_its_role_replaced() -> anyhow::Result<()
         .clone();
     kill_agent(&s, &lost)?;
 
-    let deadline = Instant::now() + DEPLOY_DEADLINE;
-    let job = loop {
-        let job = s.get_job(&token, &job_id).await?;
-        let replaced = job
-            .instances
-            .iter()
-            .any(|i| i.replaces == lost && i.status() == InstanceStatus::Executing);
-        let old_gone = job
-            .instances
-            .iter()
-            .any(|i| i.instance_id == lost && i.substatus() == pb::InstanceSubstatus::Terminated);
-        if replaced && old_gone {
-            break job;
-        }
-        assert!(Instant::now() < deadline, "not replaced: {job:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let job = s
+        .wait_instances(&token, &job_id, "the replacement", |insts| {
+            serving_replacement_of(insts, &lost).is_some()
+                && insts.iter().any(|i| {
+                    i.instance_id == lost && i.substatus() == pb::InstanceSubstatus::Terminated
+                })
+        })
+        .await?;
     assert_eq!(job.status(), JobStatus::Deployed, "{}", job.reason);
     let old = job
         .instances

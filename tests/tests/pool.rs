@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use aibro_proto::v1::{self as pb, InstanceRole, InstanceStatus, InstanceSubstatus, JobStatus};
-use aibro_tests::{bin, Scheduler, DEPLOY_DEADLINE};
+use aibro_tests::{bin, serving_replacement_of, Scheduler, DEPLOY_DEADLINE};
 use anyhow::{bail, Result};
 use tokio::process::{Child, Command};
 
@@ -25,6 +25,34 @@ on_demand_price = 0.10
 capacity = 0
 spot_availability = 0.0
 "#;
+
+/// A scheduler whose catalog has the `pool.cpu` type (the file lives as long as it).
+async fn pool_scheduler(args: &[&str]) -> Result<(Scheduler, tempfile::NamedTempFile)> {
+    let catalog = tempfile::NamedTempFile::new()?;
+    std::fs::write(catalog.path(), CATALOG)?;
+    let mut all = vec![
+        "--catalog",
+        catalog.path().to_str().unwrap(),
+        "--heartbeat-ms",
+        "200",
+    ];
+    all.extend_from_slice(args);
+    Ok((Scheduler::start_with(&all).await?, catalog))
+}
+
+/// A deploy of `digest` on pool.cpu (standby, and cooling when asked).
+fn pool_request(model_name: &str, digest: &str, cooling: bool) -> pb::DeployRequest {
+    let mut request = aibro_tests::deploy_request(model_name, digest);
+    request.machine_config = Some(pb::MachineConfig {
+        standby: "pool.cpu.od".into(),
+        cooling: if cooling {
+            "pool.cpu.od".into()
+        } else {
+            String::new()
+        },
+    });
+    request
+}
 
 /// An agent started the way an operator would on a host.
 fn host_agent(s: &Scheduler, dir: &Path, machine_id: &str) -> Result<Child> {
@@ -81,17 +109,7 @@ async fn wait_instance(
 
 #[tokio::test]
 async fn pool_agents_join_are_assigned_keep_their_disk_and_are_freed() -> Result<()> {
-    let catalog = tempfile::NamedTempFile::new()?;
-    std::fs::write(catalog.path(), CATALOG)?;
-    let s = Scheduler::start_with(&[
-        "--catalog",
-        catalog.path().to_str().unwrap(),
-        "--heartbeat-ms",
-        "200",
-        "--lifecycle-tick-ms",
-        "100",
-    ])
-    .await?;
+    let (s, _catalog) = pool_scheduler(&["--lifecycle-tick-ms", "100"]).await?;
     let token = s.user("olga").await?;
     let hosts = tempfile::tempdir()?;
     let host_dirs = [hosts.path().join("a"), hosts.path().join("b")];
@@ -107,11 +125,7 @@ async fn pool_agents_join_are_assigned_keep_their_disk_and_are_freed() -> Result
     );
     std::fs::write(repo.path().join("requirements.txt"), "--no-index\n")?;
     let digest = s.upload_dir(&token, repo.path()).await?;
-    let mut request = aibro_tests::deploy_request("pooled", &digest);
-    request.machine_config = Some(pb::MachineConfig {
-        standby: "pool.cpu.od".into(),
-        cooling: "pool.cpu.od".into(),
-    });
+    let mut request = pool_request("pooled", &digest, true);
     request.cool_down_period_s = 2;
     let job_id = s.deploy_with(&token, request).await?;
     s.wait_status(&token, &job_id, JobStatus::Deployed).await?;
@@ -213,5 +227,46 @@ async fn an_agent_of_an_unknown_pool_type_is_refused() -> Result<()> {
     agent.kill().await?;
     let small = s.machine(&token, "local.small").await?;
     assert_eq!(small.capacity, 8, "a refused agent adds nothing");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pool_host_that_restarts_gets_its_role_back() -> Result<()> {
+    let (s, _catalog) = pool_scheduler(&["--agent-lost-after-ms", "1500"]).await?;
+    let token = s.user("otto").await?;
+    let hosts = tempfile::tempdir()?;
+    let host = hosts.path().join("only");
+    let mut agent = host_agent(&s, &host, "pool.cpu")?;
+    wait_pool(&s, &token, (1, 1)).await?;
+    let digest = s.upload_dir(&token, &aibro_tests::example("echo")).await?;
+    let job_id = s
+        .deploy_with(&token, pool_request("phoenix", &digest, false))
+        .await?;
+    s.wait_status(&token, &job_id, JobStatus::Deployed).await?;
+    let first = s.get_job(&token, &job_id).await?.instances[0].clone();
+
+    // The host's agent dies and systemd starts it again: it comes back idle,
+    // the instance it ran is taken as lost and replaced on the same host.
+    agent.kill().await?;
+    let _agent = host_agent(&s, &host, "pool.cpu")?;
+    let job = s
+        .wait_instances(&token, &job_id, "the replacement", |insts| {
+            serving_replacement_of(insts, &first.instance_id).is_some()
+        })
+        .await?;
+    assert_eq!(job.status(), JobStatus::Deployed, "{}", job.reason);
+    let replacement = job
+        .instances
+        .iter()
+        .find(|i| i.replaces == first.instance_id)
+        .unwrap();
+    assert_eq!(
+        replacement.host, first.host,
+        "the same host, known by its agent id"
+    );
+    let r = s.predict("otto", "public", "phoenix", "{}").await?;
+    assert_eq!(r.instance_id, replacement.instance_id);
+    s.complete(&token, &job_id).await?;
+    wait_pool(&s, &token, (1, 1)).await?;
     Ok(())
 }

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aibro_proto::v1::{self as pb, InstanceStatus, InstanceSubstatus, JobStatus};
-use aibro_tests::{example, Scheduler, DEPLOY_DEADLINE};
-use anyhow::{bail, Result};
+use aibro_proto::v1::{self as pb, InstanceSubstatus, JobStatus};
+use aibro_tests::{example, serving_replacement_of, Scheduler};
+use anyhow::Result;
 
 /// Requests sent in a loop by a few clients until stopped; counts outcomes.
 struct Load {
@@ -82,38 +82,8 @@ impl Load {
     }
 }
 
-/// Polls the job until `done` holds for its instances.
-async fn wait_instances(
-    s: &Scheduler,
-    token: &str,
-    job_id: &str,
-    what: &str,
-    done: impl Fn(&[pb::Instance]) -> bool,
-) -> Result<pb::Job> {
-    let deadline = Instant::now() + DEPLOY_DEADLINE;
-    loop {
-        let job = s.get_job(token, job_id).await?;
-        if done(&job.instances) {
-            return Ok(job);
-        }
-        if Instant::now() > deadline {
-            bail!("{what} did not happen; instances: {:#?}", job.instances);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn find<'a>(instances: &'a [pb::Instance], id: &str) -> &'a pb::Instance {
     instances.iter().find(|i| i.instance_id == id).unwrap()
-}
-
-fn serving_replacement_of<'a>(
-    instances: &'a [pb::Instance],
-    old: &str,
-) -> Option<&'a pb::Instance> {
-    instances
-        .iter()
-        .find(|i| i.replaces == old && i.status() == InstanceStatus::Executing)
 }
 
 fn terminated(i: &pb::Instance) -> bool {
@@ -167,11 +137,12 @@ async fn an_interrupted_spot_instance_is_replaced_without_failing_a_request() ->
             notice_ms: 30_000,
         })
         .await?;
-    let job = wait_instances(&s, &token, &job_id, "the switch to on-demand", |insts| {
-        serving_replacement_of(insts, &spot.instance_id).is_some()
-            && terminated(find(insts, &spot.instance_id))
-    })
-    .await?;
+    let job = s
+        .wait_instances(&token, &job_id, "the switch to on-demand", |insts| {
+            serving_replacement_of(insts, &spot.instance_id).is_some()
+                && terminated(find(insts, &spot.instance_id))
+        })
+        .await?;
     let switch_over = interrupted_at.elapsed();
     let od = serving_replacement_of(&job.instances, &spot.instance_id)
         .unwrap()
@@ -207,11 +178,12 @@ async fn an_interrupted_spot_instance_is_replaced_without_failing_a_request() ->
             availability: 1.0,
         })
         .await?;
-    let job = wait_instances(&s, &token, &job_id, "the swap back to spot", |insts| {
-        serving_replacement_of(insts, &od.instance_id).is_some()
-            && terminated(find(insts, &od.instance_id))
-    })
-    .await?;
+    let job = s
+        .wait_instances(&token, &job_id, "the swap back to spot", |insts| {
+            serving_replacement_of(insts, &od.instance_id).is_some()
+                && terminated(find(insts, &od.instance_id))
+        })
+        .await?;
     let back = serving_replacement_of(&job.instances, &od.instance_id).unwrap();
     assert_eq!(back.machine_id, "local.small");
     assert!(find(&job.instances, &od.instance_id)

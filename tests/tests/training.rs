@@ -149,7 +149,8 @@ spot_availability = 0.5
     let job_id = fit(
         &s,
         &token,
-        fit_request(&digest, &["local.none.od", "local.small.od"]),
+        // No capacity, then a spot request that fails (no spot in the harness).
+        fit_request(&digest, &["local.none.od", "local.small", "local.small.od"]),
     )
     .await?;
     let events = s
@@ -176,6 +177,12 @@ spot_availability = 0.5
         assert!(job.reason.contains(id), "{}", job.reason);
     }
     assert!(job.reason.contains("all 0 are in use"), "{}", job.reason);
+    assert!(
+        job.reason
+            .contains("the spot request for `local.none` was not fulfilled"),
+        "{}",
+        job.reason
+    );
     Ok(())
 }
 

@@ -286,6 +286,9 @@ impl Control {
         };
         let serving = phase == AgentPhase::Serving;
         let training = phase == AgentPhase::Training;
+        if serving {
+            self.serve_before_commit(&inst);
+        }
         let committed = self
             .apply(&inst.job_id, |job, insts| {
                 if job.state.is_ended() {
@@ -326,6 +329,20 @@ impl Control {
             }
         }
         Ok(())
+    }
+
+    /// An inference instance that is about to be recorded EXECUTING (a
+    /// standby, or any instance of a DEPLOYED job) takes requests already, so
+    /// that whoever sees the record can reach it.
+    fn serve_before_commit(&self, inst: &InstanceRecord) {
+        let Ok(Some(job)) = self.store().job(&inst.job_id) else {
+            return;
+        };
+        let executing_next = inst.state == InstanceState::LAUNCHING
+            && (inst.role == Role::Standby || job.state.status == JobStatus::Deployed);
+        if job.kind == JobKind::Inference && executing_next {
+            self.serve(&job, inst);
+        }
     }
 
     /// Puts the instance's agent behind the job's route (idempotent).

@@ -118,7 +118,7 @@ impl Control {
         let reason = match self.acquire(&instance_id, &machine, wait).await {
             Err(reason) => reason,
             Ok(()) => match self
-                .launch_instance(job_id, role, &machine, &instance_id, None)
+                .launch_instance(job_id, role, &machine, &instance_id)
                 .await
             {
                 Ok(()) => return true,
@@ -141,17 +141,54 @@ impl Control {
 
     /// Starts the machine of an instance that holds capacity, then records it
     /// LAUNCHING in its job (its agent's registration waits for the record).
-    /// A replacement names the instance it `replaces`, which must still be
-    /// live and not replaced already.
     pub(crate) async fn launch_instance(
         &self,
         job_id: &str,
         role: Role,
         machine: &Machine,
         instance_id: &str,
-        replaces: Option<(&str, &str)>,
     ) -> Result<(), Launch> {
         let _lock = self.lock_instance(instance_id).await;
+        self.provision(instance_id, machine)
+            .await
+            .map_err(Launch::Failed)?;
+        let created = self
+            .apply(job_id, |job, insts| {
+                if job.state.is_ended() {
+                    return Err(StoreError::Stale("job ended while requesting".into()));
+                }
+                if role.is_primary() {
+                    job.state = state::next_job(job.kind, job.state, JobEvent::InstanceLaunched)?;
+                }
+                let now = crate::store::now_ms();
+                insts.push(InstanceRecord::launching(
+                    instance_id,
+                    &job.id,
+                    role,
+                    &machine.id,
+                    now,
+                ));
+                job.instances.push(instance_id.to_string());
+                Ok(vec![Mark::phase(instance_id, "instance requested")])
+            })
+            .await;
+        if let Err(e) = created {
+            tracing::info!(error = %e, "launch abandoned");
+            self.unprovision(instance_id, machine).await;
+            return Err(Launch::Abandoned);
+        }
+        tracing::info!(instance_id, "instance launched");
+        self.watch_connect(instance_id.to_string());
+        Ok(())
+    }
+
+    /// Has the provider start the machine of an instance that holds capacity
+    /// (the caller holds the instance lock); undone when it fails.
+    pub(crate) async fn provision(
+        &self,
+        instance_id: &str,
+        machine: &Machine,
+    ) -> Result<(), String> {
         let launched = match self.machine_provider(machine) {
             Ok(provider) => provider
                 .launch(instance_id, machine)
@@ -160,55 +197,18 @@ impl Control {
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = launched {
-            if let Ok(provider) = self.machine_provider(machine) {
-                let _ = provider.terminate(instance_id).await;
-            }
-            self.capacity().release(instance_id);
-            return Err(Launch::Failed(format!(
-                "launching `{}` failed: {e}",
-                machine.id
-            )));
+            self.unprovision(instance_id, machine).await;
+            return Err(format!("launching `{}` failed: {e}", machine.id));
         }
-        let created = self
-            .apply(job_id, |job, insts| {
-                if job.state.is_ended() {
-                    return Err(StoreError::Stale("job ended while requesting".into()));
-                }
-                let mut new = InstanceRecord::launching(
-                    instance_id,
-                    &job.id,
-                    role,
-                    &machine.id,
-                    crate::store::now_ms(),
-                );
-                let mut mark = Mark::phase(instance_id, "instance requested");
-                if let Some((old_id, why)) = replaces {
-                    let old = instance_mut(insts, old_id)?;
-                    if old.replaced_by.is_some() || old.state.is_closed() {
-                        return Err(StoreError::Stale(format!("{old_id} is already replaced")));
-                    }
-                    old.replaced_by = Some(instance_id.to_string());
-                    new.replaces = Some(old_id.to_string());
-                    mark.message = format!("replaces {old_id} ({why}) on {}", machine.id);
-                } else if role.is_primary() {
-                    job.state = state::next_job(job.kind, job.state, JobEvent::InstanceLaunched)?;
-                }
-                insts.push(new);
-                job.instances.push(instance_id.to_string());
-                Ok(vec![mark])
-            })
-            .await;
-        if let Err(e) = created {
-            tracing::info!(error = %e, "launch abandoned");
-            if let Ok(provider) = self.machine_provider(machine) {
-                let _ = provider.terminate(instance_id).await;
-            }
-            self.capacity().release(instance_id);
-            return Err(Launch::Abandoned);
-        }
-        tracing::info!(instance_id, "instance launched");
-        self.watch_connect(instance_id.to_string());
         Ok(())
+    }
+
+    /// Ends a machine no record will follow, and gives its capacity back.
+    async fn unprovision(&self, instance_id: &str, machine: &Machine) {
+        if let Ok(provider) = self.machine_provider(machine) {
+            let _ = provider.terminate(instance_id).await;
+        }
+        self.capacity().release(instance_id);
     }
 
     /// Gives up on an instance whose agent has not registered in time: the job

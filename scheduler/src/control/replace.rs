@@ -14,10 +14,9 @@ use tokio::sync::mpsc;
 use crate::catalog::Market;
 use crate::error::{Error, Result};
 use crate::provider::Interruption;
-use crate::state::{self, InstanceEvent, InstanceStatus, JobKind, JobStatus, Role};
+use crate::state::{self, InstanceEvent, InstanceState, InstanceStatus, JobKind, JobStatus, Role};
 use crate::store::{InstanceRecord, Mark, StoreError};
 
-use super::launch::Launch;
 use super::{instance_mut, new_id, Control};
 
 impl Control {
@@ -203,8 +202,9 @@ impl Control {
         }
     }
 
-    /// Launches a replacement for `old`'s role (on `machine`, else the job's
-    /// machine id on the market a request finds now); true when it launches.
+    /// Records a replacement for `old`'s role (on `machine`, else the job's
+    /// machine id on the market a request finds now) and launches it in the
+    /// background; false when `old` needs none (already replaced, job over).
     pub(crate) async fn replace(
         &self,
         old: &InstanceRecord,
@@ -223,28 +223,62 @@ impl Control {
             return false;
         };
         let machine = machine.unwrap_or_else(|| self.market_machine(&od));
-        let instance_id = new_id("inst");
-        let wait = Duration::from_secs(job.wait_request_s.into());
-        let launched = match self.acquire(&instance_id, &machine, wait).await {
-            Ok(()) => {
-                self.launch_instance(
+        let new_id = new_id("inst");
+        let recorded = self
+            .apply(&job.id, |job, insts| {
+                if job.state.is_ended() {
+                    return Err(StoreError::Stale("the job ended".into()));
+                }
+                let old = instance_mut(insts, &old.id)?;
+                if old.replaced_by.is_some() || old.state.is_closed() {
+                    return Err(StoreError::Stale(format!("{} is already replaced", old.id)));
+                }
+                old.replaced_by = Some(new_id.clone());
+                let mut new = InstanceRecord::launching(
+                    &new_id,
                     &job.id,
                     old.role,
-                    &machine,
-                    &instance_id,
-                    Some((&old.id, why)),
-                )
-                .await
-            }
-            Err(reason) => Err(Launch::Failed(reason)),
+                    &machine.id,
+                    crate::store::now_ms(),
+                );
+                new.replaces = Some(old.id.clone());
+                let mut mark = Mark::phase(&new_id, "instance requested");
+                mark.message = format!("replaces {} ({why}) on {}", old.id, machine.id);
+                insts.push(new);
+                job.instances.push(new_id.clone());
+                Ok(vec![mark])
+            })
+            .await;
+        let Ok(committed) = recorded else {
+            return false;
         };
-        match launched {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(instance_id = %old.id, ?e, "no replacement ({why})");
-                false
+        let Some(new) = committed.instances.into_iter().find(|i| i.id == new_id) else {
+            return false;
+        };
+        let wait = Duration::from_secs(job.wait_request_s.into());
+        let this = self.clone();
+        self.spawn(async move {
+            let started = match this.acquire(&new.id, &machine, wait).await {
+                Ok(()) => {
+                    let _lock = this.lock_instance(&new.id).await;
+                    // Closed while it waited for a machine (the job ended): none is started.
+                    let wanted = this.store().instance(&new.id).ok().flatten();
+                    if wanted.is_none_or(|i| i.state != InstanceState::LAUNCHING) {
+                        this.capacity().release(&new.id);
+                        return;
+                    }
+                    this.provision(&new.id, &machine).await
+                }
+                Err(reason) => Err(reason),
+            };
+            match started {
+                Ok(()) => this.watch_connect(new.id.clone()),
+                Err(reason) => {
+                    this.replacement_failed(&new, &reason).await;
+                }
             }
-        }
+        });
+        true
     }
 
     /// Terminates a replaced (or interrupted, or lost) instance if it is still

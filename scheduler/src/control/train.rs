@@ -123,7 +123,7 @@ impl Control {
                 Err(reason) => Err(Launch::Failed(reason)),
                 Ok(()) => match self.acquire(&instance_id, &machine, wait).await {
                     Ok(()) => {
-                        self.launch_instance(job_id, Role::Trainer, &machine, &instance_id, None)
+                        self.launch_instance(job_id, Role::Trainer, &machine, &instance_id)
                             .await
                     }
                     Err(reason) => Err(Launch::Failed(reason)),

@@ -138,14 +138,43 @@ mod tests {
     use super::*;
     use crate::catalog::Catalog;
 
-    fn market(availability: Option<f64>) -> (SpotMarket, mpsc::UnboundedReceiver<Interruption>) {
+    fn market_with(
+        availability: Option<f64>,
+        interruptions_per_hour: f64,
+    ) -> (SpotMarket, mpsc::UnboundedReceiver<Interruption>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let settings = SpotSettings {
             availability,
-            interruptions_per_hour: 0.0,
+            interruptions_per_hour,
             notice: Duration::from_secs(120),
         };
         (SpotMarket::new(settings, tx), rx)
+    }
+
+    fn market(availability: Option<f64>) -> (SpotMarket, mpsc::UnboundedReceiver<Interruption>) {
+        market_with(availability, 0.0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn random_interruptions_hit_running_spot_machines_with_the_default_notice() {
+        // About one interruption per machine-second: within a minute, surely.
+        let (m, mut rx) = market_with(None, 3600.0);
+        let m = std::sync::Arc::new(m);
+        m.running("i1");
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn({
+            let (m, cancel) = (m.clone(), cancel.clone());
+            async move { m.run(cancel).await }
+        });
+        let notice = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("interrupted within a minute")
+            .unwrap();
+        assert_eq!(notice.instance_id, "i1");
+        assert_eq!(notice.notice, Duration::from_secs(120));
+        cancel.cancel();
+        run.await.unwrap();
+        assert!(rx.try_recv().is_err(), "once only");
     }
 
     #[test]
