@@ -263,6 +263,19 @@ impl Reporter {
                 }
                 Err(status) => {
                     tracing::warn!(code = ?status.code(), "register failed: {}", status.message());
+                    // The scheduler no longer runs that instance (closed while
+                    // this agent was away): a pool agent goes back to idle.
+                    // (NOT_FOUND is not that: a launch assigns the agent just
+                    // before it records the instance.)
+                    let gone = status.code() == tonic::Code::FailedPrecondition;
+                    if gone
+                        && !instance_id.is_empty()
+                        && self.identity.assign(String::new()).is_ok()
+                    {
+                        tracing::info!(%instance_id, "the instance is gone; back to the idle pool");
+                        *last_ok = Instant::now();
+                        continue;
+                    }
                     self.check_orphan(*last_ok)?;
                 }
             }

@@ -74,6 +74,19 @@ impl Capacity {
         }
     }
 
+    /// Hands `from`'s machine over to `to` (a replacement taking the place of
+    /// an instance that goes away). False if `from` holds none.
+    pub fn transfer(&self, from: &str, to: &str) -> bool {
+        let mut holders = self.holders.lock().expect("capacity lock");
+        match holders.remove(from) {
+            Some(machine_type) => {
+                holders.insert(to.to_string(), machine_type);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Machines were added (a pool agent joined): waiters look again.
     pub fn added(&self) {
         self.freed.notify_waiters();
@@ -112,5 +125,10 @@ mod tests {
         cap.release("a");
         assert!(waiter.await.unwrap());
         assert_eq!(cap.used("t"), 1);
+        assert!(cap.transfer("c", "d"), "a replacement takes c's machine");
+        assert!(!cap.transfer("c", "e"));
+        assert!(!cap.acquire("t", || 1, "e", Instant::now()).await);
+        cap.release("d");
+        assert_eq!(cap.used("t"), 0);
     }
 }

@@ -483,3 +483,32 @@ pub fn serving_replacement_of<'a>(
         .iter()
         .find(|i| i.replaces == old && i.status() == pb::InstanceStatus::Executing)
 }
+
+/// A catalog file with one CPU-only machine type (on-demand 0.3, spot 0.1 $/h),
+/// for `--catalog`; it lives as long as the value.
+pub fn catalog_with(
+    machine_type: &str,
+    provider: &str,
+    capacity: u32,
+    spot_availability: f64,
+) -> Result<tempfile::NamedTempFile> {
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        file.path(),
+        format!(
+            r#"[[machine]]
+type = "{machine_type}"
+provider = "{provider}"
+gpu_type = "none"
+gpu_count = 0
+vcpus = 1
+memory_gib = 1.0
+spot_price = 0.1
+on_demand_price = 0.3
+capacity = {capacity}
+spot_availability = {spot_availability:?}
+"#
+        ),
+    )?;
+    Ok(file)
+}

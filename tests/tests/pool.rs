@@ -12,24 +12,9 @@ use aibro_tests::{bin, serving_replacement_of, Scheduler, DEPLOY_DEADLINE};
 use anyhow::{bail, Result};
 use tokio::process::{Child, Command};
 
-const CATALOG: &str = r#"
-[[machine]]
-type = "pool.cpu"
-provider = "pool"
-gpu_type = "none"
-gpu_count = 0
-vcpus = 2
-memory_gib = 4.0
-spot_price = 0.0
-on_demand_price = 0.10
-capacity = 0
-spot_availability = 0.0
-"#;
-
 /// A scheduler whose catalog has the `pool.cpu` type (the file lives as long as it).
 async fn pool_scheduler(args: &[&str]) -> Result<(Scheduler, tempfile::NamedTempFile)> {
-    let catalog = tempfile::NamedTempFile::new()?;
-    std::fs::write(catalog.path(), CATALOG)?;
+    let catalog = aibro_tests::catalog_with("pool.cpu", "pool", 0, 0.0)?;
     let mut all = vec![
         "--catalog",
         catalog.path().to_str().unwrap(),
@@ -129,7 +114,14 @@ async fn pool_agents_join_are_assigned_keep_their_disk_and_are_freed() -> Result
     request.cool_down_period_s = 2;
     let job_id = s.deploy_with(&token, request).await?;
     s.wait_status(&token, &job_id, JobStatus::Deployed).await?;
-    let job = s.get_job(&token, &job_id).await?;
+    let job = s
+        .wait_instances(&token, &job_id, "both instances serving", |insts| {
+            insts.len() == 2
+                && insts
+                    .iter()
+                    .all(|i| i.status() == InstanceStatus::Executing)
+        })
+        .await?;
     let cooling = job
         .instances
         .iter()
@@ -189,7 +181,16 @@ async fn pool_agents_join_are_assigned_keep_their_disk_and_are_freed() -> Result
         .collect();
     assert_eq!(env_marks.last(), Some(&"env reused"), "{env_marks:?}");
 
-    // Complete: both terminated, their job files wiped, both agents free again.
+    // It idles again and stops: completing the job must wipe the parked
+    // host too. Both are terminated, their job files gone, both agents free.
+    wait_instance(
+        &s,
+        &token,
+        &job_id,
+        &cooling.instance_id,
+        InstanceStatus::Closed,
+    )
+    .await?;
     s.complete(&token, &job_id).await?;
     let job = s.get_job(&token, &job_id).await?;
     assert!(job

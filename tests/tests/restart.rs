@@ -24,6 +24,7 @@ async fn snapshot(s: &Scheduler, token: &str) -> anyhow::Result<(Vec<pb::Job>, f
                 (inst.cost_usd, inst.running_ms) = (0.0, 0);
                 // What the agent last reported is live, not stored.
                 (inst.in_flight, inst.workers_alive, inst.last_heartbeat_at) = (0, 0, None);
+                (inst.queued, inst.workers, inst.gpus) = (0, 0, vec![]);
             }
         }
     }

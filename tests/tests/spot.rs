@@ -21,7 +21,8 @@ struct Load {
 }
 
 impl Load {
-    fn start(s: &Scheduler, clients: usize) -> Result<Load> {
+    /// `clients` loops predicting `owner/model` (public).
+    fn start(s: &Scheduler, owner: &str, model: &str, clients: usize) -> Result<Load> {
         let (stop, ok, failed) = (Arc::default(), Arc::default(), Arc::default());
         let endpoint = s.endpoint();
         let tasks = (0..clients)
@@ -29,6 +30,7 @@ impl Load {
                 let (stop, ok, failed): (Arc<AtomicBool>, Arc<AtomicU64>, Arc<AtomicU64>) =
                     (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
                 let endpoint = endpoint.clone();
+                let (owner, model) = (owner.to_string(), model.to_string());
                 tokio::spawn(async move {
                     let mut errors = Vec::new();
                     let mut client = pb::inference_client::InferenceClient::connect(endpoint)
@@ -38,9 +40,9 @@ impl Load {
                     while !stop.load(Ordering::Relaxed) {
                         i += 1;
                         let request = pb::PredictRequest {
-                            owner: "sam".into(),
+                            owner: owner.clone(),
                             client_id: "public".into(),
-                            model_name: "spotty".into(),
+                            model_name: model.clone(),
                             payload: format!("{{\"c\": {c}, \"i\": {i}}}").into_bytes(),
                             content_type: "application/json".into(),
                         };
@@ -125,7 +127,7 @@ async fn an_interrupted_spot_instance_is_replaced_without_failing_a_request() ->
             availability: 0.0,
         })
         .await?;
-    let load = Load::start(&s, 8)?;
+    let load = Load::start(&s, "sam", "spotty", 8)?;
     let warm = load.ok() + 50;
     while load.ok() < warm {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -254,5 +256,126 @@ async fn interrupting_needs_an_admin_and_a_running_spot_instance() -> Result<()>
         s.get_job(&token, &job_id).await?.status(),
         JobStatus::Deployed
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_interrupted_replacement_is_replaced_again_and_the_job_serves_on() -> Result<()> {
+    let s = Scheduler::start_with(&["--spot-availability", "1", "--heartbeat-ms", "200"]).await?;
+    let token = s.user("rex").await?;
+    // load_model() waits while the gate file exists: replacements stay LAUNCHING.
+    let gate = tempfile::tempdir()?.keep().join("gate");
+    let repo = aibro_tests::repo(&format!(
+        "import os, time\n\
+         def load_model():\n    \
+             while os.path.exists({gate:?}):\n        time.sleep(0.02)\n\
+         def run(model, data):\n    return data\n"
+    ));
+    let digest = s.upload_dir(&token, repo.path()).await?;
+    let job_id = s.deploy(&token, "gated", &digest).await?;
+    s.wait_status(&token, &job_id, JobStatus::Deployed).await?;
+    let first = s.get_job(&token, &job_id).await?.instances[0].clone();
+    assert_eq!(first.machine_id, "local.small");
+
+    std::fs::write(&gate, "")?;
+    let mut admin = s.admin().await?;
+    let interrupt = |id: &str| pb::InterruptInstanceRequest {
+        instance_id: id.to_string(),
+        notice_ms: 60_000,
+    };
+    admin
+        .interrupt_instance(interrupt(&first.instance_id))
+        .await?;
+    let job = s
+        .wait_instances(&token, &job_id, "a replacement registered", |insts| {
+            insts
+                .iter()
+                .any(|i| i.replaces == first.instance_id && !i.agent_address.is_empty())
+        })
+        .await?;
+    let second = job
+        .instances
+        .iter()
+        .find(|i| i.replaces == first.instance_id)
+        .unwrap()
+        .clone();
+    // The replacement is interrupted while it is still loading.
+    admin
+        .interrupt_instance(interrupt(&second.instance_id))
+        .await?;
+    let job = s
+        .wait_instances(&token, &job_id, "a second replacement", |insts| {
+            insts
+                .iter()
+                .any(|i| i.replaces == first.instance_id && i.instance_id != second.instance_id)
+                && terminated(find(insts, &second.instance_id))
+        })
+        .await?;
+    assert_eq!(job.status(), JobStatus::Deployed, "{}", job.reason);
+    s.predict("rex", "public", "gated", "{}").await?;
+
+    std::fs::remove_file(&gate)?;
+    let job = s
+        .wait_instances(&token, &job_id, "the takeover", |insts| {
+            serving_replacement_of(insts, &first.instance_id).is_some()
+                && terminated(find(insts, &first.instance_id))
+        })
+        .await?;
+    assert_eq!(job.status(), JobStatus::Deployed, "{}", job.reason);
+    let second = find(&job.instances, &second.instance_id);
+    assert_eq!(second.reason, "spot interruption");
+    s.predict("rex", "public", "gated", "{}").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn at_full_capacity_the_replacement_takes_the_interrupted_machine() -> Result<()> {
+    let catalog = aibro_tests::catalog_with("local.one", "local", 1, 1.0)?;
+    let s = Scheduler::start_with(&[
+        "--catalog",
+        catalog.path().to_str().unwrap(),
+        "--spot-availability",
+        "1",
+    ])
+    .await?;
+    let token = s.user("una").await?;
+    let digest = s.upload_dir(&token, &example("echo")).await?;
+    let mut request = aibro_tests::deploy_request("single", &digest);
+    request.machine_config = Some(pb::MachineConfig {
+        standby: "local.one.od".into(),
+        cooling: String::new(),
+    });
+    let job_id = s.deploy_with(&token, request).await?;
+    s.wait_status(&token, &job_id, JobStatus::Deployed).await?;
+    let spot = s.get_job(&token, &job_id).await?.instances[0].clone();
+    assert_eq!(spot.machine_id, "local.one");
+
+    let load = Load::start(&s, "una", "single", 4)?;
+    let warm = load.ok() + 20;
+    while load.ok() < warm {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    s.admin()
+        .await?
+        .interrupt_instance(pb::InterruptInstanceRequest {
+            instance_id: spot.instance_id.clone(),
+            notice_ms: 10_000,
+        })
+        .await?;
+    let job = s
+        .wait_instances(&token, &job_id, "the switch", |insts| {
+            serving_replacement_of(insts, &spot.instance_id).is_some()
+                && terminated(find(insts, &spot.instance_id))
+        })
+        .await?;
+    let more = load.ok() + 20;
+    while load.ok() < more {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (ok, failed, errors) = load.finish().await?;
+    assert_eq!(failed, 0, "{errors:?}");
+    assert!(ok > 40);
+    assert_eq!(s.machine(&token, "local.one").await?.available, 0);
+    assert_eq!(job.status(), JobStatus::Deployed);
     Ok(())
 }

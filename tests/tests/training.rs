@@ -126,22 +126,7 @@ async fn fit_streams_progress_and_returns_the_outputs() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn machine_ids_fall_back_in_order_and_all_exhausted_cancels() -> anyhow::Result<()> {
-    let catalog = tempfile::NamedTempFile::new()?;
-    std::fs::write(
-        catalog.path(),
-        r#"[[machine]]
-type = "local.none"
-provider = "local"
-gpu_type = "none"
-gpu_count = 0
-vcpus = 1
-memory_gib = 1.0
-spot_price = 0.1
-on_demand_price = 0.2
-capacity = 0
-spot_availability = 0.5
-"#,
-    )?;
+    let catalog = aibro_tests::catalog_with("local.none", "local", 0, 0.5)?;
     let s = Scheduler::start_with(&["--catalog", catalog.path().to_str().unwrap()]).await?;
     let token = s.user("fred").await?;
     let digest = s.upload_dir(&token, &example("train-linear")).await?;

@@ -88,13 +88,24 @@ impl Control {
         Ok(inst)
     }
 
+    /// A live instance that is not closing: its agent may (re)join and report in.
+    fn open_instance(&self, instance_id: &str) -> Result<InstanceRecord> {
+        let inst = self.live_instance(instance_id)?;
+        if inst.state.status == InstanceStatus::Closing {
+            return Err(Error::FailedPrecondition(format!(
+                "instance {instance_id} is closing"
+            )));
+        }
+        Ok(inst)
+    }
+
     /// An agent joined over gRPC at `agent.address`: as an instance's agent,
     /// or (no instance id) as an idle pool machine of type `agent.machine_id`.
     pub async fn register(&self, agent: Registration) -> Result<()> {
         if agent.instance_id.is_empty() {
             return self.join_pool(agent);
         }
-        let inst = self.live_instance(&agent.instance_id)?;
+        let inst = self.open_instance(&agent.instance_id)?;
         let link = link::grpc(&agent.address).map_err(Error::InvalidArgument)?;
         let pool_type = self
             .catalog()
@@ -164,26 +175,34 @@ impl Control {
     ) -> Result<()> {
         let inst = self.live_instance(instance_id)?;
         self.set_agent(instance_id, link.clone());
-        let committed = self
-            .apply(&inst.job_id, |_, insts| {
+        let known = inst.agent_address == address && inst.host == host && inst.hardware.is_some();
+        let job = if known {
+            // Registered again (it lost the scheduler for a while): nothing to record.
+            self.store()
+                .job(&inst.job_id)?
+                .ok_or_else(|| Error::NotFound(format!("job {} is gone", inst.job_id)))?
+        } else {
+            self.apply(&inst.job_id, |_, insts| {
                 let inst = instance_mut(insts, instance_id)?;
                 inst.agent_address = address.to_string();
                 inst.hardware = Some(hardware.clone());
                 inst.host = host.to_string();
                 Ok(vec![Mark::phase(instance_id, "agent connected")])
             })
-            .await?;
-        let job = committed.job;
+            .await?
+            .job
+        };
         if job.state.is_ended() {
             return Ok(());
         }
         self.last_seen(instance_id, None);
-        self.prepare(&job, link);
+        self.prepare(&job, instance_id, link);
         Ok(())
     }
 
-    /// Sends the job to its instance's agent (in the background).
-    pub(crate) fn prepare(&self, job: &JobRecord, link: Link) {
+    /// Sends the job to its instance's agent (in the background); an agent
+    /// that refuses it fails the instance.
+    pub(crate) fn prepare(&self, job: &JobRecord, instance_id: &str, link: Link) {
         let request = PrepareRequest {
             job_id: job.id.clone(),
             artifact_digest: job.artifact_digest.clone(),
@@ -193,11 +212,13 @@ impl Control {
             } as i32,
         };
         let this = self.clone();
-        let job_id = job.id.clone();
+        let instance_id = instance_id.to_string();
         self.spawn(async move {
             if let Err(status) = link.prepare(request).await {
                 let reason = format!("the agent refused the job: {}", status.message());
-                this.cancel(&job_id, reason).await;
+                if let Ok(Some(inst)) = this.store().instance(&instance_id) {
+                    this.instance_failed(&inst, reason).await;
+                }
             }
         });
     }
@@ -224,7 +245,7 @@ impl Control {
                 )))
             };
         }
-        self.live_instance(instance_id)?;
+        self.open_instance(instance_id)?;
         self.last_seen(instance_id, Some(heartbeat));
         Ok(())
     }
@@ -248,19 +269,10 @@ impl Control {
                 } else {
                     report.traceback
                 };
-                if self.replacement_failed(&inst, &reason).await {
-                    tracing::warn!(instance_id, "replacement failed: {reason}");
-                } else if inst.role.is_primary() {
-                    self.cancel(&inst.job_id, reason).await;
-                } else {
-                    // The job goes on with its standby; the failed instance goes.
-                    tracing::warn!(instance_id, "cooling instance failed: {reason}");
-                    let this = self.clone();
-                    self.spawn(async move {
-                        this.close_when_allowed(&inst.id, InstanceEvent::Terminate)
-                            .await
-                    });
-                }
+                // A cooling instance may wait for its job to be DEPLOYED
+                // before it can be closed: not in the agent's call.
+                let this = self.clone();
+                self.spawn(async move { this.instance_failed(&inst, reason).await });
                 return Ok(());
             }
             AgentPhase::Returned => {

@@ -100,7 +100,9 @@ impl Control {
             .move_instance(inst, InstanceEvent::Start, Some("instance woken"))
             .await
         {
-            self.capacity().release(&inst.id);
+            if !provider.stopped_holds_machine() {
+                self.capacity().release(&inst.id);
+            }
             return;
         }
         let started = provider.start(&inst.id, &machine).await;

@@ -77,11 +77,11 @@ impl Control {
     /// How many machines of the type exist: the provider's live count (a
     /// pool's joined agents), else the catalog's capacity.
     pub fn live_capacity(&self, kind: &MachineType) -> u32 {
-        self.inner
-            .providers
-            .get(&kind.provider)
-            .and_then(|p| p.capacity(kind))
-            .unwrap_or(kind.capacity)
+        match self.inner.providers.get(&kind.provider) {
+            Some(p) => p.capacity(kind).unwrap_or(kind.capacity),
+            // Its provider does not run here: none can be had.
+            None => 0,
+        }
     }
 
     /// The probability a spot request for the type is fulfilled now.
@@ -228,7 +228,7 @@ impl Control {
                 "the agent of instance {instance_id} did not connect within {}s",
                 timeout.as_secs()
             );
-            if this.replacement_failed(&inst, &reason).await {
+            if this.replacement_failed(&inst, &reason, false).await {
                 tracing::warn!(instance_id, "{reason}");
             } else if inst.role.is_primary() {
                 this.cancel(&inst.job_id, reason).await;

@@ -34,7 +34,9 @@ impl Control {
             loop {
                 tick.tick().await;
                 for instance_id in this.silent_agents(limit) {
-                    this.agent_lost(&instance_id, limit).await;
+                    // Each on its own: closing one may take a while.
+                    let this2 = this.clone();
+                    this.spawn(async move { this2.agent_lost(&instance_id, limit).await });
                 }
                 if let Some(pool) = this.inner.providers.pool() {
                     pool.drop_silent(limit);

@@ -12,6 +12,7 @@ mod liveness;
 mod predict;
 mod recovery;
 mod replace;
+mod spot;
 mod train;
 mod watch;
 

@@ -69,13 +69,15 @@ impl Control {
         let Some(pool) = self.inner.providers.pool() else {
             return;
         };
-        for inst in instances
-            .iter()
-            .filter(|i| i.state == InstanceState::STOPPED && !i.host.is_empty())
-        {
+        for inst in instances.iter().filter(|i| {
+            matches!(i.state, InstanceState::STOPPED | InstanceState::STOPPING)
+                && !i.host.is_empty()
+        }) {
             if let Some(m) = self.catalog().resolve(&inst.machine_id) {
                 pool.reserve(&inst.host, &m.kind.name, &inst.id);
-                self.capacity().hold(&m.kind.name, &inst.id);
+                if inst.state == InstanceState::STOPPED {
+                    self.capacity().hold(&m.kind.name, &inst.id);
+                }
             }
         }
     }

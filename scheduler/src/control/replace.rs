@@ -1,199 +1,56 @@
-//! Replacing an instance while its job serves: a spot machine the provider
-//! interrupts, an agent that went silent, or an on-demand stand-in swapped
-//! back to spot once spot capacity returns. The replacement launches beside
-//! the old instance (spot when a spot request is fulfilled, on-demand
-//! otherwise); when it serves, traffic moves to it and the old one drains and
-//! is terminated (see `agents::retire_replaced`). An interrupted instance is
+//! Replacing an instance while its job serves: a spot machine interrupted
+//! (see `spot`), an agent that went silent, or an on-demand stand-in swapped
+//! back to spot. The replacement is recorded beside the old instance and
+//! launched (spot when a spot request is fulfilled, on-demand otherwise);
+//! when it serves, traffic moves to it and the old one drains and is
+//! terminated (see `agents::retire_replaced`). An interrupted instance is
 //! terminated when its notice ends at the latest, a lost one at once. A job
 //! left without a live standby is canceled with the reason.
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use futures::future::BoxFuture;
+use futures::FutureExt;
 
-use crate::catalog::Market;
-use crate::error::{Error, Result};
-use crate::provider::Interruption;
-use crate::state::{self, InstanceEvent, InstanceState, InstanceStatus, JobKind, JobStatus, Role};
+use crate::state::{self, InstanceEvent, InstanceState, InstanceStatus, JobStatus, Role};
 use crate::store::{InstanceRecord, Mark, StoreError};
 
 use super::{instance_mut, new_id, Control};
 
+/// How a replacement gets a machine of its type within capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// Waits up to the job's `wait_request_s` (a lost instance frees its own
+    /// when it is retired).
+    Wait,
+    /// Takes the old instance's when none is free: that one is going away
+    /// (a spot interruption).
+    Borrow,
+    /// Only a machine free now; otherwise nothing is replaced (a swap back to
+    /// spot is tried again later).
+    FreeNow,
+}
+
 impl Control {
-    /// A spot request for a spot machine id (on-demand ids always pass).
-    pub(crate) fn spot_request(&self, machine: &crate::catalog::Machine) -> Result<(), String> {
-        if machine.market == Market::OnDemand {
-            return Ok(());
-        }
-        let provider = self.machine_provider(machine).map_err(|e| e.to_string())?;
-        if provider.spot_available(&machine.kind) {
-            Ok(())
-        } else {
-            Err(format!(
-                "the spot request for `{}` was not fulfilled (spot availability {:.0}%)",
-                machine.id,
-                100.0 * provider.spot_availability(&machine.kind)
-            ))
-        }
-    }
-
-    /// Handles the providers' interruption notices until shutdown.
-    pub fn start_interruptions(&self, mut notices: mpsc::UnboundedReceiver<Interruption>) {
-        let this = self.clone();
-        self.spawn(async move {
-            while let Some(notice) = notices.recv().await {
-                let this2 = this.clone();
-                this.spawn(async move { this2.interrupted(notice).await });
-            }
-        });
-    }
-
-    /// Every `spot_check`, looks for spot capacity for serving on-demand
-    /// instances of deploys, and swaps them back to spot when there is some.
-    pub fn start_spot_return(&self) {
-        if !self.settings().use_spot {
-            return;
-        }
-        let this = self.clone();
-        self.spawn(async move {
-            let mut tick = tokio::time::interval(this.settings().spot_check);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                for inst in this.on_demand_stand_ins() {
-                    let Some(od) = this.catalog().resolve(&inst.machine_id) else {
-                        continue;
-                    };
-                    if od.kind.spot_price >= od.kind.on_demand_price {
-                        continue;
-                    }
-                    let available = this
-                        .machine_provider(&od)
-                        .is_ok_and(|p| p.spot_available(&od.kind));
-                    if available {
-                        let this2 = this.clone();
-                        this.spawn(async move {
-                            let spot = od.on_market(Market::Spot);
-                            this2.replace(&inst, "back to spot", Some(spot)).await;
-                        });
-                    }
-                }
-            }
-        });
-    }
-
-    /// EXECUTING on-demand instances of deployed jobs, not being replaced.
-    fn on_demand_stand_ins(&self) -> Vec<InstanceRecord> {
-        let Ok(jobs) = self.store().all_jobs() else {
-            return vec![];
-        };
-        jobs.iter()
-            .filter(|j| j.kind == JobKind::Inference && j.state.status == JobStatus::Deployed)
-            .filter_map(|j| self.store().instances_of(j).ok())
-            .flatten()
-            .filter(|i| i.state.status == InstanceStatus::Executing && i.replaced_by.is_none())
-            .filter(|i| {
-                self.catalog()
-                    .resolve(&i.machine_id)
-                    .is_some_and(|m| m.market == Market::OnDemand)
-            })
-            .collect()
-    }
-
-    /// Admin: the instance's provider interrupts it now, as its spot market would.
-    pub fn interrupt(&self, instance_id: &str, notice: Option<Duration>) -> Result<()> {
-        let inst = self.live_instance(instance_id)?;
-        let machine = self.catalog().resolve(&inst.machine_id).ok_or_else(|| {
-            Error::FailedPrecondition(format!("machine `{}` left the catalog", inst.machine_id))
-        })?;
-        self.machine_provider(&machine)?
-            .interrupt(instance_id, notice)
-            .map_err(|e| Error::FailedPrecondition(e.to_string()))
-    }
-
-    /// Admin: sets a machine type's emulated spot availability.
-    pub fn set_spot_availability(&self, machine_type: &str, availability: f64) -> Result<()> {
-        if !(0.0..=1.0).contains(&availability) {
-            return Err(Error::InvalidArgument(format!(
-                "availability {availability} is not a probability (0.0 to 1.0)"
-            )));
-        }
-        let kind = self
-            .catalog()
-            .types()
-            .find(|t| t.name == machine_type)
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "unknown machine type `{machine_type}` (a type, without `.od`)"
-                ))
-            })?;
-        let provider = self.inner.providers.get(&kind.provider).ok_or_else(|| {
-            Error::FailedPrecondition(format!("provider `{}` is not running", kind.provider))
-        })?;
-        provider
-            .set_spot_availability(machine_type, availability)
-            .map_err(|e| Error::FailedPrecondition(e.to_string()))
-    }
-
-    /// A spot interruption notice: replace the instance while it still
-    /// serves, and terminate it when the notice ends.
-    #[tracing::instrument(skip(self))]
-    async fn interrupted(&self, notice: Interruption) {
-        let id = &notice.instance_id;
-        let deadline = tokio::time::Instant::now() + notice.notice;
-        let Ok(Some(inst)) = self.store().instance(id) else {
-            return;
-        };
-        let reason = "spot interruption";
-        let marked = self
-            .apply(&inst.job_id, |_, insts| {
-                let inst = instance_mut(insts, id)?;
-                inst.reason = reason.to_string();
-                let mut mark = Mark::phase(id, "spot interruption notice");
-                mark.message = format!("reclaimed in {:.1}s", notice.notice.as_secs_f64());
-                Ok(vec![mark])
-            })
-            .await;
-        let Ok(committed) = marked else { return };
-        let job = committed.job;
-        if job.state.is_ended() {
-            return;
-        }
-        let serving = job.state.status == JobStatus::Deployed && inst.state.is_serving();
-        if serving {
-            self.replace(&inst, reason, None).await;
-            tokio::time::sleep_until(deadline).await;
-            self.retire(id, "spot instance reclaimed").await;
-        } else if inst.role.is_primary() {
-            let why = format!("its spot instance {id} was interrupted ({reason})");
-            self.cancel(&job.id, why).await;
-        } else {
-            self.close_when_allowed(id, InstanceEvent::Terminate).await;
-        }
-    }
-
     /// An agent went silent: a deployed job gets a replacement for the
-    /// instance's role and the instance is terminated; otherwise a primary
-    /// cancels its job and a cooling instance is stopped.
+    /// instance's role and the instance is terminated; a replacement still
+    /// launching is replaced again; otherwise a primary cancels its job and a
+    /// cooling instance is stopped.
     pub(crate) async fn lost(&self, inst: &InstanceRecord, reason: String) {
-        if inst.state.status == InstanceStatus::Launching
-            && self.replacement_failed(inst, &reason).await
+        if inst.state == InstanceState::LAUNCHING
+            && self.replacement_failed(inst, &reason, true).await
         {
             return;
         }
-        let deployed = self
-            .store()
-            .job(&inst.job_id)
-            .ok()
-            .flatten()
+        let job = self.store().job(&inst.job_id).ok().flatten();
+        let deployed = job
+            .as_ref()
             .is_some_and(|j| j.state.status == JobStatus::Deployed);
-        if deployed && inst.role != Role::Trainer {
-            if let Ok(Some(job)) = self.store().job(&inst.job_id) {
-                // No more requests to it while it is replaced.
-                self.router()
-                    .remove_backend(&job.owner, &job.model_name, &inst.id);
-            }
-            self.replace(inst, "agent lost", None).await;
+        if let (true, Some(job)) = (deployed && inst.role != Role::Trainer, job) {
+            // No more requests to it while it is replaced.
+            self.router()
+                .remove_backend(&job.owner, &job.model_name, &inst.id);
+            self.replace(inst, "agent lost", None, Slot::Wait).await;
             self.retire(&inst.id, &reason).await;
         } else if inst.role.is_primary() {
             self.cancel(&inst.job_id, reason).await;
@@ -204,12 +61,25 @@ impl Control {
 
     /// Records a replacement for `old`'s role (on `machine`, else the job's
     /// machine id on the market a request finds now) and launches it in the
-    /// background; false when `old` needs none (already replaced, job over).
-    pub(crate) async fn replace(
+    /// background; false when none was recorded (already replaced, job over,
+    /// no machine free for [`Slot::FreeNow`]).
+    /// (Boxed: a failed replacement may ask for another one.)
+    pub(crate) fn replace<'a>(
+        &'a self,
+        old: &'a InstanceRecord,
+        why: &'a str,
+        machine: Option<crate::catalog::Machine>,
+        slot: Slot,
+    ) -> BoxFuture<'a, bool> {
+        self.replace_inner(old, why, machine, slot).boxed()
+    }
+
+    async fn replace_inner(
         &self,
         old: &InstanceRecord,
         why: &str,
         machine: Option<crate::catalog::Machine>,
+        slot: Slot,
     ) -> bool {
         let Ok(Some(job)) = self.store().job(&old.job_id) else {
             return false;
@@ -224,6 +94,18 @@ impl Control {
         };
         let machine = machine.unwrap_or_else(|| self.market_machine(&od));
         let new_id = new_id("inst");
+        if slot != Slot::Wait {
+            let now = tokio::time::Instant::now();
+            let free = || self.live_capacity(&machine.kind);
+            let had = self
+                .capacity()
+                .acquire(&machine.kind.name, free, &new_id, now)
+                .await
+                || (slot == Slot::Borrow && self.capacity().transfer(&old.id, &new_id));
+            if !had {
+                return false;
+            }
+        }
         let recorded = self
             .apply(&job.id, |job, insts| {
                 if job.state.is_ended() {
@@ -249,32 +131,34 @@ impl Control {
                 Ok(vec![mark])
             })
             .await;
-        let Ok(committed) = recorded else {
-            return false;
-        };
-        let Some(new) = committed.instances.into_iter().find(|i| i.id == new_id) else {
+        let new = recorded
+            .ok()
+            .and_then(|c| c.instances.into_iter().find(|i| i.id == new_id));
+        let Some(new) = new else {
+            self.capacity().release(&new_id);
             return false;
         };
         let wait = Duration::from_secs(job.wait_request_s.into());
         let this = self.clone();
         self.spawn(async move {
-            let started = match this.acquire(&new.id, &machine, wait).await {
-                Ok(()) => {
-                    let _lock = this.lock_instance(&new.id).await;
-                    // Closed while it waited for a machine (the job ended): none is started.
-                    let wanted = this.store().instance(&new.id).ok().flatten();
-                    if wanted.is_none_or(|i| i.state != InstanceState::LAUNCHING) {
-                        this.capacity().release(&new.id);
-                        return;
-                    }
-                    this.provision(&new.id, &machine).await
+            if slot == Slot::Wait {
+                if let Err(reason) = this.acquire(&new.id, &machine, wait).await {
+                    this.replacement_failed(&new, &reason, false).await;
+                    return;
                 }
-                Err(reason) => Err(reason),
-            };
-            match started {
+            }
+            let _lock = this.lock_instance(&new.id).await;
+            // Closed while it waited for a machine (the job ended): none is started.
+            let wanted = this.store().instance(&new.id).ok().flatten();
+            if wanted.is_none_or(|i| i.state != InstanceState::LAUNCHING) {
+                this.capacity().release(&new.id);
+                return;
+            }
+            match this.provision(&new.id, &machine).await {
                 Ok(()) => this.watch_connect(new.id.clone()),
                 Err(reason) => {
-                    this.replacement_failed(&new, &reason).await;
+                    drop(_lock);
+                    this.replacement_failed(&new, &reason, false).await;
                 }
             }
         });
@@ -320,24 +204,65 @@ impl Control {
         }
     }
 
-    /// A replacement failed (its agent failed or never connected): it is
-    /// terminated and the instance it was to replace may be replaced again.
-    /// True when it was a replacement and has been dealt with.
-    pub(crate) async fn replacement_failed(&self, inst: &InstanceRecord, reason: &str) -> bool {
-        let Some(old) = inst.replaces.clone() else {
+    /// A replacement failed (its agent failed, never connected, was lost or
+    /// interrupted): it is terminated, and when `retry` another one is
+    /// launched for the instance it was to replace. False when `inst` is not
+    /// (or no longer) a replacement in progress: its predecessor must still
+    /// be live and waiting for it.
+    pub(crate) async fn replacement_failed(
+        &self,
+        inst: &InstanceRecord,
+        reason: &str,
+        retry: bool,
+    ) -> bool {
+        let Some(old_id) = inst.replaces.clone() else {
             return false;
         };
-        let _ = self
+        let released = self
             .apply(&inst.job_id, |_, insts| {
-                let old = instance_mut(insts, &old)?;
-                if old.replaced_by.as_deref() == Some(inst.id.as_str()) {
-                    old.replaced_by = None;
+                let old = instance_mut(insts, &old_id)?;
+                let waiting = old.replaced_by.as_deref() == Some(inst.id.as_str())
+                    && matches!(
+                        old.state.status,
+                        InstanceStatus::Launching
+                            | InstanceStatus::Executing
+                            | InstanceStatus::Cooling
+                    );
+                if !waiting {
+                    return Err(StoreError::Stale(format!("{old_id} does not wait for it")));
                 }
+                old.replaced_by = None;
                 Ok(vec![])
             })
             .await;
+        let Ok(committed) = released else {
+            return false;
+        };
+        tracing::warn!(instance_id = %inst.id, "replacement failed: {reason}");
         self.retire(&inst.id, &format!("replacement failed: {reason}"))
             .await;
+        if retry {
+            if let Some(old) = committed.instances.iter().find(|i| i.id == old_id) {
+                self.replace(old, "the replacement failed", None, Slot::Borrow)
+                    .await;
+            }
+        }
         true
+    }
+
+    /// An instance's agent failed or refused its job: a replacement is
+    /// dropped (its predecessor serves on), a primary cancels its job, a
+    /// cooling instance is terminated once its job allows.
+    pub(crate) async fn instance_failed(&self, inst: &InstanceRecord, reason: String) {
+        if self.replacement_failed(inst, &reason, false).await {
+            return;
+        }
+        if inst.role.is_primary() {
+            self.cancel(&inst.job_id, reason).await;
+        } else {
+            tracing::warn!(instance_id = %inst.id, "cooling instance failed: {reason}");
+            self.close_when_allowed(&inst.id, InstanceEvent::Terminate)
+                .await;
+        }
     }
 }

@@ -207,7 +207,7 @@ impl Control {
             .await?;
         self.hub().publish(&old.job.id, &old.events);
         self.hub().publish(&new.job.id, &new.events);
-        self.prepare(&new.job, link);
+        self.prepare(&new.job, &warm.id, link);
         Ok(())
     }
 

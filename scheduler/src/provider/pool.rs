@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use aibro_proto::v1::agent_client::AgentClient;
-use aibro_proto::v1::AssignRequest;
+use aibro_proto::v1::{AssignRequest, StopRequest};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tonic::transport::{Channel, Endpoint};
@@ -114,6 +114,10 @@ impl Pool {
             .holds = Holds::Parked(instance_id.to_string());
     }
 
+    fn leave(&self, agent_id: &str) {
+        self.members.lock().expect("pool lock").remove(agent_id);
+    }
+
     /// Forgets idle members silent for `limit`.
     pub fn drop_silent(&self, limit: Duration) {
         let mut members = self.members.lock().expect("pool lock");
@@ -191,19 +195,31 @@ impl Provider for Pool {
         machine: &'a Machine,
     ) -> BoxFuture<'a, Result<(), ProviderError>> {
         async move {
-            let (agent_id, client, before) = self
-                .take(
-                    |m| m.holds == Holds::Nothing && m.machine_type == machine.kind.name,
-                    Holds::Running(instance_id.to_string()),
-                )
-                .ok_or_else(|| {
-                    ProviderError::Pool(format!(
-                        "no idle pool agent of type `{}`",
-                        machine.kind.name
-                    ))
-                })?;
-            tracing::info!(agent_id, instance_id, "pool agent assigned");
-            self.assign(&agent_id, client, instance_id, before).await
+            // An idle agent that does not answer leaves the pool (it joins
+            // again when it is back); the next one is tried.
+            loop {
+                let (agent_id, client, before) = self
+                    .take(
+                        |m| m.holds == Holds::Nothing && m.machine_type == machine.kind.name,
+                        Holds::Running(instance_id.to_string()),
+                    )
+                    .ok_or_else(|| {
+                        ProviderError::Pool(format!(
+                            "no idle pool agent of type `{}`",
+                            machine.kind.name
+                        ))
+                    })?;
+                match self.assign(&agent_id, client, instance_id, before).await {
+                    Ok(()) => {
+                        tracing::info!(agent_id, instance_id, "pool agent assigned");
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pool agent unreachable; it leaves the pool");
+                        self.leave(&agent_id);
+                    }
+                }
+            }
         }
         .boxed()
     }
@@ -211,12 +227,16 @@ impl Provider for Pool {
     fn stop<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
         async move {
             let parked = Holds::Parked(instance_id.to_string());
-            match self.take(Self::holding(instance_id), parked) {
-                Some((agent_id, client, before)) => {
-                    self.assign(&agent_id, client, "", before).await
+            if let Some((agent_id, client, _)) =
+                self.take(Self::holding(instance_id), parked.clone())
+            {
+                // Parked either way: an agent that does not answer is idle
+                // when it comes back, and start assigns it again.
+                if let Err(e) = self.assign(&agent_id, client, "", parked).await {
+                    tracing::warn!(error = %e, "pool agent not told to park");
                 }
-                None => Ok(()),
             }
+            Ok(())
         }
         .boxed()
     }
@@ -242,17 +262,26 @@ impl Provider for Pool {
 
     fn terminate<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
         async move {
-            let Some((agent_id, client, _)) = self.take(Self::holding(instance_id), Holds::Nothing)
+            let Some((agent_id, mut client, _)) =
+                self.take(Self::holding(instance_id), Holds::Nothing)
             else {
                 // Not known (any more): a reservation without its agent is dropped.
                 let mut members = self.members.lock().expect("pool lock");
                 members.retain(|_, m| !Self::holding(instance_id)(m));
                 return Ok(());
             };
-            // The member is free either way; an agent that does not answer
-            // registers again (idle) when it comes back.
-            if let Err(e) = self.assign(&agent_id, client, "", Holds::Nothing).await {
-                tracing::warn!(error = %e, "pool agent not told it is free");
+            // Wipes the job's files, also those a parked agent kept.
+            let wipe = client.stop(StopRequest { terminate: true });
+            let wiped = tokio::time::timeout(ASSIGN_TIMEOUT, wipe).await;
+            let freed = match wiped {
+                Ok(Ok(_)) => self.assign(&agent_id, client, "", Holds::Nothing).await,
+                Ok(Err(status)) => Err(ProviderError::Pool(status.message().to_string())),
+                Err(_) => Err(ProviderError::Pool("no answer to Stop".into())),
+            };
+            if let Err(e) = freed {
+                // It may come back with the files: it joins again as new.
+                tracing::warn!(agent_id, error = %e, "pool agent unreachable; it leaves the pool");
+                self.leave(&agent_id);
             }
             Ok(())
         }
@@ -304,12 +333,13 @@ mod tests {
         pool.reserve("a2", "pool.cpu", "inst-stopped");
         assert_eq!(pool.capacity(&m.kind), Some(2));
         let err = pool.launch("inst-1", &m).await.unwrap_err();
-        assert!(err.to_string().contains("refused to run"), "{err}");
-        assert!(pool.seen("a1"));
+        assert!(err.to_string().contains("no idle pool agent"), "{err}");
+        assert!(!pool.seen("a1"), "an unreachable agent leaves the pool");
         // The reservation has no agent yet: it cannot be started, only dropped.
         assert!(pool.start("inst-stopped", &m).await.is_err());
+        pool.join("a3", "pool.cpu", &address, "").unwrap();
         pool.drop_silent(Duration::ZERO);
-        assert!(!pool.seen("a1"), "a silent idle member leaves");
+        assert!(!pool.seen("a3"), "a silent idle member leaves");
         assert_eq!(pool.capacity(&m.kind), Some(1), "the reservation stays");
         pool.terminate("inst-stopped").await.unwrap();
         assert_eq!(pool.capacity(&m.kind), Some(0));

@@ -1,0 +1,201 @@
+//! Spot capacity for deploys: spot requests, the providers' interruption
+//! notices (the instance is replaced while it still serves, and terminated
+//! when its notice ends), the swap of on-demand stand-ins back to spot when
+//! spot capacity returns, and the admin's controls of an emulated market.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::catalog::Market;
+use crate::error::{Error, Result};
+use crate::provider::Interruption;
+use crate::state::{InstanceState, InstanceStatus, JobKind, JobStatus};
+use crate::store::{InstanceRecord, Mark};
+
+use super::replace::Slot;
+use super::{instance_mut, Control};
+
+const INTERRUPTION: &str = "spot interruption";
+
+impl Control {
+    /// A spot request for a spot machine id (on-demand ids always pass).
+    pub(crate) fn spot_request(&self, machine: &crate::catalog::Machine) -> Result<(), String> {
+        if machine.market == Market::OnDemand {
+            return Ok(());
+        }
+        let provider = self.machine_provider(machine).map_err(|e| e.to_string())?;
+        if provider.spot_available(&machine.kind) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the spot request for `{}` was not fulfilled (spot availability {:.0}%)",
+                machine.id,
+                100.0 * provider.spot_availability(&machine.kind)
+            ))
+        }
+    }
+
+    /// Handles the providers' interruption notices until shutdown.
+    pub fn start_interruptions(&self, mut notices: mpsc::UnboundedReceiver<Interruption>) {
+        let this = self.clone();
+        self.spawn(async move {
+            while let Some(notice) = notices.recv().await {
+                let this2 = this.clone();
+                this.spawn(async move { this2.interrupted(notice).await });
+            }
+        });
+    }
+
+    /// Every `spot_check`, looks for spot capacity for serving on-demand
+    /// instances of deploys, and swaps them back to spot when there is some.
+    pub fn start_spot_return(&self) {
+        if !self.settings().use_spot {
+            return;
+        }
+        let this = self.clone();
+        self.spawn(async move {
+            let mut tick = tokio::time::interval(this.settings().spot_check);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                for inst in this.on_demand_stand_ins() {
+                    let Some(od) = this.catalog().resolve(&inst.machine_id) else {
+                        continue;
+                    };
+                    if od.kind.spot_price >= od.kind.on_demand_price {
+                        continue;
+                    }
+                    let available = this
+                        .machine_provider(&od)
+                        .is_ok_and(|p| p.spot_available(&od.kind));
+                    if available {
+                        let this2 = this.clone();
+                        this.spawn(async move {
+                            let spot = od.on_market(Market::Spot);
+                            this2
+                                .replace(&inst, "back to spot", Some(spot), Slot::FreeNow)
+                                .await;
+                        });
+                    }
+                }
+            }
+        });
+    }
+
+    /// EXECUTING on-demand instances of deployed jobs, not being replaced.
+    fn on_demand_stand_ins(&self) -> Vec<InstanceRecord> {
+        let Ok(jobs) = self.store().all_jobs() else {
+            return vec![];
+        };
+        jobs.iter()
+            .filter(|j| j.kind == JobKind::Inference && j.state.status == JobStatus::Deployed)
+            .filter_map(|j| self.store().instances_of(j).ok())
+            .flatten()
+            .filter(|i| i.state.status == InstanceStatus::Executing && i.replaced_by.is_none())
+            .filter(|i| {
+                self.catalog()
+                    .resolve(&i.machine_id)
+                    .is_some_and(|m| m.market == Market::OnDemand)
+            })
+            .collect()
+    }
+
+    /// Admin: the instance's provider interrupts it now, as its spot market would.
+    pub fn interrupt(&self, instance_id: &str, notice: Option<Duration>) -> Result<()> {
+        let inst = self.live_instance(instance_id)?;
+        let machine = self.catalog().resolve(&inst.machine_id).ok_or_else(|| {
+            Error::FailedPrecondition(format!("machine `{}` left the catalog", inst.machine_id))
+        })?;
+        self.machine_provider(&machine)?
+            .interrupt(instance_id, notice)
+            .map_err(|e| Error::FailedPrecondition(e.to_string()))
+    }
+
+    /// Admin: sets a machine type's emulated spot availability.
+    pub fn set_spot_availability(&self, machine_type: &str, availability: f64) -> Result<()> {
+        if !(0.0..=1.0).contains(&availability) {
+            return Err(Error::InvalidArgument(format!(
+                "availability {availability} is not a probability (0.0 to 1.0)"
+            )));
+        }
+        let kind = self
+            .catalog()
+            .types()
+            .find(|t| t.name == machine_type)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "unknown machine type `{machine_type}` (a type, without `.od`)"
+                ))
+            })?;
+        let provider = self.inner.providers.get(&kind.provider).ok_or_else(|| {
+            Error::FailedPrecondition(format!("provider `{}` is not running", kind.provider))
+        })?;
+        provider
+            .set_spot_availability(machine_type, availability)
+            .map_err(|e| Error::FailedPrecondition(e.to_string()))
+    }
+
+    /// A spot interruption notice. A replacement still launching is replaced
+    /// again; a deployed job's instance is replaced while it serves and
+    /// terminated when the notice ends; a cooling instance of a job still
+    /// queuing waits for the job to be DEPLOYED first; a primary of a queuing
+    /// or training job cancels it.
+    #[tracing::instrument(skip(self))]
+    async fn interrupted(&self, notice: Interruption) {
+        let id = &notice.instance_id;
+        let deadline = tokio::time::Instant::now() + notice.notice;
+        let marked = match self.store().instance(id) {
+            Ok(Some(inst)) => {
+                self.apply(&inst.job_id, |_, insts| {
+                    let inst = instance_mut(insts, id)?;
+                    inst.reason = INTERRUPTION.to_string();
+                    let mut mark = Mark::phase(id, "spot interruption notice");
+                    mark.message = format!("reclaimed in {:.1}s", notice.notice.as_secs_f64());
+                    Ok(vec![mark])
+                })
+                .await
+            }
+            _ => return,
+        };
+        let Ok(committed) = marked else { return };
+        let Some(inst) = committed.instances.into_iter().find(|i| i.id == *id) else {
+            return;
+        };
+        if committed.job.state.is_ended() {
+            return;
+        }
+        if inst.state == InstanceState::LAUNCHING
+            && self.replacement_failed(&inst, INTERRUPTION, true).await
+        {
+            return;
+        }
+        let Some(job) = self.wait_while_queuing(&inst).await else {
+            let why = format!("its spot instance {id} was interrupted ({INTERRUPTION})");
+            return self.cancel(&inst.job_id, why).await;
+        };
+        if job.state.status == JobStatus::Deployed {
+            self.replace(&inst, INTERRUPTION, None, Slot::Borrow).await;
+            tokio::time::sleep_until(deadline).await;
+            self.retire(id, "spot instance reclaimed").await;
+        } else if !job.state.is_ended() {
+            let why = format!("its spot instance {id} was interrupted ({INTERRUPTION})");
+            self.cancel(&job.id, why).await;
+        }
+    }
+
+    /// The instance's job once it no longer queues; None for a primary of a
+    /// queuing job (nothing can replace it while the job queues).
+    async fn wait_while_queuing(&self, inst: &InstanceRecord) -> Option<crate::store::JobRecord> {
+        loop {
+            let job = self.store().job(&inst.job_id).ok()??;
+            if job.state.status != JobStatus::Queuing {
+                return Some(job);
+            }
+            if inst.role.is_primary() {
+                return None;
+            }
+            tokio::time::sleep(self.settings().lifecycle_tick).await;
+        }
+    }
+}
