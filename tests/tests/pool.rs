@@ -271,3 +271,33 @@ async fn a_pool_host_that_restarts_gets_its_role_back() -> Result<()> {
     wait_pool(&s, &token, (1, 1)).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_lost_host_with_no_other_to_take_its_role_cancels_the_job() -> Result<()> {
+    let (s, _catalog) = pool_scheduler(&["--agent-lost-after-ms", "1500"]).await?;
+    let token = s.user("vera").await?;
+    let hosts = tempfile::tempdir()?;
+    let mut agent = host_agent(&s, &hosts.path().join("only"), "pool.cpu")?;
+    wait_pool(&s, &token, (1, 1)).await?;
+    let digest = s.upload_dir(&token, &aibro_tests::example("echo")).await?;
+    let mut request = pool_request("orphan", &digest, false);
+    request.wait_request_s = 2;
+    let job_id = s.deploy_with(&token, request).await?;
+    s.wait_status(&token, &job_id, JobStatus::Deployed).await?;
+
+    // The only host dies for good: the replacement finds no machine within
+    // wait_request_s, and the job ends with a reason instead of waiting forever.
+    agent.kill().await?;
+    let events = s
+        .watch_until(&token, &job_id, DEPLOY_DEADLINE, |e| e.last)
+        .await?;
+    assert_eq!(events.last().unwrap().status(), JobStatus::Canceled);
+    let job = s.get_job(&token, &job_id).await?;
+    assert!(job.reason.contains("no pool agent"), "{}", job.reason);
+    assert!(job
+        .instances
+        .iter()
+        .all(|i| i.substatus() == InstanceSubstatus::Terminated));
+    wait_pool(&s, &token, (0, 0)).await?;
+    Ok(())
+}

@@ -158,6 +158,12 @@ impl Control {
         }
         pool.join(&agent.agent_id, machine_type, &agent.address, "")
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        // Idle, yet the pool has it run an instance that has ended: free it.
+        if let Some(ran) = pool.running(&agent.agent_id) {
+            if self.open_instance(&ran).is_err() {
+                pool.free(&agent.agent_id);
+            }
+        }
         self.capacity().added();
         Ok(())
     }
@@ -215,6 +221,17 @@ impl Control {
         let instance_id = instance_id.to_string();
         self.spawn(async move {
             if let Err(status) = link.prepare(request).await {
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                ) {
+                    // Not a refusal: the connect timeout or the heartbeats
+                    // tell whether the agent is gone.
+                    return tracing::warn!(
+                        instance_id,
+                        "Prepare did not reach the agent: {status}"
+                    );
+                }
                 let reason = format!("the agent refused the job: {}", status.message());
                 if let Ok(Some(inst)) = this.store().instance(&instance_id) {
                     this.instance_failed(&inst, reason).await;

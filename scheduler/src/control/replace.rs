@@ -94,15 +94,16 @@ impl Control {
         };
         let machine = machine.unwrap_or_else(|| self.market_machine(&od));
         let new_id = new_id("inst");
+        let mut borrowed = false;
         if slot != Slot::Wait {
             let now = tokio::time::Instant::now();
             let free = || self.live_capacity(&machine.kind);
             let had = self
                 .capacity()
                 .acquire(&machine.kind.name, free, &new_id, now)
-                .await
-                || (slot == Slot::Borrow && self.capacity().transfer(&old.id, &new_id));
-            if !had {
+                .await;
+            borrowed = !had && slot == Slot::Borrow && self.capacity().transfer(&old.id, &new_id);
+            if !had && !borrowed {
                 return false;
             }
         }
@@ -135,7 +136,11 @@ impl Control {
             .ok()
             .and_then(|c| c.instances.into_iter().find(|i| i.id == new_id));
         let Some(new) = new else {
-            self.capacity().release(&new_id);
+            if borrowed {
+                self.capacity().transfer(&new_id, &old.id);
+            } else {
+                self.capacity().release(&new_id);
+            }
             return false;
         };
         let wait = Duration::from_secs(job.wait_request_s.into());
@@ -143,7 +148,7 @@ impl Control {
         self.spawn(async move {
             if slot == Slot::Wait {
                 if let Err(reason) = this.acquire(&new.id, &machine, wait).await {
-                    this.replacement_failed(&new, &reason, false).await;
+                    this.instance_failed(&new, reason).await;
                     return;
                 }
             }
@@ -158,19 +163,27 @@ impl Control {
                 Ok(()) => this.watch_connect(new.id.clone()),
                 Err(reason) => {
                     drop(_lock);
-                    this.replacement_failed(&new, &reason, false).await;
+                    this.instance_failed(&new, reason).await;
                 }
             }
         });
         true
     }
 
-    /// Terminates a replaced (or interrupted, or lost) instance if it is still
-    /// live. Should that leave its deployed job without a live standby, the
-    /// job is canceled instead.
+    /// Terminates a replaced (or interrupted, or lost, or failed) instance if
+    /// it is still live. Should that leave its deployed job without a live
+    /// standby, the job is canceled instead.
     pub(crate) async fn retire(&self, instance_id: &str, reason: &str) {
+        if self.mark_retired(instance_id, reason).await {
+            self.close(instance_id).await;
+        }
+    }
+
+    /// Records the instance TERMINATING (see [`Control::retire`]); true when
+    /// it is to be closed now.
+    async fn mark_retired(&self, instance_id: &str, reason: &str) -> bool {
         let Ok(Some(inst)) = self.store().instance(instance_id) else {
-            return;
+            return false;
         };
         let retired = self
             .apply(&inst.job_id, |job, insts| {
@@ -194,21 +207,23 @@ impl Control {
             })
             .await;
         match retired {
-            Ok(_) => self.close(instance_id).await,
-            Err(StoreError::Stale(_)) => {}
+            Ok(_) => true,
+            Err(StoreError::Stale(_)) => false,
             Err(e) => {
                 tracing::warn!(instance_id, error = %e, "retiring it would leave no standby");
                 let why = format!("{reason}, and no replacement could take over ({instance_id})");
                 self.cancel(&inst.job_id, why).await;
+                false
             }
         }
     }
 
     /// A replacement failed (its agent failed, never connected, was lost or
-    /// interrupted): it is terminated, and when `retry` another one is
-    /// launched for the instance it was to replace. False when `inst` is not
-    /// (or no longer) a replacement in progress: its predecessor must still
-    /// be live and waiting for it.
+    /// interrupted): it is terminated, and when `retry` and its predecessor
+    /// is going away itself (interrupted), another one is launched first, on
+    /// the failed one's machine slot. False when `inst` is not (or no longer)
+    /// a replacement in progress: its predecessor must still be live and
+    /// waiting for it.
     pub(crate) async fn replacement_failed(
         &self,
         inst: &InstanceRecord,
@@ -239,25 +254,47 @@ impl Control {
             return false;
         };
         tracing::warn!(instance_id = %inst.id, "replacement failed: {reason}");
-        self.retire(&inst.id, &format!("replacement failed: {reason}"))
+        let close = self
+            .mark_retired(&inst.id, &format!("replacement failed: {reason}"))
             .await;
-        if retry {
-            if let Some(old) = committed.instances.iter().find(|i| i.id == old_id) {
-                self.replace(old, "the replacement failed", None, Slot::Borrow)
-                    .await;
-            }
+        let old = committed.instances.iter().find(|i| i.id == old_id);
+        if let Some(old) = old.filter(|o| retry && !o.reason.is_empty()) {
+            // Its machine slot goes back to the predecessor, which lends it on.
+            self.capacity().transfer(&inst.id, &old.id);
+            self.replace(old, "the replacement failed", None, Slot::Borrow)
+                .await;
+        }
+        if close {
+            self.close(&inst.id).await;
         }
         true
     }
 
-    /// An instance's agent failed or refused its job: a replacement is
-    /// dropped (its predecessor serves on), a primary cancels its job, a
-    /// cooling instance is terminated once its job allows.
+    /// An instance's agent failed, refused its job or got no machine: a
+    /// replacement is dropped (its predecessor serves on); a deployed job's
+    /// standby is retired (the job is canceled when no other standby is
+    /// left), another job's primary cancels it; a cooling instance is
+    /// terminated once its job allows. Closing instances are left alone.
     pub(crate) async fn instance_failed(&self, inst: &InstanceRecord, reason: String) {
-        if self.replacement_failed(inst, &reason, false).await {
+        let Ok(Some(inst)) = self.store().instance(&inst.id) else {
+            return;
+        };
+        if matches!(
+            inst.state.status,
+            InstanceStatus::Closing | InstanceStatus::Closed
+        ) || self.replacement_failed(&inst, &reason, false).await
+        {
             return;
         }
-        if inst.role.is_primary() {
+        let deployed = self
+            .store()
+            .job(&inst.job_id)
+            .ok()
+            .flatten()
+            .is_some_and(|j| j.state.status == JobStatus::Deployed);
+        if inst.role.is_primary() && deployed {
+            self.retire(&inst.id, &reason).await;
+        } else if inst.role.is_primary() {
             self.cancel(&inst.job_id, reason).await;
         } else {
             tracing::warn!(instance_id = %inst.id, "cooling instance failed: {reason}");

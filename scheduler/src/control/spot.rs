@@ -162,7 +162,13 @@ impl Control {
         let Some(inst) = committed.instances.into_iter().find(|i| i.id == *id) else {
             return;
         };
-        if committed.job.state.is_ended() {
+        // Already on its way out (stopping, say): nothing to replace.
+        if committed.job.state.is_ended()
+            || matches!(
+                inst.state.status,
+                InstanceStatus::Closing | InstanceStatus::Closed
+            )
+        {
             return;
         }
         if inst.state == InstanceState::LAUNCHING

@@ -93,6 +93,19 @@ impl Pool {
         Ok(())
     }
 
+    /// The instance the member runs, as far as the pool knows.
+    pub fn running(&self, agent_id: &str) -> Option<String> {
+        match &self.members.lock().expect("pool lock").get(agent_id)?.holds {
+            Holds::Running(instance_id) => Some(instance_id.clone()),
+            _ => None,
+        }
+    }
+
+    /// The member is free again (the instance it ran has ended).
+    pub fn free(&self, agent_id: &str) {
+        self.set_holds(agent_id, Holds::Nothing);
+    }
+
     /// A heartbeat from an idle member; false if it is not (or no longer) known.
     pub fn seen(&self, agent_id: &str) -> bool {
         match self.members.lock().expect("pool lock").get_mut(agent_id) {
@@ -209,7 +222,19 @@ impl Provider for Pool {
                             machine.kind.name
                         ))
                     })?;
-                match self.assign(&agent_id, client, instance_id, before).await {
+                // Whatever an earlier job left on it goes first.
+                let mut wipe_client = client.clone();
+                let wipe = wipe_client.stop(StopRequest { terminate: true });
+                let wiped = matches!(tokio::time::timeout(ASSIGN_TIMEOUT, wipe).await, Ok(Ok(_)));
+                let assigned = if wiped {
+                    self.assign(&agent_id, client, instance_id, before).await
+                } else {
+                    self.set_holds(&agent_id, before);
+                    Err(ProviderError::Pool(format!(
+                        "pool agent {agent_id} did not wipe"
+                    )))
+                };
+                match assigned {
                     Ok(()) => {
                         tracing::info!(agent_id, instance_id, "pool agent assigned");
                         return Ok(());
