@@ -53,6 +53,15 @@ impl Machine {
         }
     }
 
+    /// "local.small (spot, $0.36/h)", for timelines.
+    pub fn describe(&self) -> String {
+        let market = match self.market {
+            Market::Spot => "spot",
+            Market::OnDemand => "on-demand",
+        };
+        format!("{} ({market}, ${:.2}/h)", self.id, self.price_per_hour())
+    }
+
     pub fn price_per_hour(&self) -> f64 {
         match self.market {
             Market::Spot => self.kind.spot_price,
@@ -147,6 +156,7 @@ mod tests {
         assert!(c.resolve("local.small.od").is_some());
         assert!(c.resolve("nope.od").is_none());
         assert_eq!(od.on_market(Market::Spot).id, "g4dn.12xlarge");
+        assert_eq!(spot.describe(), "g4dn.4xlarge (spot, $0.36/h)");
         assert_eq!(
             spot.on_market(Market::OnDemand),
             c.resolve("g4dn.4xlarge.od").unwrap()

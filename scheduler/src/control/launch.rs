@@ -169,7 +169,9 @@ impl Control {
                     now,
                 ));
                 job.instances.push(instance_id.to_string());
-                Ok(vec![Mark::phase(instance_id, "instance requested")])
+                let mut mark = Mark::phase(instance_id, "instance requested");
+                mark.message = machine.describe();
+                Ok(vec![mark])
             })
             .await;
         if let Err(e) = created {

@@ -126,7 +126,7 @@ impl Control {
                 );
                 new.replaces = Some(old.id.clone());
                 let mut mark = Mark::phase(&new_id, "instance requested");
-                mark.message = format!("replaces {} ({why}) on {}", old.id, machine.id);
+                mark.message = format!("{}, replaces {} ({why})", machine.describe(), old.id);
                 insts.push(new);
                 job.instances.push(new_id.clone());
                 Ok(vec![mark])
