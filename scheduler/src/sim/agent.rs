@@ -41,6 +41,20 @@ impl SimProvider {
         }
     }
 
+    pub(super) fn running(&self) -> std::collections::BTreeSet<String> {
+        self.running
+            .lock()
+            .expect("sim lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The machine dies (its agent stops answering).
+    pub(super) fn crash(&self, instance_id: &str) {
+        self.running.lock().expect("sim lock").remove(instance_id);
+    }
+
     fn is_running(&self, instance_id: &str) -> bool {
         self.running.lock().expect("sim lock").contains(instance_id)
     }

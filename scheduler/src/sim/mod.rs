@@ -27,6 +27,8 @@ use crate::store::{ArtifactRecord, InstanceRecord, Store, RECORD_VERSION};
 pub use trace::Trace;
 
 #[cfg(test)]
+mod chaos;
+#[cfg(test)]
 mod tests;
 
 const USER: &str = "sim";
@@ -75,6 +77,9 @@ pub struct Harness {
     pub start: Instant,
     user: User,
     catalog: Catalog,
+    provider: Arc<agent::SimProvider>,
+    /// Interruption notices, as a spot market sends them.
+    notices: mpsc::UnboundedSender<crate::provider::Interruption>,
     tasks: TaskTracker,
     cancel: CancellationToken,
 }
@@ -120,11 +125,13 @@ impl Harness {
         );
         tasks.spawn(agent::boot_loop(
             control.clone(),
-            provider,
+            provider.clone(),
             booted,
             options.boot,
             cancel.clone(),
         ));
+        let (notices, interruptions) = mpsc::unbounded_channel();
+        control.start_interruptions(interruptions);
 
         let artifact = ArtifactRecord {
             v: RECORD_VERSION,
@@ -155,6 +162,8 @@ impl Harness {
             start,
             user,
             catalog,
+            provider,
+            notices,
             tasks,
             cancel,
         })
@@ -180,6 +189,28 @@ impl Harness {
             .into_iter()
             .find(|i| i.role == role)
             .expect("an instance in that role")
+    }
+
+    /// The simulated machines running now, by instance id.
+    pub fn running_machines(&self) -> std::collections::BTreeSet<String> {
+        self.provider.running()
+    }
+
+    /// The spot market interrupts the instance's machine.
+    pub fn interrupt(&self, instance_id: &str, notice: Duration) {
+        let _ = self.notices.send(crate::provider::Interruption {
+            instance_id: instance_id.to_string(),
+            notice,
+        });
+    }
+
+    /// The instance's machine dies; the scheduler hears of it as its agent
+    /// going silent.
+    pub async fn lose(&self, inst: &InstanceRecord) {
+        self.provider.crash(&inst.id);
+        self.control
+            .lost(inst, format!("simulated: {} died", inst.id))
+            .await;
     }
 
     /// Completes the job and waits until its instances are closed.
