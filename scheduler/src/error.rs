@@ -62,6 +62,51 @@ impl From<Error> for Status {
                 StoreError::Sled(_) | StoreError::Corrupt(_) => Code::Internal,
             },
         };
-        Status::new(code, e.to_string())
+        Status::new(code, bounded(e.to_string()))
+    }
+}
+
+/// gRPC carries the message in a header, which clients cap (16 KiB): a long
+/// one keeps its start and its end (a traceback's last lines say the most).
+const MAX_MESSAGE: usize = 4096;
+
+fn bounded(message: String) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return message;
+    }
+    let floor = |mut i: usize| {
+        while !message.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    // Room for the marker in between.
+    let head = floor(MAX_MESSAGE / 4);
+    let tail = message.len() - (MAX_MESSAGE * 3 / 4 - 64);
+    let tail = (tail..message.len())
+        .find(|&i| message.is_char_boundary(i))
+        .unwrap_or(message.len());
+    let cut = message.len() - head - (message.len() - tail);
+    format!(
+        "{} […{cut} bytes cut…] {}",
+        &message[..head],
+        &message[tail..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_keep_their_start_and_end() {
+        let long = format!("start {} end", "é".repeat(10_000));
+        let status = Status::from(Error::InvalidArgument(long));
+        let m = status.message();
+        assert!(m.len() <= MAX_MESSAGE, "{}", m.len());
+        assert!(m.starts_with("start ") && m.ends_with(" end"), "{m}");
+        assert!(m.contains("bytes cut"));
+        let short = Status::from(Error::NotFound("job x not found".into()));
+        assert_eq!(short.message(), "job x not found");
     }
 }

@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod convert;
+pub mod crash;
 pub mod error;
 pub mod gateway;
 pub mod hub;

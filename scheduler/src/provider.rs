@@ -55,6 +55,16 @@ pub trait Provider: Send + Sync {
     /// Ends the machine and removes its disk. Idempotent.
     fn terminate<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>>;
 
+    /// Whether the instance's machine runs now, where the provider can tell
+    /// (recovery restarts a LAUNCHING instance whose machine never started).
+    fn is_running(&self, _instance_id: &str) -> Option<bool> {
+        None
+    }
+    /// The instances this provider has machines or disks for (recovery ends
+    /// those the store does not know: launched just before a crash).
+    fn instance_ids(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// A stopped machine stays reserved for its instance (a pool agent keeps
     /// its disk), so it still counts against capacity.
     fn stopped_holds_machine(&self) -> bool {
@@ -117,6 +127,10 @@ impl Providers {
 
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Provider>> {
         self.by_name.get(name)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Provider>> {
+        self.by_name.values()
     }
 
     pub fn names(&self) -> Vec<&str> {

@@ -68,6 +68,8 @@ pub struct Scheduler {
     pub admin_token: String,
     _temp: Option<tempfile::TempDir>,
     extra_args: Vec<String>,
+    /// The crash point armed for the next start only (`AIBRO_CRASH_AT`).
+    crash_at: Option<String>,
 }
 
 impl Scheduler {
@@ -76,18 +78,44 @@ impl Scheduler {
     }
 
     pub async fn start_with(args: &[&str]) -> Result<Self> {
+        let mut s = Self::new(args, None)?;
+        s.spawn().await?;
+        Ok(s)
+    }
+
+    /// Starts a scheduler that aborts (as kill -9 would) when it reaches the
+    /// named crash point; later starts run without it.
+    pub async fn start_crashing_at(point: &str, args: &[&str]) -> Result<Self> {
+        let mut s = Self::new(args, Some(point.to_string()))?;
+        s.spawn().await?;
+        Ok(s)
+    }
+
+    fn new(args: &[&str], crash_at: Option<String>) -> Result<Self> {
         let temp = tempfile::tempdir()?;
-        let data_dir = temp.path().to_path_buf();
-        let mut s = Scheduler {
+        Ok(Scheduler {
             child: None,
-            data_dir,
+            data_dir: temp.path().to_path_buf(),
             addr: String::new(),
             admin_token: String::new(),
             _temp: Some(temp),
             extra_args: args.iter().map(|a| a.to_string()).collect(),
-        };
-        s.spawn().await?;
-        Ok(s)
+            crash_at,
+        })
+    }
+
+    /// Waits until the scheduler process has exited (it crashed).
+    pub async fn wait_exit(&mut self) -> Result<()> {
+        let deadline = Instant::now() + DEPLOY_DEADLINE;
+        let child = self.child.as_mut().context("not running")?;
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("the scheduler did not crash; log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.child = None;
+        Ok(())
     }
 
     /// Starts the binary on the data dir (on the same address as before, if
@@ -117,6 +145,7 @@ impl Scheduler {
                 "0",
             ])
             .args(&self.extra_args)
+            .envs(self.crash_at.take().map(|p| ("AIBRO_CRASH_AT", p)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

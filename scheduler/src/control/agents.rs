@@ -339,6 +339,7 @@ impl Control {
                 Ok(vec![mark])
             })
             .await?;
+        crate::crash::point("report.applied");
         let job = &committed.job;
         if serving && job.kind == JobKind::Training {
             if job.state == JobState::new(JobStatus::Queuing, JobSubstatus::SendingModelAndData) {

@@ -105,6 +105,7 @@ impl Control {
             }
             return;
         }
+        crate::crash::point("wake.marked");
         let started = provider.start(&inst.id, &machine).await;
         drop(lock);
         match started {

@@ -180,6 +180,7 @@ impl Control {
             )
         };
         let committed = self.store().create_job(job).await?;
+        crate::crash::point("deploy.created");
         self.hub().publish(&committed.job.id, &committed.events);
         let job = committed.job;
         self.open_route(&job);
@@ -260,6 +261,7 @@ impl Control {
                 Ok(vec![])
             })
             .await?;
+        crate::crash::point("complete.recorded");
         let job = committed.job;
         self.router().close(&job.owner, &job.model_name, &job.id);
         for inst in committed

@@ -152,6 +152,7 @@ impl Control {
         self.provision(instance_id, machine)
             .await
             .map_err(Launch::Failed)?;
+        crate::crash::point("launch.provisioned");
         let created = self
             .apply(job_id, |job, insts| {
                 if job.state.is_ended() {
@@ -179,6 +180,7 @@ impl Control {
             self.unprovision(instance_id, machine).await;
             return Err(Launch::Abandoned);
         }
+        crate::crash::point("launch.recorded");
         tracing::info!(instance_id, "instance launched");
         self.watch_connect(instance_id.to_string());
         Ok(())
@@ -309,6 +311,7 @@ impl Control {
     /// of the same instance does nothing.
     #[tracing::instrument(skip(self))]
     pub(crate) async fn close(&self, instance_id: &str) {
+        crate::crash::point("close.marked");
         let _lock = self.lock_instance(instance_id).await;
         let mut backoff = Duration::from_millis(200);
         loop {
@@ -349,6 +352,9 @@ impl Control {
             } else {
                 provider.stop(&inst.id).await
             };
+            if result.is_ok() {
+                crate::crash::point("close.provider_done");
+            }
             if let Err(e) = result {
                 // The machine must not be forgotten: try again, less often.
                 tracing::error!(error = %e, "provider failed to close the instance; retrying in {backoff:?}");

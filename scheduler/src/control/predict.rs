@@ -30,16 +30,19 @@ impl Control {
 
     fn why_not_serving(&self, owner: &str, model_name: &str) -> Error {
         match self.store().job_by_name(owner, model_name) {
-            Ok(Some(job)) if job.state.status == crate::state::JobStatus::Deployed => Error::Unavailable(format!(
-                "model `{owner}/{model_name}` has no reachable instance right now (job {}); retry shortly",
-                job.id
-            )),
+            // Predict callers are not the owner: the job id stays out of the message.
+            Ok(Some(job)) if job.state.status == crate::state::JobStatus::Deployed => {
+                Error::Unavailable(format!(
+                "model `{owner}/{model_name}` has no reachable instance right now; retry shortly"
+            ))
+            }
             Ok(Some(job)) => Error::Unavailable(format!(
-                "model `{owner}/{model_name}` is not serving yet (job {} is {}); retry once it is DEPLOYED",
-                job.id,
+                "model `{owner}/{model_name}` is not serving yet ({}); retry once it is DEPLOYED",
                 crate::convert::substatus_name(job.state.substatus)
             )),
-            _ => Error::NotFound(format!("no deployed model `{model_name}` for owner `{owner}`")),
+            _ => Error::NotFound(format!(
+                "no deployed model `{model_name}` for owner `{owner}`"
+            )),
         }
     }
 }

@@ -10,6 +10,7 @@ use super::Control;
 
 impl Control {
     pub async fn recover(&self) -> Result<()> {
+        self.end_unknown_machines().await?;
         let mut resumed = 0;
         for job in self.store().all_jobs()? {
             self.open_route(&job);
@@ -23,7 +24,7 @@ impl Control {
                     InstanceState::STOPPING | InstanceState::TERMINATING => {
                         self.start_close(inst.id.clone())
                     }
-                    InstanceState::LAUNCHING => self.watch_connect(inst.id.clone()),
+                    InstanceState::LAUNCHING => self.resume_launch(inst),
                     InstanceState::COOLING if job.kind == JobKind::Training => {
                         let link = link::grpc(&inst.agent_address).map_err(Error::Internal)?;
                         self.set_agent(&inst.id, link);
@@ -61,6 +62,61 @@ impl Control {
         }
         tracing::info!(resumed, "recovered state from the store");
         Ok(())
+    }
+
+    /// Machines a provider runs (or disks it keeps) for instances the store
+    /// does not know were launched just before a crash, their record never
+    /// written: they are ended, never adopted twice.
+    async fn end_unknown_machines(&self) -> Result<()> {
+        let mut known = std::collections::HashSet::new();
+        for job in self.store().all_jobs()? {
+            for inst in self.store().instances_of(&job)? {
+                if inst.state != InstanceState::TERMINATED {
+                    known.insert(inst.id);
+                }
+            }
+        }
+        for provider in self.inner.providers.all() {
+            for id in provider.instance_ids() {
+                if known.contains(&id) {
+                    continue;
+                }
+                tracing::warn!(instance_id = id, "a machine without a record: ending it");
+                if let Err(e) = provider.terminate(&id).await {
+                    tracing::error!(instance_id = id, error = %e, "cannot end it");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A LAUNCHING instance: its agent gets the usual time to connect; a
+    /// machine that never started (the crash came between the record and the
+    /// provider) is started now.
+    fn resume_launch(&self, inst: &crate::store::InstanceRecord) {
+        let machine = self.catalog().resolve(&inst.machine_id);
+        let provider = machine.as_ref().and_then(|m| self.machine_provider(m).ok());
+        let (Some(machine), Some(provider)) = (machine, provider) else {
+            return self.watch_connect(inst.id.clone());
+        };
+        if !inst.agent_address.is_empty() || provider.is_running(&inst.id) != Some(false) {
+            return self.watch_connect(inst.id.clone());
+        }
+        let this = self.clone();
+        let id = inst.id.clone();
+        self.spawn(async move {
+            let lock = this.lock_instance(&id).await;
+            tracing::info!(
+                instance_id = id,
+                "starting the machine a crash left unstarted"
+            );
+            let started = provider.start(&id, &machine).await;
+            drop(lock);
+            if let Err(e) = started {
+                tracing::error!(instance_id = id, error = %e, "cannot start it");
+            }
+            this.watch_connect(id);
+        });
     }
 
     /// Pool agents keep the disks of stopped instances: they stay reserved

@@ -123,15 +123,18 @@ impl LocalProvider {
     }
 }
 
+/// Whether `pid` runs our agent binary.
+fn is_our_agent(pid: i32, agent_bin: &std::path::Path) -> bool {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    exe.as_deref()
+        .zip(agent_bin.canonicalize().ok())
+        .is_some_and(|(a, b)| a == b)
+}
+
 /// Kills `pid` if it is still our agent (its executable matches), and waits
 /// until it is gone.
 async fn kill_pid(pid: i32, agent_bin: &std::path::Path) {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-    let ours = exe
-        .as_deref()
-        .zip(agent_bin.canonicalize().ok())
-        .is_some_and(|(a, b)| a == b);
-    if !ours {
+    if !is_our_agent(pid, agent_bin) {
         return;
     }
     // SAFETY: kill(2) has no memory-safety preconditions.
@@ -173,6 +176,23 @@ impl Provider for LocalProvider {
             }
         }
         .boxed()
+    }
+
+    fn is_running(&self, instance_id: &str) -> Option<bool> {
+        let pid = std::fs::read_to_string(self.dir(instance_id).join(PID_FILE)).ok();
+        let pid = pid.and_then(|p| p.trim().parse::<i32>().ok());
+        Some(pid.is_some_and(|pid| is_our_agent(pid, &self.agent_bin)))
+    }
+
+    fn instance_ids(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.instances_dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
     }
 
     fn spot_availability(&self, kind: &MachineType) -> f64 {
