@@ -74,6 +74,16 @@ pub struct Args {
     /// Exit when the scheduler has been unreachable for this long.
     #[arg(long, env = "AIBRO_ORPHAN_TIMEOUT_S", default_value_t = 300)]
     pub orphan_timeout_s: u64,
+    /// TLS certificate chain (PEM) of the agent's own gRPC service (with --tls-key).
+    #[arg(long, env = "AIBRO_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of the agent's own gRPC service.
+    #[arg(long, env = "AIBRO_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) the scheduler's certificate must chain to, for an
+    /// https --scheduler URL.
+    #[arg(long, env = "AIBRO_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long, env = "AIBRO_LOG_JSON")]
     pub log_json: bool,

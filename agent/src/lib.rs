@@ -79,7 +79,20 @@ pub async fn run(
     let agent_id = identity::agent_id(&args.dir).map_err(dir_err(&args.dir))?;
     let port = listener.local_addr().map_err(Error::Listener)?.port();
     let address = format!("{}:{port}", args.advertise_host);
-    let gateway = reporter::gateway(&args.scheduler, &args.join_token)
+    let tls_err = |e: aibro_proto::transport::TlsError| Error::Scheduler(e.to_string());
+    let scheduler_tls = args
+        .tls_ca
+        .as_deref()
+        .map(aibro_proto::transport::client_tls)
+        .transpose()
+        .map_err(tls_err)?;
+    let server_tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(aibro_proto::transport::server_tls(cert, key).map_err(tls_err)?)
+        }
+        _ => None,
+    };
+    let gateway = reporter::gateway(&args.scheduler, &args.join_token, scheduler_tls.as_ref())
         .map_err(|e| Error::Scheduler(e.to_string()))?;
     let mut hardware = tokio::task::spawn_blocking(hardware::detect)
         .await
@@ -133,12 +146,14 @@ pub async fn run(
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let server = tonic::transport::Server::builder()
-        .add_service(svc)
-        .serve_with_incoming_shutdown(
-            aibro_proto::transport::incoming(listener),
-            cancel.clone().cancelled_owned(),
-        );
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = server_tls {
+        builder = builder.tls_config(tls).map_err(Error::Serve)?;
+    }
+    let server = builder.add_service(svc).serve_with_incoming_shutdown(
+        aibro_proto::transport::incoming(listener),
+        cancel.clone().cancelled_owned(),
+    );
     let mut server_task = tokio::spawn(server);
     let (result, reporter_done, server_done) = tokio::select! {
         _ = shutdown => (Ok(()), false, false),

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::identity::Identity;
 
@@ -31,12 +31,8 @@ const MAX_REPORT_TRIES: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ReporterError {
-    #[error("invalid --scheduler URL `{url}`: {source}")]
-    Url {
-        url: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    #[error("invalid --scheduler: {0}")]
+    Url(String),
     #[error("the join token is not valid in gRPC metadata")]
     Token,
     #[error("the scheduler has been unreachable for {0:?}; exiting (orphaned agent)")]
@@ -59,13 +55,14 @@ impl tonic::service::Interceptor for Auth {
 pub(crate) type Gateway = AgentGatewayClient<InterceptedService<Channel, Auth>>;
 
 /// A lazily connecting client of the scheduler's AgentGateway.
-pub(crate) fn gateway(url: &str, join_token: &str) -> Result<Gateway, ReporterError> {
-    let channel = Endpoint::from_shared(url.to_string())
-        .map_err(|source| ReporterError::Url {
-            url: url.to_string(),
-            source,
-        })?
-        .connect_timeout(Duration::from_secs(5))
+/// `tls`: the CA to verify an https scheduler with.
+pub(crate) fn gateway(
+    url: &str,
+    join_token: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Gateway, ReporterError> {
+    let channel = aibro_proto::transport::endpoint(url, tls)
+        .map_err(ReporterError::Url)?
         .connect_lazy();
     let auth = if join_token.is_empty() {
         None

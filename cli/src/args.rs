@@ -22,6 +22,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "AIBRO_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// CA certificate (PEM) to verify an https endpoint with.
+    #[arg(long, global = true, env = "AIBRO_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
     /// Print data as JSON instead of text (progress, if any, goes to stderr).
     #[arg(long, global = true)]
     pub json: bool,

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Largest response the CLI accepts (predict outputs can be big).
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -38,8 +38,13 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `endpoint` (e.g. `http://127.0.0.1:7070`).
-    pub async fn connect(endpoint: &str, token: Option<&str>) -> Result<Self> {
+    /// Connects to `endpoint` (e.g. `http://127.0.0.1:7070`); an https
+    /// endpoint is verified against the CA certificate `tls_ca`.
+    pub async fn connect(
+        endpoint: &str,
+        token: Option<&str>,
+        tls_ca: Option<&std::path::Path>,
+    ) -> Result<Self> {
         let auth = match token.map(str::trim).filter(|t| !t.is_empty()) {
             Some(t) => Some(
                 format!("Bearer {t}")
@@ -48,7 +53,9 @@ impl Client {
             ),
             None => None,
         };
-        let channel = Endpoint::from_shared(endpoint.to_string())
+        let tls = tls_ca.map(aibro_proto::transport::client_tls).transpose()?;
+        let channel = aibro_proto::transport::endpoint(endpoint, tls.as_ref())
+            .map_err(anyhow::Error::msg)
             .with_context(|| format!("invalid endpoint {endpoint:?}"))?
             .connect()
             .await

@@ -11,10 +11,65 @@ pub mod v1 {
 /// Encoded `FileDescriptorSet` of every `aibro.v1` file, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("aibro_descriptor");
 
-/// Transport glue shared by the scheduler and the agent.
+/// Transport glue shared by the scheduler, the agent and the CLI: accepted
+/// connections, and optional TLS (rustls) from PEM files.
 pub mod transport {
+    use std::path::Path;
+    use std::time::Duration;
+
     use tokio::net::{TcpListener, TcpStream};
     use tokio_stream::{wrappers::TcpListenerStream, Stream, StreamExt};
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+
+    /// A TLS file that could not be read.
+    #[derive(Debug)]
+    pub struct TlsError(pub String);
+
+    impl std::fmt::Display for TlsError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl std::error::Error for TlsError {}
+
+    fn read(what: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
+        std::fs::read(path)
+            .map_err(|e| TlsError(format!("cannot read the {what} `{}`: {e}", path.display())))
+    }
+
+    /// A server's TLS from its certificate chain and key (PEM).
+    pub fn server_tls(cert: &Path, key: &Path) -> Result<ServerTlsConfig, TlsError> {
+        let identity = Identity::from_pem(read("TLS certificate", cert)?, read("TLS key", key)?);
+        Ok(ServerTlsConfig::new().identity(identity))
+    }
+
+    /// A client's TLS that trusts the CA certificate(s) in `ca` (PEM).
+    pub fn client_tls(ca: &Path) -> Result<ClientTlsConfig, TlsError> {
+        let ca = Certificate::from_pem(read("TLS CA certificate", ca)?);
+        Ok(ClientTlsConfig::new().ca_certificate(ca))
+    }
+
+    /// An endpoint for `url` (http:// or https://), with `tls` applied to
+    /// https URLs; lazily connecting, TCP_NODELAY.
+    pub fn endpoint(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, String> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| format!("bad URL `{url}`: {e}"))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5));
+        match tls {
+            Some(tls) if url.starts_with("https://") => endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| format!("TLS for `{url}`: {e}")),
+            _ => Ok(endpoint),
+        }
+    }
+
+    /// The URL of a peer at `host:port`: https when TLS is configured.
+    pub fn url(address: &str, tls: bool) -> String {
+        let scheme = if tls { "https" } else { "http" };
+        format!("{scheme}://{address}")
+    }
 
     /// Accepted connections with TCP_NODELAY set: tonic applies its own
     /// `tcp_nodelay` only to listeners it binds itself, and small gRPC

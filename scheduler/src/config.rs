@@ -57,6 +57,19 @@ pub struct Config {
     /// Seconds an agent keeps running without reaching the scheduler before it exits.
     #[arg(long, env = "AIBRO_AGENT_ORPHAN_TIMEOUT_S", default_value_t = 300)]
     pub agent_orphan_timeout_s: u64,
+    /// TLS certificate chain (PEM) of the gRPC server (with --tls-key): users
+    /// and agents then connect over https. Local agents serve with it too.
+    #[arg(long, env = "AIBRO_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of the gRPC server.
+    #[arg(long, env = "AIBRO_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) the agents' certificates (and this scheduler's)
+    /// chain to: the scheduler reaches agents over https, verifying them, and
+    /// local agents verify the scheduler with it. Default with --tls-cert: the
+    /// certificate itself (self-signed).
+    #[arg(long, env = "AIBRO_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// Run deploys on the spot twin of their on-demand machine ids whenever a
     /// spot request is fulfilled (interrupted spot instances are replaced).
     #[arg(long, env = "AIBRO_USE_SPOT", default_value_t = true, action = clap::ArgAction::Set)]
@@ -96,6 +109,23 @@ impl Config {
 
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
+    }
+
+    /// The CA agents are verified with (and verify this scheduler with).
+    pub fn tls_ca(&self) -> Option<PathBuf> {
+        self.tls_ca.clone().or_else(|| self.tls_cert.clone())
+    }
+
+    /// TLS flags for the agents the local provider starts.
+    pub fn agent_tls_args(&self) -> Vec<String> {
+        let (Some(cert), Some(key), Some(ca)) = (&self.tls_cert, &self.tls_key, self.tls_ca())
+        else {
+            return Vec::new();
+        };
+        [("--tls-cert", cert), ("--tls-key", key), ("--tls-ca", &ca)]
+            .into_iter()
+            .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+            .collect()
     }
 
     /// The pip options as agent flags.

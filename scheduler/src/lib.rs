@@ -125,10 +125,19 @@ pub async fn run(
     let auth = auth::Auth::open(store.clone()).await?;
     ensure_secrets(&auth, &config.data_dir).await?;
     let catalog = catalog::Catalog::load(config.catalog.as_deref())?;
+    let server_tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(aibro_proto::transport::server_tls(cert, key)?),
+        _ => None,
+    };
+    let agent_tls = config
+        .tls_ca()
+        .as_deref()
+        .map(aibro_proto::transport::client_tls)
+        .transpose()?;
     let public_url = config
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| aibro_proto::transport::url(&addr.to_string(), server_tls.is_some()));
 
     let agent_args = {
         let mut args = vec![
@@ -140,6 +149,7 @@ pub async fn run(
             config.agent_orphan_timeout_s.to_string(),
         ];
         args.extend(config.pip_args());
+        args.extend(config.agent_tls_args());
         args
     };
     let tasks = TaskTracker::new();
@@ -167,7 +177,7 @@ pub async fn run(
     );
     let providers = provider::Providers::default()
         .with("local", Arc::new(local))
-        .with_pool(Arc::default());
+        .with_pool(Arc::new(provider::pool::Pool::new(agent_tls.clone())));
 
     let settings = control::Settings {
         data_dir: config.data_dir.clone(),
@@ -179,6 +189,7 @@ pub async fn run(
         lifecycle_tick: std::time::Duration::from_millis(config.lifecycle_tick_ms),
         python: config.python.clone(),
         pip: config.pip.clone(),
+        agent_tls,
         use_spot: config.use_spot,
         spot_check: Duration::from_secs(config.spot_check_s.max(1)),
     };
@@ -210,7 +221,11 @@ pub async fn run(
     })
     .max_decoding_message_size(max_payload + ENVELOPE_BYTES)
     .max_encoding_message_size(usize::MAX);
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = server_tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let router = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

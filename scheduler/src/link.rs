@@ -2,7 +2,6 @@
 //! agent) or, in the simulator and timer tests, in process.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use aibro_proto::v1::{
     agent_client::AgentClient, AgentPredictRequest, AgentPredictResponse, PrepareRequest,
@@ -10,7 +9,7 @@ use aibro_proto::v1::{
 };
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::Status;
 
 pub trait AgentLink: Send + Sync {
@@ -26,11 +25,11 @@ pub trait AgentLink: Send + Sync {
 pub type Link = Arc<dyn AgentLink>;
 
 /// A gRPC connection to an agent at `address` (host:port), made lazily.
-pub fn grpc(address: &str) -> Result<Link, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| format!("bad agent address `{address}`: {e}"))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5));
+/// With `tls`, over https, verifying the agent's certificate.
+pub fn grpc(address: &str, tls: Option<&ClientTlsConfig>) -> Result<Link, String> {
+    let url = aibro_proto::transport::url(address, tls.is_some());
+    let endpoint = aibro_proto::transport::endpoint(&url, tls)
+        .map_err(|e| format!("bad agent address `{address}`: {e}"))?;
     let client = AgentClient::new(endpoint.connect_lazy())
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);

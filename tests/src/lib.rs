@@ -70,6 +70,8 @@ pub struct Scheduler {
     extra_args: Vec<String>,
     /// The crash point armed for the next start only (`AIBRO_CRASH_AT`).
     crash_at: Option<String>,
+    /// With TLS: the CA its certificate chains to (clients connect over https).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Scheduler {
@@ -101,7 +103,20 @@ impl Scheduler {
             _temp: Some(temp),
             extra_args: args.iter().map(|a| a.to_string()).collect(),
             crash_at,
+            tls_ca: None,
         })
+    }
+
+    /// Starts a scheduler serving TLS with `cert`/`key` (PEM), which clients
+    /// verify against `ca`.
+    pub async fn start_tls(cert: &Path, key: &Path, ca: &Path, args: &[&str]) -> Result<Self> {
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let mut all = vec!["--tls-cert", cert, "--tls-key", key];
+        all.extend_from_slice(args);
+        let mut s = Self::new(&all, None)?;
+        s.tls_ca = Some(ca.to_path_buf());
+        s.spawn().await?;
+        Ok(s)
     }
 
     /// Waits until the scheduler process has exited (it crashed).
@@ -176,7 +191,7 @@ impl Scheduler {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        aibro_proto::transport::url(&self.addr, self.tls_ca.is_some())
     }
 
     /// SIGKILL, as a crash would.
@@ -201,7 +216,14 @@ impl Scheduler {
     }
 
     pub async fn channel(&self) -> Result<Channel> {
-        Ok(Channel::from_shared(self.endpoint())?.connect().await?)
+        let tls = self
+            .tls_ca
+            .as_deref()
+            .map(aibro_proto::transport::client_tls)
+            .transpose()?;
+        let endpoint = aibro_proto::transport::endpoint(&self.endpoint(), tls.as_ref())
+            .map_err(anyhow::Error::msg)?;
+        Ok(endpoint.connect().await?)
     }
 
     pub async fn authed(&self, token: Option<&str>) -> Result<(Channel, Bearer)> {

@@ -174,11 +174,20 @@ async fn cooling_instance_cools_down_stops_and_wakes_on_request() -> anyhow::Res
             "{inst:?}"
         );
     }
-    let [standby, cooling_inst] = [InstanceRole::Standby, InstanceRole::Cooling]
-        .map(|role| job.instances.iter().find(|i| i.role() == role).unwrap());
+    let cooling_inst = job
+        .instances
+        .iter()
+        .find(|i| i.role() == InstanceRole::Cooling)
+        .unwrap();
+    let ms = |t: &Option<prost_types::Timestamp>| {
+        let t = t.as_ref().unwrap();
+        t.seconds as u64 * 1000 + t.nanos as u64 / 1_000_000
+    };
+    let lifetime = ms(&cooling_inst.updated_at) - ms(&cooling_inst.created_at);
     assert!(
-        cooling_inst.running_ms < standby.running_ms,
-        "the stopped time was not charged"
+        cooling_inst.running_ms < lifetime,
+        "the stopped time was not charged: ran {} of {lifetime} ms",
+        cooling_inst.running_ms
     );
     for inst in &job.instances {
         assert_eq!(inst.substatus(), InstanceSubstatus::Terminated);

@@ -95,7 +95,7 @@ pub async fn run(args: &DemoArgs, json: bool) -> Result<()> {
 async fn steps(endpoint: &str, data_dir: &Path, json: bool) -> Result<()> {
     let token = admin_token(data_dir).await?;
     let ctx = Ctx {
-        client: Client::connect(endpoint, Some(&token)).await?,
+        client: Client::connect(endpoint, Some(&token), None).await?,
         json,
     };
 

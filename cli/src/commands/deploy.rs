@@ -229,7 +229,9 @@ mod mock_tests {
         };
         let endpoint = mock::serve(mock.clone()).await;
         let ctx = Ctx {
-            client: Client::connect(&endpoint, Some("secret_t")).await.unwrap(),
+            client: Client::connect(&endpoint, Some("secret_t"), None)
+                .await
+                .unwrap(),
             json: false,
         };
         let args = DeployArgs {

@@ -51,7 +51,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     if let Command::Demo(args) = &cli.command {
         return demo::run(args, cli.json).await;
     }
-    let client = Client::connect(&cli.endpoint, cli.token.as_deref()).await?;
+    let client =
+        Client::connect(&cli.endpoint, cli.token.as_deref(), cli.tls_ca.as_deref()).await?;
     let ctx = Ctx {
         client,
         json: cli.json,

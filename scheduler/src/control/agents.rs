@@ -106,7 +106,8 @@ impl Control {
             return self.join_pool(agent);
         }
         let inst = self.open_instance(&agent.instance_id)?;
-        let link = link::grpc(&agent.address).map_err(Error::InvalidArgument)?;
+        let tls = self.settings().agent_tls.as_ref();
+        let link = link::grpc(&agent.address, tls).map_err(Error::InvalidArgument)?;
         let pool_type = self
             .catalog()
             .resolve(&inst.machine_id)

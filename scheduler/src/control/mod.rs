@@ -58,6 +58,8 @@ pub struct Settings {
     pub python: String,
     /// pip options for dry runs (the agents get theirs as flags).
     pub pip: aibro_agent::PipOptions,
+    /// How agents are reached over TLS (the CA they chain to); None: plain http.
+    pub agent_tls: Option<tonic::transport::ClientTlsConfig>,
     /// Deploys run on spot twins of their on-demand ids when spot can be had.
     pub use_spot: bool,
     /// How often on-demand stand-ins look for spot capacity again.

@@ -26,12 +26,14 @@ impl Control {
                     }
                     InstanceState::LAUNCHING => self.resume_launch(inst),
                     InstanceState::COOLING if job.kind == JobKind::Training => {
-                        let link = link::grpc(&inst.agent_address).map_err(Error::Internal)?;
+                        let tls = self.settings().agent_tls.as_ref();
+                        let link = link::grpc(&inst.agent_address, tls).map_err(Error::Internal)?;
                         self.set_agent(&inst.id, link);
                         self.cool_then_terminate(inst.clone(), job.cool_down_period_s);
                     }
                     s if s.is_serving() && !inst.agent_address.is_empty() => {
-                        let link = link::grpc(&inst.agent_address).map_err(Error::Internal)?;
+                        let tls = self.settings().agent_tls.as_ref();
+                        let link = link::grpc(&inst.agent_address, tls).map_err(Error::Internal)?;
                         self.set_agent(&inst.id, link);
                         // Its agent gets the usual grace to be heard from again.
                         self.last_seen(&inst.id, None);

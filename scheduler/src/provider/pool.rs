@@ -16,7 +16,7 @@ use aibro_proto::v1::agent_client::AgentClient;
 use aibro_proto::v1::{AssignRequest, StopRequest};
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use super::{Provider, ProviderError};
 use crate::catalog::{Machine, MachineType};
@@ -58,17 +58,25 @@ impl Member {
 #[derive(Default)]
 pub struct Pool {
     members: Mutex<HashMap<String, Member>>,
-}
-
-fn client(address: &str) -> Result<AgentClient<Channel>, ProviderError> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| ProviderError::Pool(format!("bad agent address `{address}`: {e}")))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
-    Ok(AgentClient::new(endpoint.connect_lazy()))
+    /// How agents are reached over TLS; None: plain http.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Pool {
+    pub fn new(tls: Option<ClientTlsConfig>) -> Pool {
+        Pool {
+            members: Mutex::default(),
+            tls,
+        }
+    }
+
+    fn client(&self, address: &str) -> Result<AgentClient<Channel>, ProviderError> {
+        let url = aibro_proto::transport::url(address, self.tls.is_some());
+        let endpoint = aibro_proto::transport::endpoint(&url, self.tls.as_ref())
+            .map_err(|e| ProviderError::Pool(format!("bad agent address `{address}`: {e}")))?;
+        Ok(AgentClient::new(endpoint.connect_lazy()))
+    }
+
     /// An agent registered: idle (`instance_id` empty) or running an instance
     /// it was assigned before a scheduler restart. Updates a known member.
     pub fn join(
@@ -78,7 +86,7 @@ impl Pool {
         address: &str,
         instance_id: &str,
     ) -> Result<(), ProviderError> {
-        let client = client(address)?;
+        let client = self.client(address)?;
         let mut members = self.members.lock().expect("pool lock");
         let member = members
             .entry(agent_id.to_string())

@@ -111,6 +111,7 @@ impl Harness {
             lifecycle_tick: Duration::from_secs(1),
             python: "python3".into(),
             pip: Default::default(),
+            agent_tls: None,
             use_spot: false,
             spot_check: Duration::from_secs(60),
         };
