@@ -3,11 +3,14 @@
 //! validation) and the CLI (packing). Paths may never escape the extraction root:
 //! no absolute paths, no `..`, no links pointing outside, no special files.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
@@ -17,6 +20,18 @@ use tar::{EntryType, HeaderMode};
 /// Below this many uncompressed bytes the compression ratio is not checked (small
 /// repos of repetitive text legitimately compress very well).
 const RATIO_FLOOR_BYTES: u64 = 16 << 20;
+
+/// What the tar stream may hold between one entry's data and the next entry:
+/// padding, the next 512-byte header and any GNU long name/link or pax records
+/// for it. The tar reader holds those records in memory whole, so they are
+/// capped rather than counted against the size limit.
+const HEADER_ROOM: u64 = 64 << 10;
+
+/// Longest file name (one path component), as Linux allows (NAME_MAX).
+const MAX_NAME_BYTES: usize = 255;
+
+/// Longest entry path or link target, as Linux allows (PATH_MAX).
+const MAX_PATH_BYTES: usize = 4096;
 
 /// Upper bounds on what an archive may expand to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +100,12 @@ pub enum ArchiveError {
     TooManyFiles { limit: u64 },
     #[error("archive compression ratio exceeds {limit}:1 (possible zip bomb)")]
     RatioExceeded { limit: u64 },
+    #[error("archive entry headers (long names or pax records) take more than {limit} bytes; it is not a tar.gz of a repo")]
+    HeadersTooLarge { limit: u64 },
+    #[error("archive entry `{path}` has a name or link target longer than the system allows ({MAX_NAME_BYTES} bytes a name, {MAX_PATH_BYTES} a path)")]
+    NameTooLong { path: String },
+    #[error("archive entry `{path}` {problem}")]
+    Conflict { path: String, problem: String },
 }
 
 /// Writes a tar.gz of the contents of `src` (paths relative to `src`) to `out`.
@@ -93,8 +114,6 @@ pub enum ArchiveError {
 pub fn pack_dir(src: &Path, out: impl Write) -> io::Result<()> {
     let gz = GzEncoder::new(out, Compression::default());
     let mut builder = tar::Builder::new(gz);
-    builder.follow_symlinks(false);
-    builder.mode(HeaderMode::Deterministic);
     append_tree(&mut builder, src, Path::new(""))?;
     builder.into_inner()?.finish()?.flush()
 }
@@ -112,13 +131,60 @@ fn append_tree<W: Write>(b: &mut tar::Builder<W>, root: &Path, rel: &Path) -> io
         let rel_path = rel.join(&name);
         let full = root.join(&rel_path);
         let meta = fs::symlink_metadata(&full)?;
-        if meta.is_dir() {
-            b.append_dir(&rel_path, &full)?;
-            append_tree(b, root, &rel_path)?;
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata_in_mode(&meta, HeaderMode::Deterministic);
+        let path = rel_path.as_os_str().as_bytes();
+        set_long(
+            b,
+            EntryType::GNULongName,
+            path,
+            &mut header.as_old_mut().name,
+        )?;
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(&full)?;
+            let target = target.as_os_str().as_bytes();
+            set_long(
+                b,
+                EntryType::GNULongLink,
+                target,
+                &mut header.as_old_mut().linkname,
+            )?;
+        }
+        header.set_cksum();
+        if meta.is_file() {
+            b.append(&header, File::open(&full)?)?;
         } else {
-            b.append_path_with_name(&full, &rel_path)?;
+            b.append(&header, io::empty())?;
+        }
+        if meta.is_dir() {
+            append_tree(b, root, &rel_path)?;
         }
     }
+    Ok(())
+}
+
+/// Puts `value` in a 100-byte header field (`name` or `linkname`), preceded by
+/// a GNU long name/link entry when it is longer. (The tar crate's own fallback
+/// fails on a long path whose first bytes are not UTF-8.)
+fn set_long<W: Write>(
+    b: &mut tar::Builder<W>,
+    kind: EntryType,
+    value: &[u8],
+    field: &mut [u8; 100],
+) -> io::Result<()> {
+    if value.len() > field.len() {
+        let mut long = tar::Header::new_gnu();
+        long.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+        long.set_mode(0o644);
+        long.set_mtime(0);
+        long.set_entry_type(kind);
+        long.set_size(value.len() as u64 + 1);
+        long.set_cksum();
+        b.append(&long, value.chain(&[0u8][..]))?;
+    }
+    let n = value.len().min(field.len());
+    field.fill(0);
+    field[..n].copy_from_slice(&value[..n]);
     Ok(())
 }
 
@@ -146,17 +212,133 @@ enum Kind {
     HardLink(PathBuf),
 }
 
+/// Why the [`Metered`] reader stopped the tar reader.
+#[derive(Debug, Clone, Copy)]
+enum Trip {
+    Ratio,
+    Headers,
+}
+
+/// Counts the decompressed bytes the tar reader takes and holds them to what
+/// the entries seen so far account for, so that no part of the stream (entry
+/// data, padding, long names, pax records) is inflated unchecked.
+struct Meter {
+    read: Cell<u64>,
+    allowed: Cell<u64>,
+    compressed: u64,
+    max_ratio: u64,
+    tripped: Cell<Option<Trip>>,
+}
+
+impl Meter {
+    /// Lets the reader go on through `size` bytes of the current entry's data,
+    /// then through the headers of the next entry.
+    fn allow(&self, size: u64) {
+        self.allowed.set(
+            self.read
+                .get()
+                .saturating_add(size)
+                .saturating_add(HEADER_ROOM),
+        );
+    }
+
+    fn error(&self, limits: &Limits) -> Option<ArchiveError> {
+        self.tripped.get().map(|t| match t {
+            Trip::Ratio => ArchiveError::RatioExceeded {
+                limit: limits.max_ratio,
+            },
+            Trip::Headers => ArchiveError::HeadersTooLarge { limit: HEADER_ROOM },
+        })
+    }
+}
+
+struct Metered<R> {
+    inner: R,
+    meter: Rc<Meter>,
+}
+
+impl<R: Read> Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let m = &self.meter;
+        let trip = |t| {
+            m.tripped.set(Some(t));
+            Err(io::Error::other("archive limit exceeded"))
+        };
+        if m.tripped.get().is_some() {
+            return Err(io::Error::other("archive limit exceeded"));
+        }
+        let room = m.allowed.get().saturating_sub(m.read.get());
+        if room == 0 && !buf.is_empty() {
+            return trip(Trip::Headers);
+        }
+        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        let read = m.read.get().saturating_add(n as u64);
+        m.read.set(read);
+        if read > RATIO_FLOOR_BYTES && read / m.compressed > m.max_ratio {
+            return trip(Trip::Ratio);
+        }
+        Ok(n)
+    }
+}
+
 fn walk(archive: &Path, limits: &Limits, dest: Option<&Path>) -> Result<Manifest, ArchiveError> {
     let file = File::open(archive).map_err(ArchiveError::Read)?;
     let compressed = file.metadata().map_err(ArchiveError::Read)?.len().max(1);
-    let mut ar = tar::Archive::new(GzDecoder::new(BufReader::new(file)));
+    let meter = Rc::new(Meter {
+        read: Cell::new(0),
+        allowed: Cell::new(HEADER_ROOM),
+        compressed,
+        max_ratio: limits.max_ratio,
+        tripped: Cell::new(None),
+    });
+    let reader = Metered {
+        inner: GzDecoder::new(BufReader::new(file)),
+        meter: meter.clone(),
+    };
+    // Whatever error the tar reader or the extraction makes of a tripped
+    // meter, the limit is the reason.
+    walk_entries(reader, &meter, limits, dest).map_err(|e| meter.error(limits).unwrap_or(e))
+}
+
+fn walk_entries<R: Read>(
+    reader: R,
+    meter: &Meter,
+    limits: &Limits,
+    dest: Option<&Path>,
+) -> Result<Manifest, ArchiveError> {
+    let mut ar = tar::Archive::new(reader);
     let mut manifest = Manifest::default();
+    // Data bytes of every entry (what the stream inflates to, less headers).
+    let mut charged: u64 = 0;
+    let mut charge = |size: u64| {
+        charged = charged.saturating_add(size);
+        if charged > limits.max_total_bytes {
+            return Err(ArchiveError::TooLarge {
+                limit: limits.max_total_bytes,
+            });
+        }
+        if charged > RATIO_FLOOR_BYTES && charged / meter.compressed > limits.max_ratio {
+            return Err(ArchiveError::RatioExceeded {
+                limit: limits.max_ratio,
+            });
+        }
+        meter.allow(size);
+        Ok(())
+    };
+    // What each path is once the entries so far are extracted: symlinks,
+    // non-directories (files and hard links) and directories (explicit or
+    // made for the entries under them).
     let mut symlinks: HashSet<PathBuf> = HashSet::new();
     let mut files: HashSet<PathBuf> = HashSet::new();
+    let mut dirs: HashSet<PathBuf> = HashSet::new();
     for entry in ar.entries().map_err(ArchiveError::Read)? {
         let mut entry = entry.map_err(ArchiveError::Read)?;
+        // The data size, from a pax record where there is one: what is read.
+        let size = entry.size();
         let ty = entry.header().entry_type();
         if ty.is_pax_global_extensions() {
+            charge(size)?;
             continue;
         }
         let raw = entry.path().map_err(ArchiveError::Read)?.into_owned();
@@ -196,35 +378,32 @@ fn walk(archive: &Path, limits: &Limits, dest: Option<&Path>) -> Result<Manifest
                 })
             }
         };
+        check_conflicts(&path, &kind, &files, &dirs, &shown)?;
         manifest.files += 1;
         if manifest.files > limits.max_files {
             return Err(ArchiveError::TooManyFiles {
                 limit: limits.max_files,
             });
         }
+        charge(size)?;
         if let Kind::File = kind {
-            let size = entry.header().size().map_err(ArchiveError::Read)?;
             manifest.total_bytes = manifest.total_bytes.saturating_add(size);
-            if manifest.total_bytes > limits.max_total_bytes {
-                return Err(ArchiveError::TooLarge {
-                    limit: limits.max_total_bytes,
-                });
-            }
-            if manifest.total_bytes > RATIO_FLOOR_BYTES
-                && manifest.total_bytes / compressed > limits.max_ratio
-            {
-                return Err(ArchiveError::RatioExceeded {
-                    limit: limits.max_ratio,
-                });
-            }
-            if path == Path::new("predict.py") {
-                manifest.has_predict = true;
-            } else if path == Path::new("train.py") {
-                manifest.has_train = true;
-            } else if path == Path::new("requirements.txt") {
-                manifest.has_requirements = true;
-            }
         }
+        // The last entry of a name decides what it is.
+        let is_file = matches!(kind, Kind::File | Kind::HardLink(_));
+        if path == Path::new("predict.py") {
+            manifest.has_predict = is_file;
+        } else if path == Path::new("train.py") {
+            manifest.has_train = is_file;
+        } else if path == Path::new("requirements.txt") {
+            manifest.has_requirements = is_file;
+        }
+        dirs.extend(
+            path.ancestors()
+                .skip(1)
+                .filter(|a| !a.as_os_str().is_empty())
+                .map(Path::to_path_buf),
+        );
         match &kind {
             Kind::Symlink(_) => {
                 files.remove(&path);
@@ -234,7 +413,13 @@ fn walk(archive: &Path, limits: &Limits, dest: Option<&Path>) -> Result<Manifest
                 symlinks.remove(&path);
                 files.insert(path.clone());
             }
-            Kind::Dir => {}
+            // A symlink replaced by a directory stays in `symlinks`: nothing
+            // may be written under that path (the scan would have to trust
+            // the replacement).
+            Kind::Dir => {
+                files.remove(&path);
+                dirs.insert(path.clone());
+            }
         }
         if let Some(dest) = dest {
             extract(&mut entry, &kind, dest, &path)?;
@@ -243,7 +428,8 @@ fn walk(archive: &Path, limits: &Limits, dest: Option<&Path>) -> Result<Manifest
     Ok(manifest)
 }
 
-/// Relative path with `.` components removed; rejects absolute paths and `..`.
+/// Relative path with `.` components removed; rejects absolute paths, `..`
+/// and names the system could not create.
 fn normalize_entry_path(raw: &Path, shown: &str) -> Result<PathBuf, ArchiveError> {
     let mut out = PathBuf::new();
     for c in raw.components() {
@@ -253,10 +439,64 @@ fn normalize_entry_path(raw: &Path, shown: &str) -> Result<PathBuf, ArchiveError
             }
             Component::ParentDir => return Err(ArchiveError::ParentDir(shown.to_string())),
             Component::CurDir => {}
+            Component::Normal(n) if n.len() > MAX_NAME_BYTES => return Err(name_too_long(shown)),
             Component::Normal(n) => out.push(n),
         }
     }
+    if out.as_os_str().len() > MAX_PATH_BYTES {
+        return Err(name_too_long(shown));
+    }
     Ok(out)
+}
+
+fn name_too_long(shown: &str) -> ArchiveError {
+    let mut path: String = shown.chars().take(64).collect();
+    if path.len() < shown.len() {
+        path.push('…');
+    }
+    ArchiveError::NameTooLong { path }
+}
+
+/// Refuses an entry that extraction could not write where the earlier entries
+/// put something else: a path that is both a directory and not one, an entry
+/// under a file, or a non-directory at the root itself.
+fn check_conflicts(
+    path: &Path,
+    kind: &Kind,
+    files: &HashSet<PathBuf>,
+    dirs: &HashSet<PathBuf>,
+    shown: &str,
+) -> Result<(), ArchiveError> {
+    let conflict = |problem: String| ArchiveError::Conflict {
+        path: shown.to_string(),
+        problem,
+    };
+    if let Some(file) = path
+        .ancestors()
+        .skip(1)
+        .filter(|a| !a.as_os_str().is_empty())
+        .find(|a| files.contains(*a))
+    {
+        return Err(conflict(format!(
+            "lies under `{}`, which is a file earlier in the archive",
+            file.display()
+        )));
+    }
+    if matches!(kind, Kind::Dir) {
+        return Ok(());
+    }
+    if path.as_os_str().is_empty() {
+        return Err(conflict(
+            "is the repo root itself, which can only be a directory".into(),
+        ));
+    }
+    if dirs.contains(path) {
+        return Err(conflict(
+            "replaces a directory of the same name; a path cannot be both a directory and a file or link"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The first proper ancestor of `path` that is a symlink entry.
@@ -269,6 +509,7 @@ fn ancestors_in<'a>(path: &Path, symlinks: &'a HashSet<PathBuf>) -> Option<&'a P
 
 fn link_target<R: Read>(entry: &tar::Entry<'_, R>, shown: &str) -> Result<PathBuf, ArchiveError> {
     match entry.link_name().map_err(ArchiveError::Read)? {
+        Some(t) if t.as_os_str().as_bytes().len() > MAX_PATH_BYTES => Err(name_too_long(shown)),
         Some(t) => Ok(t.into_owned()),
         None => Err(ArchiveError::LinkEscapes {
             path: shown.to_string(),
@@ -379,6 +620,8 @@ fn extract<R: Read>(
             remove_non_dir(&target).map_err(werr)?;
             std::os::unix::fs::symlink(link, &target).map_err(werr)?;
         }
+        // A hard link to itself: the file is already there.
+        Kind::HardLink(src) if src == rel => {}
         Kind::HardLink(src) => {
             remove_non_dir(&target).map_err(werr)?;
             fs::hard_link(dest.join(src), &target).map_err(werr)?;
@@ -400,197 +643,4 @@ fn remove_non_dir(path: &Path) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tar::Header;
-
-    /// Builds a tar.gz from raw entries: (path, type, link target, data).
-    fn build(entries: &[(&str, EntryType, &str, &[u8])]) -> tempfile::NamedTempFile {
-        let mut tmp = tempfile::NamedTempFile::new().unwrap();
-        {
-            let gz = GzEncoder::new(tmp.as_file_mut(), Compression::default());
-            let mut b = tar::Builder::new(gz);
-            for (path, ty, link, data) in entries {
-                let mut h = Header::new_gnu();
-                // Write the raw name so that `..` and absolute paths get through.
-                let name = &mut h.as_old_mut().name;
-                name.fill(0);
-                name[..path.len()].copy_from_slice(path.as_bytes());
-                if !link.is_empty() {
-                    let ln = &mut h.as_old_mut().linkname;
-                    ln.fill(0);
-                    ln[..link.len()].copy_from_slice(link.as_bytes());
-                }
-                h.set_entry_type(*ty);
-                h.set_mode(0o644);
-                h.set_size(data.len() as u64);
-                h.set_cksum();
-                b.append(&h, *data).unwrap();
-            }
-            b.into_inner().unwrap().finish().unwrap();
-        }
-        tmp
-    }
-
-    fn scan_err(entries: &[(&str, EntryType, &str, &[u8])]) -> ArchiveError {
-        let tmp = build(entries);
-        scan(tmp.path(), &Limits::default()).unwrap_err()
-    }
-
-    #[test]
-    fn rejects_parent_dir() {
-        let e = scan_err(&[("../x", EntryType::Regular, "", b"hi")]);
-        assert!(matches!(e, ArchiveError::ParentDir(_)), "{e}");
-        assert!(
-            e.to_string().contains("`../x` escapes the repo root"),
-            "{e}"
-        );
-        let e = scan_err(&[("a/../../x", EntryType::Regular, "", b"hi")]);
-        assert!(matches!(e, ArchiveError::ParentDir(_)), "{e}");
-    }
-
-    #[test]
-    fn rejects_absolute_path() {
-        let e = scan_err(&[("/etc/passwd", EntryType::Regular, "", b"x")]);
-        assert!(matches!(e, ArchiveError::AbsolutePath(_)), "{e}");
-    }
-
-    #[test]
-    fn rejects_escaping_symlinks() {
-        let e = scan_err(&[("l", EntryType::Symlink, "/etc", b"")]);
-        assert!(matches!(e, ArchiveError::LinkEscapes { .. }), "{e}");
-        let e = scan_err(&[("a/l", EntryType::Symlink, "../..", b"")]);
-        assert!(matches!(e, ArchiveError::LinkEscapes { .. }), "{e}");
-        let e = scan_err(&[
-            ("x", EntryType::Symlink, ".", b""),
-            ("t", EntryType::Symlink, "x/..", b""),
-        ]);
-        assert!(matches!(e, ArchiveError::LinkNotNormalized { .. }), "{e}");
-        // Writing through a link (even one that points inside) is refused.
-        let e = scan_err(&[
-            ("d", EntryType::Directory, "", b""),
-            ("x", EntryType::Symlink, "d", b""),
-            ("x/f", EntryType::Regular, "", b"1"),
-        ]);
-        assert!(matches!(e, ArchiveError::ThroughSymlink { .. }), "{e}");
-    }
-
-    #[test]
-    fn accepts_inner_symlinks() {
-        let tmp = build(&[
-            ("predict.py", EntryType::Regular, "", b"x"),
-            ("a/b", EntryType::Directory, "", b""),
-            ("a/b/l", EntryType::Symlink, "../../predict.py", b""),
-            ("h", EntryType::Link, "predict.py", b""),
-        ]);
-        let dir = tempfile::tempdir().unwrap();
-        let m = unpack(tmp.path(), dir.path(), &Limits::default()).unwrap();
-        assert!(m.has_predict);
-        assert_eq!(fs::read(dir.path().join("a/b/l")).unwrap(), b"x");
-        assert_eq!(fs::read(dir.path().join("h")).unwrap(), b"x");
-    }
-
-    #[test]
-    fn rejects_escaping_hardlinks() {
-        let e = scan_err(&[("h", EntryType::Link, "/etc/passwd", b"")]);
-        assert!(matches!(e, ArchiveError::LinkEscapes { .. }), "{e}");
-        let e = scan_err(&[("h", EntryType::Link, "../x", b"")]);
-        assert!(matches!(e, ArchiveError::LinkEscapes { .. }), "{e}");
-        let e = scan_err(&[("h", EntryType::Link, "missing", b"")]);
-        assert!(matches!(e, ArchiveError::HardLinkTarget { .. }), "{e}");
-        // A symlink that stays inside at its depth, hard-linked to the root,
-        // would point three levels out.
-        let e = scan_err(&[
-            ("a", EntryType::Directory, "", b""),
-            ("a/b", EntryType::Directory, "", b""),
-            ("a/b/c", EntryType::Directory, "", b""),
-            ("a/b/c/up", EntryType::Symlink, "../../..", b""),
-            ("top", EntryType::Link, "a/b/c/up", b""),
-        ]);
-        assert!(matches!(e, ArchiveError::HardLinkTarget { .. }), "{e}");
-    }
-
-    #[test]
-    fn rejects_special_files() {
-        let e = scan_err(&[("dev", EntryType::Char, "", b"")]);
-        assert!(matches!(e, ArchiveError::UnsupportedType { .. }), "{e}");
-        let e = scan_err(&[("p", EntryType::Fifo, "", b"")]);
-        assert!(e.to_string().contains("FIFO"), "{e}");
-    }
-
-    #[test]
-    fn enforces_limits() {
-        let tmp = build(&[
-            ("a", EntryType::Regular, "", b"0123456789"),
-            ("b", EntryType::Regular, "", b"0123456789"),
-        ]);
-        let l = Limits {
-            max_total_bytes: 15,
-            ..Limits::default()
-        };
-        assert!(matches!(
-            scan(tmp.path(), &l),
-            Err(ArchiveError::TooLarge { limit: 15 })
-        ));
-        let l = Limits {
-            max_files: 1,
-            ..Limits::default()
-        };
-        assert!(matches!(
-            scan(tmp.path(), &l),
-            Err(ArchiveError::TooManyFiles { limit: 1 })
-        ));
-        let zeros = vec![0u8; 20 << 20];
-        let bomb = build(&[("z", EntryType::Regular, "", &zeros)]);
-        assert!(matches!(
-            scan(bomb.path(), &Limits::default()),
-            Err(ArchiveError::RatioExceeded { limit: 200 })
-        ));
-    }
-
-    #[test]
-    fn rejects_garbage() {
-        let mut tmp = tempfile::NamedTempFile::new().unwrap();
-        tmp.write_all(b"not a tarball").unwrap();
-        let e = scan(tmp.path(), &Limits::default()).unwrap_err();
-        assert!(matches!(e, ArchiveError::Read(_)), "{e}");
-    }
-
-    #[test]
-    fn pack_unpack_round_trip() {
-        let src = tempfile::tempdir().unwrap();
-        let s = src.path();
-        fs::write(s.join("predict.py"), "def load_model(): pass\n").unwrap();
-        fs::write(s.join("requirements.txt"), "").unwrap();
-        fs::create_dir_all(s.join("model/sub")).unwrap();
-        fs::write(s.join("model/sub/w.bin"), [1u8, 2, 3]).unwrap();
-        fs::create_dir_all(s.join("data")).unwrap();
-        fs::write(s.join("data/x.json"), "{}").unwrap();
-        fs::create_dir_all(s.join("__pycache__")).unwrap();
-        fs::write(s.join("__pycache__/p.pyc"), "junk").unwrap();
-        std::os::unix::fs::symlink("model/sub/w.bin", s.join("weights")).unwrap();
-        fs::write(s.join("run.sh"), "#!/bin/sh\n").unwrap();
-        fs::set_permissions(s.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
-
-        let mut packed = tempfile::NamedTempFile::new().unwrap();
-        pack_dir(s, packed.as_file_mut()).unwrap();
-        let mut again = Vec::new();
-        pack_dir(s, &mut again).unwrap();
-        assert_eq!(fs::read(packed.path()).unwrap(), again, "deterministic");
-
-        let dest = tempfile::tempdir().unwrap();
-        let d = dest.path().join("repo");
-        let m = unpack(packed.path(), &d, &Limits::default()).unwrap();
-        assert!(m.has_predict && m.has_requirements && !m.has_train);
-        assert_eq!(m.files, 9, "{m:?}");
-        assert_eq!(fs::read(d.join("model/sub/w.bin")).unwrap(), [1, 2, 3]);
-        assert_eq!(fs::read(d.join("weights")).unwrap(), [1, 2, 3]);
-        assert!(fs::symlink_metadata(d.join("weights"))
-            .unwrap()
-            .file_type()
-            .is_symlink());
-        assert!(!d.join("__pycache__").exists());
-        let mode = fs::metadata(d.join("run.sh")).unwrap().permissions().mode();
-        assert_eq!(mode & 0o111, 0o111);
-    }
-}
+mod tests;
