@@ -11,8 +11,9 @@ use std::sync::OnceLock;
 pub const CRASH_AT: &str = "AIBRO_CRASH_AT";
 
 /// Every crash point, for tests that walk them all.
-pub const POINTS: [&str; 8] = [
+pub const POINTS: [&str; 10] = [
     "deploy.created",
+    "fit.created",
     "launch.provisioned",
     "launch.recorded",
     "report.applied",
@@ -20,6 +21,7 @@ pub const POINTS: [&str; 8] = [
     "close.provider_done",
     "wake.marked",
     "complete.recorded",
+    "train.returned",
 ];
 
 fn armed() -> Option<&'static str> {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use aibro_proto::v1::{
     self as pb, artifacts_client::ArtifactsClient, inference_client::InferenceClient,
-    jobs_client::JobsClient,
+    jobs_client::JobsClient, training_client::TrainingClient,
 };
 use anyhow::{bail, Context, Result};
 use tokio_stream::StreamExt;
@@ -239,6 +239,11 @@ impl Scheduler {
     pub async fn jobs(&self, token: Option<&str>) -> Result<JobsClient<Authed>> {
         let (ch, b) = self.authed(token).await?;
         Ok(JobsClient::with_interceptor(ch, b))
+    }
+
+    pub async fn training(&self, token: Option<&str>) -> Result<TrainingClient<Authed>> {
+        let (ch, b) = self.authed(token).await?;
+        Ok(TrainingClient::with_interceptor(ch, b))
     }
 
     pub async fn artifacts(&self, token: Option<&str>) -> Result<ArtifactsClient<Authed>> {

@@ -177,11 +177,105 @@ async fn crashes_while_cooling_waking_and_completing_lose_nothing() -> Result<()
     Ok(())
 }
 
-/// The two walks above cover every crash point the scheduler has.
+/// A training job's life: Fit, train, return the outputs (the trainer is
+/// terminated after), download them.
+async fn fit_life(
+    s: &Scheduler,
+    token: &str,
+    digest: &str,
+    acked: &mut Option<String>,
+) -> Result<()> {
+    let job_id = s
+        .training(Some(token))
+        .await?
+        .fit(pb::FitRequest {
+            artifact_digest: digest.into(),
+            machine_ids: vec!["local.small.od".into()],
+            args: [("epochs".to_string(), "2".to_string())].into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .job_id;
+    *acked = Some(job_id.clone());
+    wait_job(s, token, &job_id, "COMPLETED", |j| {
+        j.status() == JobStatus::Completed
+    })
+    .await?;
+    Ok(())
+}
+
+async fn fit_crash_at(point: &str) -> Result<()> {
+    let mut s = Scheduler::start_crashing_at(point, &ARGS).await?;
+    let token = s.user("fox").await?;
+    let digest = s.upload_dir(&token, &example("train-linear")).await?;
+    let pid = s.child.as_ref().unwrap().id();
+    let mut acked = None;
+    let crashed = async {
+        while !exited(pid) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        _ = fit_life(&s, &token, &digest, &mut acked) => {}
+        _ = crashed => {}
+    }
+    s.wait_exit().await?;
+    s.spawn().await?;
+
+    let jobs = s
+        .jobs(Some(&token))
+        .await?
+        .list_jobs(pb::ListJobsRequest { active_only: false })
+        .await?
+        .into_inner()
+        .jobs;
+    if let Some(acked) = &acked {
+        assert!(
+            jobs.iter().any(|j| &j.job_id == acked),
+            "{point}: acknowledged job lost"
+        );
+    }
+    assert!(jobs.len() <= 1, "{point}: {jobs:#?}");
+    for job in jobs {
+        let job = wait_job(&s, &token, &job.job_id, "completed and closed", |j| {
+            j.status() == JobStatus::Completed
+                && j.instances
+                    .iter()
+                    .all(|i| i.substatus() == pb::InstanceSubstatus::Terminated)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{point}: {e}"))?;
+        assert!(job.result_size > 0, "{point}: no result");
+        let n = job.instances.len();
+        assert_eq!(n, 1, "{point}: {n} trainers: {:#?}", job.instances);
+    }
+    let deadline = Instant::now() + DEPLOY_DEADLINE;
+    while !s.live_agents().is_empty() {
+        assert!(Instant::now() < deadline, "{point}: agents left running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dirs = std::fs::read_dir(s.data_dir.join("instances"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(dirs, 0, "{point}: instance dirs left");
+    Ok(())
+}
+
+#[tokio::test]
+async fn crashes_while_training_lose_nothing() -> Result<()> {
+    for point in ["fit.created", "report.applied", "train.returned"] {
+        fit_crash_at(point).await?;
+    }
+    Ok(())
+}
+
+/// The walks above cover every crash point the scheduler has.
 #[test]
 fn every_crash_point_is_walked() {
     let walked = [
         "deploy.created",
+        "fit.created",
         "launch.provisioned",
         "launch.recorded",
         "report.applied",
@@ -189,6 +283,7 @@ fn every_crash_point_is_walked() {
         "close.provider_done",
         "wake.marked",
         "complete.recorded",
+        "train.returned",
     ];
     assert_eq!(walked, aibro_scheduler::crash::POINTS);
 }

@@ -6,8 +6,8 @@ use aibro_tests::{example, substatuses, Scheduler, DEPLOY_DEADLINE};
 use tokio_stream::StreamExt;
 
 async fn fit(s: &Scheduler, token: &str, request: pb::FitRequest) -> anyhow::Result<String> {
-    let (ch, b) = s.authed(Some(token)).await?;
-    Ok(TrainingClient::with_interceptor(ch, b)
+    Ok(s.training(Some(token))
+        .await?
         .fit(request)
         .await?
         .into_inner()

@@ -84,6 +84,7 @@ impl Control {
             )
         };
         let committed = self.store().create_job(job).await?;
+        crate::crash::point("fit.created");
         self.hub().publish(&committed.job.id, &committed.events);
         self.start_requesting_trainer(&committed.job);
         Ok(committed.job)
@@ -292,6 +293,7 @@ impl Control {
                 Ok(vec![Mark::phase(&id, "results returned")])
             })
             .await?;
+        crate::crash::point("train.returned");
         for inst in committed.instances {
             match inst.state {
                 InstanceState::TERMINATING => self.start_close(inst.id),
