@@ -189,6 +189,11 @@ impl Control {
                 .job(&inst.job_id)?
                 .ok_or_else(|| Error::NotFound(format!("job {} is gone", inst.job_id)))?
         } else {
+            // An agent back at another address: requests must not go to the old one.
+            if let Ok(Some(job)) = self.store().job(&inst.job_id) {
+                self.router()
+                    .remove_backend(&job.owner, &job.model_name, instance_id);
+            }
             self.apply(&inst.job_id, |_, insts| {
                 let inst = instance_mut(insts, instance_id)?;
                 inst.agent_address = address.to_string();

@@ -22,23 +22,38 @@ use crate::link::AgentLink;
 use crate::provider::{Provider, ProviderError};
 use crate::store::HardwareRecord;
 
-pub(super) struct Boot {
+pub(crate) struct Boot {
     instance_id: String,
     /// Started again on its kept disk.
     restart: bool,
 }
 
 pub(super) struct SimProvider {
-    boots: mpsc::UnboundedSender<Boot>,
+    /// To the boot loop of the control plane running now.
+    boots: Mutex<mpsc::UnboundedSender<Boot>>,
     running: Mutex<HashSet<String>>,
 }
 
 impl SimProvider {
     pub(super) fn new(boots: mpsc::UnboundedSender<Boot>) -> Self {
         SimProvider {
-            boots,
+            boots: Mutex::new(boots),
             running: Mutex::default(),
         }
+    }
+
+    /// Boots go to a new control plane's loop (the scheduler restarted).
+    pub(super) fn rewire(&self, boots: mpsc::UnboundedSender<Boot>) {
+        *self.boots.lock().expect("sim lock") = boots;
+    }
+
+    /// The agent of a running machine registers again (with a scheduler
+    /// that restarted), after the boot delay.
+    pub(super) fn reboot(&self, instance_id: &str) {
+        let _ = self.boots.lock().expect("sim lock").send(Boot {
+            instance_id: instance_id.to_string(),
+            restart: true,
+        });
     }
 
     pub(super) fn running(&self) -> std::collections::BTreeSet<String> {
@@ -64,7 +79,7 @@ impl SimProvider {
             .lock()
             .expect("sim lock")
             .insert(instance_id.to_string());
-        let _ = self.boots.send(Boot {
+        let _ = self.boots.lock().expect("sim lock").send(Boot {
             instance_id: instance_id.to_string(),
             restart,
         });
@@ -101,6 +116,10 @@ impl Provider for SimProvider {
     fn terminate<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
         self.halt(instance_id)
     }
+
+    fn is_running(&self, instance_id: &str) -> Option<bool> {
+        Some(SimProvider::is_running(self, instance_id))
+    }
 }
 
 /// Registers each booted instance's agent after `boot` of virtual time.
@@ -110,6 +129,7 @@ pub(super) async fn boot_loop(
     mut boots: mpsc::UnboundedReceiver<Boot>,
     boot: Duration,
     cancel: CancellationToken,
+    generation: u64,
 ) {
     loop {
         let next = tokio::select! {
@@ -139,7 +159,7 @@ pub(super) async fn boot_loop(
             if let Err(e) = control
                 .attach(
                     &instance_id,
-                    "sim",
+                    &format!("sim-{generation}"),
                     Arc::new(agent),
                     HardwareRecord::default(),
                     "",

@@ -1,5 +1,6 @@
 //! Property test: random sequences of requests, idle stretches (cool-down
-//! timers), spot interruptions and machines that die, driven through the real
+//! timers), spot interruptions, machines that die and scheduler crashes
+//! (restart on the same store), driven through the real
 //! control plane, router, lifecycle and store on tokio's paused clock. After
 //! every step has settled: only legal (job, instance) pairs were ever stored,
 //! the job still serves, it has exactly one serving standby and at most one
@@ -25,6 +26,8 @@ enum Op {
     Interrupt(Role, u8),
     /// The role's live instance's machine dies.
     Lose(Role),
+    /// The scheduler crashes and starts again on its store.
+    Restart,
 }
 
 fn role() -> impl Strategy<Value = Role> {
@@ -37,6 +40,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (1u16..400).prop_map(Op::Idle),
         2 => (role(), 1u8..30).prop_map(|(r, s)| Op::Interrupt(r, s)),
         2 => role().prop_map(Op::Lose),
+        2 => Just(Op::Restart),
     ]
 }
 
@@ -110,7 +114,7 @@ async fn play(ops: Vec<Op>) -> Result<(), TestCaseError> {
         cool_down_s: 120,
         boot: Duration::from_secs(20),
     };
-    let sim = Harness::deploy(&options, dir.path()).await.unwrap();
+    let mut sim = Harness::deploy(&options, dir.path()).await.unwrap();
     for (n, op) in ops.iter().enumerate() {
         match op {
             Op::Predict(burst) => {
@@ -129,6 +133,7 @@ async fn play(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     sim.lose(&inst).await;
                 }
             }
+            Op::Restart => sim.restart().await.unwrap(),
         }
         tokio::time::sleep(SETTLE).await;
         check(&sim, &format!("after step {n} {op:?}"))?;
@@ -144,7 +149,11 @@ async fn play(ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 24,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn random_requests_timers_interruptions_and_deaths_keep_the_fleet_whole(

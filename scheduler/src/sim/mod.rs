@@ -80,6 +80,9 @@ pub struct Harness {
     provider: Arc<agent::SimProvider>,
     /// Interruption notices, as a spot market sends them.
     notices: mpsc::UnboundedSender<crate::provider::Interruption>,
+    boot: Duration,
+    /// Scheduler restarts so far (agents register at a new address each time).
+    generation: u64,
     tasks: TaskTracker,
     cancel: CancellationToken,
 }
@@ -89,18 +92,9 @@ impl Harness {
     /// cooling instance, if any). Must run on a runtime whose clock is paused.
     pub async fn deploy(options: &Options, data_dir: &std::path::Path) -> anyhow::Result<Harness> {
         let store = Store::open(&data_dir.join("db"))?;
-        let auth = Auth::open(store.clone()).await?;
         let catalog = Catalog::shipped();
         let (boots, booted) = mpsc::unbounded_channel();
         let provider = Arc::new(agent::SimProvider::new(boots));
-        let providers = catalog
-            .types()
-            .map(|t| t.provider.clone())
-            .fold(Providers::default(), |p, name| {
-                p.with(&name, provider.clone())
-            });
-        let tasks = TaskTracker::new();
-        let cancel = CancellationToken::new();
         let settings = Settings {
             data_dir: data_dir.to_path_buf(),
             public_url: "sim://".into(),
@@ -115,24 +109,22 @@ impl Harness {
             use_spot: false,
             spot_check: Duration::from_secs(60),
         };
-        let control = Control::new(
+        let plane = Plane::start(
             settings,
             store.clone(),
-            catalog.clone(),
-            providers,
-            auth,
-            tasks.clone(),
-            cancel.clone(),
-        );
-        tasks.spawn(agent::boot_loop(
-            control.clone(),
-            provider.clone(),
+            &catalog,
+            &provider,
             booted,
             options.boot,
-            cancel.clone(),
-        ));
-        let (notices, interruptions) = mpsc::unbounded_channel();
-        control.start_interruptions(interruptions);
+            0,
+        )
+        .await;
+        let Plane {
+            control,
+            notices,
+            tasks,
+            cancel,
+        } = plane;
 
         let artifact = ArtifactRecord {
             v: RECORD_VERSION,
@@ -165,6 +157,8 @@ impl Harness {
             catalog,
             provider,
             notices,
+            boot: options.boot,
+            generation: 0,
             tasks,
             cancel,
         })
@@ -190,6 +184,41 @@ impl Harness {
             .into_iter()
             .find(|i| i.role == role)
             .expect("an instance in that role")
+    }
+
+    /// The scheduler crashes and starts again on the same store: every task
+    /// of the old control plane ends, a new one recovers, and the agents of
+    /// running machines register with it again (as real agents do).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.generation += 1;
+        let (boots, booted) = mpsc::unbounded_channel();
+        self.provider.rewire(boots);
+        let plane = Plane::start(
+            self.control.settings().clone(),
+            self.control.store().clone(),
+            &self.catalog,
+            &self.provider,
+            booted,
+            self.boot,
+            self.generation,
+        )
+        .await;
+        plane.control.recover().await?;
+        let store = plane.control.store();
+        let job = store.job(&self.job_id)?.expect("the job");
+        for inst in store.instances_of(&job)? {
+            if !inst.state.is_closed() && self.provider.running().contains(&inst.id) {
+                self.provider.reboot(&inst.id);
+            }
+        }
+        self.control = plane.control;
+        self.notices = plane.notices;
+        self.tasks = plane.tasks;
+        self.cancel = plane.cancel;
+        Ok(())
     }
 
     /// The simulated machines running now, by instance id.
@@ -230,6 +259,61 @@ impl Harness {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+    }
+}
+
+/// A control plane on the simulated machines, with its tasks.
+struct Plane {
+    control: Control,
+    notices: mpsc::UnboundedSender<crate::provider::Interruption>,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Plane {
+    async fn start(
+        settings: Settings,
+        store: Store,
+        catalog: &Catalog,
+        provider: &Arc<agent::SimProvider>,
+        booted: mpsc::UnboundedReceiver<agent::Boot>,
+        boot: Duration,
+        generation: u64,
+    ) -> Plane {
+        let providers = catalog
+            .types()
+            .map(|t| t.provider.clone())
+            .fold(Providers::default(), |p, name| {
+                p.with(&name, provider.clone())
+            });
+        let tasks = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let auth = Auth::open(store.clone()).await.expect("auth on the store");
+        let control = Control::new(
+            settings,
+            store,
+            catalog.clone(),
+            providers,
+            auth,
+            tasks.clone(),
+            cancel.clone(),
+        );
+        tasks.spawn(agent::boot_loop(
+            control.clone(),
+            provider.clone(),
+            booted,
+            boot,
+            cancel.clone(),
+            generation,
+        ));
+        let (notices, interruptions) = mpsc::unbounded_channel();
+        control.start_interruptions(interruptions);
+        Plane {
+            control,
+            notices,
+            tasks,
+            cancel,
+        }
     }
 }
 
