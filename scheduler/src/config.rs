@@ -57,6 +57,11 @@ pub struct Config {
     /// Seconds an agent keeps running without reaching the scheduler before it exits.
     #[arg(long, env = "AIBRO_AGENT_ORPHAN_TIMEOUT_S", default_value_t = 300)]
     pub agent_orphan_timeout_s: u64,
+    /// The longest any call may run, in seconds (uploads of large repos and dry
+    /// runs included); clients may ask for less with their own deadline.
+    /// Streams of WatchJob and downloads are not cut once they answer.
+    #[arg(long, env = "AIBRO_REQUEST_TIMEOUT_S", default_value_t = 3600)]
+    pub request_timeout_s: u64,
     /// TLS certificate chain (PEM) of the gRPC server (with --tls-key): users
     /// and agents then connect over https. Local agents serve with it too.
     #[arg(long, env = "AIBRO_TLS_CERT", requires = "tls_key")]

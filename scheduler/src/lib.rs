@@ -221,7 +221,8 @@ pub async fn run(
     })
     .max_decoding_message_size(max_payload + ENVELOPE_BYTES)
     .max_encoding_message_size(usize::MAX);
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(config.request_timeout_s.max(1)));
     if let Some(tls) = server_tls {
         builder = builder.tls_config(tls)?;
     }

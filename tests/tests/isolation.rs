@@ -1032,14 +1032,29 @@ async fn long_ids_and_names_get_a_clear_error() -> anyhow::Result<()> {
 /// the dry run's Python and files do not linger.
 #[tokio::test]
 async fn a_client_deadline_ends_a_slow_dry_run() -> anyhow::Result<()> {
-    let s = Scheduler::start().await?;
+    slow_dry_run_is_ended(&[], Some(Duration::from_secs(5))).await
+}
+
+/// Without a client deadline, the scheduler's own (--request-timeout-s) ends it.
+#[tokio::test]
+async fn the_scheduler_deadline_ends_a_slow_dry_run() -> anyhow::Result<()> {
+    slow_dry_run_is_ended(&["--request-timeout-s", "3"], None).await
+}
+
+async fn slow_dry_run_is_ended(
+    args: &[&str],
+    client_deadline: Option<Duration>,
+) -> anyhow::Result<()> {
+    let s = Scheduler::start_with(args).await?;
     let alice = s.user("alice").await?;
     let slow = repo("import time\n\ndef load_model():\n    time.sleep(120)\n\ndef run(model, data):\n    return data\n");
     let digest = s.upload_dir(&alice, slow.path()).await?;
     let mut dry = deploy_request("slow", &digest);
     dry.dryrun = true;
     let mut request = tonic::Request::new(dry);
-    request.set_timeout(Duration::from_secs(5));
+    if let Some(deadline) = client_deadline {
+        request.set_timeout(deadline);
+    }
     let mut c = user_clients(&s, &alice).await;
     let mut call = {
         let mut inference = c.inference.clone();
