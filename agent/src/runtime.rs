@@ -29,8 +29,8 @@ use crate::reporter::{Gateway, Metrics, ReportQueue, Reports};
 use crate::trainer::{self, TrainError, TrainSpec};
 use crate::worker::Output;
 
-/// Tries at uploading the outputs while the scheduler is unreachable.
-const UPLOAD_TRIES: u32 = 8;
+/// Tries at fetching a repo or uploading outputs while the scheduler is unreachable.
+const SCHEDULER_TRIES: u32 = 8;
 /// Data bytes per `ResultChunk` of an uploaded result.
 const UPLOAD_CHUNK: usize = 1 << 20;
 
@@ -343,7 +343,7 @@ impl Runtime {
             .await
             .map_err(io_err(job_dir))?;
         let archive_path = job_dir.join("artifact.tar.gz");
-        self.fetch(digest, &archive_path).await?;
+        retrying("fetching the repo", || self.fetch(digest, &archive_path)).await?;
         match tokio::fs::remove_file(&marker).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -583,7 +583,7 @@ impl Runtime {
             .map_err(RuntimeError::Pack)?;
         let stored = tokio::select! {
             _ = token.cancelled() => return Err(TrainError::Stopped.into()),
-            r = self.upload_retrying(job_id, packed.path()) => r?,
+            r = retrying("uploading the outputs", || self.upload(job_id, packed.path())) => r?,
         };
         if stored.digest != sent.digest || stored.size != sent.size {
             return Err(RuntimeError::UploadMismatch {
@@ -595,31 +595,6 @@ impl Runtime {
     }
 
     /// Streams the file at `path` to the scheduler in `ResultChunk`s.
-    /// Uploads the packed outputs, trying again (the file is still there) while
-    /// the scheduler is unreachable, e.g. while it restarts.
-    async fn upload_retrying(
-        &self,
-        job_id: &str,
-        path: &Path,
-    ) -> Result<ArtifactRef, RuntimeError> {
-        let mut backoff = std::time::Duration::from_millis(200);
-        for _ in 1..UPLOAD_TRIES {
-            match self.upload(job_id, path).await {
-                Err(RuntimeError::Upload(status)) if status.code() == tonic::Code::Unavailable => {
-                    tracing::warn!(
-                        job_id,
-                        "uploading the outputs failed, retrying in {backoff:?}: {}",
-                        status.message()
-                    );
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
-                }
-                other => return other,
-            }
-        }
-        self.upload(job_id, path).await
-    }
-
     async fn upload(&self, job_id: &str, path: &Path) -> Result<ArtifactRef, RuntimeError> {
         let file = tokio::fs::File::open(path).await.map_err(io_err(path))?;
         let read_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
@@ -688,6 +663,44 @@ impl Runtime {
         }
         Ok(())
     }
+}
+
+impl RuntimeError {
+    /// The scheduler could not be reached (it may be restarting): worth another try.
+    fn is_transient(&self) -> bool {
+        let status = match self {
+            RuntimeError::Upload(status) | RuntimeError::Fetch { status, .. } => status,
+            _ => return false,
+        };
+        matches!(
+            status.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+                | tonic::Code::DeadlineExceeded
+        )
+    }
+}
+
+/// Runs `attempt` again, with backoff, while it fails to reach the scheduler
+/// (e.g. while it restarts); `SCHEDULER_TRIES` tries in all.
+async fn retrying<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, RuntimeError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RuntimeError>>,
+{
+    let mut backoff = std::time::Duration::from_millis(200);
+    for _ in 1..SCHEDULER_TRIES {
+        match attempt().await {
+            Err(e) if e.is_transient() => {
+                tracing::warn!("{what} failed, retrying in {backoff:?}: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+            }
+            other => return other,
+        }
+    }
+    attempt().await
 }
 
 impl Metrics for Runtime {
