@@ -389,11 +389,26 @@ impl Control {
         if route.job_id != job.id || route.backend(&inst.id).is_some() {
             return;
         }
-        if let Some(link) = self.agent(&inst.id) {
+        if let Some(link) = self.link_to(inst) {
             let backend = Backend::new(&inst.id, inst.role, link);
             self.router()
                 .add_backend(&job.owner, &job.model_name, backend);
         }
+    }
+
+    /// The instance's agent: as it registered, or (it reported to a
+    /// restarted scheduler before registering again) at its stored address.
+    pub(crate) fn link_to(&self, inst: &InstanceRecord) -> Option<Link> {
+        if let Some(link) = self.agent(&inst.id) {
+            return Some(link);
+        }
+        if inst.agent_address.is_empty() {
+            return None;
+        }
+        let tls = self.settings().agent_tls.as_ref();
+        let link = link::grpc(&inst.agent_address, tls).ok()?;
+        self.set_agent(&inst.id, link.clone());
+        Some(link)
     }
 
     /// Opens the job's route (no backends until an instance serves).

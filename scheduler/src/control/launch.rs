@@ -333,7 +333,7 @@ impl Control {
                     backend.drain(DRAIN_LIMIT).await;
                 }
             }
-            if let Some(agent) = self.agent(&inst.id) {
+            if let Some(agent) = self.link_to(&inst) {
                 let _ =
                     tokio::time::timeout(AGENT_STOP_TIMEOUT, agent.stop(StopRequest { terminate }))
                         .await;

@@ -214,7 +214,8 @@ impl Control {
 
     /// The trainer is ready: start train() on it.
     pub(crate) fn start_training(&self, job: &JobRecord, instance_id: &str) {
-        let Some(link) = self.agent(instance_id) else {
+        let inst = self.store().instance(instance_id).ok().flatten();
+        let Some(link) = inst.and_then(|inst| self.link_to(&inst)) else {
             return;
         };
         let request = TrainRequest {
