@@ -253,7 +253,10 @@ impl Tx<'_> {
 impl Store {
     /// Opens (or creates) the store under `dir`. Needs a tokio runtime.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
+        // No periodic flusher thread: every change is flushed by the group
+        // commit before it is acknowledged, and without that thread the last
+        // handle dropped releases the data dir at once (close, then reopen).
+        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
         let tree = |name: &str| db.open_tree(name);
         Ok(Store {
             jobs: tree("jobs")?,
