@@ -74,10 +74,27 @@ async fn wait_job(
     }
 }
 
-async fn crash_at(point: &str) -> Result<()> {
+/// Whose life a crash interrupts.
+#[derive(Clone, Copy)]
+enum Scenario {
+    Deployment,
+    Fit,
+}
+
+/// Runs the scenario on a scheduler that crashes at `point`, starts it again
+/// on the same data dir, and returns it with the user's token and jobs
+/// (checked to hold the acknowledged one, and no other).
+async fn crash_then_restart(
+    point: &str,
+    scenario: Scenario,
+) -> Result<(Scheduler, String, Vec<pb::Job>)> {
     let mut s = Scheduler::start_crashing_at(point, &ARGS).await?;
-    let token = s.user("cat").await?;
-    let digest = s.upload_dir(&token, &example("echo")).await?;
+    let (user, repo) = match scenario {
+        Scenario::Deployment => ("cat", "echo"),
+        Scenario::Fit => ("fox", "train-linear"),
+    };
+    let token = s.user(user).await?;
+    let digest = s.upload_dir(&token, &example(repo)).await?;
     let pid = s.child.as_ref().unwrap().id();
     let mut acked = None;
     let crashed = async {
@@ -85,9 +102,15 @@ async fn crash_at(point: &str) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
+    let run = async {
+        match scenario {
+            Scenario::Deployment => life(&s, &token, &digest, &mut acked).await,
+            Scenario::Fit => fit_life(&s, &token, &digest, &mut acked).await,
+        }
+    };
     tokio::select! {
         // Calls fail once it is gone; only the crash matters.
-        _ = life(&s, &token, &digest, &mut acked) => {}
+        _ = run => {}
         _ = crashed => {}
     }
     s.wait_exit().await?;
@@ -107,6 +130,24 @@ async fn crash_at(point: &str) -> Result<()> {
         );
     }
     assert!(jobs.len() <= 1, "{point}: {jobs:#?}");
+    Ok((s, token, jobs))
+}
+
+/// No agent process and no instance directory is left.
+async fn assert_nothing_left(s: &Scheduler, point: &str) {
+    let deadline = Instant::now() + DEPLOY_DEADLINE;
+    while !s.live_agents().is_empty() {
+        assert!(Instant::now() < deadline, "{point}: agents left running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dirs: Vec<_> = std::fs::read_dir(s.data_dir.join("instances"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(dirs.is_empty(), "{point}: instance dirs left: {dirs:?}");
+}
+
+async fn crash_at(point: &str) -> Result<()> {
+    let (s, token, jobs) = crash_then_restart(point, Scenario::Deployment).await?;
     for job in jobs {
         if job.status() != JobStatus::Completed {
             // It goes on to serve, then is completed.
@@ -135,15 +176,7 @@ async fn crash_at(point: &str) -> Result<()> {
             );
         }
     }
-    let deadline = Instant::now() + DEPLOY_DEADLINE;
-    while !s.live_agents().is_empty() {
-        assert!(Instant::now() < deadline, "{point}: agents left running");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let dirs: Vec<_> = std::fs::read_dir(s.data_dir.join("instances"))
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(dirs.is_empty(), "{point}: instance dirs left: {dirs:?}");
+    assert_nothing_left(&s, point).await;
     for (machine, capacity) in [("local.small", 8), ("local.large", 4)] {
         let m = s.machine(&token, machine).await?;
         assert_eq!(m.available, capacity, "{point}: {machine} capacity leaked");
@@ -206,37 +239,7 @@ async fn fit_life(
 }
 
 async fn fit_crash_at(point: &str) -> Result<()> {
-    let mut s = Scheduler::start_crashing_at(point, &ARGS).await?;
-    let token = s.user("fox").await?;
-    let digest = s.upload_dir(&token, &example("train-linear")).await?;
-    let pid = s.child.as_ref().unwrap().id();
-    let mut acked = None;
-    let crashed = async {
-        while !exited(pid) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::select! {
-        _ = fit_life(&s, &token, &digest, &mut acked) => {}
-        _ = crashed => {}
-    }
-    s.wait_exit().await?;
-    s.spawn().await?;
-
-    let jobs = s
-        .jobs(Some(&token))
-        .await?
-        .list_jobs(pb::ListJobsRequest { active_only: false })
-        .await?
-        .into_inner()
-        .jobs;
-    if let Some(acked) = &acked {
-        assert!(
-            jobs.iter().any(|j| &j.job_id == acked),
-            "{point}: acknowledged job lost"
-        );
-    }
-    assert!(jobs.len() <= 1, "{point}: {jobs:#?}");
+    let (s, token, jobs) = crash_then_restart(point, Scenario::Fit).await?;
     for job in jobs {
         let job = wait_job(&s, &token, &job.job_id, "completed and closed", |j| {
             j.status() == JobStatus::Completed
@@ -250,15 +253,7 @@ async fn fit_crash_at(point: &str) -> Result<()> {
         let n = job.instances.len();
         assert_eq!(n, 1, "{point}: {n} trainers: {:#?}", job.instances);
     }
-    let deadline = Instant::now() + DEPLOY_DEADLINE;
-    while !s.live_agents().is_empty() {
-        assert!(Instant::now() < deadline, "{point}: agents left running");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let dirs = std::fs::read_dir(s.data_dir.join("instances"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(dirs, 0, "{point}: instance dirs left");
+    assert_nothing_left(&s, point).await;
     Ok(())
 }
 
