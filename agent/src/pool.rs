@@ -2,7 +2,9 @@
 //! has its own directory (and `data/` copy) and handles one request at a time, so
 //! legacy `run(model)` requests never race. A worker that dies is restarted in the
 //! background; the request that hit it fails with a retryable error. The agent's
-//! GPUs are spread over the workers (see [`spread`]).
+//! GPUs are spread over the workers (see [`spread`]). When predict.py defines
+//! `run_batch`, a free worker takes up to [`Batching::max_size`] queued requests at
+//! once, waiting up to [`Batching::max_wait`] after the first, for one call.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -41,11 +43,44 @@ pub(crate) enum PoolError {
     },
 }
 
+/// Dynamic batching of the requests a worker takes at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Batching {
+    /// Most requests per run_batch call; 1 turns batching off.
+    pub max_size: usize,
+    /// How long a batch waits for more requests after its first.
+    pub max_wait: Duration,
+}
+
+impl Batching {
+    pub(crate) const OFF: Batching = Batching {
+        max_size: 1,
+        max_wait: Duration::ZERO,
+    };
+}
+
+/// What a pool runs: the interpreter and worker script, the repo, where the
+/// workers' directories go, how many, on which GPUs, and how they batch.
+pub(crate) struct PoolSpec<'a> {
+    pub python: &'a Path,
+    pub script: &'a Path,
+    pub repo: &'a Path,
+    pub workers_dir: &'a Path,
+    pub workers: usize,
+    pub gpus: &'a [u32],
+    pub batching: Batching,
+}
+
+/// A queued call, counted as queued until a worker takes it.
 struct Request {
+    call: Call,
+    _waiting: Waiting,
+}
+
+struct Call {
     payload: Vec<u8>,
     content_type: String,
     reply: oneshot::Sender<Result<Output, PoolError>>,
-    waiting: Waiting,
 }
 
 #[derive(Default)]
@@ -104,31 +139,26 @@ fn spread(gpus: &[u32], workers: usize) -> Vec<Vec<u32>> {
 }
 
 impl Pool {
-    /// Prepares `n` worker directories under `workers_dir` from `repo`, starts the
+    /// Prepares the worker directories under `workers_dir` from `repo`, starts the
     /// workers with their share of `gpus` and waits until every one has loaded the
     /// model. Fails with the first load error (the other workers are ended), or with
     /// [`PoolError::Stopped`] once `cancel` is cancelled, after every worker started
     /// so far has exited. `cancel` then ends the pool.
     pub(crate) async fn start(
-        python: &Path,
-        script: &Path,
-        repo: &Path,
-        workers_dir: &Path,
-        n: usize,
-        gpus: &[u32],
+        spec: PoolSpec<'_>,
         cancel: CancellationToken,
     ) -> Result<Pool, PoolError> {
-        let n = n.max(1);
+        let n = spec.workers.max(1);
         let mut specs = Vec::with_capacity(n);
-        for (index, gpus) in spread(gpus, n).into_iter().enumerate() {
-            let dir = workers_dir.join(index.to_string());
-            crate::worker::prepare_dir(repo, &dir).map_err(|source| PoolError::Dir {
+        for (index, gpus) in spread(spec.gpus, n).into_iter().enumerate() {
+            let dir = spec.workers_dir.join(index.to_string());
+            crate::worker::prepare_dir(spec.repo, &dir).map_err(|source| PoolError::Dir {
                 path: dir.clone(),
                 source,
             })?;
             specs.push(WorkerSpec {
-                python: python.to_path_buf(),
-                script: script.to_path_buf(),
+                python: spec.python.to_path_buf(),
+                script: spec.script.to_path_buf(),
                 dir,
                 index,
                 gpus,
@@ -164,8 +194,12 @@ impl Pool {
         let tasks = specs
             .into_iter()
             .zip(workers)
-            .map(|(spec, w)| {
-                tokio::spawn(slot(spec, w, rx.clone(), counters.clone(), cancel.clone()))
+            .map(|(worker, w)| {
+                let queue = Queue {
+                    rx: rx.clone(),
+                    batching: spec.batching,
+                };
+                tokio::spawn(slot(worker, w, queue, counters.clone(), cancel.clone()))
             })
             .collect();
         Ok(Pool {
@@ -188,10 +222,12 @@ impl Pool {
         let _guard = InFlight(self.counters.clone());
         self.tx
             .try_send(Request {
-                payload,
-                content_type,
-                reply,
-                waiting: Waiting::new(&self.counters),
+                call: Call {
+                    payload,
+                    content_type,
+                    reply,
+                },
+                _waiting: Waiting::new(&self.counters),
             })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => PoolError::Overloaded,
@@ -242,11 +278,45 @@ impl Drop for Pool {
     }
 }
 
+/// The pool's request queue, shared by its slots, and how they batch from it.
+struct Queue {
+    rx: Arc<Mutex<mpsc::Receiver<Request>>>,
+    batching: Batching,
+}
+
+impl Queue {
+    /// Whether `worker` gets batches: batching is on and it has run_batch.
+    fn batches(&self, worker: &Worker) -> bool {
+        worker.run_batch && self.batching.max_size > 1
+    }
+
+    /// The next request, and for a batch up to `max_size - 1` more: those
+    /// queued, then those that arrive within `max_wait` of the first. `None`
+    /// once the pool has ended.
+    async fn take(&self, batch: bool) -> Option<Vec<Request>> {
+        let mut rx = self.rx.lock().await;
+        let max = if batch { self.batching.max_size } else { 1 };
+        let mut batch = vec![rx.recv().await?];
+        let deadline = tokio::time::Instant::now() + self.batching.max_wait;
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(req) => batch.push(req),
+                Err(_) if self.batching.max_wait.is_zero() => break,
+                Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(req)) => batch.push(req),
+                    Ok(None) | Err(_) => break,
+                },
+            }
+        }
+        Some(batch)
+    }
+}
+
 /// One worker slot: serves requests while its worker lives, restarts it when it dies.
 async fn slot(
     spec: WorkerSpec,
     first: Worker,
-    rx: Arc<Mutex<mpsc::Receiver<Request>>>,
+    queue: Queue,
     counters: Arc<Counters>,
     cancel: CancellationToken,
 ) {
@@ -267,7 +337,7 @@ async fn slot(
                         tracing::error!(worker = spec.index, "worker restart failed: {e}");
                         // With no worker left, queued requests would wait for nothing.
                         if counters.alive.load(Ordering::Relaxed) == 0 {
-                            fail_queued(&rx, &e.to_string()).await;
+                            fail_queued(&queue.rx, &e.to_string()).await;
                         }
                         tokio::select! {
                             _ = cancel.cancelled() => return,
@@ -281,7 +351,7 @@ async fn slot(
         };
         counters.pids.lock().expect("pids")[spec.index] = worker.pid().unwrap_or(0);
         counters.alive.fetch_add(1, Ordering::Relaxed);
-        let died = serve(&mut worker, &rx, &cancel).await;
+        let died = serve(&mut worker, &queue, &cancel).await;
         counters.alive.fetch_sub(1, Ordering::Relaxed);
         counters.pids.lock().expect("pids")[spec.index] = 0;
         worker.shutdown().await;
@@ -295,54 +365,87 @@ async fn slot(
 async fn fail_queued(rx: &Mutex<mpsc::Receiver<Request>>, why: &str) {
     let mut rx = rx.lock().await;
     while let Ok(req) = rx.try_recv() {
-        let _ = req.reply.send(Err(PoolError::WorkerDied(format!(
+        let _ = req.call.reply.send(Err(PoolError::WorkerDied(format!(
             "no worker could be restarted: {why}"
         ))));
     }
 }
 
 /// Serves requests until the worker dies (true) or the pool is cancelled (false).
-async fn serve(
-    worker: &mut Worker,
-    rx: &Mutex<mpsc::Receiver<Request>>,
-    cancel: &CancellationToken,
-) -> bool {
+async fn serve(worker: &mut Worker, queue: &Queue, cancel: &CancellationToken) -> bool {
+    let batches = queue.batches(worker);
     loop {
-        let req = tokio::select! {
+        let batch = tokio::select! {
             _ = cancel.cancelled() => return false,
-            req = async { rx.lock().await.recv().await } => req,
+            batch = queue.take(batches) => batch,
         };
-        let Some(Request {
-            payload,
-            content_type,
-            reply,
-            waiting,
-        }) = req
-        else {
+        let Some(batch) = batch else {
             return false;
         };
-        drop(waiting);
-        if reply.is_closed() {
-            continue; // the caller gave up while it was queued
+        // Taken: no longer queued. Those whose caller gave up meanwhile are dropped.
+        let batch: Vec<Call> = batch
+            .into_iter()
+            .map(|r| r.call)
+            .filter(|c| !c.reply.is_closed())
+            .collect();
+        if batch.is_empty() {
+            continue;
         }
         // Stop must not wait for a long run(): the worker is killed right after.
         let res = tokio::select! {
             _ = cancel.cancelled() => {
-                let _ = reply.send(Err(PoolError::Stopped));
+                for req in batch {
+                    let _ = req.reply.send(Err(PoolError::Stopped));
+                }
                 return false;
             }
-            res = worker.call(&payload, &content_type, false) => res,
+            res = run(worker, &batch, batches) => res,
         };
-        let (answer, died) = match res {
-            Ok(out) => (Ok(out), false),
-            Err(WorkerError::UserError(tb)) => (Err(PoolError::RunRaised(tb)), false),
-            Err(WorkerError::BadInput(m)) => (Err(PoolError::BadInput(m)), false),
-            Err(e) => (Err(PoolError::WorkerDied(e.to_string())), true),
-        };
-        let _ = reply.send(answer);
-        if died {
-            return true;
+        match res {
+            Ok(outcomes) => {
+                for (req, out) in batch.into_iter().zip(outcomes) {
+                    let _ = req.reply.send(out.map_err(answer));
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for req in batch {
+                    let _ = req.reply.send(Err(PoolError::WorkerDied(why.clone())));
+                }
+                return true;
+            }
         }
+    }
+}
+
+/// The requests as one run_batch() call, or one request as a run() call.
+async fn run(
+    worker: &mut Worker,
+    batch: &[Call],
+    batches: bool,
+) -> Result<Vec<Result<Output, WorkerError>>, WorkerError> {
+    match batch {
+        [one] if !batches => match worker.call(&one.payload, &one.content_type, false).await {
+            Ok(out) => Ok(vec![Ok(out)]),
+            Err(e @ (WorkerError::UserError(_) | WorkerError::BadInput(_))) => Ok(vec![Err(e)]),
+            Err(e) => Err(e),
+        },
+        _ => {
+            let items: Vec<_> = batch
+                .iter()
+                .map(|r| (r.payload.as_slice(), r.content_type.as_str()))
+                .collect();
+            worker.call_batch(&items).await
+        }
+    }
+}
+
+/// What the caller gets for a request the worker answered with an error.
+fn answer(e: WorkerError) -> PoolError {
+    match e {
+        WorkerError::UserError(tb) => PoolError::RunRaised(tb),
+        WorkerError::BadInput(m) => PoolError::BadInput(m),
+        e => PoolError::WorkerDied(e.to_string()),
     }
 }
 
@@ -360,15 +463,27 @@ mod tests {
     }
 
     async fn pool_for(predict: &str, data: &[(&str, &str)], n: usize) -> (tempfile::TempDir, Pool) {
+        batching_pool_for(predict, data, n, Batching::OFF).await
+    }
+
+    async fn batching_pool_for(
+        predict: &str,
+        data: &[(&str, &str)],
+        n: usize,
+        batching: Batching,
+    ) -> (tempfile::TempDir, Pool) {
         let (tmp, spec) = crate::worker::tests::repo(predict, data);
         let repo = tmp.path().join("repo");
         let pool = Pool::start(
-            &spec.python,
-            &spec.script,
-            &repo,
-            &tmp.path().join("w"),
-            n,
-            &[],
+            PoolSpec {
+                python: &spec.python,
+                script: &spec.script,
+                repo: &repo,
+                workers_dir: &tmp.path().join("w"),
+                workers: n,
+                gpus: &[],
+                batching,
+            },
             CancellationToken::new(),
         )
         .await
@@ -565,12 +680,15 @@ mod tests {
 
         let (tmp, spec) = crate::worker::tests::repo("import nonexistent_module_xyz\n", &[]);
         let err = Pool::start(
-            &spec.python,
-            &spec.script,
-            &tmp.path().join("repo"),
-            &tmp.path().join("w"),
-            2,
-            &[],
+            PoolSpec {
+                python: &spec.python,
+                script: &spec.script,
+                repo: &tmp.path().join("repo"),
+                workers_dir: &tmp.path().join("w"),
+                workers: 2,
+                gpus: &[],
+                batching: Batching::OFF,
+            },
             CancellationToken::new(),
         )
         .await
@@ -596,7 +714,16 @@ mod tests {
             let (python, script, repo) = (spec.python, spec.script, tmp.path().join("repo"));
             let (workers, cancel) = (workers.clone(), cancel.clone());
             tokio::spawn(async move {
-                Pool::start(&python, &script, &repo, &workers, 2, &[], cancel).await
+                let spec = PoolSpec {
+                    python: &python,
+                    script: &script,
+                    repo: &repo,
+                    workers_dir: &workers,
+                    workers: 2,
+                    gpus: &[],
+                    batching: Batching::OFF,
+                };
+                Pool::start(spec, cancel).await
             })
         };
         let pid_files = [workers.join("pid-0"), workers.join("pid-1")];
@@ -614,5 +741,103 @@ mod tests {
             // SAFETY: signal 0 only checks that the process exists.
             assert_eq!(unsafe { libc::kill(pid, 0) }, -1, "worker {pid} survived");
         }
+    }
+
+    const BATCHING_MODEL: &str = "def load_model():\n    return None\n\
+         def run(model, data):\n    return {'item': data, 'batch': 0}\n\
+         def run_batch(model, items):\n    \
+         if any(i == 'boom' for i in items):\n        raise ValueError('boom in a batch')\n    \
+         if any(i == 'short' for i in items):\n        return []\n    \
+         return [{'item': i, 'batch': len(items)} for i in items]\n";
+
+    /// Sends `bodies` to the pool at once; the answers in the same order.
+    async fn call_all(
+        pool: &Arc<Pool>,
+        bodies: &[&str],
+    ) -> Vec<Result<serde_json::Value, PoolError>> {
+        let calls: Vec<_> = bodies
+            .iter()
+            .map(|b| {
+                let (pool, body) = (pool.clone(), b.as_bytes().to_vec());
+                tokio::spawn(async move { pool.call(body, "application/json".into()).await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for c in calls {
+            out.push(
+                c.await
+                    .unwrap()
+                    .map(|o| serde_json::from_slice(&o.body).unwrap()),
+            );
+        }
+        out
+    }
+
+    /// Concurrent requests become one run_batch call; each caller gets its own
+    /// item's output, and an item that is not JSON fails alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_concurrent_requests_into_one_call() {
+        let batching = Batching {
+            max_size: 4,
+            max_wait: Duration::from_secs(5),
+        };
+        let (_t, pool) = batching_pool_for(BATCHING_MODEL, &[], 1, batching).await;
+        let pool = Arc::new(pool);
+        let out = call_all(&pool, &["1", "2", "{not json", "3"]).await;
+        for (i, want) in [(0, 1), (1, 2), (3, 3)] {
+            let v = out[i].as_ref().unwrap();
+            assert_eq!(v["item"], want, "{v}");
+            assert_eq!(v["batch"], 3, "one call for the three valid items: {v}");
+        }
+        assert!(
+            matches!(&out[2], Err(PoolError::BadInput(m)) if m.contains("not valid JSON")),
+            "{:?}",
+            out[2].as_ref().err()
+        );
+        // A lone request within max_wait is still answered, by run_batch.
+        let lone = call_all(&pool, &["7"]).await;
+        assert_eq!(lone[0].as_ref().unwrap()["batch"], 1);
+
+        // run_batch raising fails every item of its batch with the traceback;
+        // a wrong number of results too, with what was wrong.
+        for (bodies, want) in [
+            (["\"boom\"", "4"], "ValueError: boom in a batch"),
+            (
+                ["\"short\"", "5"],
+                "run_batch() returned 0 results for 2 items",
+            ),
+        ] {
+            for r in call_all(&pool, &bodies).await {
+                assert!(
+                    matches!(&r, Err(PoolError::RunRaised(tb)) if tb.contains(want)),
+                    "{r:?}"
+                );
+            }
+        }
+        assert_eq!(pool.in_flight(), 0);
+        pool.shutdown().await;
+    }
+
+    /// With batching off, or a model without run_batch, every request is a run() call.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_batching_each_request_is_a_run_call() {
+        let (_t, pool) = batching_pool_for(BATCHING_MODEL, &[], 1, Batching::OFF).await;
+        let pool = Arc::new(pool);
+        for r in call_all(&pool, &["1", "2", "3"]).await {
+            assert_eq!(r.unwrap()["batch"], 0);
+        }
+        pool.shutdown().await;
+        let batching = Batching {
+            max_size: 8,
+            max_wait: Duration::from_millis(50),
+        };
+        let run_only =
+            "def load_model():\n    return None\ndef run(model, data):\n    return {'batch': 0}\n";
+        let (_t, pool) = batching_pool_for(run_only, &[], 1, batching).await;
+        let pool = Arc::new(pool);
+        for r in call_all(&pool, &["1", "2", "3"]).await {
+            assert_eq!(r.unwrap()["batch"], 0);
+        }
+        pool.shutdown().await;
     }
 }

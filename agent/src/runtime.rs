@@ -24,7 +24,7 @@ use crate::archive::{self, ArchiveError, Limits};
 use crate::config::Args;
 use crate::env::{self, EnvError, PythonEnv};
 use crate::identity::Identity;
-use crate::pool::{Pool, PoolError};
+use crate::pool::{Batching, Pool, PoolError, PoolSpec};
 use crate::reporter::{Gateway, Metrics, ReportQueue, Reports};
 use crate::trainer::{self, TrainError, TrainSpec};
 use crate::worker::Output;
@@ -184,6 +184,7 @@ impl Runtime {
         job_id: String,
         digest: String,
         kind: JobKind,
+        batching: Batching,
     ) -> Result<(), RuntimeError> {
         if job_id.is_empty() {
             return Err(RuntimeError::NoJobId);
@@ -210,7 +211,7 @@ impl Runtime {
         let this = self.clone();
         self.tasks.spawn(async move {
             let res = this
-                .prepare_job(&reports, &job_id, &digest, training, &token)
+                .prepare_job(&reports, &job_id, &digest, training, batching, &token)
                 .await;
             if let Some(stale) = this.finish(&reports, &job_id, res) {
                 stale.shutdown().await;
@@ -270,6 +271,7 @@ impl Runtime {
         job_id: &str,
         digest: &str,
         training: bool,
+        batching: Batching,
         token: &CancellationToken,
     ) -> Result<Prepared, RuntimeError> {
         let job_dir = self.jobs_dir().join(job_id);
@@ -284,16 +286,16 @@ impl Runtime {
                 job_dir,
             })));
         }
-        let pool = Pool::start(
-            &penv.python,
-            &self.scripts.worker,
-            &repo,
-            &job_dir.join("workers"),
-            self.args.workers,
-            &self.gpus,
-            token.child_token(),
-        )
-        .await?;
+        let spec = PoolSpec {
+            python: &penv.python,
+            script: &self.scripts.worker,
+            repo: &repo,
+            workers_dir: &job_dir.join("workers"),
+            workers: self.args.workers,
+            gpus: &self.gpus,
+            batching,
+        };
+        let pool = Pool::start(spec, token.child_token()).await?;
         Ok(Prepared::Pool(pool))
     }
 

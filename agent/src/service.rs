@@ -12,7 +12,7 @@ use aibro_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::identity::{AssignError, Identity};
-use crate::pool::PoolError;
+use crate::pool::{Batching, PoolError};
 use crate::runtime::{Runtime, RuntimeError};
 
 pub(crate) struct AgentService {
@@ -29,7 +29,12 @@ impl Agent for AgentService {
         let req = request.into_inner();
         let kind = JobKind::try_from(req.kind).unwrap_or(JobKind::Unspecified);
         self.runtime
-            .prepare(req.job_id, req.artifact_digest, kind)
+            .prepare(
+                req.job_id,
+                req.artifact_digest,
+                kind,
+                batching(req.batching),
+            )
             .map_err(to_status)?;
         Ok(Response::new(PrepareResponse {}))
     }
@@ -109,5 +114,16 @@ pub(crate) fn to_status(e: RuntimeError) -> Status {
             PoolError::Start(_) | PoolError::Dir { .. } => Status::internal(msg),
         },
         _ => Status::internal(msg),
+    }
+}
+
+/// The deploy's batching; off when the scheduler sent none (or a size of 1).
+fn batching(b: Option<aibro_proto::v1::Batching>) -> Batching {
+    match b {
+        Some(b) if b.max_batch_size > 1 => Batching {
+            max_size: b.max_batch_size as usize,
+            max_wait: std::time::Duration::from_millis(b.max_wait_ms.unwrap_or(0).into()),
+        },
+        _ => Batching::OFF,
     }
 }

@@ -1,7 +1,11 @@
 # aibro-rs worker: imports predict.py from the current directory, calls load_model()
-# once, then serves run() requests over stdin/stdout.
+# once, then serves run() requests over stdin/stdout, and run_batch(model, items)
+# requests when predict.py defines it (dynamic batching).
 #
 # Frames (both directions): u32 BE header length, header JSON, u32 BE body length, body.
+# A batch request's header has "items": [{"content_type", "len"}, ...] and its body is
+# the items' payloads one after the other; the reply's header has "items" with each
+# item's outcome (and "len" of its output) and its body the outputs, in the same order.
 # The protocol uses private duplicates of fds 0 and 1; fd 1 is pointed at stderr so
 # that print() in user code never corrupts the protocol, and fd 0 at /dev/null.
 import base64
@@ -135,21 +139,28 @@ def load():
         if not callable(getattr(module, name, None)):
             raise AttributeError("predict.py does not define %s()" % name)
     model = module.load_model()
-    return module.run, model
+    run_batch = getattr(module, "run_batch", None)
+    return module.run, (run_batch if callable(run_batch) else None), model
+
+
+def decode_input(content_type, body):
+    """(is_json, data, None) or (is_json, None, the error reply) for a payload."""
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    is_json = ctype in ("", "application/json")
+    if not is_json:
+        return False, body, None
+    try:
+        return True, (json.loads(body.decode("utf-8")) if body else None), None
+    except (UnicodeDecodeError, ValueError) as e:
+        return True, None, {"ok": False, "kind": "input",
+                            "error": "the payload is not valid JSON (%s); send JSON or set a "
+                                     "non-JSON content type to pass raw bytes" % e}
 
 
 def handle(run, nparams, model, header, body):
-    ctype = (header.get("content_type") or "").split(";")[0].strip().lower()
-    is_json = ctype in ("", "application/json")
-    if is_json:
-        try:
-            data = json.loads(body.decode("utf-8")) if body else None
-        except (UnicodeDecodeError, ValueError) as e:
-            return {"ok": False, "kind": "input",
-                    "error": "the payload is not valid JSON (%s); send JSON or set a "
-                             "non-JSON content type to pass raw bytes" % e}, b""
-    else:
-        data = body
+    is_json, data, bad = decode_input(header.get("content_type"), body)
+    if bad is not None:
+        return bad, b""
     try:
         if nparams >= 2:
             result = run(model, data)
@@ -169,23 +180,68 @@ def handle(run, nparams, model, header, body):
     return {"ok": True, "content_type": ctype}, out
 
 
+def handle_batch(run_batch, model, header, body):
+    """One run_batch call for the items that decode; each item gets its own reply."""
+    replies, inputs, pos = [], [], 0
+    for item in header["items"]:
+        payload = body[pos:pos + item["len"]]
+        pos += item["len"]
+        _, data, bad = decode_input(item.get("content_type"), payload)
+        replies.append(bad)
+        if bad is None:
+            inputs.append(data)
+    outputs = []
+    if inputs:
+        try:
+            results = list(run_batch(model, inputs))
+            if len(results) != len(inputs):
+                raise ValueError("run_batch() returned %d results for %d items; it must return "
+                                 "one per item, in order" % (len(results), len(inputs)))
+        except BaseException:
+            failed = {"ok": False, "kind": "run", "traceback": traceback.format_exc()}
+            results = [failed] * len(inputs)
+            inputs = None
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        results = iter(results)
+    for i, reply in enumerate(replies):
+        if reply is not None:
+            continue
+        result = next(results)
+        if inputs is None:
+            replies[i] = result
+            continue
+        try:
+            ctype, out = encode_output(result)
+        except BaseException:
+            replies[i] = {"ok": False, "kind": "output", "traceback": traceback.format_exc()}
+            continue
+        replies[i] = {"ok": True, "content_type": ctype, "len": len(out)}
+        outputs.append(out)
+    return {"ok": True, "items": replies}, b"".join(outputs)
+
+
 def main():
     proto_in, proto_out = _open_protocol()
     try:
-        run, model = load()
+        run, run_batch, model = load()
         nparams = _positional_params(run)
     except BaseException:
         sys.stderr.flush()
         write_frame(proto_out, {"ok": False, "traceback": traceback.format_exc()})
         return 1
     sys.stdout.flush()
-    write_frame(proto_out, {"ok": True})
+    write_frame(proto_out, {"ok": True, "run_batch": run_batch is not None})
     while True:
         frame = read_frame(proto_in)
         if frame is None:
             return 0
         header, body = frame
-        reply, out = handle(run, nparams, model, header, body)
+        if "items" in header:
+            reply, out = handle_batch(run_batch, model, header, body)
+        else:
+            reply, out = handle(run, nparams, model, header, body)
         write_frame(proto_out, reply, out)
 
 

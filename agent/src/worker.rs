@@ -1,7 +1,8 @@
 //! One persistent Python worker process running the embedded `worker.py`: it imports
-//! the repo's predict.py, calls `load_model()` once and serves `run()` calls over a
-//! framed stdin/stdout protocol (u32 BE header length, JSON header, u32 BE body
-//! length, body). The user's stdout/stderr are forwarded to tracing, line by line.
+//! the repo's predict.py, calls `load_model()` once and serves `run()` calls, and
+//! `run_batch()` calls when predict.py defines it, over a framed stdin/stdout
+//! protocol (u32 BE header length, JSON header, u32 BE body length, body). The
+//! user's stdout/stderr are forwarded to tracing, line by line.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -78,6 +79,31 @@ struct Reply {
     traceback: String,
     #[serde(default)]
     error: String,
+    /// The ready frame: predict.py defines run_batch.
+    #[serde(default)]
+    run_batch: bool,
+    /// A batch's outcomes, one per item.
+    #[serde(default)]
+    items: Vec<Reply>,
+    /// A batch item's output length in the reply body.
+    #[serde(default)]
+    len: usize,
+}
+
+impl Reply {
+    /// One request's outcome, with its output.
+    fn outcome(self, body: Vec<u8>) -> Result<Output, WorkerError> {
+        if self.ok {
+            return Ok(Output {
+                body,
+                content_type: self.content_type,
+            });
+        }
+        match self.kind.as_str() {
+            "input" => Err(WorkerError::BadInput(self.error)),
+            _ => Err(WorkerError::UserError(self.traceback)),
+        }
+    }
 }
 
 type Tail = Arc<Mutex<VecDeque<String>>>;
@@ -89,6 +115,8 @@ pub(crate) struct Worker {
     tail: Tail,
     stderr_task: Option<tokio::task::JoinHandle<()>>,
     index: usize,
+    /// predict.py defines run_batch: [`Worker::call_batch`] may be used.
+    pub(crate) run_batch: bool,
 }
 
 /// Writes `worker.py` into `dir` (if it is missing or differs) and returns its path.
@@ -218,6 +246,7 @@ impl Worker {
             tail,
             stderr_task: Some(stderr_task),
             index,
+            run_batch: false,
         };
         let ready = tokio::select! {
             r = w.read_frame() => r,
@@ -226,6 +255,7 @@ impl Worker {
         let err = match ready {
             Ok((reply, _)) if reply.ok => {
                 tracing::debug!(worker = index, pid = ?w.pid(), "worker loaded the model");
+                w.run_batch = reply.run_batch;
                 return Ok(w);
             }
             Ok((reply, _)) => WorkerError::LoadFailed(reply.traceback),
@@ -253,16 +283,50 @@ impl Worker {
         });
         self.write_frame(&header, payload).await?;
         let (reply, body) = self.read_frame().await?;
-        if reply.ok {
-            return Ok(Output {
-                body,
-                content_type: reply.content_type,
-            });
+        reply.outcome(body)
+    }
+
+    /// Runs one `run_batch()` call over `items` (payload, content type); each
+    /// item gets its own outcome, in order. The outer error: the worker died
+    /// or broke the protocol. Not cancel-safe, like [`Worker::call`].
+    pub(crate) async fn call_batch(
+        &mut self,
+        items: &[(&[u8], &str)],
+    ) -> Result<Vec<Result<Output, WorkerError>>, WorkerError> {
+        let header = serde_json::json!({
+            "items": items
+                .iter()
+                .map(|(payload, ct)| serde_json::json!({"content_type": ct, "len": payload.len()}))
+                .collect::<Vec<_>>(),
+        });
+        let body: Vec<u8> = items.iter().flat_map(|(p, _)| p.iter().copied()).collect();
+        self.write_frame(&header, &body).await?;
+        let (reply, mut body) = self.read_frame().await?;
+        if reply.items.len() != items.len() {
+            return Err(WorkerError::Protocol(format!(
+                "{} outcomes for a batch of {}",
+                reply.items.len(),
+                items.len()
+            )));
         }
-        match reply.kind.as_str() {
-            "input" => Err(WorkerError::BadInput(reply.error)),
-            _ => Err(WorkerError::UserError(reply.traceback)),
+        let lens: usize = reply.items.iter().filter(|r| r.ok).map(|r| r.len).sum();
+        if lens != body.len() {
+            return Err(WorkerError::Protocol(format!(
+                "batch outputs of {lens} bytes in a body of {}",
+                body.len()
+            )));
         }
+        let mut outcomes = Vec::with_capacity(items.len());
+        for item in reply.items.into_iter().rev() {
+            let out = if item.ok {
+                body.split_off(body.len() - item.len)
+            } else {
+                Vec::new()
+            };
+            outcomes.push(item.outcome(out));
+        }
+        outcomes.reverse();
+        Ok(outcomes)
     }
 
     /// Ends the worker: closes its input (it exits on EOF), then kills it.

@@ -374,6 +374,7 @@ async fn prepare_predict_stop() {
         job_id: "job-1".into(),
         artifact_digest: digest.clone(),
         kind: JobKind::Inference.into(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -425,6 +426,7 @@ async fn prepare_predict_stop() {
         job_id: "job-2".into(),
         artifact_digest: digest,
         kind: JobKind::Training.into(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -469,6 +471,7 @@ async fn failed_load_reports_traceback() {
         job_id: "bad".into(),
         artifact_digest: digest,
         kind: JobKind::Inference.into(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -498,6 +501,7 @@ async fn failed_load_reports_traceback() {
         job_id: "missing".into(),
         artifact_digest: "sha256:00".into(),
         kind: JobKind::Inference.into(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -558,6 +562,7 @@ async fn reregisters_and_resends_after_scheduler_forgets() {
         job_id: "j".into(),
         artifact_digest: digest,
         kind: JobKind::Inference.into(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -700,6 +705,7 @@ fn prepare_req(job_id: &str, digest: &str, kind: JobKind) -> PrepareRequest {
         job_id: job_id.into(),
         artifact_digest: digest.into(),
         kind: kind.into(),
+        ..Default::default()
     }
 }
 

@@ -117,6 +117,13 @@ pub struct DeployArgs {
     /// Seconds to wait for an instance request to be fulfilled (default 30).
     #[arg(long = "wait-request")]
     pub wait_request: Option<u32>,
+    /// Most requests per run_batch(model, items) call, when predict.py defines
+    /// run_batch (default 16; 1 turns batching off).
+    #[arg(long = "max-batch-size")]
+    pub max_batch_size: Option<u32>,
+    /// Milliseconds a batch waits for more requests after its first (default 2).
+    #[arg(long = "max-batch-wait-ms")]
+    pub max_batch_wait_ms: Option<u32>,
     /// Only validate the repo locally (load_model + one run on data/); no job.
     #[arg(long)]
     pub dryrun: bool,

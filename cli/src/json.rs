@@ -104,6 +104,10 @@ pub fn job(j: &Job) -> Value {
         "artifact_digest": j.artifact_digest,
         "cool_down_period_s": j.cool_down_period_s,
         "wait_request_s": j.wait_request_s,
+        "batching": j.batching.as_ref().map(|b| json!({
+            "max_batch_size": b.max_batch_size,
+            "max_wait_ms": b.max_wait_ms,
+        })),
         "client_ids": j.client_ids,
         "description": j.description,
         "created_at": time(&j.created_at),

@@ -188,6 +188,14 @@ pub fn job(
             })
             .collect(),
         predict_address: predict_address(j, public_url),
+        batching: (j.kind == JobKind::Inference).then(|| batching(j)),
+    }
+}
+
+pub fn batching(j: &JobRecord) -> pb::Batching {
+    pb::Batching {
+        max_batch_size: j.batching.max_batch_size,
+        max_wait_ms: Some(j.batching.max_wait_ms),
     }
 }
 

@@ -242,9 +242,13 @@ fn strategies(k: &Known) -> impl Strategy<Value = (Caller, Call)> {
         clients.clone(),
         text(),
         seconds.clone(),
+        prop::option::of((
+            prop_oneof![0u32..20, any::<u32>()],
+            prop::option::of(seconds.clone()),
+        )),
     )
         .prop_map(
-            |(model_name, mc, artifact_digest, dryrun, cool, client_ids, description, wait)| {
+            |(model_name, mc, artifact_digest, dryrun, cool, client_ids, description, wait, b)| {
                 Call::Deploy(pb::DeployRequest {
                     model_name,
                     machine_config: mc
@@ -255,6 +259,10 @@ fn strategies(k: &Known) -> impl Strategy<Value = (Caller, Call)> {
                     client_ids,
                     description,
                     wait_request_s: wait,
+                    batching: b.map(|(max_batch_size, max_wait_ms)| pb::Batching {
+                        max_batch_size,
+                        max_wait_ms,
+                    }),
                 })
             },
         );
@@ -414,6 +422,7 @@ fn strategies(k: &Known) -> impl Strategy<Value = (Caller, Call)> {
                     client_ids: clients.into_iter().collect(),
                     description,
                     wait_request_s: wait,
+                    batching: None,
                 })
             }
         });

@@ -95,6 +95,23 @@ async fn deploy_inputs_are_checked_and_nothing_is_written() -> anyhow::Result<()
         Code::InvalidArgument,
         "client id `a` is listed twice",
     );
+    for (batching, text) in [
+        (
+            (1025, None),
+            "batching.max_batch_size 1025 is over the limit of 1024",
+        ),
+        (
+            (8, Some(10_001)),
+            "batching.max_wait_ms 10001 is over the limit of 10000 ms",
+        ),
+    ] {
+        let mut r = deploy_request("m", &echo);
+        r.batching = Some(pb::Batching {
+            max_batch_size: batching.0,
+            max_wait_ms: batching.1,
+        });
+        assert_status(inference.deploy(r).await, Code::InvalidArgument, text);
+    }
     assert_status(
         inference.deploy(deploy_request("bad name!", &echo)).await,
         Code::InvalidArgument,

@@ -110,6 +110,8 @@ async fn steps(endpoint: &str, data_dir: &Path, json: bool) -> Result<()> {
         client_ids: vec![],
         description: Some("aibro demo: examples/echo".into()),
         wait_request: None,
+        max_batch_size: None,
+        max_batch_wait_ms: None,
         dryrun: false,
     };
     let job = match deploy::deploy(&ctx, &deploy_args).await? {

@@ -4,7 +4,9 @@
 
 use std::time::Instant;
 
-use aibro_proto::v1::{DeployRequest, DryRunResult, Job, JobEvent, JobStatus, MachineConfig};
+use aibro_proto::v1::{
+    Batching, DeployRequest, DryRunResult, Job, JobEvent, JobStatus, MachineConfig,
+};
 use anyhow::{anyhow, bail, Result};
 use serde_json::json;
 
@@ -39,6 +41,10 @@ pub async fn deploy(ctx: &Ctx, args: &DeployArgs) -> Result<Outcome> {
             client_ids: args.client_ids.clone(),
             description: args.description.clone().unwrap_or_default(),
             wait_request_s: args.wait_request.unwrap_or(0),
+            batching: Some(Batching {
+                max_batch_size: args.max_batch_size.unwrap_or(0),
+                max_wait_ms: args.max_batch_wait_ms,
+            }),
         })
         .await?
         .into_inner();
@@ -243,6 +249,8 @@ mod mock_tests {
             client_ids: vec!["c1".into()],
             description: None,
             wait_request: None,
+            max_batch_size: Some(4),
+            max_batch_wait_ms: None,
             dryrun: false,
         };
         let result = deploy(&ctx, &args).await;
@@ -283,6 +291,8 @@ mod mock_tests {
         );
         assert_eq!((req.cool_down_period_s, req.wait_request_s), (5, 0));
         assert_eq!(req.client_ids, ["c1"]);
+        let b = req.batching.as_ref().expect("batching sent");
+        assert_eq!((b.max_batch_size, b.max_wait_ms), (4, None));
     }
 
     #[tokio::test]

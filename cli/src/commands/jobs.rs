@@ -136,6 +136,16 @@ pub fn show(ctx: &Ctx, job: &Job) {
                 };
                 field("clients", &clients);
                 field("cool-down", &format!("{}s", job.cool_down_period_s));
+                if let Some(b) = &job.batching {
+                    field(
+                        "batching",
+                        &format!(
+                            "up to {} per run_batch call, {} ms wait (used when predict.py defines run_batch)",
+                            b.max_batch_size,
+                            b.max_wait_ms.unwrap_or(0)
+                        ),
+                    );
+                }
             }
             if !job.predict_address.is_empty() {
                 field("predict", &job.predict_address);

@@ -26,6 +26,7 @@ impl Inference for InferenceApi {
         let user = super::caller(&self.control, &request)?;
         let r = request.into_inner();
         let machines = r.machine_config.unwrap_or_default();
+        let batching = r.batching.unwrap_or_default();
         let spec = DeploySpec {
             model_name: r.model_name,
             standby: machines.standby,
@@ -35,6 +36,8 @@ impl Inference for InferenceApi {
             client_ids: r.client_ids,
             description: r.description,
             wait_request_s: r.wait_request_s,
+            max_batch_size: batching.max_batch_size,
+            max_batch_wait_ms: batching.max_wait_ms,
         };
         let (job, dry) = self.control.deploy(&user, spec, r.dryrun).await?;
         let public_url = &self.control.settings().public_url;

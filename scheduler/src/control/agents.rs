@@ -222,6 +222,7 @@ impl Control {
                 JobKind::Inference => aibro_proto::v1::JobKind::Inference,
                 JobKind::Training => aibro_proto::v1::JobKind::Training,
             } as i32,
+            batching: (job.kind == JobKind::Inference).then(|| crate::convert::batching(job)),
         };
         let this = self.clone();
         let instance_id = instance_id.to_string();

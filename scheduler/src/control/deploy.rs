@@ -7,13 +7,15 @@ use crate::auth::User;
 use crate::catalog::{Machine, Market};
 use crate::error::{Error, Result};
 use crate::state::{self, InstanceEvent, InstanceState, JobEvent, JobKind, Role};
-use crate::store::{now_ms, JobRecord, StoreError};
+use crate::store::{now_ms, Batching, JobRecord, StoreError};
 
 use super::{new_id, Control};
 
 const DEFAULT_COOL_DOWN_S: u32 = 600;
 const DEFAULT_WAIT_REQUEST_S: u32 = 30;
 const MAX_NAME_LEN: usize = 64;
+const MAX_BATCH_SIZE: u32 = 1024;
+const MAX_BATCH_WAIT_MS: u32 = 10_000;
 
 /// A deploy request, already out of its proto form.
 #[derive(Debug, Clone, Default)]
@@ -26,6 +28,35 @@ pub struct DeploySpec {
     pub client_ids: Vec<String>,
     pub description: String,
     pub wait_request_s: u32,
+    /// 0: the default.
+    pub max_batch_size: u32,
+    /// None: the default.
+    pub max_batch_wait_ms: Option<u32>,
+}
+
+/// The spec's batching with the defaults applied, within the limits.
+fn batching(spec: &DeploySpec) -> Result<Batching> {
+    let default = Batching::default();
+    let b = Batching {
+        max_batch_size: match spec.max_batch_size {
+            0 => default.max_batch_size,
+            n => n,
+        },
+        max_wait_ms: spec.max_batch_wait_ms.unwrap_or(default.max_wait_ms),
+    };
+    if b.max_batch_size > MAX_BATCH_SIZE {
+        return Err(Error::InvalidArgument(format!(
+            "batching.max_batch_size {} is over the limit of {MAX_BATCH_SIZE}",
+            b.max_batch_size
+        )));
+    }
+    if b.max_wait_ms > MAX_BATCH_WAIT_MS {
+        return Err(Error::InvalidArgument(format!(
+            "batching.max_wait_ms {} is over the limit of {MAX_BATCH_WAIT_MS} ms",
+            b.max_wait_ms
+        )));
+    }
+    Ok(b)
 }
 
 /// The outcome of a dry run.
@@ -147,6 +178,7 @@ impl Control {
             Some(self.deployable_machine("machine_config.cooling", &spec.cooling)?)
         };
         check_clients(&spec.client_ids)?;
+        let batching = batching(&spec)?;
         let artifact = self.check_artifact(user, &spec.artifact_digest)?;
         if !artifact.has_predict {
             return Err(Error::InvalidArgument(format!(
@@ -171,6 +203,7 @@ impl Control {
             },
             client_ids: spec.client_ids,
             description: spec.description,
+            batching,
             ..JobRecord::queued(
                 new_id("job"),
                 &user.0,

@@ -47,6 +47,25 @@ pub struct JobRecord {
     /// ran for this one.
     #[serde(default)]
     pub handed_over: Vec<HandedOver>,
+    /// Inference: dynamic batching, with the defaults applied.
+    #[serde(default)]
+    pub batching: Batching,
+}
+
+/// Dynamic batching of a deployment's predictions (see `Batching` in common.proto).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batching {
+    pub max_batch_size: u32,
+    pub max_wait_ms: u32,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            max_batch_size: 16,
+            max_wait_ms: 2,
+        }
+    }
 }
 
 impl JobRecord {
@@ -83,6 +102,7 @@ impl JobRecord {
             result_digest: String::new(),
             result_size: 0,
             handed_over: vec![],
+            batching: Batching::default(),
         }
     }
 }
