@@ -77,6 +77,7 @@ async fn run(
         dir,
         index: 0,
         gpus: Vec::new(),
+        threads: crate::hardware::threads_per_worker(1),
     };
     let (payload, content_type) = sample(&repo.join("data"));
     let mut w = Worker::start(&spec, &CancellationToken::new())

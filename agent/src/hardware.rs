@@ -55,6 +55,31 @@ pub(crate) fn use_gpus(cmd: &mut tokio::process::Command, gpus: &[u32]) {
         .env("CUDA_VISIBLE_DEVICES", list.join(","));
 }
 
+/// Thread-pool variables of the common numeric libraries.
+const THREAD_VARS: [&str; 4] = [
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+];
+
+/// Gives a worker's numeric libraries (OpenMP, OpenBLAS, MKL, numexpr) pools
+/// of `threads`, so that workers side by side do not oversubscribe the cores
+/// (idle BLAS threads spin). A variable the agent itself was given is kept.
+pub(crate) fn use_threads(cmd: &mut tokio::process::Command, threads: usize) {
+    for var in THREAD_VARS {
+        if std::env::var_os(var).is_none() {
+            cmd.env(var, threads.max(1).to_string());
+        }
+    }
+}
+
+/// The cores each of `workers` workers gets: an equal share, at least one.
+pub(crate) fn threads_per_worker(workers: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (cores / workers.max(1)).max(1)
+}
+
 /// NVML, initialised on first use; None where it cannot be (no driver).
 fn nvml() -> Option<&'static Nvml> {
     static NVML: OnceLock<Option<Nvml>> = OnceLock::new();

@@ -149,6 +149,7 @@ impl Pool {
         cancel: CancellationToken,
     ) -> Result<Pool, PoolError> {
         let n = spec.workers.max(1);
+        let threads = crate::hardware::threads_per_worker(n);
         let mut specs = Vec::with_capacity(n);
         for (index, gpus) in spread(spec.gpus, n).into_iter().enumerate() {
             let dir = spec.workers_dir.join(index.to_string());
@@ -162,6 +163,7 @@ impl Pool {
                 dir,
                 index,
                 gpus,
+                threads,
             });
         }
         let started =
@@ -291,19 +293,21 @@ impl Queue {
     }
 
     /// The next request, and for a batch up to `max_size - 1` more: those
-    /// queued, then those that arrive within `max_wait` of the first. `None`
-    /// once the pool has ended.
-    async fn take(&self, batch: bool) -> Option<Vec<Request>> {
+    /// queued, then, while other requests are in flight (so more are likely
+    /// to come), those that arrive within `max_wait` of the first. A lone
+    /// request is not held back. `None` once the pool has ended.
+    /// Taken requests are no longer counted as queued.
+    async fn take(&self, batch: bool, in_flight: &AtomicU32) -> Option<Vec<Call>> {
         let mut rx = self.rx.lock().await;
         let max = if batch { self.batching.max_size } else { 1 };
-        let mut batch = vec![rx.recv().await?];
+        let mut batch = vec![rx.recv().await?.call];
         let deadline = tokio::time::Instant::now() + self.batching.max_wait;
         while batch.len() < max {
             match rx.try_recv() {
-                Ok(req) => batch.push(req),
-                Err(_) if self.batching.max_wait.is_zero() => break,
+                Ok(req) => batch.push(req.call),
+                Err(_) if in_flight.load(Ordering::Relaxed) as usize <= batch.len() => break,
                 Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(req)) => batch.push(req),
+                    Ok(Some(req)) => batch.push(req.call),
                     Ok(None) | Err(_) => break,
                 },
             }
@@ -351,7 +355,7 @@ async fn slot(
         };
         counters.pids.lock().expect("pids")[spec.index] = worker.pid().unwrap_or(0);
         counters.alive.fetch_add(1, Ordering::Relaxed);
-        let died = serve(&mut worker, &queue, &cancel).await;
+        let died = serve(&mut worker, &queue, &counters, &cancel).await;
         counters.alive.fetch_sub(1, Ordering::Relaxed);
         counters.pids.lock().expect("pids")[spec.index] = 0;
         worker.shutdown().await;
@@ -372,22 +376,23 @@ async fn fail_queued(rx: &Mutex<mpsc::Receiver<Request>>, why: &str) {
 }
 
 /// Serves requests until the worker dies (true) or the pool is cancelled (false).
-async fn serve(worker: &mut Worker, queue: &Queue, cancel: &CancellationToken) -> bool {
+async fn serve(
+    worker: &mut Worker,
+    queue: &Queue,
+    counters: &Counters,
+    cancel: &CancellationToken,
+) -> bool {
     let batches = queue.batches(worker);
     loop {
         let batch = tokio::select! {
             _ = cancel.cancelled() => return false,
-            batch = queue.take(batches) => batch,
+            batch = queue.take(batches, &counters.in_flight) => batch,
         };
         let Some(batch) = batch else {
             return false;
         };
-        // Taken: no longer queued. Those whose caller gave up meanwhile are dropped.
-        let batch: Vec<Call> = batch
-            .into_iter()
-            .map(|r| r.call)
-            .filter(|c| !c.reply.is_closed())
-            .collect();
+        // Those whose caller gave up while they were queued are dropped.
+        let batch: Vec<Call> = batch.into_iter().filter(|c| !c.reply.is_closed()).collect();
         if batch.is_empty() {
             continue;
         }
@@ -743,47 +748,78 @@ mod tests {
         }
     }
 
-    const BATCHING_MODEL: &str = "def load_model():\n    return None\n\
+    /// run_batch echoes each item with its batch's size; `{"hold": dir}` makes
+    /// it create `dir/started` and wait for `dir/release` first.
+    const BATCHING_MODEL: &str = "import os, time\n\
+         def load_model():\n    return None\n\
          def run(model, data):\n    return {'item': data, 'batch': 0}\n\
          def run_batch(model, items):\n    \
-         if any(i == 'boom' for i in items):\n        raise ValueError('boom in a batch')\n    \
-         if any(i == 'short' for i in items):\n        return []\n    \
+         for i in items:\n        \
+         if isinstance(i, dict) and 'hold' in i:\n            \
+         open(os.path.join(i['hold'], 'started'), 'w').close()\n            \
+         while not os.path.exists(os.path.join(i['hold'], 'release')):\n                \
+         time.sleep(0.01)\n    \
+         if 'boom' in items:\n        raise ValueError('boom in a batch')\n    \
+         if 'short' in items:\n        return []\n    \
          return [{'item': i, 'batch': len(items)} for i in items]\n";
 
-    /// Sends `bodies` to the pool at once; the answers in the same order.
-    async fn call_all(
+    fn spawn_call(pool: &Arc<Pool>, body: String) -> JoinHandle<Result<Output, PoolError>> {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.call(body.into_bytes(), "application/json".into())
+                .await
+        })
+    }
+
+    async fn answer_of(
+        call: JoinHandle<Result<Output, PoolError>>,
+    ) -> Result<serde_json::Value, PoolError> {
+        call.await
+            .unwrap()
+            .map(|o| serde_json::from_slice(&o.body).unwrap())
+    }
+
+    /// Sends `bodies` while the pool's one worker is held busy, so that all of
+    /// them are queued when it is free again; their answers, in order.
+    async fn while_busy(
         pool: &Arc<Pool>,
+        dir: &std::path::Path,
         bodies: &[&str],
     ) -> Vec<Result<serde_json::Value, PoolError>> {
+        let hold = tempfile::tempdir_in(dir).unwrap();
+        let holding = spawn_call(pool, serde_json::json!({ "hold": hold.path() }).to_string());
+        wait_for("the worker to be busy", || {
+            hold.path().join("started").exists()
+        })
+        .await;
         let calls: Vec<_> = bodies
             .iter()
-            .map(|b| {
-                let (pool, body) = (pool.clone(), b.as_bytes().to_vec());
-                tokio::spawn(async move { pool.call(body, "application/json".into()).await })
-            })
+            .map(|b| spawn_call(pool, b.to_string()))
             .collect();
+        wait_for("the requests to queue", || {
+            pool.queued() as usize == bodies.len()
+        })
+        .await;
+        std::fs::write(hold.path().join("release"), "").unwrap();
+        answer_of(holding).await.unwrap();
         let mut out = Vec::new();
         for c in calls {
-            out.push(
-                c.await
-                    .unwrap()
-                    .map(|o| serde_json::from_slice(&o.body).unwrap()),
-            );
+            out.push(answer_of(c).await);
         }
         out
     }
 
-    /// Concurrent requests become one run_batch call; each caller gets its own
+    /// Queued requests become one run_batch call; each caller gets its own
     /// item's output, and an item that is not JSON fails alone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn batches_concurrent_requests_into_one_call() {
+    async fn batches_queued_requests_into_one_call() {
         let batching = Batching {
             max_size: 4,
-            max_wait: Duration::from_secs(5),
+            max_wait: Duration::from_millis(50),
         };
-        let (_t, pool) = batching_pool_for(BATCHING_MODEL, &[], 1, batching).await;
+        let (t, pool) = batching_pool_for(BATCHING_MODEL, &[], 1, batching).await;
         let pool = Arc::new(pool);
-        let out = call_all(&pool, &["1", "2", "{not json", "3"]).await;
+        let out = while_busy(&pool, t.path(), &["1", "2", "{not json", "3", "4", "5"]).await;
         for (i, want) in [(0, 1), (1, 2), (3, 3)] {
             let v = out[i].as_ref().unwrap();
             assert_eq!(v["item"], want, "{v}");
@@ -794,9 +830,13 @@ mod tests {
             "{:?}",
             out[2].as_ref().err()
         );
-        // A lone request within max_wait is still answered, by run_batch.
-        let lone = call_all(&pool, &["7"]).await;
-        assert_eq!(lone[0].as_ref().unwrap()["batch"], 1);
+        // At most max_size per call: the rest make the next batch.
+        for v in &out[4..] {
+            assert_eq!(v.as_ref().unwrap()["batch"], 2, "{v:?}");
+        }
+        // A lone request is not held back for max_wait, and run_batch answers it.
+        let lone = answer_of(spawn_call(&pool, "7".into())).await.unwrap();
+        assert_eq!(lone["batch"], 1);
 
         // run_batch raising fails every item of its batch with the traceback;
         // a wrong number of results too, with what was wrong.
@@ -807,7 +847,7 @@ mod tests {
                 "run_batch() returned 0 results for 2 items",
             ),
         ] {
-            for r in call_all(&pool, &bodies).await {
+            for r in while_busy(&pool, t.path(), &bodies).await {
                 assert!(
                     matches!(&r, Err(PoolError::RunRaised(tb)) if tb.contains(want)),
                     "{r:?}"
@@ -818,13 +858,53 @@ mod tests {
         pool.shutdown().await;
     }
 
+    /// While other requests are in flight, a worker waits up to max_wait for
+    /// more before it calls run_batch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waits_for_more_while_others_are_in_flight() {
+        let batching = Batching {
+            max_size: 8,
+            max_wait: Duration::from_secs(20),
+        };
+        let (t, pool) = batching_pool_for(BATCHING_MODEL, &[], 2, batching).await;
+        let pool = Arc::new(pool);
+        let hold = tempfile::tempdir_in(t.path()).unwrap();
+        let holding = spawn_call(
+            &pool,
+            serde_json::json!({ "hold": hold.path() }).to_string(),
+        );
+        wait_for("one worker to be busy", || {
+            hold.path().join("started").exists()
+        })
+        .await;
+        // The other worker takes this one and, with the held request in
+        // flight, waits for more.
+        let first = spawn_call(&pool, "1".into());
+        wait_for("the other worker to take it", || {
+            pool.in_flight() == 2 && pool.queued() == 0
+        })
+        .await;
+        let second = spawn_call(&pool, "2".into());
+        for (call, want) in [(first, 1), (second, 2)] {
+            let v = answer_of(call).await.unwrap();
+            assert_eq!(
+                (v["item"].clone(), v["batch"].clone()),
+                (want.into(), 2.into())
+            );
+        }
+        std::fs::write(hold.path().join("release"), "").unwrap();
+        answer_of(holding).await.unwrap();
+        pool.shutdown().await;
+    }
+
     /// With batching off, or a model without run_batch, every request is a run() call.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn without_batching_each_request_is_a_run_call() {
         let (_t, pool) = batching_pool_for(BATCHING_MODEL, &[], 1, Batching::OFF).await;
         let pool = Arc::new(pool);
-        for r in call_all(&pool, &["1", "2", "3"]).await {
-            assert_eq!(r.unwrap()["batch"], 0);
+        let calls: Vec<_> = ["1", "2", "3"].map(|b| spawn_call(&pool, b.into())).into();
+        for c in calls {
+            assert_eq!(answer_of(c).await.unwrap()["batch"], 0);
         }
         pool.shutdown().await;
         let batching = Batching {
@@ -835,8 +915,34 @@ mod tests {
             "def load_model():\n    return None\ndef run(model, data):\n    return {'batch': 0}\n";
         let (_t, pool) = batching_pool_for(run_only, &[], 1, batching).await;
         let pool = Arc::new(pool);
-        for r in call_all(&pool, &["1", "2", "3"]).await {
-            assert_eq!(r.unwrap()["batch"], 0);
+        let calls: Vec<_> = ["1", "2", "3"].map(|b| spawn_call(&pool, b.into())).into();
+        for c in calls {
+            assert_eq!(answer_of(c).await.unwrap()["batch"], 0);
+        }
+        pool.shutdown().await;
+    }
+
+    /// Workers side by side share the cores between their numeric libraries' pools.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn workers_share_the_cores_between_their_thread_pools() {
+        let (_t, pool) = pool_for(
+            "import os\ndef load_model():\n    return None\n\
+             def run(model, data):\n    \
+             return [os.environ.get(v) for v in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')]\n",
+            &[],
+            2,
+        )
+        .await;
+        let out = pool.call(b"null".to_vec(), String::new()).await.unwrap();
+        let seen: Vec<Option<String>> = serde_json::from_slice(&out.body).unwrap();
+        let share = crate::hardware::threads_per_worker(2).to_string();
+        for (var, got) in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"]
+            .iter()
+            .zip(seen)
+        {
+            // A value the agent itself was given wins.
+            let want = std::env::var(var).unwrap_or_else(|_| share.clone());
+            assert_eq!(got.as_deref(), Some(want.as_str()), "{var}");
         }
         pool.shutdown().await;
     }

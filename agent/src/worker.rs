@@ -66,6 +66,8 @@ pub(crate) struct WorkerSpec {
     pub index: usize,
     /// The GPUs it may use (`CUDA_VISIBLE_DEVICES`); none: the environment as is.
     pub gpus: Vec<u32>,
+    /// Threads its numeric libraries may use (`OMP_NUM_THREADS` and the like).
+    pub threads: usize,
 }
 
 #[derive(Deserialize)]
@@ -198,6 +200,7 @@ impl Worker {
             .process_group(0)
             .kill_on_drop(true);
         crate::hardware::use_gpus(&mut cmd, &spec.gpus);
+        crate::hardware::use_threads(&mut cmd, spec.threads);
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
@@ -456,6 +459,7 @@ pub(crate) mod tests {
             dir,
             index: 0,
             gpus: Vec::new(),
+            threads: 1,
         };
         (tmp, spec)
     }

@@ -1,36 +1,42 @@
 //! Dynamic batching end to end: a model with run_batch, deployed with a batch
-//! size and wait, gets concurrent predictions through the scheduler as
-//! run_batch calls; every caller gets its own item's output.
+//! size, gets predictions queued at its agent through the scheduler as one
+//! run_batch call; every caller gets its own item's output.
+
+use std::time::{Duration, Instant};
 
 use aibro_proto::v1 as pb;
 use aibro_tests::{deploy_request, repo, Scheduler};
 use pb::JobStatus;
 
-const MODEL: &str = "import os\n\
+/// `{"hold": dir}` makes run_batch create `dir/started` and wait for `dir/release`.
+const MODEL: &str = "import os, time\n\
 def load_model():\n    return None\n\
-def run(model, data):\n    return {'item': data, 'batch': 0, 'pid': os.getpid()}\n\
+def run(model, data):\n    return {'item': data, 'batch': 0}\n\
 def run_batch(model, items):\n    \
-return [{'item': i, 'batch': len(items), 'pid': os.getpid()} for i in items]\n";
+for i in items:\n        \
+if 'hold' in i:\n            \
+open(os.path.join(i['hold'], 'started'), 'w').close()\n            \
+while not os.path.exists(os.path.join(i['hold'], 'release')):\n                \
+time.sleep(0.01)\n    \
+return [{'item': i, 'batch': len(items)} for i in items]\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_predictions_are_batched_as_deployed() -> anyhow::Result<()> {
-    let s = Scheduler::start_with(&["--agent-workers", "1"]).await?;
+async fn queued_predictions_are_batched_as_deployed() -> anyhow::Result<()> {
+    let s = Scheduler::start_with(&["--agent-workers", "1", "--heartbeat-ms", "200"]).await?;
     let token = s.user("alice").await?;
     let dir = repo(MODEL);
     let digest = s.upload_dir(&token, dir.path()).await?;
 
-    let mut request = deploy_request("batched", &digest);
-    request.batching = Some(pb::Batching {
-        max_batch_size: 8,
-        max_wait_ms: Some(3_000),
-    });
-    let batched = s.deploy_with(&token, request).await?;
-    let mut off = deploy_request("unbatched", &digest);
-    off.batching = Some(pb::Batching {
-        max_batch_size: 1,
-        max_wait_ms: None,
-    });
-    let unbatched = s.deploy_with(&token, off).await?;
+    let deploy = |name: &str, max_batch_size: u32, max_wait_ms: Option<u32>| {
+        let mut request = deploy_request(name, &digest);
+        request.batching = Some(pb::Batching {
+            max_batch_size,
+            max_wait_ms,
+        });
+        s.deploy_with(&token, request)
+    };
+    let batched = deploy("batched", 8, Some(50)).await?;
+    let unbatched = deploy("unbatched", 1, None).await?;
     let defaults = s.deploy(&token, "defaults", &digest).await?;
     for job in [&batched, &unbatched, &defaults] {
         s.wait_status(&token, job, JobStatus::Deployed).await?;
@@ -38,50 +44,94 @@ async fn concurrent_predictions_are_batched_as_deployed() -> anyhow::Result<()> 
     let shown = |job: pb::Job| job.batching.map(|b| (b.max_batch_size, b.max_wait_ms));
     assert_eq!(
         shown(s.get_job(&token, &batched).await?),
-        Some((8, Some(3_000)))
+        Some((8, Some(50)))
     );
     assert_eq!(
         shown(s.get_job(&token, &defaults).await?),
         Some((16, Some(2)))
     );
 
-    // Eight requests at once: one worker, one run_batch call of all eight.
-    let answers = predict_all(&s, "batched", 8).await?;
+    // Nine requests queue behind a held one: the first eight become one
+    // run_batch call, the ninth the next.
+    let answers = while_busy(&s, &token, &batched, "batched", 9).await?;
     for (i, v) in answers.iter().enumerate() {
         assert_eq!(v["item"]["i"], i, "each caller gets its own output: {v}");
-        assert_eq!(v["batch"], 8, "{v}");
+        assert_eq!(v["batch"], if i < 8 { 8 } else { 1 }, "{v}");
     }
     // Batching off: each request is a run() call.
-    for v in predict_all(&s, "unbatched", 4).await? {
+    for v in four_at_once(&s, "unbatched").await? {
         assert_eq!(v["batch"], 0, "{v}");
     }
     Ok(())
 }
 
-/// `n` concurrent predictions with payload `{"i": k}`, answers in order.
-async fn predict_all(
+/// Four concurrent predictions to a model with batching off.
+async fn four_at_once(s: &Scheduler, model: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    futures::future::try_join_all((0..4).map(|i| predict(s, model, serde_json::json!({ "i": i }))))
+        .await
+}
+
+/// Holds the model's one worker busy, queues `n` predictions `{"i": k}` at
+/// its agent (as its heartbeats show), then frees the worker; the answers,
+/// in order.
+async fn while_busy(
     s: &Scheduler,
+    token: &str,
+    job_id: &str,
     model: &str,
     n: usize,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
-    let calls: Vec<_> = (0..n)
-        .map(|i| {
-            let (channel, model) = (s.channel(), model.to_string());
-            async move {
-                let mut client = pb::inference_client::InferenceClient::new(channel.await?);
-                let r = client
-                    .predict(pb::PredictRequest {
-                        owner: "alice".into(),
-                        client_id: "public".into(),
-                        model_name: model,
-                        payload: serde_json::to_vec(&serde_json::json!({ "i": i }))?,
-                        content_type: "application/json".into(),
-                    })
-                    .await?
-                    .into_inner();
-                Ok::<_, anyhow::Error>(serde_json::from_slice(&r.output)?)
-            }
+    let hold = tempfile::tempdir()?;
+    let held = predict(s, model, serde_json::json!({ "hold": hold.path() }));
+    let queued = async {
+        wait_for(|| async { Ok(hold.path().join("started").exists()) }).await?;
+        let calls = (0..n).map(|i| predict(s, model, serde_json::json!({ "i": i })));
+        let answers = futures::future::try_join_all(calls);
+        let release = async {
+            wait_for(|| async {
+                let job = s.get_job(token, job_id).await?;
+                Ok(job.instances.iter().any(|i| i.queued as usize == n))
+            })
+            .await?;
+            std::fs::write(hold.path().join("release"), "")?;
+            Ok::<_, anyhow::Error>(())
+        };
+        let (answers, ()) = tokio::try_join!(answers, release)?;
+        Ok::<_, anyhow::Error>(answers)
+    };
+    let (_, answers) = tokio::try_join!(held, queued)?;
+    Ok(answers)
+}
+
+async fn predict(
+    s: &Scheduler,
+    model: &str,
+    payload: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let mut client = pb::inference_client::InferenceClient::new(s.channel().await?);
+    let r = client
+        .predict(pb::PredictRequest {
+            owner: "alice".into(),
+            client_id: "public".into(),
+            model_name: model.into(),
+            payload: serde_json::to_vec(&payload)?,
+            content_type: "application/json".into(),
         })
-        .collect();
-    futures::future::try_join_all(calls).await
+        .await?
+        .into_inner();
+    Ok(serde_json::from_slice(&r.output)?)
+}
+
+/// Polls `check` until it holds, for up to a minute.
+async fn wait_for<F, Fut>(check: F) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check().await? {
+        anyhow::ensure!(Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
