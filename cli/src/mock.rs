@@ -1,5 +1,6 @@
 //! Test-only in-process scheduler stand-in: just enough Artifacts, Inference
-//! and Jobs to drive the CLI's deploy, predict and timeline code end to end.
+//! and Jobs to drive the CLI's deploy, predict, jobs list and timeline code end
+//! to end.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,8 @@ pub struct Seen {
     pub auth: Vec<Option<String>>,
     pub deploy: Option<DeployRequest>,
     pub predict: Option<PredictRequest>,
+    /// The page_token of each ListJobs call.
+    pub list_tokens: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -153,11 +156,35 @@ impl Jobs for Mock {
         record_auth(self, &req);
         Ok(Response::new(self.job()))
     }
+    /// Five jobs, two per page; the page token is the index to go on from.
     async fn list_jobs(
         &self,
-        _: Request<ListJobsRequest>,
+        req: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
-        Err(Status::unimplemented("mock"))
+        const JOBS: usize = 5;
+        let token = req.into_inner().page_token;
+        self.seen.lock().unwrap().list_tokens.push(token.clone());
+        let from: usize = match token.as_str() {
+            "" => 0,
+            t => t
+                .parse()
+                .map_err(|_| Status::invalid_argument("bad page_token"))?,
+        };
+        let jobs: Vec<Job> = (from..(from + 2).min(JOBS))
+            .map(|i| Job {
+                job_id: format!("j-{i}"),
+                ..Default::default()
+            })
+            .collect();
+        let next = from + jobs.len();
+        Ok(Response::new(ListJobsResponse {
+            jobs,
+            next_page_token: if next < JOBS {
+                next.to_string()
+            } else {
+                String::new()
+            },
+        }))
     }
     type WatchJobStream = EventStream;
     async fn watch_job(

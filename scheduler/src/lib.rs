@@ -54,6 +54,27 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Room above the payload limit for the rest of a Predict request.
 const ENVELOPE_BYTES: usize = 64 << 10;
 
+/// Connections the kernel queues for accepting. A restarted scheduler meets
+/// its whole fleet reconnecting while it recovers; past this queue new
+/// connections are dropped and retried only after the SYN timeout (1 s).
+/// Linux caps it at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the scheduler's listener on `addr` with room for a whole fleet of
+/// agents connecting at once ([`LISTEN_BACKLOG`]; tokio's `bind` queues 128,
+/// as the standard library) and SO_REUSEADDR, so a restart takes the same
+/// port at once.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Writes `<data-dir>/<name>` (mode 0600) atomically.
 fn write_secret(data_dir: &std::path::Path, name: &str, secret: &str) -> std::io::Result<()> {
     use std::io::Write;

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use tokio::net::TcpListener;
 
 #[derive(Parser)]
 #[command(name = "aibro-scheduler", version, about = "aibro-rs scheduler")]
@@ -101,7 +100,7 @@ fn main() -> anyhow::Result<()> {
             init_logs(args.log_json, "info");
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
-                let listener = TcpListener::bind(args.config.listen).await?;
+                let listener = aibro_scheduler::bind(args.config.listen)?;
                 aibro_scheduler::run(args.config, listener, shutdown_signal()).await
             })
         }

@@ -10,6 +10,7 @@
 mod durability;
 pub mod records;
 
+use std::ops::Bound;
 use std::path::Path;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -422,16 +423,90 @@ impl Store {
         Ok(out)
     }
 
+    /// One page of the owner's jobs, oldest first: up to `limit` of those
+    /// `keep` accepts, after the job `after` (None: from the first), and
+    /// whether more such jobs follow.
+    pub fn jobs_page(
+        &self,
+        owner: &str,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&JobRecord) -> bool,
+    ) -> Result<(Vec<JobRecord>, bool), StoreError> {
+        let prefix = key2(owner, "");
+        let start = match after {
+            Some(id) => Bound::Excluded(key2(owner, id)),
+            None => Bound::Included(prefix.clone()),
+        };
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for kv in self.by_owner.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+            let (k, _) = kv?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let id = String::from_utf8_lossy(&k[prefix.len()..]);
+            let Some(job) = self.job(&id)?.filter(|j| keep(j)) else {
+                continue;
+            };
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(job);
+        }
+        Ok((out, false))
+    }
+
     pub fn all_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
-        self.jobs.iter().values().map(|v| dec(&v?)).collect()
+        self.each_job().collect()
+    }
+
+    /// Every job, one at a time (none is held longer than the caller keeps it).
+    pub fn each_job(&self) -> impl Iterator<Item = Result<JobRecord, StoreError>> + '_ {
+        self.jobs.iter().values().map(|v| dec(&v?))
+    }
+
+    /// The active (not ended) inference jobs, from the name index.
+    pub fn active_inference_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let mut out = Vec::new();
+        for id in self.names.iter().values() {
+            if let Some(job) = self.job(&String::from_utf8_lossy(&id?))? {
+                out.push(job);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every instance record `keep` accepts, in one pass over the tree.
+    pub fn instances_where(
+        &self,
+        keep: impl Fn(&InstanceRecord) -> bool,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
+        let mut out = Vec::new();
+        for v in self.instances.iter().values() {
+            let inst: InstanceRecord = dec(&v?)?;
+            if keep(&inst) {
+                out.push(inst);
+            }
+        }
+        Ok(out)
     }
 
     pub fn events(&self, job_id: &str) -> Result<Vec<EventRecord>, StoreError> {
-        self.events
-            .scan_prefix(key2(job_id, ""))
-            .values()
-            .map(|v| dec(&v?))
-            .collect()
+        self.events_from(job_id, 0)
+    }
+
+    /// The job's timeline events with seq `from_seq` or later, in order.
+    pub fn events_from(&self, job_id: &str, from_seq: u64) -> Result<Vec<EventRecord>, StoreError> {
+        let prefix = key2(job_id, "");
+        let mut out = Vec::new();
+        for kv in self.events.range(event_key(job_id, from_seq)..) {
+            let (k, v) = kv?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            out.push(dec(&v)?);
+        }
+        Ok(out)
     }
 
     pub async fn put_token(&self, hash: &str, user: &str) -> Result<(), StoreError> {

@@ -395,7 +395,18 @@ fn strategies(k: &Known) -> impl Strategy<Value = (Caller, Call)> {
                 })
             }),
         Just(Call::AvailableMachines),
-        any::<bool>().prop_map(|active_only| Call::ListJobs(pb::ListJobsRequest { active_only })),
+        (
+            any::<bool>(),
+            any::<u32>(),
+            prop_oneof![Just(String::new()), text()]
+        )
+            .prop_map(|(active_only, page_size, page_token)| {
+                Call::ListJobs(pb::ListJobsRequest {
+                    active_only,
+                    page_size,
+                    page_token,
+                })
+            }),
     ];
     // Valid ones, which create jobs (whose launch then fails) or dry-run.
     let valid_deploy = (
@@ -798,9 +809,7 @@ fn fuzz_requests() {
             tonic_health::pb::health_check_response::ServingStatus::Serving as i32
         );
         JobsClient::new(scheduler.channel.clone())
-            .list_jobs(
-                scheduler.request(&Caller::Admin, pb::ListJobsRequest { active_only: false }),
-            )
+            .list_jobs(scheduler.request(&Caller::Admin, pb::ListJobsRequest::default()))
             .await
             .expect("ListJobs after the fuzzing");
     });

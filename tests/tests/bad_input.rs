@@ -21,7 +21,7 @@ async fn jobs_of(s: &Scheduler, token: &str) -> Vec<pb::Job> {
     s.jobs(Some(token))
         .await
         .unwrap()
-        .list_jobs(pb::ListJobsRequest { active_only: false })
+        .list_jobs(pb::ListJobsRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -403,6 +403,40 @@ async fn broken_python_cancels_with_the_traceback() -> anyhow::Result<()> {
     let out: serde_json::Value = serde_json::from_slice(&result.output)?;
     assert!(out.get("echo").is_some(), "{out}");
     assert_eq!(jobs_of(&s, &alice).await.len(), 2);
+
+    // ListJobs a page at a time: each job once; a page token is only good
+    // for the caller it was handed to.
+    let server = &s;
+    let list = move |token: String, page_token: String| async move {
+        server
+            .jobs(Some(&token))
+            .await
+            .unwrap()
+            .list_jobs(pb::ListJobsRequest {
+                page_size: 1,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner())
+    };
+    let first = list(alice.clone(), String::new()).await?;
+    assert_eq!(first.jobs.len(), 1);
+    let second = list(alice.clone(), first.next_page_token.clone()).await?;
+    assert_eq!(second.jobs.len(), 1);
+    assert!(second.next_page_token.is_empty());
+    assert_ne!(first.jobs[0].job_id, second.jobs[0].job_id);
+    let bob = s.user("bob").await?;
+    assert_status(
+        list(bob, first.next_page_token).await,
+        Code::InvalidArgument,
+        "page_token",
+    );
+    assert_status(
+        list(alice, "nonsense".into()).await,
+        Code::InvalidArgument,
+        "next_page_token",
+    );
     Ok(())
 }
 

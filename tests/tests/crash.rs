@@ -119,7 +119,7 @@ async fn crash_then_restart(
     let jobs = s
         .jobs(Some(&token))
         .await?
-        .list_jobs(pb::ListJobsRequest { active_only: false })
+        .list_jobs(pb::ListJobsRequest::default())
         .await?
         .into_inner()
         .jobs;

@@ -355,7 +355,14 @@ async fn call(c: &mut Clients, rpc: &str, t: &Target, own_repo: &[u8]) -> Vec<Ou
                 push(
                     &format!("active_only={active_only}"),
                     &[],
-                    unary(c.jobs.list_jobs(pb::ListJobsRequest { active_only }).await),
+                    unary(
+                        c.jobs
+                            .list_jobs(pb::ListJobsRequest {
+                                active_only,
+                                ..Default::default()
+                            })
+                            .await,
+                    ),
                 );
             }
         }
@@ -589,7 +596,7 @@ async fn another_users_jobs_are_not_found_on_every_rpc_and_stay_unchanged() -> a
         async move {
             s.jobs(Some(&token))
                 .await?
-                .list_jobs(pb::ListJobsRequest { active_only: false })
+                .list_jobs(pb::ListJobsRequest::default())
                 .await
                 .map(|r| r.into_inner().jobs)
                 .map_err(anyhow::Error::from)
@@ -631,7 +638,9 @@ async fn another_users_jobs_are_not_found_on_every_rpc_and_stay_unchanged() -> a
             match (rpc, &o.result) {
                 // Global, or Bob's own: they work and show nothing of Alice's.
                 ("Marketplace.AvailableMachines" | "Artifacts.Upload", Ok(_)) => {}
-                ("Jobs.ListJobs", Ok(r)) => assert_eq!(r, "ListJobsResponse { jobs: [] }"),
+                ("Jobs.ListJobs", Ok(r)) => {
+                    assert_eq!(r, "ListJobsResponse { jobs: [], next_page_token: \"\" }")
+                }
                 ("Jobs.ListInstances", Ok(r)) if o.label.ends_with("all") => {
                     assert_eq!(r, "ListInstancesResponse { instances: [] }")
                 }

@@ -11,7 +11,7 @@ async fn snapshot(s: &Scheduler, token: &str) -> anyhow::Result<(Vec<pb::Job>, f
     let mut jobs = s
         .jobs(Some(token))
         .await?
-        .list_jobs(pb::ListJobsRequest { active_only: false })
+        .list_jobs(pb::ListJobsRequest::default())
         .await?
         .into_inner()
         .jobs;

@@ -12,6 +12,9 @@ use crate::display;
 use crate::json;
 use crate::output::{self, Table};
 
+/// The largest page the scheduler hands out.
+const MAX_PAGE_SIZE: u32 = 1000;
+
 pub async fn run(ctx: &Ctx, cmd: JobsCommand) -> Result<()> {
     match cmd {
         JobsCommand::List { active } => list(ctx, active).await,
@@ -36,14 +39,31 @@ pub async fn get(ctx: &Ctx, job_id: &str) -> Result<Job> {
         .into_inner())
 }
 
+/// Every job of the caller, through as many ListJobs pages as it takes.
+async fn all_jobs(ctx: &Ctx, active_only: bool) -> Result<Vec<Job>> {
+    let mut jobs = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = ctx
+            .client
+            .jobs()
+            .list_jobs(ListJobsRequest {
+                active_only,
+                page_size: MAX_PAGE_SIZE,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        jobs.extend(page.jobs);
+        if page.next_page_token.is_empty() {
+            return Ok(jobs);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 async fn list(ctx: &Ctx, active_only: bool) -> Result<()> {
-    let jobs = ctx
-        .client
-        .jobs()
-        .list_jobs(ListJobsRequest { active_only })
-        .await?
-        .into_inner()
-        .jobs;
+    let jobs = all_jobs(ctx, active_only).await?;
     output::emit(
         ctx.json,
         || Value::Array(jobs.iter().map(json::job).collect()),
@@ -262,5 +282,31 @@ mod tests {
             event_line(&e),
             "#4    QUEUING / CONNECTING_SERVER  instance i-1 LAUNCHING  [instance launched]  a\n      b"
         );
+    }
+}
+
+#[cfg(test)]
+mod mock_tests {
+    use super::*;
+    use crate::client::Client;
+    use crate::mock::{self, Mock};
+
+    #[tokio::test]
+    async fn the_listing_follows_every_page() {
+        let mock = Mock {
+            seen: Default::default(),
+            final_status: 2,
+        };
+        let endpoint = mock::serve(mock.clone()).await;
+        let ctx = Ctx {
+            client: Client::connect(&endpoint, Some("secret_t"), None)
+                .await
+                .unwrap(),
+            json: false,
+        };
+        let jobs = all_jobs(&ctx, false).await.unwrap();
+        let ids: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
+        assert_eq!(ids, ["j-0", "j-1", "j-2", "j-3", "j-4"]);
+        assert_eq!(mock.seen.lock().unwrap().list_tokens, ["", "2", "4"]);
     }
 }

@@ -54,17 +54,18 @@ impl Jobs for JobsApi {
         request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
         let user = super::caller(&self.control, &request)?;
-        let active_only = request.get_ref().active_only;
-        let jobs = self
-            .control
-            .store()
-            .jobs_of(&user.0)
-            .map_err(Error::from)?
+        let r = request.get_ref();
+        let (jobs, next_page_token) =
+            self.control
+                .list_jobs(&user, r.active_only, r.page_size, &r.page_token)?;
+        let jobs = jobs
             .iter()
-            .filter(|j| !active_only || !j.state.is_ended())
             .map(|j| self.job_view(j))
             .collect::<Result<_, _>>()?;
-        Ok(Response::new(ListJobsResponse { jobs }))
+        Ok(Response::new(ListJobsResponse {
+            jobs,
+            next_page_token,
+        }))
     }
 
     async fn watch_job(

@@ -13,6 +13,8 @@ mod predict;
 mod recovery;
 mod replace;
 mod spot;
+#[cfg(test)]
+mod tests;
 mod train;
 mod watch;
 
@@ -38,6 +40,11 @@ pub use agents::Registration;
 pub use deploy::{DeploySpec, DryRun};
 pub use liveness::Seen;
 pub use train::FitSpec;
+
+/// Jobs in a ListJobs page when the caller does not say.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// The most jobs in one ListJobs page.
+pub const MAX_PAGE_SIZE: usize = 1000;
 
 /// Knobs of the control plane.
 #[derive(Debug, Clone)]
@@ -188,6 +195,47 @@ impl Control {
                 "no active job with model name `{model_name}`"
             ))),
         }
+    }
+
+    /// A page of the caller's jobs (oldest first) and the token for the next
+    /// page ("" when none follows). `page_size` 0 means
+    /// [`DEFAULT_PAGE_SIZE`]; larger than [`MAX_PAGE_SIZE`] means that.
+    /// `page_token` is the last job id of the previous page; anything that is
+    /// not one of the caller's jobs is refused.
+    pub fn list_jobs(
+        &self,
+        user: &User,
+        active_only: bool,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<JobRecord>, String)> {
+        let limit = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => (n as usize).min(MAX_PAGE_SIZE),
+        };
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            match self.inner.store.job(page_token)? {
+                Some(job) if job.owner == user.0 => Some(page_token),
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "page_token `{}` is not one this server handed out to you: pass the \
+                         next_page_token of your previous ListJobs response, or none for the \
+                         first page",
+                        page_token.chars().take(80).collect::<String>()
+                    )))
+                }
+            }
+        };
+        let (jobs, more) = self.inner.store.jobs_page(&user.0, after, limit, |j| {
+            !active_only || !j.state.is_ended()
+        })?;
+        let next = match jobs.last() {
+            Some(last) if more => last.id.clone(),
+            _ => String::new(),
+        };
+        Ok((jobs, next))
     }
 
     pub(crate) fn agent(&self, instance_id: &str) -> Option<Link> {

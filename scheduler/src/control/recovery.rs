@@ -2,19 +2,40 @@
 //! put deployed jobs back behind their routes (their agents keep running and
 //! re-register), and resume launches and closes that were in flight.
 
+use std::collections::{HashMap, HashSet};
+
 use crate::error::{Error, Result};
 use crate::link;
 use crate::state::{InstanceState, JobKind, JobStatus, JobSubstatus, Role};
+use crate::store::InstanceRecord;
 
 use super::Control;
 
 impl Control {
     pub async fn recover(&self) -> Result<()> {
-        self.end_unknown_machines().await?;
+        // One pass over the instances: only those not TERMINATED matter here
+        // (they hold or keep a machine, or are being closed), so a job that
+        // ended with none of them is passed over without reading more.
+        let live = self
+            .store()
+            .instances_where(|i| i.state != InstanceState::TERMINATED)?;
+        let known: HashSet<String> = live.iter().map(|i| i.id.clone()).collect();
+        self.end_unknown_machines(&known).await;
+        let mut by_job: HashMap<String, Vec<InstanceRecord>> = HashMap::new();
+        for inst in live {
+            by_job.entry(inst.job_id.clone()).or_default().push(inst);
+        }
         let mut resumed = 0;
-        for job in self.store().all_jobs()? {
+        for job in self.store().each_job() {
+            let job = job?;
+            // As `instances_of`: the job's own, in launch order.
+            let mut instances = by_job.remove(&job.id).unwrap_or_default();
+            instances.retain(|i| job.instances.contains(&i.id));
+            instances.sort_by_key(|i| job.instances.iter().position(|id| *id == i.id));
+            if job.state.is_ended() && instances.is_empty() {
+                continue;
+            }
             self.open_route(&job);
-            let instances = self.store().instances_of(&job)?;
             self.reserve_pool_hosts(&instances);
             for inst in instances.iter().filter(|i| !i.state.is_closed()) {
                 if let Some(m) = self.catalog().resolve(&inst.machine_id) {
@@ -68,16 +89,9 @@ impl Control {
 
     /// Machines a provider runs (or disks it keeps) for instances the store
     /// does not know were launched just before a crash, their record never
-    /// written: they are ended, never adopted twice.
-    async fn end_unknown_machines(&self) -> Result<()> {
-        let mut known = std::collections::HashSet::new();
-        for job in self.store().all_jobs()? {
-            for inst in self.store().instances_of(&job)? {
-                if inst.state != InstanceState::TERMINATED {
-                    known.insert(inst.id);
-                }
-            }
-        }
+    /// written: they are ended, never adopted twice. `known`: every instance
+    /// on record that is not TERMINATED.
+    async fn end_unknown_machines(&self, known: &HashSet<String>) {
         for provider in self.inner.providers.all() {
             for id in provider.instance_ids() {
                 if known.contains(&id) {
@@ -89,7 +103,6 @@ impl Control {
                 }
             }
         }
-        Ok(())
     }
 
     /// A LAUNCHING instance: its agent gets the usual time to connect; a

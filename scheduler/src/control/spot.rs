@@ -84,8 +84,9 @@ impl Control {
     }
 
     /// EXECUTING on-demand instances of deployed jobs, not being replaced.
+    /// Only active inference jobs are read (the name index), not every job.
     fn on_demand_stand_ins(&self) -> Vec<InstanceRecord> {
-        let Ok(jobs) = self.store().all_jobs() else {
+        let Ok(jobs) = self.store().active_inference_jobs() else {
             return vec![];
         };
         jobs.iter()

@@ -25,7 +25,10 @@ impl Control {
     }
 
     /// Sends the job's events to `tx`, history first, until its last event,
-    /// the watcher leaving, or shutdown.
+    /// the watcher leaving, or shutdown. A live event that is the next one
+    /// due goes out as received (it is committed before it is published);
+    /// anything else (a gap, events published out of order, a lagging
+    /// receiver) is filled from the store, reading only what is due.
     async fn stream_events(
         &self,
         job_id: &str,
@@ -35,15 +38,14 @@ impl Control {
         let mut next_seq = 1u64;
         let mut closed = false;
         loop {
-            let events = match self.store().events(job_id) {
+            let events = match self.store().events_from(job_id, next_seq) {
                 Ok(events) => events,
                 Err(e) => {
                     let _ = tx.send(Err(e.into())).await;
                     return;
                 }
             };
-            let from = next_seq;
-            for e in events.into_iter().filter(|e| e.seq >= from) {
+            for e in events {
                 next_seq = e.seq + 1;
                 let last = e.last;
                 if tx.send(Ok(e)).await.is_err() || last {
@@ -53,8 +55,7 @@ impl Control {
             if closed {
                 return;
             }
-            // Wait for an event past what was sent; then read from the
-            // store, which holds it and anything published out of order.
+            // Wait for an event past what was sent.
             loop {
                 tokio::select! {
                     _ = self.inner.cancel.cancelled() => {
@@ -64,6 +65,13 @@ impl Control {
                     _ = tx.closed() => return,
                     received = live.recv() => match received {
                         Ok(e) if e.seq < next_seq => continue,
+                        Ok(e) if e.seq == next_seq => {
+                            next_seq += 1;
+                            let last = e.last;
+                            if tx.send(Ok(e)).await.is_err() || last {
+                                return;
+                            }
+                        }
                         Ok(_) | Err(RecvError::Lagged(_)) => break,
                         Err(RecvError::Closed) => {
                             closed = true;

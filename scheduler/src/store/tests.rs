@@ -121,3 +121,52 @@ async fn the_settling_event_is_marked_last() {
         .unwrap();
     assert!(c.events.last().unwrap().last);
 }
+
+#[tokio::test]
+async fn events_from_reads_only_the_jobs_events_from_that_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // "j1" is a prefix of "j10": their events must not mix.
+    store.create_job(job("j1", "alice", "m1")).await.unwrap();
+    store.create_job(job("j10", "alice", "m10")).await.unwrap();
+    store.update("j1", launch).await.unwrap();
+    let seqs = |from| -> Vec<u64> {
+        let events = store.events_from("j1", from).unwrap();
+        events.iter().map(|e| e.seq).collect()
+    };
+    assert_eq!(seqs(0), [1, 2, 3]);
+    assert_eq!(seqs(2), [2, 3]);
+    assert!(seqs(4).is_empty());
+    assert_eq!(store.events_from("j10", 1).unwrap().len(), 1);
+    assert!(store.events_from("j", 0).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn jobs_page_goes_on_after_the_given_job_and_says_whether_more_follow() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for i in 0..5 {
+        let id = format!("j{i}");
+        store.create_job(job(&id, "alice", &id)).await.unwrap();
+    }
+    // "alice2" starts with "alice": its jobs are not alice's.
+    store.create_job(job("k0", "alice2", "m")).await.unwrap();
+    let ids = |page: &[JobRecord]| page.iter().map(|j| j.id.clone()).collect::<Vec<_>>();
+    let all = |_: &JobRecord| true;
+    let (page, more) = store.jobs_page("alice", None, 2, all).unwrap();
+    assert_eq!((ids(&page), more), (vec!["j0".into(), "j1".into()], true));
+    let (page, more) = store.jobs_page("alice", Some("j1"), 2, all).unwrap();
+    assert_eq!((ids(&page), more), (vec!["j2".into(), "j3".into()], true));
+    let (page, more) = store.jobs_page("alice", Some("j3"), 2, all).unwrap();
+    assert_eq!((ids(&page), more), (vec!["j4".into()], false));
+    // Exactly full, nothing after: no next page.
+    let (page, more) = store.jobs_page("alice", Some("j2"), 2, all).unwrap();
+    assert_eq!((ids(&page), more), (vec!["j3".into(), "j4".into()], false));
+    let odd = |j: &JobRecord| j.id.ends_with(['1', '3']);
+    let (page, more) = store.jobs_page("alice", None, 1, odd).unwrap();
+    assert_eq!((ids(&page), more), (vec!["j1".into()], true));
+    let (page, more) = store.jobs_page("alice", Some("j1"), 1, odd).unwrap();
+    assert_eq!((ids(&page), more), (vec!["j3".into()], false));
+    let (page, more) = store.jobs_page("bob", None, 10, all).unwrap();
+    assert!(page.is_empty() && !more);
+}
