@@ -779,8 +779,8 @@ mod tests {
             .map(|o| serde_json::from_slice(&o.body).unwrap())
     }
 
-    /// Sends `bodies` while the pool's one worker is held busy, so that all of
-    /// them are queued when it is free again; their answers, in order.
+    /// Queues `bodies` in order while the pool's one worker is held busy, then
+    /// frees it; their answers, in order.
     async fn while_busy(
         pool: &Arc<Pool>,
         dir: &std::path::Path,
@@ -792,14 +792,15 @@ mod tests {
             hold.path().join("started").exists()
         })
         .await;
-        let calls: Vec<_> = bodies
-            .iter()
-            .map(|b| spawn_call(pool, b.to_string()))
-            .collect();
-        wait_for("the requests to queue", || {
-            pool.queued() as usize == bodies.len()
-        })
-        .await;
+        // One at a time, so that they queue in order.
+        let mut calls = Vec::new();
+        for b in bodies {
+            calls.push(spawn_call(pool, b.to_string()));
+            wait_for("the request to queue", || {
+                pool.queued() as usize == calls.len()
+            })
+            .await;
+        }
         std::fs::write(hold.path().join("release"), "").unwrap();
         answer_of(holding).await.unwrap();
         let mut out = Vec::new();
