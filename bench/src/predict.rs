@@ -1,0 +1,238 @@
+//! The predict path: the same echo model (a small JSON payload) driven in
+//! closed loops at each concurrency, through the scheduler and straight to the
+//! agent (gRPC, this process as the client), and as a Ray Serve deployment
+//! with as many replicas as the agent has workers, driven by `wrk` over HTTP.
+//! CPU per request is the server side's: the scheduler's process tree (it,
+//! its agents and their Python workers) or Ray's.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aibro_proto::v1::{self as pb, agent_client::AgentClient, JobStatus};
+use aibro_tests::{example, Scheduler};
+
+use crate::ray::RayServe;
+use crate::stats::{ms, stats, thousands, us};
+
+#[derive(clap::Args)]
+pub struct PredictArgs {
+    /// How long each row runs.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Concurrency levels.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    pub concurrency: Vec<usize>,
+    /// Python workers per agent (Ray Serve runs 2 replicas).
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// A python with ray[serve], for the Ray Serve rows (bench/peers/setup-ray.sh).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/peers/ray-venv/bin/python"))]
+    pub ray_python: PathBuf,
+}
+
+/// One row of the table.
+pub(crate) struct Row {
+    pub path: &'static str,
+    pub concurrency: usize,
+    /// Answered successfully.
+    pub requests: u64,
+    /// Failed or timed out.
+    pub errors: u64,
+    /// Latency percentiles of the successful requests.
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+    /// Successful requests per second.
+    pub per_s: f64,
+    /// The server side's CPU time (user + system) over the run, per successful request.
+    pub cpu_per_req: Duration,
+}
+
+pub(crate) fn header() {
+    println!(
+        "{:<22} {:>5} {:>9} {:>6} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "path", "conc", "requests", "errors", "p50 ms", "p99 ms", "max ms", "req/s", "CPU us/req"
+    );
+}
+
+pub(crate) fn print(r: &Row) {
+    println!(
+        "{:<22} {:>5} {:>9} {:>6} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        r.path,
+        r.concurrency,
+        r.requests,
+        r.errors,
+        ms(r.p50),
+        ms(r.p99),
+        ms(r.max),
+        thousands(r.per_s),
+        us(r.cpu_per_req)
+    );
+}
+
+pub async fn run(args: PredictArgs) -> anyhow::Result<()> {
+    let window = Duration::from_secs(args.seconds);
+    println!(
+        "predict, echo of a small JSON payload, {} s per row, {} workers / replicas",
+        args.seconds, args.workers
+    );
+    let mut rows = aibro_rows(&args, window).await?;
+    if args.ray_python.is_file() {
+        rows.extend(ray_rows(&args.ray_python, &args, window).await?);
+    } else {
+        println!("(Ray Serve rows skipped: run bench/peers/setup-ray.sh, or pass --ray-python)");
+    }
+    rows.sort_by_key(|r| r.concurrency);
+    header();
+    rows.iter().for_each(print);
+    summary(&rows);
+    Ok(())
+}
+
+/// Through the scheduler and straight to the agent, at each concurrency; the
+/// scheduler (and its agent) are gone when this returns.
+async fn aibro_rows(args: &PredictArgs, window: Duration) -> anyhow::Result<Vec<Row>> {
+    let workers = args.workers.to_string();
+    let s = Scheduler::start_with(&["--agent-workers", &workers]).await?;
+    let token = s.user("bench").await?;
+    let digest = s.upload_dir(&token, &example("echo")).await?;
+    let job_id = s.deploy(&token, "echo", &digest).await?;
+    s.wait_status(&token, &job_id, JobStatus::Deployed).await?;
+    let job = s.get_job(&token, &job_id).await?;
+    let agent_addr = format!("http://{}", job.instances[0].agent_address);
+    let server = s.child.as_ref().expect("scheduler running").id();
+    // The same payload as the Ray Serve peer's.
+    let payload = crate::ray::BODY.as_bytes().to_vec();
+    let mut rows = Vec::new();
+    for &c in &args.concurrency {
+        let via = pb::inference_client::InferenceClient::new(s.channel().await?);
+        let request = pb::PredictRequest {
+            owner: "bench".into(),
+            client_id: "public".into(),
+            model_name: "echo".into(),
+            payload: payload.clone(),
+            content_type: "application/json".into(),
+        };
+        rows.push(
+            measure("aibro via scheduler", c, window, server, move || {
+                let mut client = via.clone();
+                let request = request.clone();
+                async move { client.predict(request).await.map(drop) }
+            })
+            .await?,
+        );
+        let direct = AgentClient::new(
+            tonic::transport::Channel::from_shared(agent_addr.clone())?
+                .connect()
+                .await?,
+        );
+        let request = pb::AgentPredictRequest {
+            job_id: job_id.clone(),
+            payload: payload.clone(),
+            content_type: "application/json".into(),
+        };
+        rows.push(
+            measure("aibro direct to agent", c, window, server, move || {
+                let mut client = direct.clone();
+                let request = request.clone();
+                async move { client.predict(request).await.map(drop) }
+            })
+            .await?,
+        );
+    }
+    Ok(rows)
+}
+
+/// The same model as a Ray Serve deployment, driven by wrk.
+async fn ray_rows(python: &Path, args: &PredictArgs, window: Duration) -> anyhow::Result<Vec<Row>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let ray = RayServe::start(python, &root).await?;
+    let mut rows = Vec::new();
+    for &c in &args.concurrency {
+        match ray.drive(c, window).await {
+            Ok(row) => rows.push(row),
+            Err(e) => {
+                let _ = ray.stop().await;
+                return Err(e);
+            }
+        }
+    }
+    ray.stop().await?;
+    Ok(rows)
+}
+
+/// What the scheduler adds, per concurrency, and the targets.
+fn summary(rows: &[Row]) {
+    let find = |path: &str, c: usize| rows.iter().find(|r| r.path == path && r.concurrency == c);
+    println!("\nthe scheduler's hop (via scheduler vs direct to agent):");
+    for r in rows.iter().filter(|r| r.path == "aibro via scheduler") {
+        let Some(d) = find("aibro direct to agent", r.concurrency) else {
+            continue;
+        };
+        println!(
+            "  conc {:>3}: +{} us at p50 (target <= 150), throughput {:+.1}% (target >= -10%)",
+            r.concurrency,
+            r.p50.as_micros() as i64 - d.p50.as_micros() as i64,
+            100.0 * (r.per_s / d.per_s - 1.0)
+        );
+    }
+}
+
+/// Runs `call` in `concurrency` closed loops for `window`; CPU is `server`'s
+/// process tree's.
+pub(crate) async fn measure<F, Fut>(
+    path: &'static str,
+    concurrency: usize,
+    window: Duration,
+    server: u32,
+    call: F,
+) -> anyhow::Result<Row>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
+{
+    // Warm up the connection and the workers.
+    for _ in 0..50 {
+        call().await?;
+    }
+    let cpu = crate::cpu::tree_cpu(server);
+    let start = Instant::now();
+    let end = start + window;
+    let loops: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let (mut lat, mut errors) = (Vec::new(), 0u64);
+                while Instant::now() < end {
+                    let t = Instant::now();
+                    match call().await {
+                        Ok(()) => lat.push(t.elapsed()),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for l in loops {
+        let (l, e) = l.await?;
+        lat.extend(l);
+        errors += e;
+    }
+    let wall = start.elapsed();
+    let cpu = crate::cpu::tree_cpu(server).saturating_sub(cpu);
+    let requests = lat.len() as u64;
+    let st = stats(lat, wall);
+    Ok(Row {
+        path,
+        concurrency,
+        requests,
+        errors,
+        p50: st.p50,
+        p99: st.p99,
+        max: st.max,
+        per_s: st.per_s,
+        cpu_per_req: cpu / requests.max(1) as u32,
+    })
+}
