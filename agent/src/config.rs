@@ -29,6 +29,10 @@ pub struct PipOptions {
     about = "aibro-rs agent: serves a model repo for the scheduler"
 )]
 pub struct Args {
+    /// Threads of the agent's async runtime (default: one per core). Python
+    /// workers are processes of their own and do not count.
+    #[arg(long, env = "AIBRO_AGENT_THREADS")]
+    pub runtime_threads: Option<usize>,
     /// The scheduler's gRPC endpoint.
     #[arg(long, env = "AIBRO_SCHEDULER", default_value = "http://127.0.0.1:7070")]
     pub scheduler: String,

@@ -25,6 +25,10 @@ pub struct PredictArgs {
     /// Python workers per agent (Ray Serve runs 2 replicas).
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Runtime threads of the scheduler and its agents for the aibro rows, one
+    /// set of rows each; 0: their default (one per core).
+    #[arg(long, value_delimiter = ',', default_value = "0,1")]
+    pub runtime_threads: Vec<usize>,
     /// A python with ray[serve], for the Ray Serve rows (bench/peers/setup-ray.sh).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/peers/ray-venv/bin/python"))]
     pub ray_python: PathBuf,
@@ -32,7 +36,7 @@ pub struct PredictArgs {
 
 /// One row of the table.
 pub(crate) struct Row {
-    pub path: &'static str,
+    pub path: String,
     pub concurrency: usize,
     /// Answered successfully.
     pub requests: u64,
@@ -50,14 +54,14 @@ pub(crate) struct Row {
 
 pub(crate) fn header() {
     println!(
-        "{:<22} {:>5} {:>9} {:>6} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "{:<31} {:>5} {:>9} {:>6} {:>9} {:>9} {:>9} {:>9} {:>11}",
         "path", "conc", "requests", "errors", "p50 ms", "p99 ms", "max ms", "req/s", "CPU us/req"
     );
 }
 
 pub(crate) fn print(r: &Row) {
     println!(
-        "{:<22} {:>5} {:>9} {:>6} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "{:<31} {:>5} {:>9} {:>6} {:>9} {:>9} {:>9} {:>9} {:>11}",
         r.path,
         r.concurrency,
         r.requests,
@@ -76,7 +80,10 @@ pub async fn run(args: PredictArgs) -> anyhow::Result<()> {
         "predict, echo of a small JSON payload, {} s per row, {} workers / replicas",
         args.seconds, args.workers
     );
-    let mut rows = aibro_rows(&args, window).await?;
+    let mut rows = Vec::new();
+    for &threads in &args.runtime_threads {
+        rows.extend(aibro_rows(&args, window, threads).await?);
+    }
     if args.ray_python.is_file() {
         rows.extend(ray_rows(&args.ray_python, &args, window).await?);
     } else {
@@ -89,11 +96,27 @@ pub async fn run(args: PredictArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Through the scheduler and straight to the agent, at each concurrency; the
-/// scheduler (and its agent) are gone when this returns.
-async fn aibro_rows(args: &PredictArgs, window: Duration) -> anyhow::Result<Vec<Row>> {
+/// Through the scheduler and straight to the agent, at each concurrency, with
+/// `threads` runtime threads in the scheduler and the agent (0: their
+/// default); the scheduler (and its agent) are gone when this returns.
+async fn aibro_rows(
+    args: &PredictArgs,
+    window: Duration,
+    threads: usize,
+) -> anyhow::Result<Vec<Row>> {
     let workers = args.workers.to_string();
-    let s = Scheduler::start_with(&["--agent-workers", &workers]).await?;
+    let n = threads.to_string();
+    let mut flags = vec!["--agent-workers", &workers];
+    if threads > 0 {
+        flags.extend(["--runtime-threads", &n, "--agent-runtime-threads", &n]);
+    }
+    let suffix = match threads {
+        0 => String::new(),
+        1 => ", 1 thread".to_string(),
+        n => format!(", {n} threads"),
+    };
+    let (via_path, direct_path) = (format!("{VIA}{suffix}"), format!("{DIRECT}{suffix}"));
+    let s = Scheduler::start_with(&flags).await?;
     let token = s.user("bench").await?;
     let digest = s.upload_dir(&token, &example("echo")).await?;
     let job_id = s.deploy(&token, "echo", &digest).await?;
@@ -114,7 +137,7 @@ async fn aibro_rows(args: &PredictArgs, window: Duration) -> anyhow::Result<Vec<
             content_type: "application/json".into(),
         };
         rows.push(
-            measure("aibro via scheduler", c, window, server, move || {
+            measure(&via_path, c, window, server, move || {
                 let mut client = via.clone();
                 let request = request.clone();
                 async move { client.predict(request).await.map(drop) }
@@ -132,7 +155,7 @@ async fn aibro_rows(args: &PredictArgs, window: Duration) -> anyhow::Result<Vec<
             content_type: "application/json".into(),
         };
         rows.push(
-            measure("aibro direct to agent", c, window, server, move || {
+            measure(&direct_path, c, window, server, move || {
                 let mut client = direct.clone();
                 let request = request.clone();
                 async move { client.predict(request).await.map(drop) }
@@ -163,14 +186,18 @@ async fn ray_rows(python: &Path, args: &PredictArgs, window: Duration) -> anyhow
 
 /// What the scheduler adds, per concurrency, and the targets.
 fn summary(rows: &[Row]) {
-    let find = |path: &str, c: usize| rows.iter().find(|r| r.path == path && r.concurrency == c);
     println!("\nthe scheduler's hop (via scheduler vs direct to agent):");
-    for r in rows.iter().filter(|r| r.path == "aibro via scheduler") {
-        let Some(d) = find("aibro direct to agent", r.concurrency) else {
+    for r in rows.iter().filter(|r| r.path.starts_with(VIA)) {
+        let direct = r.path.replacen(VIA, DIRECT, 1);
+        let Some(d) = rows
+            .iter()
+            .find(|d| d.path == direct && d.concurrency == r.concurrency)
+        else {
             continue;
         };
         println!(
-            "  conc {:>3}: +{} us at p50 (target <= 150), throughput {:+.1}% (target >= -10%)",
+            "  {:<28} conc {:>3}: +{} us at p50 (target <= 150), throughput {:+.1}% (target >= -10%)",
+            r.path,
             r.concurrency,
             r.p50.as_micros() as i64 - d.p50.as_micros() as i64,
             100.0 * (r.per_s / d.per_s - 1.0)
@@ -178,10 +205,13 @@ fn summary(rows: &[Row]) {
     }
 }
 
+const VIA: &str = "aibro via scheduler";
+const DIRECT: &str = "aibro direct to agent";
+
 /// Runs `call` in `concurrency` closed loops for `window`; CPU is `server`'s
 /// process tree's.
 pub(crate) async fn measure<F, Fut>(
-    path: &'static str,
+    path: &str,
     concurrency: usize,
     window: Duration,
     server: u32,
@@ -225,7 +255,7 @@ where
     let requests = lat.len() as u64;
     let st = stats(lat, wall);
     Ok(Row {
-        path,
+        path: path.to_string(),
         concurrency,
         requests,
         errors,

@@ -190,7 +190,7 @@ impl RayServe {
         );
         let us = Duration::from_micros;
         Ok(Row {
-            path: "Ray Serve (HTTP, wrk)",
+            path: "Ray Serve (HTTP, wrk)".into(),
             concurrency,
             requests,
             errors: wrk["errors"],

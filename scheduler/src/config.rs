@@ -25,6 +25,10 @@ pub struct Config {
     /// Python worker processes per agent.
     #[arg(long, env = "AIBRO_AGENT_WORKERS", default_value_t = 2)]
     pub agent_workers: u32,
+    /// Threads of each local agent's async runtime (its `--runtime-threads`;
+    /// default: one per core).
+    #[arg(long)]
+    pub agent_runtime_threads: Option<usize>,
     /// The Python interpreter agents and dry runs use.
     #[arg(long, env = "AIBRO_PYTHON", default_value = "python3")]
     pub python: String,

@@ -171,6 +171,9 @@ pub async fn run(
         ];
         args.extend(config.pip_args());
         args.extend(config.agent_tls_args());
+        if let Some(n) = config.agent_runtime_threads {
+            args.extend(["--runtime-threads".to_string(), n.to_string()]);
+        }
         args
     };
     let tasks = TaskTracker::new();

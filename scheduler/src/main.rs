@@ -16,6 +16,9 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "AIBRO_LOG_JSON")]
     log_json: bool,
+    /// Threads of the async runtime (default: one per core).
+    #[arg(long, env = "AIBRO_SCHEDULER_THREADS")]
+    runtime_threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -98,7 +101,11 @@ fn main() -> anyhow::Result<()> {
         }
         None => {
             init_logs(args.log_json, "info");
-            let runtime = tokio::runtime::Runtime::new()?;
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = args.runtime_threads {
+                runtime.worker_threads(n.max(1));
+            }
+            let runtime = runtime.enable_all().build()?;
             runtime.block_on(async {
                 let listener = aibro_scheduler::bind(args.config.listen)?;
                 aibro_scheduler::run(args.config, listener, shutdown_signal()).await

@@ -152,3 +152,28 @@ async fn deploy_predict_complete_with_both_run_signatures() -> anyhow::Result<()
         .await?;
     Ok(())
 }
+
+/// `--runtime-threads` and `--agent-runtime-threads` size the scheduler's and
+/// its agents' async runtimes; a deployment serves with one thread in each.
+#[tokio::test]
+async fn serves_with_one_runtime_thread_each() -> anyhow::Result<()> {
+    let s =
+        Scheduler::start_with(&["--runtime-threads", "1", "--agent-runtime-threads", "1"]).await?;
+    let token = s.user("alice").await?;
+    let digest = s.upload_dir(&token, &example("echo")).await?;
+    let job = s.deploy(&token, "echo", &digest).await?;
+    s.wait_status(&token, &job, JobStatus::Deployed).await?;
+    let r = s.predict("alice", "public", "echo", r#"{"x": 1}"#).await?;
+    let out: serde_json::Value = serde_json::from_slice(&r.output)?;
+    assert_eq!(out["echo"]["x"], 1, "{out}");
+    for pid in s.live_agents() {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+        let args: Vec<_> = cmdline.split(|b| *b == 0).collect();
+        assert!(
+            args.windows(2)
+                .any(|w| w == [&b"--runtime-threads"[..], &b"1"[..]]),
+            "agent {pid} was started without --runtime-threads 1"
+        );
+    }
+    Ok(())
+}
