@@ -84,7 +84,19 @@ async fn run(
         .await
         .map_err(|e| e.to_string())?;
     let res = w.call(&payload, content_type, true).await;
+    // A batched deployment calls run_batch for every request: try it too.
+    let batch = match res {
+        Ok(_) if w.run_batch => Some(w.call_batch(&[(&payload, content_type)]).await),
+        _ => None,
+    };
     w.shutdown().await;
+    match batch.map(|b| b.map(|mut outcomes| outcomes.pop())) {
+        Some(Ok(Some(Err(WorkerError::UserError(tb))))) => {
+            return Err(format!("run_batch() raised on the sample:\n{tb}"))
+        }
+        Some(Ok(Some(Err(e)))) | Some(Err(e)) => return Err(e.to_string()),
+        _ => {}
+    }
     match res {
         Ok(out) => Ok(DryRunOutcome {
             ok: true,
@@ -201,6 +213,28 @@ mod tests {
         );
         assert!(
             out.traceback.contains("ZeroDivisionError"),
+            "{}",
+            out.traceback
+        );
+
+        // A broken run_batch fails the dry run, though run() works.
+        let (tmp, ar) = pack(&[(
+            "predict.py",
+            "def load_model():\n    return None\ndef run(model, data):\n    return 1\n\
+             def run_batch(model, items):\n    return 'not a list'\n",
+        )]);
+        let out = dry_run(
+            "python3",
+            &tmp.path().join("work"),
+            &ar,
+            &PipOptions::default(),
+        )
+        .await;
+        assert!(!out.ok);
+        assert!(
+            out.traceback
+                .starts_with("run_batch() raised on the sample:")
+                && out.traceback.contains("returned a str"),
             "{}",
             out.traceback
         );

@@ -77,6 +77,13 @@ struct Request {
     _waiting: Waiting,
 }
 
+impl Request {
+    /// Taken by a worker: no longer counted as queued.
+    fn taken(self) -> Call {
+        self.call
+    }
+}
+
 struct Call {
     payload: Vec<u8>,
     content_type: String,
@@ -86,6 +93,8 @@ struct Call {
 #[derive(Default)]
 struct Counters {
     in_flight: AtomicU32,
+    /// Fired whenever a request is answered or abandoned.
+    done: tokio::sync::Notify,
     queued: AtomicU32,
     alive: AtomicU32,
     pids: std::sync::Mutex<Vec<u32>>,
@@ -106,6 +115,7 @@ struct InFlight(Arc<Counters>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.done.notify_waiters();
     }
 }
 
@@ -188,7 +198,7 @@ impl Pool {
         }
 
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let rx = Arc::new(Mutex::new(rx));
+        let inbox = Arc::new(Mutex::new(Inbox { rx, next: None }));
         let counters = Arc::new(Counters {
             pids: std::sync::Mutex::new(vec![0; n]),
             ..Counters::default()
@@ -198,7 +208,7 @@ impl Pool {
             .zip(workers)
             .map(|(worker, w)| {
                 let queue = Queue {
-                    rx: rx.clone(),
+                    inbox: inbox.clone(),
                     batching: spec.batching,
                 };
                 tokio::spawn(slot(worker, w, queue, counters.clone(), cancel.clone()))
@@ -280,9 +290,19 @@ impl Drop for Pool {
     }
 }
 
+/// Most payload bytes in one run_batch call (a frame to a worker carries at
+/// most 4 GiB); a request that would pass it starts the next batch.
+const MAX_BATCH_BYTES: usize = 64 << 20;
+
+/// The queued requests, and one taken but left for the next batch.
+struct Inbox {
+    rx: mpsc::Receiver<Request>,
+    next: Option<Request>,
+}
+
 /// The pool's request queue, shared by its slots, and how they batch from it.
 struct Queue {
-    rx: Arc<Mutex<mpsc::Receiver<Request>>>,
+    inbox: Arc<Mutex<Inbox>>,
     batching: Batching,
 }
 
@@ -292,25 +312,45 @@ impl Queue {
         worker.run_batch && self.batching.max_size > 1
     }
 
-    /// The next request, and for a batch up to `max_size - 1` more: those
-    /// queued, then, while other requests are in flight (so more are likely
-    /// to come), those that arrive within `max_wait` of the first. A lone
-    /// request is not held back. `None` once the pool has ended.
+    /// The next request, and for a batch up to `max_size - 1` more (and
+    /// [`MAX_BATCH_BYTES`] of payloads): those queued, then, while other
+    /// requests are in flight (so more are likely to come), those that arrive
+    /// within `max_wait` of the first. A lone request is not held back: the
+    /// wait ends when the others are answered. `None` once the pool has ended.
     /// Taken requests are no longer counted as queued.
-    async fn take(&self, batch: bool, in_flight: &AtomicU32) -> Option<Vec<Call>> {
-        let mut rx = self.rx.lock().await;
+    async fn take(&self, batch: bool, counters: &Counters) -> Option<Vec<Call>> {
+        let mut inbox = self.inbox.lock().await;
+        let first = match inbox.next.take() {
+            Some(req) => req,
+            None => inbox.rx.recv().await?,
+        };
         let max = if batch { self.batching.max_size } else { 1 };
-        let mut batch = vec![rx.recv().await?.call];
         let deadline = tokio::time::Instant::now() + self.batching.max_wait;
+        let mut bytes = first.call.payload.len();
+        let mut batch = vec![first.taken()];
         while batch.len() < max {
-            match rx.try_recv() {
-                Ok(req) => batch.push(req.call),
-                Err(_) if in_flight.load(Ordering::Relaxed) as usize <= batch.len() => break,
-                Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(req)) => batch.push(req.call),
-                    Ok(None) | Err(_) => break,
+            // Registered before the check, so that no answer is missed.
+            let answered = counters.done.notified();
+            let req = match inbox.rx.try_recv() {
+                Ok(req) => req,
+                Err(_) if counters.in_flight.load(Ordering::Relaxed) as usize <= batch.len() => {
+                    break
+                }
+                Err(_) => tokio::select! {
+                    req = inbox.rx.recv() => match req {
+                        Some(req) => req,
+                        None => break,
+                    },
+                    _ = answered => continue,
+                    _ = tokio::time::sleep_until(deadline) => break,
                 },
+            };
+            if bytes + req.call.payload.len() > MAX_BATCH_BYTES {
+                inbox.next = Some(req);
+                break;
             }
+            bytes += req.call.payload.len();
+            batch.push(req.taken());
         }
         Some(batch)
     }
@@ -341,7 +381,7 @@ async fn slot(
                         tracing::error!(worker = spec.index, "worker restart failed: {e}");
                         // With no worker left, queued requests would wait for nothing.
                         if counters.alive.load(Ordering::Relaxed) == 0 {
-                            fail_queued(&queue.rx, &e.to_string()).await;
+                            fail_queued(&queue.inbox, &e.to_string()).await;
                         }
                         tokio::select! {
                             _ = cancel.cancelled() => return,
@@ -366,9 +406,9 @@ async fn slot(
     }
 }
 
-async fn fail_queued(rx: &Mutex<mpsc::Receiver<Request>>, why: &str) {
-    let mut rx = rx.lock().await;
-    while let Ok(req) = rx.try_recv() {
+async fn fail_queued(inbox: &Mutex<Inbox>, why: &str) {
+    let mut inbox = inbox.lock().await;
+    while let Some(req) = inbox.next.take().or_else(|| inbox.rx.try_recv().ok()) {
         let _ = req.call.reply.send(Err(PoolError::WorkerDied(format!(
             "no worker could be restarted: {why}"
         ))));
@@ -386,7 +426,7 @@ async fn serve(
     loop {
         let batch = tokio::select! {
             _ = cancel.cancelled() => return false,
-            batch = queue.take(batches, &counters.in_flight) => batch,
+            batch = queue.take(batches, counters) => batch,
         };
         let Some(batch) = batch else {
             return false;
@@ -761,6 +801,7 @@ mod tests {
          time.sleep(0.01)\n    \
          if 'boom' in items:\n        raise ValueError('boom in a batch')\n    \
          if 'short' in items:\n        return []\n    \
+         if 'dict' in items:\n        return {i: 1 for i in range(len(items))}\n    \
          return [{'item': i, 'batch': len(items)} for i in items]\n";
 
     fn spawn_call(pool: &Arc<Pool>, body: String) -> JoinHandle<Result<Output, PoolError>> {
@@ -945,6 +986,40 @@ mod tests {
             let want = std::env::var(var).unwrap_or_else(|_| share.clone());
             assert_eq!(got.as_deref(), Some(want.as_str()), "{var}");
         }
+        pool.shutdown().await;
+    }
+
+    /// A worker waiting for more stops waiting once the other requests in
+    /// flight are answered: a request left alone goes at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wait_ends_when_the_others_are_answered() {
+        let batching = Batching {
+            max_size: 8,
+            max_wait: Duration::from_secs(600),
+        };
+        let (t, pool) = batching_pool_for(BATCHING_MODEL, &[], 2, batching).await;
+        let pool = Arc::new(pool);
+        let hold = tempfile::tempdir_in(t.path()).unwrap();
+        let holding = spawn_call(
+            &pool,
+            serde_json::json!({ "hold": hold.path() }).to_string(),
+        );
+        wait_for("one worker to be busy", || {
+            hold.path().join("started").exists()
+        })
+        .await;
+        let lone = spawn_call(&pool, "1".into());
+        wait_for("the other worker to take it", || {
+            pool.in_flight() == 2 && pool.queued() == 0
+        })
+        .await;
+        std::fs::write(hold.path().join("release"), "").unwrap();
+        answer_of(holding).await.unwrap();
+        let v = tokio::time::timeout(Duration::from_secs(30), answer_of(lone))
+            .await
+            .expect("the lone request waited for max_wait")
+            .unwrap();
+        assert_eq!(v["batch"], 1);
         pool.shutdown().await;
     }
 }

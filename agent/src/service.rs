@@ -118,11 +118,15 @@ pub(crate) fn to_status(e: RuntimeError) -> Status {
 }
 
 /// The deploy's batching; off when the scheduler sent none (or a size of 1).
+/// An unset wait is the default of `Batching` in common.proto.
 fn batching(b: Option<aibro_proto::v1::Batching>) -> Batching {
+    const DEFAULT_WAIT_MS: u32 = 2;
     match b {
         Some(b) if b.max_batch_size > 1 => Batching {
             max_size: b.max_batch_size as usize,
-            max_wait: std::time::Duration::from_millis(b.max_wait_ms.unwrap_or(0).into()),
+            max_wait: std::time::Duration::from_millis(
+                b.max_wait_ms.unwrap_or(DEFAULT_WAIT_MS).into(),
+            ),
         },
         _ => Batching::OFF,
     }

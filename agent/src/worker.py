@@ -180,8 +180,24 @@ def handle(run, nparams, model, header, body):
     return {"ok": True, "content_type": ctype}, out
 
 
+MAX_FRAME = 0xFFFFFFFF
+
+
+def _results(run_batch, model, inputs):
+    results = run_batch(model, inputs)
+    if isinstance(results, (str, bytes, bytearray, dict)) or hasattr(results, "keys"):
+        raise TypeError("run_batch() returned a %s; it must return a list with one output per "
+                        "item, in order" % type(results).__name__)
+    results = list(results)
+    if len(results) != len(inputs):
+        raise ValueError("run_batch() returned %d results for %d items; it must return "
+                         "one per item, in order" % (len(results), len(inputs)))
+    return results
+
+
 def handle_batch(run_batch, model, header, body):
-    """One run_batch call for the items that decode; each item gets its own reply."""
+    """One run_batch call for the items that decode; each item gets its own reply.
+    When the call itself fails, its traceback is sent once, for every item it had."""
     replies, inputs, pos = [], [], 0
     for item in header["items"]:
         payload = body[pos:pos + item["len"]]
@@ -190,36 +206,35 @@ def handle_batch(run_batch, model, header, body):
         replies.append(bad)
         if bad is None:
             inputs.append(data)
-    outputs = []
+    batch = {"ok": True}
+    results = []
     if inputs:
         try:
-            results = list(run_batch(model, inputs))
-            if len(results) != len(inputs):
-                raise ValueError("run_batch() returned %d results for %d items; it must return "
-                                 "one per item, in order" % (len(results), len(inputs)))
+            results = _results(run_batch, model, inputs)
         except BaseException:
-            failed = {"ok": False, "kind": "run", "traceback": traceback.format_exc()}
-            results = [failed] * len(inputs)
-            inputs = None
+            batch["traceback"] = traceback.format_exc()
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
-        results = iter(results)
+    outputs, total, results = [], 0, iter(results)
     for i, reply in enumerate(replies):
         if reply is not None:
             continue
-        result = next(results)
-        if inputs is None:
-            replies[i] = result
+        if "traceback" in batch:
+            replies[i] = {"ok": False, "kind": "batch"}
             continue
         try:
-            ctype, out = encode_output(result)
+            ctype, out = encode_output(next(results))
+            if total + len(out) > MAX_FRAME:
+                raise ValueError("the batch's outputs are over 4 GiB together")
         except BaseException:
             replies[i] = {"ok": False, "kind": "output", "traceback": traceback.format_exc()}
             continue
+        total += len(out)
         replies[i] = {"ok": True, "content_type": ctype, "len": len(out)}
         outputs.append(out)
-    return {"ok": True, "items": replies}, b"".join(outputs)
+    batch["items"] = replies
+    return batch, b"".join(outputs)
 
 
 def main():

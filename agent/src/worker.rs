@@ -93,8 +93,9 @@ struct Reply {
 }
 
 impl Reply {
-    /// One request's outcome, with its output.
-    fn outcome(self, body: Vec<u8>) -> Result<Output, WorkerError> {
+    /// One request's outcome, with its output; `batch_traceback` is what an
+    /// item failed by its batch's run_batch call gets.
+    fn outcome(self, body: Vec<u8>, batch_traceback: &str) -> Result<Output, WorkerError> {
         if self.ok {
             return Ok(Output {
                 body,
@@ -103,6 +104,7 @@ impl Reply {
         }
         match self.kind.as_str() {
             "input" => Err(WorkerError::BadInput(self.error)),
+            "batch" => Err(WorkerError::UserError(batch_traceback.to_string())),
             _ => Err(WorkerError::UserError(self.traceback)),
         }
     }
@@ -286,7 +288,7 @@ impl Worker {
         });
         self.write_frame(&header, payload).await?;
         let (reply, body) = self.read_frame().await?;
-        reply.outcome(body)
+        reply.outcome(body, "")
     }
 
     /// Runs one `run_batch()` call over `items` (payload, content type); each
@@ -302,7 +304,10 @@ impl Worker {
                 .map(|(payload, ct)| serde_json::json!({"content_type": ct, "len": payload.len()}))
                 .collect::<Vec<_>>(),
         });
-        let body: Vec<u8> = items.iter().flat_map(|(p, _)| p.iter().copied()).collect();
+        let mut body = Vec::with_capacity(items.iter().map(|(p, _)| p.len()).sum());
+        for (payload, _) in items {
+            body.extend_from_slice(payload);
+        }
         self.write_frame(&header, &body).await?;
         let (reply, mut body) = self.read_frame().await?;
         if reply.items.len() != items.len() {
@@ -326,7 +331,7 @@ impl Worker {
             } else {
                 Vec::new()
             };
-            outcomes.push(item.outcome(out));
+            outcomes.push(item.outcome(out, &reply.traceback));
         }
         outcomes.reverse();
         Ok(outcomes)

@@ -1,9 +1,11 @@
 -- wrk script for the predict-path bench: POSTs a small JSON body and, when
 -- the run ends, prints one line for aibro-bench to parse:
---   WRK requests=N status_errors=S errors=E p50_us=.. p99_us=.. max_us=.. duration_us=..
--- requests counts completed responses (any status); status_errors those with
+--   WRK requests=N status_errors=S timeouts=T errors=E p50_us=.. p99_us=.. max_us=.. duration_us=..
+-- requests counts completed responses (any status, also those slower than
+-- --timeout, which wrk counts as timeouts too); status_errors those with
 -- status >= 400; errors is status_errors plus connect, read, write and
--- timeout errors. Latencies (microseconds) cover completed responses only.
+-- timeout errors. Latencies (microseconds) cover completed responses within
+-- the timeout.
 
 wrk.method = "POST"
 wrk.body = '{"text": "hello", "n": 1}'
@@ -12,7 +14,7 @@ wrk.headers["Content-Type"] = "application/json"
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
-    "WRK requests=%d status_errors=%d errors=%d p50_us=%d p99_us=%d max_us=%d duration_us=%d\n",
-    summary.requests, e.status, e.connect + e.read + e.write + e.timeout + e.status,
+    "WRK requests=%d status_errors=%d timeouts=%d errors=%d p50_us=%d p99_us=%d max_us=%d duration_us=%d\n",
+    summary.requests, e.status, e.timeout, e.connect + e.read + e.write + e.timeout + e.status,
     latency:percentile(50), latency:percentile(99), latency.max, summary.duration))
 end

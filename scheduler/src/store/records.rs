@@ -47,8 +47,9 @@ pub struct JobRecord {
     /// ran for this one.
     #[serde(default)]
     pub handed_over: Vec<HandedOver>,
-    /// Inference: dynamic batching, with the defaults applied.
-    #[serde(default)]
+    /// Inference: dynamic batching, with the defaults applied. Jobs deployed
+    /// before batching existed keep serving as they did: off.
+    #[serde(default = "Batching::off")]
     pub batching: Batching,
 }
 
@@ -57,6 +58,15 @@ pub struct JobRecord {
 pub struct Batching {
     pub max_batch_size: u32,
     pub max_wait_ms: u32,
+}
+
+impl Batching {
+    pub fn off() -> Batching {
+        Batching {
+            max_batch_size: 1,
+            max_wait_ms: 0,
+        }
+    }
 }
 
 impl Default for Batching {
