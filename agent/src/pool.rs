@@ -904,9 +904,10 @@ mod tests {
     /// more before it calls run_batch.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn waits_for_more_while_others_are_in_flight() {
+        // Full at two, so the batch goes as soon as the second request joins.
         let batching = Batching {
-            max_size: 8,
-            max_wait: Duration::from_secs(20),
+            max_size: 2,
+            max_wait: Duration::from_secs(600),
         };
         let (t, pool) = batching_pool_for(BATCHING_MODEL, &[], 2, batching).await;
         let pool = Arc::new(pool);
@@ -928,7 +929,10 @@ mod tests {
         .await;
         let second = spawn_call(&pool, "2".into());
         for (call, want) in [(first, 1), (second, 2)] {
-            let v = answer_of(call).await.unwrap();
+            let v = tokio::time::timeout(Duration::from_secs(30), answer_of(call))
+                .await
+                .expect("the two requests were not batched")
+                .unwrap();
             assert_eq!(
                 (v["item"].clone(), v["batch"].clone()),
                 (want.into(), 2.into())
