@@ -820,6 +820,46 @@ mod tests {
             .map(|o| serde_json::from_slice(&o.body).unwrap())
     }
 
+    /// A request that keeps a worker busy inside run_batch until released.
+    struct Held {
+        dir: tempfile::TempDir,
+        call: JoinHandle<Result<Output, PoolError>>,
+    }
+
+    impl Held {
+        /// Sends it (its files go in a new directory under `dir`) and waits
+        /// until a worker runs it.
+        async fn start(pool: &Arc<Pool>, dir: &std::path::Path) -> Held {
+            let dir = tempfile::tempdir_in(dir).unwrap();
+            let call = spawn_call(pool, serde_json::json!({ "hold": dir.path() }).to_string());
+            wait_for("a worker to be busy", || {
+                dir.path().join("started").exists()
+            })
+            .await;
+            Held { dir, call }
+        }
+
+        /// Lets it finish and waits for its answer.
+        async fn release(self) {
+            std::fs::write(self.dir.path().join("release"), "").unwrap();
+            answer_of(self.call).await.unwrap();
+        }
+    }
+
+    /// With one of the pool's two workers held, sends `body` and waits until
+    /// the other worker has taken it.
+    async fn taken_by_the_other_worker(
+        pool: &Arc<Pool>,
+        body: &str,
+    ) -> JoinHandle<Result<Output, PoolError>> {
+        let call = spawn_call(pool, body.into());
+        wait_for("the other worker to take it", || {
+            pool.in_flight() == 2 && pool.queued() == 0
+        })
+        .await;
+        call
+    }
+
     /// Queues `bodies` in order while the pool's one worker is held busy, then
     /// frees it; their answers, in order.
     async fn while_busy(
@@ -827,12 +867,7 @@ mod tests {
         dir: &std::path::Path,
         bodies: &[&str],
     ) -> Vec<Result<serde_json::Value, PoolError>> {
-        let hold = tempfile::tempdir_in(dir).unwrap();
-        let holding = spawn_call(pool, serde_json::json!({ "hold": hold.path() }).to_string());
-        wait_for("the worker to be busy", || {
-            hold.path().join("started").exists()
-        })
-        .await;
+        let held = Held::start(pool, dir).await;
         // One at a time, so that they queue in order.
         let mut calls = Vec::new();
         for b in bodies {
@@ -842,8 +877,7 @@ mod tests {
             })
             .await;
         }
-        std::fs::write(hold.path().join("release"), "").unwrap();
-        answer_of(holding).await.unwrap();
+        held.release().await;
         let mut out = Vec::new();
         for c in calls {
             out.push(answer_of(c).await);
@@ -911,22 +945,9 @@ mod tests {
         };
         let (t, pool) = batching_pool_for(BATCHING_MODEL, &[], 2, batching).await;
         let pool = Arc::new(pool);
-        let hold = tempfile::tempdir_in(t.path()).unwrap();
-        let holding = spawn_call(
-            &pool,
-            serde_json::json!({ "hold": hold.path() }).to_string(),
-        );
-        wait_for("one worker to be busy", || {
-            hold.path().join("started").exists()
-        })
-        .await;
-        // The other worker takes this one and, with the held request in
-        // flight, waits for more.
-        let first = spawn_call(&pool, "1".into());
-        wait_for("the other worker to take it", || {
-            pool.in_flight() == 2 && pool.queued() == 0
-        })
-        .await;
+        let held = Held::start(&pool, t.path()).await;
+        // With the held request in flight, the other worker waits for more.
+        let first = taken_by_the_other_worker(&pool, "1").await;
         let second = spawn_call(&pool, "2".into());
         for (call, want) in [(first, 1), (second, 2)] {
             let v = tokio::time::timeout(Duration::from_secs(30), answer_of(call))
@@ -938,8 +959,7 @@ mod tests {
                 (want.into(), 2.into())
             );
         }
-        std::fs::write(hold.path().join("release"), "").unwrap();
-        answer_of(holding).await.unwrap();
+        held.release().await;
         pool.shutdown().await;
     }
 
@@ -1003,22 +1023,9 @@ mod tests {
         };
         let (t, pool) = batching_pool_for(BATCHING_MODEL, &[], 2, batching).await;
         let pool = Arc::new(pool);
-        let hold = tempfile::tempdir_in(t.path()).unwrap();
-        let holding = spawn_call(
-            &pool,
-            serde_json::json!({ "hold": hold.path() }).to_string(),
-        );
-        wait_for("one worker to be busy", || {
-            hold.path().join("started").exists()
-        })
-        .await;
-        let lone = spawn_call(&pool, "1".into());
-        wait_for("the other worker to take it", || {
-            pool.in_flight() == 2 && pool.queued() == 0
-        })
-        .await;
-        std::fs::write(hold.path().join("release"), "").unwrap();
-        answer_of(holding).await.unwrap();
+        let held = Held::start(&pool, t.path()).await;
+        let lone = taken_by_the_other_worker(&pool, "1").await;
+        held.release().await;
         let v = tokio::time::timeout(Duration::from_secs(30), answer_of(lone))
             .await
             .expect("the lone request waited for max_wait")
