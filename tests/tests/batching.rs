@@ -2,6 +2,7 @@
 //! size, gets predictions queued at its agent through the scheduler as one
 //! run_batch call; every caller gets its own item's output.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aibro_proto::v1 as pb;
@@ -92,13 +93,12 @@ async fn while_busy(
     let hold = tempfile::tempdir()?;
     let held = predict(s, model, serde_json::json!({ "hold": hold.path() }));
     let queued = async {
-        wait_for(|| async { Ok(hold.path().join("started").exists()) }).await?;
+        wait_for_file(&hold.path().join("started")).await?;
         let calls = (0..n).map(|i| predict(s, model, serde_json::json!({ "i": i })));
         let answers = futures::future::try_join_all(calls);
         let release = async {
-            wait_for(|| async {
-                let job = s.get_job(token, job_id).await?;
-                Ok(job.instances.iter().any(|i| i.queued as usize == n))
+            s.wait_instances(token, job_id, "the requests to queue", |insts| {
+                insts.iter().any(|i| i.queued as usize == n)
             })
             .await?;
             std::fs::write(hold.path().join("release"), "")?;
@@ -111,34 +111,27 @@ async fn while_busy(
     Ok(answers)
 }
 
+/// One prediction through the scheduler; its output, as JSON.
 async fn predict(
     s: &Scheduler,
     model: &str,
     payload: serde_json::Value,
 ) -> anyhow::Result<serde_json::Value> {
-    let mut client = pb::inference_client::InferenceClient::new(s.channel().await?);
-    let r = client
-        .predict(pb::PredictRequest {
-            owner: "alice".into(),
-            client_id: "public".into(),
-            model_name: model.into(),
-            payload: serde_json::to_vec(&payload)?,
-            content_type: "application/json".into(),
-        })
-        .await?
-        .into_inner();
+    let r = s
+        .predict("alice", "public", model, &payload.to_string())
+        .await?;
     Ok(serde_json::from_slice(&r.output)?)
 }
 
-/// Polls `check` until it holds, for up to a minute.
-async fn wait_for<F, Fut>(check: F) -> anyhow::Result<()>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
+/// Polls until `path` exists, for up to a minute.
+async fn wait_for_file(path: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !check().await? {
-        anyhow::ensure!(Instant::now() < deadline, "timed out");
+    while !path.exists() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            path.display()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
