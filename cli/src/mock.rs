@@ -217,6 +217,20 @@ impl Jobs for Mock {
     }
 }
 
+/// Serves a mock whose jobs end in `final_status`, and a CLI context
+/// (token `secret_t`, JSON output or not) connected to it.
+pub async fn connected(final_status: i32, json: bool) -> (Mock, crate::commands::Ctx) {
+    let mock = Mock {
+        seen: Default::default(),
+        final_status,
+    };
+    let endpoint = serve(mock.clone()).await;
+    let client = crate::client::Client::connect(&endpoint, Some("secret_t"), None)
+        .await
+        .unwrap();
+    (mock, crate::commands::Ctx { client, json })
+}
+
 /// Serves the mock on 127.0.0.1:0; returns its endpoint.
 pub async fn serve(mock: Mock) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -225,21 +225,10 @@ mod mock_tests {
     use std::io::Write;
 
     use super::*;
-    use crate::client::Client;
     use crate::mock::{self, Mock};
 
     async fn run_deploy(final_status: i32, artifacts: &std::path::Path) -> (Mock, Result<Outcome>) {
-        let mock = Mock {
-            seen: Default::default(),
-            final_status,
-        };
-        let endpoint = mock::serve(mock.clone()).await;
-        let ctx = Ctx {
-            client: Client::connect(&endpoint, Some("secret_t"), None)
-                .await
-                .unwrap(),
-            json: false,
-        };
+        let (mock, ctx) = mock::connected(final_status, false).await;
         let args = DeployArgs {
             model_name: "echo".into(),
             standby: "local.small.od".into(),

@@ -288,22 +288,11 @@ mod tests {
 #[cfg(test)]
 mod mock_tests {
     use super::*;
-    use crate::client::Client;
-    use crate::mock::{self, Mock};
+    use crate::mock;
 
     #[tokio::test]
     async fn the_listing_follows_every_page() {
-        let mock = Mock {
-            seen: Default::default(),
-            final_status: 2,
-        };
-        let endpoint = mock::serve(mock.clone()).await;
-        let ctx = Ctx {
-            client: Client::connect(&endpoint, Some("secret_t"), None)
-                .await
-                .unwrap(),
-            json: false,
-        };
+        let (mock, ctx) = mock::connected(2, false).await;
         let jobs = all_jobs(&ctx, false).await.unwrap();
         let ids: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
         assert_eq!(ids, ["j-0", "j-1", "j-2", "j-3", "j-4"]);

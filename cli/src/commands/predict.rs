@@ -131,22 +131,11 @@ mod tests {
 #[cfg(test)]
 mod mock_tests {
     use super::*;
-    use crate::client::Client;
-    use crate::mock::{self, Mock};
+    use crate::mock;
 
     #[tokio::test]
     async fn predict_sends_no_token() {
-        let mock = Mock {
-            seen: Default::default(),
-            final_status: 2,
-        };
-        let endpoint = mock::serve(mock.clone()).await;
-        let ctx = Ctx {
-            client: Client::connect(&endpoint, Some("secret_t"), None)
-                .await
-                .unwrap(),
-            json: true,
-        };
+        let (mock, ctx) = mock::connected(2, true).await;
         let resp = call(&ctx, &super::tests::args(Some(r#"{"x": 1}"#), None))
             .await
             .unwrap();
