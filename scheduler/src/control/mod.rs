@@ -73,6 +73,27 @@ pub struct Settings {
     pub spot_check: Duration,
 }
 
+impl Settings {
+    /// A control plane whose agents are in process (the simulator, tests):
+    /// hour-long connect and heartbeat intervals, no liveness timeout, no spot.
+    pub fn in_process(data_dir: &std::path::Path) -> Settings {
+        Settings {
+            data_dir: data_dir.to_path_buf(),
+            public_url: "sim://".into(),
+            connect_timeout: Duration::from_secs(3600),
+            heartbeat_interval: Duration::from_secs(3600),
+            agent_lost_after: None,
+            cooling_idle: Duration::from_secs(60),
+            lifecycle_tick: Duration::from_secs(1),
+            python: "python3".into(),
+            pip: Default::default(),
+            agent_tls: None,
+            use_spot: false,
+            spot_check: Duration::from_secs(60),
+        }
+    }
+}
+
 pub(crate) struct Inner {
     settings: Settings,
     store: Store,

@@ -12,18 +12,10 @@ use crate::store::EventRecord;
 async fn control(dir: &std::path::Path) -> Control {
     let store = Store::open(&dir.join("db")).unwrap();
     let settings = Settings {
-        data_dir: dir.to_path_buf(),
         public_url: "http://127.0.0.1:1".into(),
         connect_timeout: Duration::from_secs(60),
         heartbeat_interval: Duration::from_secs(1),
-        agent_lost_after: None,
-        cooling_idle: Duration::from_secs(60),
-        lifecycle_tick: Duration::from_secs(1),
-        python: "python3".into(),
-        pip: Default::default(),
-        agent_tls: None,
-        use_spot: false,
-        spot_check: Duration::from_secs(60),
+        ..Settings::in_process(dir)
     };
     let auth = Auth::open(store.clone()).await.unwrap();
     Control::new(

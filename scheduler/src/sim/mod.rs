@@ -95,20 +95,7 @@ impl Harness {
         let catalog = Catalog::shipped();
         let (boots, booted) = mpsc::unbounded_channel();
         let provider = Arc::new(agent::SimProvider::new(boots));
-        let settings = Settings {
-            data_dir: data_dir.to_path_buf(),
-            public_url: "sim://".into(),
-            connect_timeout: Duration::from_secs(3600),
-            heartbeat_interval: Duration::from_secs(3600),
-            agent_lost_after: None,
-            cooling_idle: Duration::from_secs(60),
-            lifecycle_tick: Duration::from_secs(1),
-            python: "python3".into(),
-            pip: Default::default(),
-            agent_tls: None,
-            use_spot: false,
-            spot_check: Duration::from_secs(60),
-        };
+        let settings = Settings::in_process(data_dir);
         let plane = Plane::start(
             settings,
             store.clone(),
