@@ -7,7 +7,7 @@ use std::time::Duration;
 use aibro_proto::v1::{self as pb, JobStatus};
 use aibro_tests::{example, Scheduler};
 
-use crate::predict::{header, measure, print};
+use crate::predict::{header, print, via_scheduler};
 use crate::stats::thousands;
 
 #[derive(clap::Args)]
@@ -57,26 +57,13 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<()> {
         "batching on: max batch size {}, max wait {} ms",
         args.max_batch_size, args.max_wait_ms
     );
-    let server = s.child.as_ref().expect("scheduler running").id();
     let window = Duration::from_secs(args.seconds);
     header();
     let mut per_s = Vec::new();
     for &c in &args.concurrency {
         for (_, name, path) in configs {
-            let client = pb::inference_client::InferenceClient::new(s.channel().await?);
-            let request = pb::PredictRequest {
-                owner: "bench".into(),
-                client_id: "public".into(),
-                model_name: name.into(),
-                payload: br#"{"x": [0.5, -1.0, 2.0, 0.25]}"#.to_vec(),
-                content_type: "application/json".into(),
-            };
-            let row = measure(path, c, window, server, move || {
-                let mut client = client.clone();
-                let request = request.clone();
-                async move { client.predict(request).await.map(drop) }
-            })
-            .await?;
+            let payload = br#"{"x": [0.5, -1.0, 2.0, 0.25]}"#;
+            let row = via_scheduler(&s, path, name, payload, c, window).await?;
             print(&row);
             per_s.push((c, row.per_s));
         }

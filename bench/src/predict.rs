@@ -128,22 +128,7 @@ async fn aibro_rows(
     let payload = crate::ray::BODY.as_bytes().to_vec();
     let mut rows = Vec::new();
     for &c in &args.concurrency {
-        let via = pb::inference_client::InferenceClient::new(s.channel().await?);
-        let request = pb::PredictRequest {
-            owner: "bench".into(),
-            client_id: "public".into(),
-            model_name: "echo".into(),
-            payload: payload.clone(),
-            content_type: "application/json".into(),
-        };
-        rows.push(
-            measure(&via_path, c, window, server, move || {
-                let mut client = via.clone();
-                let request = request.clone();
-                async move { client.predict(request).await.map(drop) }
-            })
-            .await?,
-        );
+        rows.push(via_scheduler(&s, &via_path, "echo", &payload, c, window).await?);
         let direct = AgentClient::new(
             tonic::transport::Channel::from_shared(agent_addr.clone())?
                 .connect()
@@ -208,9 +193,36 @@ fn summary(rows: &[Row]) {
 const VIA: &str = "aibro via scheduler";
 const DIRECT: &str = "aibro direct to agent";
 
+/// Predictions of `bench`'s public `model` through the scheduler `s`, in
+/// `concurrency` closed loops for `window`; CPU is the scheduler's tree's.
+pub(crate) async fn via_scheduler(
+    s: &Scheduler,
+    path: &str,
+    model: &str,
+    payload: &[u8],
+    concurrency: usize,
+    window: Duration,
+) -> anyhow::Result<Row> {
+    let client = pb::inference_client::InferenceClient::new(s.channel().await?);
+    let request = pb::PredictRequest {
+        owner: "bench".into(),
+        client_id: "public".into(),
+        model_name: model.into(),
+        payload: payload.to_vec(),
+        content_type: "application/json".into(),
+    };
+    let server = s.child.as_ref().expect("scheduler running").id();
+    measure(path, concurrency, window, server, move || {
+        let mut client = client.clone();
+        let request = request.clone();
+        async move { client.predict(request).await.map(drop) }
+    })
+    .await
+}
+
 /// Runs `call` in `concurrency` closed loops for `window`; CPU is `server`'s
 /// process tree's.
-pub(crate) async fn measure<F, Fut>(
+async fn measure<F, Fut>(
     path: &str,
     concurrency: usize,
     window: Duration,
