@@ -134,7 +134,8 @@ fn sample(data: &Path) -> (Vec<u8>, &'static str) {
 mod tests {
     use super::*;
 
-    fn pack(files: &[(&str, &str)]) -> (tempfile::TempDir, std::path::PathBuf) {
+    /// Packs a repo of `files` (path, content) and dry-runs it with python3.
+    async fn dry_run_of(files: &[(&str, &str)]) -> DryRunOutcome {
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("src");
         for (name, body) in files {
@@ -142,14 +143,15 @@ mod tests {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, body).unwrap();
         }
-        let out = tmp.path().join("repo.tar.gz");
-        archive::pack_dir(&src, std::fs::File::create(&out).unwrap()).unwrap();
-        (tmp, out)
+        let archive = tmp.path().join("repo.tar.gz");
+        archive::pack_dir(&src, std::fs::File::create(&archive).unwrap()).unwrap();
+        let work = tmp.path().join("work");
+        dry_run("python3", &work, &archive, &PipOptions::default()).await
     }
 
     #[tokio::test]
     async fn dry_run_ok_with_legacy_run() {
-        let (tmp, ar) = pack(&[
+        let out = dry_run_of(&[
             (
                 "predict.py",
                 "import json\ndef load_model():\n    return 10\n\
@@ -157,13 +159,7 @@ mod tests {
                  return {'sum': model + json.load(open('data/in.json'))['x']}\n",
             ),
             ("data/in.json", r#"{"x": 5}"#),
-        ]);
-        let out = dry_run(
-            "python3",
-            &tmp.path().join("work"),
-            &ar,
-            &PipOptions::default(),
-        )
+        ])
         .await;
         assert!(out.ok, "{}", out.traceback);
         assert_eq!(out.content_type, "application/json");
@@ -173,20 +169,13 @@ mod tests {
 
     #[tokio::test]
     async fn dry_run_ok_with_two_args_and_bytes_sample() {
-        let (tmp, ar) = pack(&[
+        let out = dry_run_of(&[
             (
                 "predict.py",
                 "def load_model():\n    return None\ndef run(model, data):\n    return data.upper()\n",
             ),
             ("data/img.raw", "abc"),
-        ]);
-        let out = dry_run(
-            "python3",
-            &tmp.path().join("work"),
-            &ar,
-            &PipOptions::default(),
-        )
-        .await;
+        ]).await;
         assert!(out.ok, "{}", out.traceback);
         assert_eq!(out.content_type, "application/octet-stream");
         assert_eq!(out.output, b"ABC");
@@ -194,16 +183,10 @@ mod tests {
 
     #[tokio::test]
     async fn dry_run_failures() {
-        let (tmp, ar) = pack(&[(
+        let out = dry_run_of(&[(
             "predict.py",
             "def load_model():\n    return None\ndef run(model, data):\n    return 1 / 0\n",
-        )]);
-        let out = dry_run(
-            "python3",
-            &tmp.path().join("work"),
-            &ar,
-            &PipOptions::default(),
-        )
+        )])
         .await;
         assert!(!out.ok);
         assert!(
@@ -218,17 +201,11 @@ mod tests {
         );
 
         // A broken run_batch fails the dry run, though run() works.
-        let (tmp, ar) = pack(&[(
+        let out = dry_run_of(&[(
             "predict.py",
             "def load_model():\n    return None\ndef run(model, data):\n    return 1\n\
              def run_batch(model, items):\n    return 'not a list'\n",
-        )]);
-        let out = dry_run(
-            "python3",
-            &tmp.path().join("work"),
-            &ar,
-            &PipOptions::default(),
-        )
+        )])
         .await;
         assert!(!out.ok);
         assert!(
@@ -239,25 +216,11 @@ mod tests {
             out.traceback
         );
 
-        let (tmp, ar) = pack(&[("predict.py", "def load_model()\n    return None\n")]);
-        let out = dry_run(
-            "python3",
-            &tmp.path().join("work"),
-            &ar,
-            &PipOptions::default(),
-        )
-        .await;
+        let out = dry_run_of(&[("predict.py", "def load_model()\n    return None\n")]).await;
         assert!(!out.ok);
         assert!(out.traceback.contains("SyntaxError"), "{}", out.traceback);
 
-        let (tmp, ar) = pack(&[("model.py", "x = 1\n")]);
-        let out = dry_run(
-            "python3",
-            &tmp.path().join("work"),
-            &ar,
-            &PipOptions::default(),
-        )
-        .await;
+        let out = dry_run_of(&[("model.py", "x = 1\n")]).await;
         assert!(out.traceback.contains("no predict.py"), "{}", out.traceback);
     }
 }
