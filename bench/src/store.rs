@@ -7,8 +7,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aibro_scheduler::records::TimelineNote;
+use aibro_scheduler::records::{InstanceRecord, JobRecord};
 use aibro_scheduler::state::{self, InstanceEvent, JobEvent, JobKind, Role};
-use aibro_scheduler::store::{InstanceRecord, JobRecord, Mark, Store, StoreError};
+use aibro_scheduler::store::{Store, StoreError};
 
 use crate::stats::thousands;
 
@@ -114,7 +116,7 @@ async fn deployed_job(store: &Store, id: &str) -> Result<(), StoreError> {
                 insts.push(inst);
                 job.instances.push(iid.clone());
             }
-            Ok(vec![Mark::phase(&standby, "deployed")])
+            Ok(vec![TimelineNote::phase(&standby, "deployed")])
         })
         .await
         .map(drop)

@@ -8,6 +8,16 @@ use std::sync::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+/// No machine of the type could be had by the deadline.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no `{0}` machine was free in time")]
+pub struct NoneFree(pub String);
+
+/// The instance holds no machine to hand over.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("instance {0} holds no machine")]
+pub struct NotHeld(pub String);
+
 #[derive(Default)]
 pub struct Capacity {
     /// instance id → machine type, for every instance holding a machine.
@@ -32,23 +42,22 @@ impl Capacity {
 
     /// Takes a machine of the type for `instance_id`, waiting until `deadline`
     /// for one to be released (or added: `capacity` is asked again each time).
-    /// False if none could be had in time.
     pub async fn acquire(
         &self,
         machine_type: &str,
         capacity: impl Fn() -> u32,
         instance_id: &str,
         deadline: Instant,
-    ) -> bool {
+    ) -> Result<(), NoneFree> {
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
             if self.try_take(machine_type, capacity(), instance_id) {
-                return true;
+                return Ok(());
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                return false;
+                return Err(NoneFree(machine_type.to_string()));
             }
         }
     }
@@ -75,16 +84,14 @@ impl Capacity {
     }
 
     /// Hands `from`'s machine over to `to` (a replacement taking the place of
-    /// an instance that goes away). False if `from` holds none.
-    pub fn transfer(&self, from: &str, to: &str) -> bool {
+    /// an instance that goes away).
+    pub fn transfer(&self, from: &str, to: &str) -> Result<(), NotHeld> {
         let mut holders = self.holders.lock().expect("capacity lock");
-        match holders.remove(from) {
-            Some(machine_type) => {
-                holders.insert(to.to_string(), machine_type);
-                true
-            }
-            None => false,
-        }
+        let machine_type = holders
+            .remove(from)
+            .ok_or_else(|| NotHeld(from.to_string()))?;
+        holders.insert(to.to_string(), machine_type);
+        Ok(())
     }
 
     /// Machines were added (a pool agent joined): waiters look again.
@@ -107,12 +114,15 @@ mod tests {
     async fn waits_for_a_release_until_the_deadline() {
         let cap = std::sync::Arc::new(Capacity::default());
         let soon = || Instant::now() + Duration::from_secs(5);
-        assert!(cap.acquire("t", || 1, "a", soon()).await);
+        assert!(cap.acquire("t", || 1, "a", soon()).await.is_ok());
         assert!(
-            cap.acquire("t", || 1, "a", soon()).await,
+            cap.acquire("t", || 1, "a", soon()).await.is_ok(),
             "a holder asking again keeps its machine"
         );
-        assert!(!cap.acquire("t", || 1, "b", soon()).await);
+        assert_eq!(
+            cap.acquire("t", || 1, "b", soon()).await,
+            Err(NoneFree("t".into()))
+        );
         let waiter = {
             let cap = cap.clone();
             tokio::spawn(async move {
@@ -123,11 +133,14 @@ mod tests {
         tokio::task::yield_now().await;
         cap.release("a");
         cap.release("a");
-        assert!(waiter.await.unwrap());
+        assert!(waiter.await.unwrap().is_ok());
         assert_eq!(cap.used("t"), 1);
-        assert!(cap.transfer("c", "d"), "a replacement takes c's machine");
-        assert!(!cap.transfer("c", "e"));
-        assert!(!cap.acquire("t", || 1, "e", Instant::now()).await);
+        assert!(
+            cap.transfer("c", "d").is_ok(),
+            "a replacement takes c's machine"
+        );
+        assert_eq!(cap.transfer("c", "e"), Err(NotHeld("c".into())));
+        assert!(cap.acquire("t", || 1, "e", Instant::now()).await.is_err());
         cap.release("d");
         assert_eq!(cap.used("t"), 0);
     }

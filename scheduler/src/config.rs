@@ -48,7 +48,8 @@ pub struct Config {
     #[arg(long, env = "AIBRO_HEARTBEAT_MS", default_value_t = 2000)]
     pub heartbeat_ms: u64,
     /// Milliseconds without a heartbeat after which an agent is taken as lost
-    /// (its job canceled, or its cooling instance stopped).
+    /// (a deployed job's instance is replaced; otherwise its job is canceled,
+    /// or its cooling instance stopped).
     #[arg(long, env = "AIBRO_AGENT_LOST_AFTER_MS", default_value_t = 15_000)]
     pub agent_lost_after_ms: u64,
     /// Seconds without requests after which a cooling instance shows COOLING
@@ -135,6 +136,24 @@ impl Config {
             .into_iter()
             .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
             .collect()
+    }
+
+    /// The flags every local agent gets.
+    pub fn agent_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--workers".to_string(),
+            self.agent_workers.to_string(),
+            "--python".to_string(),
+            self.python.clone(),
+            "--orphan-timeout-s".to_string(),
+            self.agent_orphan_timeout_s.to_string(),
+        ];
+        args.extend(self.pip_args());
+        args.extend(self.agent_tls_args());
+        if let Some(n) = self.agent_runtime_threads {
+            args.extend(["--runtime-threads".to_string(), n.to_string()]);
+        }
+        args
     }
 
     /// The pip options as agent flags.

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use tokio::sync::broadcast;
 
-use crate::store::EventRecord;
+use crate::records::EventRecord;
 
 const CHANNEL_CAPACITY: usize = 256;
 

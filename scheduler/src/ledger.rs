@@ -3,11 +3,22 @@
 //! when it closes, open interval while it runs), so costs need no replay.
 
 use crate::catalog::Catalog;
+use crate::records::{InstanceRecord, JobRecord};
 use crate::state::InstanceState;
-use crate::store::{InstanceRecord, JobRecord};
+
+/// Keeps the running time of every instance whose state a change moved (at
+/// `now_ms`) up to date; `old` holds the instances as they were before.
+pub fn account_changes(old: &[InstanceRecord], insts: &mut [InstanceRecord], now_ms: u64) {
+    for inst in insts {
+        let before = old.iter().find(|o| o.id == inst.id).map(|o| o.state);
+        if before != Some(inst.state) {
+            account(before, inst, now_ms);
+        }
+    }
+}
 
 /// Keeps `inst`'s running time up to date across a state change at `now_ms`.
-pub fn account(before: Option<InstanceState>, inst: &mut InstanceRecord, now_ms: u64) {
+fn account(before: Option<InstanceState>, inst: &mut InstanceRecord, now_ms: u64) {
     let was_running = before.is_some_and(|s| !s.is_closed());
     let running = !inst.state.is_closed();
     match (was_running, running) {

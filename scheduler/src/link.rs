@@ -7,29 +7,48 @@ use aibro_proto::v1::{
     agent_client::AgentClient, AgentPredictRequest, AgentPredictResponse, PrepareRequest,
     StopRequest, TrainRequest,
 };
+
+use crate::records::JobRecord;
+use crate::state::JobKind;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::Status;
 
+/// What the scheduler asks of an agent. Predictions pass through as they
+/// came (the router forwards them); everything else is said in records.
 pub trait AgentLink: Send + Sync {
-    fn prepare(&self, request: PrepareRequest) -> BoxFuture<'static, Result<(), Status>>;
+    /// Sends the job to the agent: it gears up, loads and serves (or gets
+    /// ready to train).
+    fn prepare(&self, job: &JobRecord) -> BoxFuture<'static, Result<(), Status>>;
     fn predict(
         &self,
         request: AgentPredictRequest,
     ) -> BoxFuture<'static, Result<AgentPredictResponse, Status>>;
-    fn stop(&self, request: StopRequest) -> BoxFuture<'static, Result<(), Status>>;
-    fn train(&self, request: TrainRequest) -> BoxFuture<'static, Result<(), Status>>;
+    /// Ends the job's workers; `terminate` also wipes its files.
+    fn stop(&self, terminate: bool) -> BoxFuture<'static, Result<(), Status>>;
+    /// Starts the prepared training job's `train()` with its args.
+    fn train(&self, job: &JobRecord) -> BoxFuture<'static, Result<(), Status>>;
+}
+
+/// An agent address that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("bad agent address `{address}`: {reason}")]
+pub struct BadAddress {
+    address: String,
+    reason: String,
 }
 
 pub type Link = Arc<dyn AgentLink>;
 
 /// A gRPC connection to an agent at `address` (host:port), made lazily.
 /// With `tls`, over https, verifying the agent's certificate.
-pub fn grpc(address: &str, tls: Option<&ClientTlsConfig>) -> Result<Link, String> {
+pub fn grpc(address: &str, tls: Option<&ClientTlsConfig>) -> Result<Link, BadAddress> {
     let url = aibro_proto::transport::url(address, tls.is_some());
-    let endpoint = aibro_proto::transport::endpoint(&url, tls)
-        .map_err(|e| format!("bad agent address `{address}`: {e}"))?;
+    let endpoint = aibro_proto::transport::endpoint(&url, tls).map_err(|e| BadAddress {
+        address: address.to_string(),
+        reason: e.to_string(),
+    })?;
     let client = AgentClient::new(endpoint.connect_lazy())
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
@@ -37,7 +56,13 @@ pub fn grpc(address: &str, tls: Option<&ClientTlsConfig>) -> Result<Link, String
 }
 
 impl AgentLink for AgentClient<Channel> {
-    fn prepare(&self, request: PrepareRequest) -> BoxFuture<'static, Result<(), Status>> {
+    fn prepare(&self, job: &JobRecord) -> BoxFuture<'static, Result<(), Status>> {
+        let request = PrepareRequest {
+            job_id: job.id.clone(),
+            artifact_digest: job.artifact_digest.clone(),
+            kind: aibro_proto::v1::JobKind::from(job.kind) as i32,
+            batching: (job.kind == JobKind::Inference).then(|| (&job.batching).into()),
+        };
         let mut client = self.clone();
         async move { AgentClient::prepare(&mut client, request).await.map(drop) }.boxed()
     }
@@ -55,12 +80,17 @@ impl AgentLink for AgentClient<Channel> {
         .boxed()
     }
 
-    fn stop(&self, request: StopRequest) -> BoxFuture<'static, Result<(), Status>> {
+    fn stop(&self, terminate: bool) -> BoxFuture<'static, Result<(), Status>> {
+        let request = StopRequest { terminate };
         let mut client = self.clone();
         async move { AgentClient::stop(&mut client, request).await.map(drop) }.boxed()
     }
 
-    fn train(&self, request: TrainRequest) -> BoxFuture<'static, Result<(), Status>> {
+    fn train(&self, job: &JobRecord) -> BoxFuture<'static, Result<(), Status>> {
+        let request = TrainRequest {
+            job_id: job.id.clone(),
+            args: job.args.clone().into_iter().collect(),
+        };
         let mut client = self.clone();
         async move { AgentClient::train(&mut client, request).await.map(drop) }.boxed()
     }

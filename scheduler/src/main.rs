@@ -1,3 +1,4 @@
+#![deny(clippy::too_many_lines)]
 //! `aibro-scheduler`: parse flags, set up logging, bind, run until SIGINT/SIGTERM.
 //! `aibro-scheduler simulate` replays a request trace on a virtual clock.
 

@@ -139,3 +139,44 @@ impl Providers {
         names
     }
 }
+
+/// Interruption notices from the providers' spot markets.
+pub type Interruptions = tokio::sync::mpsc::UnboundedReceiver<Interruption>;
+
+/// The providers of a scheduler: `local` (agents spawned on this host, with
+/// an emulated spot market whose loop runs in `tasks`) and `pool` (agents
+/// that join from other hosts, reached with `agent_tls`).
+pub fn for_config(
+    config: &crate::config::Config,
+    public_url: &str,
+    join_token: &str,
+    agent_tls: Option<tonic::transport::ClientTlsConfig>,
+    tasks: &tokio_util::task::TaskTracker,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> (Providers, Interruptions) {
+    let (notices, interruptions) = tokio::sync::mpsc::unbounded_channel();
+    let market = Arc::new(spot::SpotMarket::new(
+        spot::SpotSettings {
+            availability: config.spot_availability,
+            interruptions_per_hour: config.spot_interruptions_per_hour,
+            notice: Duration::from_millis(config.spot_notice_ms),
+        },
+        notices,
+    ));
+    {
+        let (market, cancel) = (market.clone(), cancel.clone());
+        tasks.spawn(async move { market.run(cancel).await });
+    }
+    let local = local::LocalProvider::new(
+        config.agent_bin(),
+        config.data_dir.join("instances"),
+        public_url.to_string(),
+        join_token.to_string(),
+        config.agent_args(),
+        market,
+    );
+    let providers = Providers::default()
+        .with("local", Arc::new(local))
+        .with_pool(Arc::new(pool::Pool::new(agent_tls)));
+    (providers, interruptions)
+}

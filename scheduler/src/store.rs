@@ -1,27 +1,32 @@
 //! The only code that touches sled. Every change is one transaction across
 //! the trees it concerns, checked against the status model before commit, and
-//! flushed (group commit) before the method returns.
+//! flushed (group commit) before the method returns; the timeline events of job changes
+//! timeline events are then published to watchers ([`Store::subscribe`]), so
+//! whoever writes through the store publishes, and nobody else does.
 //!
 //! Trees: `jobs` (id → JobRecord), `instances` (id → InstanceRecord),
 //! `events` (job id, seq → EventRecord), `names` (owner, model → active job id),
 //! `by_owner` (owner, job id), `tokens` (sha256 → user), `artifacts`
 //! (owner, digest → ArtifactRecord), `meta`.
 
+mod change;
 mod durability;
-pub mod records;
 
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
+use tokio::sync::broadcast;
 
 pub use crate::clock::now_ms;
-use crate::ledger;
-use crate::state::{self, JobKind, StateError};
+use crate::hub::Hub;
+use crate::records::*;
+use crate::state::{JobKind, StateError};
+use change::Tx;
 use durability::GroupCommit;
-pub use records::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -54,25 +59,6 @@ impl From<sled::Error> for StoreError {
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
-/// A timeline mark that an update adds besides its status changes.
-#[derive(Debug, Clone, Default)]
-pub struct Mark {
-    pub instance_id: String,
-    pub phase: String,
-    pub message: String,
-    pub progress: Option<Progress>,
-}
-
-impl Mark {
-    pub fn phase(instance_id: &str, phase: &str) -> Self {
-        Mark {
-            instance_id: instance_id.to_string(),
-            phase: phase.to_string(),
-            ..Mark::default()
-        }
-    }
-}
-
 /// A job with its instances, as committed.
 #[derive(Debug, Clone)]
 pub struct Committed {
@@ -92,6 +78,8 @@ pub struct Store {
     artifacts: sled::Tree,
     meta: sled::Tree,
     commit: GroupCommit,
+    /// Where committed events are published to watchers.
+    hub: Arc<Hub>,
 }
 
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
@@ -134,123 +122,6 @@ fn unwrap_tx<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreEr
     })
 }
 
-/// The trees of one transaction, for changes to jobs and their instances.
-struct Tx<'a> {
-    jobs: &'a TransactionalTree,
-    instances: &'a TransactionalTree,
-    events: &'a TransactionalTree,
-    names: &'a TransactionalTree,
-}
-
-impl Tx<'_> {
-    /// One job's change; see [`Store::update`]. Instances the change hands to
-    /// another job (their `job_id` changed) are written but no longer checked
-    /// or shown as this job's.
-    fn update<F>(&self, job_id: &str, change: &F) -> TxResult<Committed>
-    where
-        F: Fn(&mut JobRecord, &mut Vec<InstanceRecord>) -> Result<Vec<Mark>, StoreError>,
-    {
-        let (jobs, instances, events, names) = (self.jobs, self.instances, self.events, self.names);
-        let Some(before) = tx_get::<JobRecord>(jobs, job_id.as_bytes())? else {
-            return abort(StoreError::JobNotFound(job_id.to_string()));
-        };
-        let mut old_instances = Vec::with_capacity(before.instances.len());
-        for id in &before.instances {
-            match tx_get::<InstanceRecord>(instances, id.as_bytes())? {
-                Some(inst) if inst.job_id == job_id => old_instances.push(inst),
-                // Handed over to another job: no longer this job's.
-                Some(_) => {}
-                None => return abort(StoreError::Corrupt(format!("instance {id} is missing"))),
-            }
-        }
-        let mut job = before.clone();
-        let mut insts = old_instances.clone();
-        let marks = change(&mut job, &mut insts).or_else(abort)?;
-        let (mut insts, leaving): (Vec<_>, Vec<_>) =
-            insts.into_iter().partition(|i| i.job_id == job.id);
-        for inst in leaving {
-            instances.insert(inst.id.as_bytes(), enc(&inst))?;
-        }
-        let pairs: Vec<_> = insts.iter().map(|i| (i.role, i.state)).collect();
-        state::check_job(job.kind, job.state, &pairs)
-            .map_err(StoreError::from)
-            .or_else(abort)?;
-
-        let now = now_ms();
-        let mut new_events = Vec::new();
-        let push = |new_events: &mut Vec<EventRecord>,
-                    job: &mut JobRecord,
-                    instance: Option<&InstanceRecord>,
-                    mark: Option<&Mark>| {
-            job.last_seq += 1;
-            new_events.push(EventRecord {
-                seq: job.last_seq,
-                at_ms: now,
-                job: job.state,
-                instance_id: instance
-                    .map(|i| i.id.clone())
-                    .or_else(|| mark.map(|m| m.instance_id.clone()))
-                    .unwrap_or_default(),
-                instance: instance.map(|i| i.state),
-                phase: mark.map(|m| m.phase.clone()).unwrap_or_default(),
-                message: mark.map(|m| m.message.clone()).unwrap_or_default(),
-                progress: mark.and_then(|m| m.progress.clone()),
-                last: false,
-            });
-        };
-        let mut changed_any = false;
-        for inst in &mut insts {
-            let old = old_instances.iter().find(|o| o.id == inst.id);
-            if old.map(|o| o.state) != Some(inst.state) {
-                ledger::account(old.map(|o| o.state), inst, now);
-            }
-            if old != Some(inst) {
-                inst.updated_ms = now;
-                instances.insert(inst.id.as_bytes(), enc(inst))?;
-            }
-            if old.map(|o| o.state) != Some(inst.state) {
-                changed_any = true;
-                push(&mut new_events, &mut job, Some(inst), None);
-            }
-        }
-        if job.state != before.state && !changed_any {
-            push(&mut new_events, &mut job, None, None);
-        }
-        for mark in &marks {
-            push(&mut new_events, &mut job, None, Some(mark));
-        }
-        let settled = job.state.is_ended() && insts.iter().all(|i| i.state.is_settled());
-        let was_settled =
-            before.state.is_ended() && old_instances.iter().all(|i| i.state.is_settled());
-        if settled && !was_settled {
-            if new_events.is_empty() {
-                push(&mut new_events, &mut job, None, None);
-            }
-            if let Some(e) = new_events.last_mut() {
-                e.last = true;
-            }
-        }
-        for e in &new_events {
-            events.insert(event_key(&job.id, e.seq), enc(e))?;
-        }
-        if job.state.is_ended() && !before.state.is_ended() {
-            let name_key = key2(&job.owner, &job.model_name);
-            if names.get(&name_key)?.as_deref() == Some(job.id.as_bytes()) {
-                names.remove(name_key)?;
-            }
-        }
-        if job != before || !new_events.is_empty() {
-            job.updated_ms = now;
-            jobs.insert(job.id.as_bytes(), enc(&job))?;
-        }
-        Ok(Committed {
-            job,
-            instances: insts,
-            events: new_events,
-        })
-    }
-}
-
 impl Store {
     /// Opens (or creates) the store under `dir`. Needs a tokio runtime.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -269,11 +140,15 @@ impl Store {
             artifacts: tree("artifacts")?,
             meta: tree("meta")?,
             commit: GroupCommit::start(db),
+            hub: Arc::default(),
         })
     }
 
     async fn durable(&self) -> Result<(), StoreError> {
-        self.commit.durable().await.map_err(StoreError::Sled)
+        self.commit
+            .durable()
+            .await
+            .map_err(|e| StoreError::Sled(e.to_string()))
     }
 
     /// Flushes everything committed so far.
@@ -323,11 +198,33 @@ impl Store {
             Ok(())
         }))?;
         self.durable().await?;
-        Ok(Committed {
+        let committed = Committed {
             job,
             instances: vec![],
             events: vec![event],
-        })
+        };
+        self.publish(&committed);
+        Ok(committed)
+    }
+
+    fn publish(&self, committed: &Committed) {
+        self.hub.publish(&committed.job.id, &committed.events);
+    }
+
+    /// Live events of the job, from the next commit on.
+    pub fn subscribe(&self, job_id: &str) -> broadcast::Receiver<EventRecord> {
+        self.hub.subscribe(job_id)
+    }
+
+    /// The hub itself, for tests that publish out of order.
+    #[cfg(test)]
+    pub(crate) fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Ends a subscription (see [`Hub::unsubscribe`]).
+    pub fn unsubscribe(&self, job_id: &str, rx: broadcast::Receiver<EventRecord>) {
+        self.hub.unsubscribe(job_id, rx);
     }
 
     /// Runs `f` in one sled transaction over the job trees, then waits until
@@ -352,9 +249,11 @@ impl Store {
     /// returned mark becomes a timeline event.
     pub async fn update<F>(&self, job_id: &str, change: F) -> Result<Committed, StoreError>
     where
-        F: Fn(&mut JobRecord, &mut Vec<InstanceRecord>) -> Result<Vec<Mark>, StoreError>,
+        F: Fn(&mut JobRecord, &mut Vec<InstanceRecord>) -> Result<Vec<TimelineNote>, StoreError>,
     {
-        self.transact(|tx| tx.update(job_id, &change)).await
+        let committed = self.transact(|tx| tx.update(job_id, &change)).await?;
+        self.publish(&committed);
+        Ok(committed)
     }
 
     /// Two jobs' changes in one transaction, `first` before `second`: an
@@ -366,16 +265,20 @@ impl Store {
         second: (&str, G),
     ) -> Result<(Committed, Committed), StoreError>
     where
-        F: Fn(&mut JobRecord, &mut Vec<InstanceRecord>) -> Result<Vec<Mark>, StoreError>,
-        G: Fn(&mut JobRecord, &mut Vec<InstanceRecord>) -> Result<Vec<Mark>, StoreError>,
+        F: Fn(&mut JobRecord, &mut Vec<InstanceRecord>) -> Result<Vec<TimelineNote>, StoreError>,
+        G: Fn(&mut JobRecord, &mut Vec<InstanceRecord>) -> Result<Vec<TimelineNote>, StoreError>,
     {
-        self.transact(|tx| {
-            Ok((
-                tx.update(first.0, &first.1)?,
-                tx.update(second.0, &second.1)?,
-            ))
-        })
-        .await
+        let both = self
+            .transact(|tx| {
+                Ok((
+                    tx.update(first.0, &first.1)?,
+                    tx.update(second.0, &second.1)?,
+                ))
+            })
+            .await?;
+        self.publish(&both.0);
+        self.publish(&both.1);
+        Ok(both)
     }
 
     pub fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
@@ -551,4 +454,180 @@ impl Store {
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+pub(crate) mod tests {
+    use super::*;
+    use crate::state::{self, InstanceState, JobEvent, Role};
+
+    pub(crate) fn job(id: &str, owner: &str, name: &str) -> JobRecord {
+        JobRecord {
+            model_name: name.into(),
+            standby: "local.small.od".into(),
+            ..JobRecord::queued(
+                id.into(),
+                owner,
+                JobKind::Inference,
+                "sha256:00".into(),
+                now_ms(),
+            )
+        }
+    }
+
+    fn launch(
+        job: &mut JobRecord,
+        insts: &mut Vec<InstanceRecord>,
+    ) -> Result<Vec<TimelineNote>, StoreError> {
+        job.state = state::next_job(job.kind, job.state, JobEvent::InstanceLaunched)?;
+        insts.push(InstanceRecord::launching(
+            "i1",
+            &job.id,
+            Role::Standby,
+            "local.small.od",
+            0,
+        ));
+        job.instances.push("i1".into());
+        Ok(vec![TimelineNote::phase("i1", "instance requested")])
+    }
+
+    #[tokio::test]
+    async fn changes_survive_reopen_and_events_are_numbered() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.create_job(job("j1", "alice", "m")).await.unwrap();
+            let c = store.update("j1", launch).await.unwrap();
+            assert_eq!(c.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+            assert_eq!(c.events[0].instance, Some(InstanceState::LAUNCHING));
+            assert_eq!(c.events[1].phase, "instance requested");
+            store.close().await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let j = store.job("j1").unwrap().unwrap();
+        assert_eq!(
+            j.state.substatus,
+            crate::state::JobSubstatus::ConnectingServer
+        );
+        assert_eq!(
+            store.instances_of(&j).unwrap()[0].state,
+            InstanceState::LAUNCHING
+        );
+        assert_eq!(store.events("j1").unwrap().len(), 3);
+        assert_eq!(store.jobs_of("alice").unwrap().len(), 1);
+        assert!(store.jobs_of("bob").unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn duplicate_active_name_is_refused_until_the_job_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.create_job(job("j1", "alice", "m")).await.unwrap();
+        let err = store.create_job(job("j2", "alice", "m")).await.unwrap_err();
+        assert!(matches!(err, StoreError::DuplicateName(..)), "{err}");
+        assert!(store.job("j2").unwrap().is_none());
+        store.create_job(job("j3", "bob", "m")).await.unwrap();
+        store
+            .update("j1", |j, _| {
+                j.state = state::next_job(j.kind, j.state, JobEvent::Complete)?;
+                Ok(vec![])
+            })
+            .await
+            .unwrap();
+        store.create_job(job("j2", "alice", "m")).await.unwrap();
+        assert_eq!(store.job_by_name("alice", "m").unwrap().unwrap().id, "j2");
+    }
+
+    #[tokio::test]
+    async fn an_illegal_combination_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.create_job(job("j1", "alice", "m")).await.unwrap();
+        store.update("j1", launch).await.unwrap();
+        let before = store.job("j1").unwrap().unwrap();
+        // EXECUTING while the job is still QUEUING is not in the seed's map.
+        let err = store
+            .update("j1", |_, insts| {
+                insts[0].state = InstanceState::EXECUTING;
+                Ok(vec![])
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::State(_)), "{err}");
+        assert_eq!(store.job("j1").unwrap().unwrap(), before);
+        assert_eq!(store.events("j1").unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_settling_event_is_marked_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.create_job(job("j1", "alice", "m")).await.unwrap();
+        store.update("j1", launch).await.unwrap();
+        let c = store
+            .update("j1", |j, insts| {
+                j.state = state::next_job(j.kind, j.state, JobEvent::Cancel)?;
+                insts[0].state =
+                    state::next_instance(insts[0].state, crate::state::InstanceEvent::Terminate)?;
+                Ok(vec![])
+            })
+            .await
+            .unwrap();
+        assert!(c.events.iter().all(|e| !e.last));
+        let c = store
+            .update("j1", |_, insts| {
+                insts[0].state =
+                    state::next_instance(insts[0].state, crate::state::InstanceEvent::Closed)?;
+                Ok(vec![])
+            })
+            .await
+            .unwrap();
+        assert!(c.events.last().unwrap().last);
+    }
+
+    #[tokio::test]
+    async fn events_from_reads_only_the_jobs_events_from_that_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // "j1" is a prefix of "j10": their events must not mix.
+        store.create_job(job("j1", "alice", "m1")).await.unwrap();
+        store.create_job(job("j10", "alice", "m10")).await.unwrap();
+        store.update("j1", launch).await.unwrap();
+        let seqs = |from| -> Vec<u64> {
+            let events = store.events_from("j1", from).unwrap();
+            events.iter().map(|e| e.seq).collect()
+        };
+        assert_eq!(seqs(0), [1, 2, 3]);
+        assert_eq!(seqs(2), [2, 3]);
+        assert!(seqs(4).is_empty());
+        assert_eq!(store.events_from("j10", 1).unwrap().len(), 1);
+        assert!(store.events_from("j", 0).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn jobs_page_goes_on_after_the_given_job_and_says_whether_more_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for i in 0..5 {
+            let id = format!("j{i}");
+            store.create_job(job(&id, "alice", &id)).await.unwrap();
+        }
+        // "alice2" starts with "alice": its jobs are not alice's.
+        store.create_job(job("k0", "alice2", "m")).await.unwrap();
+        let ids = |page: &[JobRecord]| page.iter().map(|j| j.id.clone()).collect::<Vec<_>>();
+        let all = |_: &JobRecord| true;
+        let (page, more) = store.jobs_page("alice", None, 2, all).unwrap();
+        assert_eq!((ids(&page), more), (vec!["j0".into(), "j1".into()], true));
+        let (page, more) = store.jobs_page("alice", Some("j1"), 2, all).unwrap();
+        assert_eq!((ids(&page), more), (vec!["j2".into(), "j3".into()], true));
+        let (page, more) = store.jobs_page("alice", Some("j3"), 2, all).unwrap();
+        assert_eq!((ids(&page), more), (vec!["j4".into()], false));
+        // Exactly full, nothing after: no next page.
+        let (page, more) = store.jobs_page("alice", Some("j2"), 2, all).unwrap();
+        assert_eq!((ids(&page), more), (vec!["j3".into(), "j4".into()], false));
+        let odd = |j: &JobRecord| j.id.ends_with(['1', '3']);
+        let (page, more) = store.jobs_page("alice", None, 1, odd).unwrap();
+        assert_eq!((ids(&page), more), (vec!["j1".into()], true));
+        let (page, more) = store.jobs_page("alice", Some("j1"), 1, odd).unwrap();
+        assert_eq!((ids(&page), more), (vec!["j3".into()], false));
+        let (page, more) = store.jobs_page("bob", None, 10, all).unwrap();
+        assert!(page.is_empty() && !more);
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aibro_proto::v1 as pb;
-use aibro_scheduler::store::{GpuRecord, HardwareRecord};
+use aibro_scheduler::records::{GpuRecord, HardwareRecord};
 use anyhow::{bail, Result};
 use tokio::task::JoinSet;
 

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use aibro_scheduler::auth::Auth;
+use aibro_scheduler::records::{InstanceRecord, JobRecord};
+use aibro_scheduler::records::{ProgressRecord, TimelineNote};
 use aibro_scheduler::state::{self, InstanceEvent, JobEvent, JobKind, Role};
-use aibro_scheduler::store::{
-    now_ms, InstanceRecord, JobRecord, Mark, Progress, Store, StoreError,
-};
+use aibro_scheduler::store::{now_ms, Store, StoreError};
 use anyhow::{Context, Result};
 
 use super::agents::{agent_id, hardware_record};
@@ -117,7 +117,9 @@ fn to_inst(insts: &mut [InstanceRecord], event: InstanceEvent) -> Result<(), Sto
 const TRACEBACK: &str = "Traceback (most recent call last):\n  File \"predict.py\", line 3, in <module>\n    import torch\nModuleNotFoundError: No module named 'torch'";
 
 type Change = Box<
-    dyn Fn(&mut JobRecord, &mut Vec<InstanceRecord>) -> Result<Vec<Mark>, StoreError> + Send + Sync,
+    dyn Fn(&mut JobRecord, &mut Vec<InstanceRecord>) -> Result<Vec<TimelineNote>, StoreError>
+        + Send
+        + Sync,
 >;
 
 /// One status step of the job's only instance, with an optional timeline mark.
@@ -138,7 +140,7 @@ fn step(
         Ok(if phase.is_empty() {
             vec![]
         } else {
-            vec![Mark::phase(&inst, phase)]
+            vec![TimelineNote::phase(&inst, phase)]
         })
     })
 }
@@ -228,9 +230,9 @@ fn history(walk: Walk, inst: &str, host: usize, address: &str) -> Vec<Change> {
             now_ms(),
         ));
         job.instances.push(i.clone());
-        Ok(vec![Mark {
+        Ok(vec![TimelineNote {
             message: format!("{MACHINE_ID} (on-demand, $4.10/h)"),
-            ..Mark::phase(&i, "instance requested")
+            ..TimelineNote::phase(&i, "instance requested")
         }])
     }));
     let (i, a) = (inst.to_string(), address.to_string());
@@ -239,7 +241,7 @@ fn history(walk: Walk, inst: &str, host: usize, address: &str) -> Vec<Change> {
         rec.agent_address = a.clone();
         rec.hardware = Some(hardware_record(host));
         rec.host = agent_id(host);
-        Ok(vec![Mark::phase(&i, "agent connected")])
+        Ok(vec![TimelineNote::phase(&i, "agent connected")])
     }));
     let ready = Some(InstanceEvent::Ready);
     match walk {
@@ -275,13 +277,13 @@ fn history(walk: Walk, inst: &str, host: usize, address: &str) -> Vec<Change> {
                 changes.push(Box::new(move |job, _| {
                     job.progress_seq = seq;
                     let metrics = [("loss".to_string(), 1.0 / (seq as f64 + 1.0))].into();
-                    Ok(vec![Mark {
-                        progress: Some(Progress {
+                    Ok(vec![TimelineNote {
+                        progress: Some(ProgressRecord {
                             epoch: seq as u32,
                             total_epochs: 20,
                             metrics,
                         }),
-                        ..Mark::phase(&i, "progress")
+                        ..TimelineNote::phase(&i, "progress")
                     }])
                 }));
             }
@@ -293,7 +295,7 @@ fn history(walk: Walk, inst: &str, host: usize, address: &str) -> Vec<Change> {
                     job.result_digest = format!("sha256:{:064x}", 42);
                     job.result_size = 1 << 20;
                     to_inst(insts, InstanceEvent::Terminate)?;
-                    Ok(vec![Mark::phase(&i, "results returned")])
+                    Ok(vec![TimelineNote::phase(&i, "results returned")])
                 }));
             }
         }

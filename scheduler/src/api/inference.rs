@@ -2,13 +2,12 @@
 
 use aibro_proto::v1::{
     inference_server::Inference, ClientsResponse, CompleteRequest, CompleteResponse, DeployRequest,
-    DeployResponse, DryRunResult, ListClientsRequest, PredictRequest, PredictResponse,
-    UpdateClientsRequest,
+    DeployResponse, ListClientsRequest, PredictRequest, PredictResponse, UpdateClientsRequest,
 };
 use tonic::{Request, Response, Status};
 
+use super::convert;
 use crate::control::{Control, DeploySpec};
-use crate::convert;
 use crate::error::Error;
 
 pub struct InferenceApi {
@@ -24,35 +23,15 @@ impl Inference for InferenceApi {
         request: Request<DeployRequest>,
     ) -> Result<Response<DeployResponse>, Status> {
         let user = super::caller(&self.control, &request)?;
-        let r = request.into_inner();
-        let machines = r.machine_config.unwrap_or_default();
-        let batching = r.batching.unwrap_or_default();
-        let spec = DeploySpec {
-            model_name: r.model_name,
-            standby: machines.standby,
-            cooling: machines.cooling,
-            artifact_digest: r.artifact_digest,
-            cool_down_period_s: r.cool_down_period_s,
-            client_ids: r.client_ids,
-            description: r.description,
-            wait_request_s: r.wait_request_s,
-            max_batch_size: batching.max_batch_size,
-            max_batch_wait_ms: batching.max_wait_ms,
-        };
-        let (job, dry) = self.control.deploy(&user, spec, r.dryrun).await?;
-        let public_url = &self.control.settings().public_url;
+        let spec = DeploySpec::from(request.into_inner());
+        let (job, dry) = self.control.deploy(&user, spec).await?;
         Ok(Response::new(DeployResponse {
             job_id: job.as_ref().map(|j| j.id.clone()).unwrap_or_default(),
             predict_address: job
                 .as_ref()
-                .map(|j| convert::predict_address(j, public_url))
+                .map(|j| self.control.predict_address(j))
                 .unwrap_or_default(),
-            dryrun: dry.map(|d| DryRunResult {
-                ok: d.ok,
-                output: d.output,
-                content_type: d.content_type,
-                traceback: d.traceback,
-            }),
+            dryrun: dry.map(convert::dry_run),
         }))
     }
 

@@ -8,33 +8,11 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use tonic::{Request, Response, Status};
 
-use crate::clock::now_ms;
+use super::convert;
 use crate::control::Control;
-use crate::convert;
-use crate::error::Error;
-use crate::ledger::{self, JobCost};
-use crate::store::{InstanceRecord, JobRecord};
 
 pub struct JobsApi {
     pub control: Control,
-}
-
-impl JobsApi {
-    fn job_view(&self, job: &JobRecord) -> Result<Job, Status> {
-        let instances = self
-            .control
-            .store()
-            .instances_of(job)
-            .map_err(Error::from)?;
-        let cost = self.cost(job, &instances);
-        let public_url = &self.control.settings().public_url;
-        let seen = |id: &str| self.control.seen(id);
-        Ok(convert::job(job, &instances, &cost, seen, public_url))
-    }
-
-    fn cost(&self, job: &JobRecord, instances: &[InstanceRecord]) -> JobCost {
-        ledger::job_cost(job, instances, self.control.catalog(), now_ms())
-    }
 }
 
 #[tonic::async_trait]
@@ -46,7 +24,8 @@ impl Jobs for JobsApi {
         let job = self
             .control
             .find_job(&user, &request.get_ref().job_id, "")?;
-        Ok(Response::new(self.job_view(&job)?))
+        let view = self.control.job_view(job)?;
+        Ok(Response::new(convert::job(&view)))
     }
 
     async fn list_jobs(
@@ -58,12 +37,12 @@ impl Jobs for JobsApi {
         let (jobs, next_page_token) =
             self.control
                 .list_jobs(&user, r.active_only, r.page_size, &r.page_token)?;
-        let jobs = jobs
-            .iter()
-            .map(|j| self.job_view(j))
-            .collect::<Result<_, _>>()?;
+        let mut views = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            views.push(convert::job(&self.control.job_view(job)?));
+        }
         Ok(Response::new(ListJobsResponse {
-            jobs,
+            jobs: views,
             next_page_token,
         }))
     }
@@ -89,11 +68,9 @@ impl Jobs for JobsApi {
         request: Request<GetTimelineRequest>,
     ) -> Result<Response<Timeline>, Status> {
         let user = super::caller(&self.control, &request)?;
-        let job = self
-            .control
-            .find_job(&user, &request.get_ref().job_id, "")?;
-        let events = self.control.store().events(&job.id).map_err(Error::from)?;
-        Ok(Response::new(convert::timeline(&job.id, &events)))
+        let job_id = &request.get_ref().job_id;
+        let events = self.control.timeline(&user, job_id)?;
+        Ok(Response::new(convert::timeline(job_id, &events)))
     }
 
     async fn list_instances(
@@ -101,27 +78,10 @@ impl Jobs for JobsApi {
         request: Request<ListInstancesRequest>,
     ) -> Result<Response<ListInstancesResponse>, Status> {
         let user = super::caller(&self.control, &request)?;
-        let job_id = &request.get_ref().job_id;
-        let jobs = if job_id.is_empty() {
-            self.control.store().jobs_of(&user.0).map_err(Error::from)?
-        } else {
-            vec![self.control.find_job(&user, job_id, "")?]
-        };
-        let mut instances = Vec::new();
-        for job in &jobs {
-            let records = self
-                .control
-                .store()
-                .instances_of(job)
-                .map_err(Error::from)?;
-            let cost = self.cost(job, &records);
-            instances.extend(
-                records
-                    .iter()
-                    .zip(&cost.instances)
-                    .map(|(i, c)| convert::instance(i, Some(c), self.control.seen(&i.id))),
-            );
-        }
+        let views = self
+            .control
+            .list_instances(&user, &request.get_ref().job_id)?;
+        let instances = views.iter().map(convert::instance).collect();
         Ok(Response::new(ListInstancesResponse { instances }))
     }
 }

@@ -1,23 +1,35 @@
-//! User-facing gRPC services: thin adapters that authenticate, unpack the
-//! request, call the control plane and convert the answer. No business logic.
+//! The gRPC services: thin adapters that authenticate, unpack the request
+//! (see [`convert`]), call the control plane and convert the answer. No
+//! business logic. Users call all but [`gateway`], which agents call.
 
 pub mod admin;
 pub mod artifacts;
+pub mod convert;
+pub mod gateway;
 pub mod inference;
 pub mod jobs;
 pub mod marketplace;
 pub mod training;
 
-use aibro_proto::v1::Chunk;
+use std::time::Duration;
+
+use aibro_proto::v1::{
+    admin_server::AdminServer, agent_gateway_server::AgentGatewayServer,
+    artifacts_server::ArtifactsServer, inference_server::InferenceServer, jobs_server::JobsServer,
+    marketplace_server::MarketplaceServer, training_server::TrainingServer, Chunk,
+};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use tokio_util::io::ReaderStream;
+use tonic::transport::server::Router;
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Request, Status};
 
-const CHUNK_BYTES: usize = 1 << 20;
-
 use crate::auth::User;
+use crate::config::Config;
 use crate::control::Control;
+
+const CHUNK_BYTES: usize = 1 << 20;
 
 /// A stored file as a stream of 1 MiB chunks; `what` names it in errors.
 pub(crate) async fn file_chunks(
@@ -42,4 +54,87 @@ pub(crate) fn caller<T>(control: &Control, request: &Request<T>) -> Result<User,
         .auth()
         .authenticate(request.metadata())
         .map_err(crate::error::Error::from)?)
+}
+
+/// Room above the payload limit for the rest of a Predict request.
+const ENVELOPE_BYTES: usize = 64 << 10;
+
+/// Services the scheduler serves, as reflection lists them (the proto package
+/// also holds `aibro.v1.Agent`, which agents serve).
+const SERVICES: [&str; 10] = [
+    "aibro.v1.Admin",
+    "aibro.v1.AgentGateway",
+    "aibro.v1.Artifacts",
+    "aibro.v1.Inference",
+    "aibro.v1.Jobs",
+    "aibro.v1.Marketplace",
+    "aibro.v1.Training",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    SERVICES.iter().fold(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(aibro_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ),
+        |b, name| b.with_service_name(*name),
+    )
+}
+
+/// Every gRPC service on one server: the users', the agents' gateway,
+/// health and reflection; each call gets the server-side deadline.
+pub(crate) async fn services(
+    control: &Control,
+    config: &Config,
+    tls: Option<ServerTlsConfig>,
+) -> anyhow::Result<Router> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<InferenceServer<inference::InferenceApi>>()
+        .await;
+    let max_payload = config.max_payload_bytes;
+    let inference = InferenceServer::new(inference::InferenceApi {
+        control: control.clone(),
+        max_payload_bytes: max_payload,
+    })
+    .max_decoding_message_size(max_payload + ENVELOPE_BYTES)
+    .max_encoding_message_size(usize::MAX);
+    let mut builder =
+        Server::builder().timeout(Duration::from_secs(config.request_timeout_s.max(1)));
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let control = control.clone();
+    Ok(builder
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(inference)
+        .add_service(ArtifactsServer::new(artifacts::ArtifactsApi {
+            control: control.clone(),
+            max_artifact_bytes: config.max_artifact_bytes,
+        }))
+        .add_service(JobsServer::new(jobs::JobsApi {
+            control: control.clone(),
+        }))
+        .add_service(TrainingServer::new(training::TrainingApi {
+            control: control.clone(),
+        }))
+        .add_service(MarketplaceServer::new(marketplace::MarketplaceApi {
+            control: control.clone(),
+        }))
+        .add_service(AdminServer::new(admin::AdminApi {
+            control: control.clone(),
+        }))
+        .add_service(AgentGatewayServer::new(gateway::GatewayApi {
+            heartbeat_interval: config.heartbeat_interval(),
+            max_result_bytes: config.max_artifact_bytes,
+            control,
+        })))
 }

@@ -19,15 +19,7 @@ impl Training for TrainingApi {
     #[tracing::instrument(skip_all)]
     async fn fit(&self, request: Request<FitRequest>) -> Result<Response<FitResponse>, Status> {
         let user = super::caller(&self.control, &request)?;
-        let r = request.into_inner();
-        let spec = FitSpec {
-            artifact_digest: r.artifact_digest,
-            machine_ids: r.machine_ids,
-            cool_down_period_s: r.cool_down_period_s,
-            wait_request_s: r.wait_request_s,
-            description: r.description,
-            args: r.args.into_iter().collect(),
-        };
+        let spec = FitSpec::from(request.into_inner());
         let job = self.control.fit(&user, spec).await?;
         Ok(Response::new(FitResponse { job_id: job.id }))
     }

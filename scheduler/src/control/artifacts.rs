@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::auth::User;
 use crate::error::{Error, Result};
-use crate::store::{ArtifactRecord, RECORD_VERSION};
+use crate::records::{ArtifactRecord, RECORD_VERSION};
 
 use super::Control;
 

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::now_ms;
+use crate::records::{InstanceRecord, JobRecord};
 use crate::router::Route;
 use crate::state::{InstanceEvent, InstanceState, Role};
-use crate::store::{InstanceRecord, JobRecord};
 
 use super::Control;
 
@@ -70,7 +70,7 @@ impl Control {
                 (InstanceState::EXECUTING, InstanceEvent::Busy)
             };
             if inst.state != want {
-                self.move_instance(&inst, event, None).await;
+                let _ = self.move_instance(&inst, event, None).await;
             }
             let next = if idle < idle_after {
                 idle_after - idle
@@ -87,21 +87,21 @@ impl Control {
         let Some(machine) = self.catalog().resolve(&inst.machine_id) else {
             return;
         };
-        let Ok(provider) = self.machine_provider(&machine) else {
+        let Ok(provider) = self.machines().provider(&machine) else {
             return;
         };
         let wait = Duration::from_secs(job.wait_request_s.into());
-        if let Err(reason) = self.acquire(&inst.id, &machine, wait).await {
+        if let Err(reason) = self.machines().acquire(&inst.id, &machine, wait).await {
             // The standby keeps serving; the next request asks again.
             return tracing::warn!("cannot wake the cooling instance: {reason}");
         }
         let lock = self.lock_instance(&inst.id).await;
-        if !self
+        let woken = self
             .move_instance(inst, InstanceEvent::Start, Some("instance woken"))
-            .await
-        {
+            .await;
+        if woken.is_err() {
             if !provider.stopped_holds_machine() {
-                self.capacity().release(&inst.id);
+                self.machines().capacity().release(&inst.id);
             }
             return;
         }
@@ -109,7 +109,7 @@ impl Control {
         let started = provider.start(&inst.id, &machine).await;
         drop(lock);
         match started {
-            Ok(()) => self.watch_connect(inst.id.clone()),
+            Ok(()) => self.expect_agent(inst.id.clone()),
             Err(e) => {
                 tracing::error!(error = %e, "the provider could not start the cooling instance");
                 if let Ok(Some(inst)) = self.store().instance(&inst.id) {

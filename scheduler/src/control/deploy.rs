@@ -1,18 +1,20 @@
 //! Inference jobs from the user's side: validate and create a deployment
-//! (or dry-run it), complete or cancel it, and manage its client ids.
+//! (or dry-run it), complete it, and manage its client ids.
 
 use std::collections::BTreeSet;
 
 use crate::auth::User;
-use crate::catalog::{Machine, Market};
+use crate::clock::now_ms;
 use crate::error::{Error, Result};
-use crate::state::{self, InstanceEvent, InstanceState, JobEvent, JobKind, Role};
-use crate::store::{now_ms, Batching, JobRecord, StoreError};
+use crate::records::{BatchSettings, JobRecord};
+use crate::state::{JobEvent, JobKind, Role};
+use crate::store::StoreError;
 
+use super::jobs::wait_request_s;
 use super::{new_id, Control};
+pub use crate::dry_run::DryRun;
 
 const DEFAULT_COOL_DOWN_S: u32 = 600;
-const DEFAULT_WAIT_REQUEST_S: u32 = 30;
 const MAX_NAME_LEN: usize = 64;
 const MAX_BATCH_SIZE: u32 = 1024;
 const MAX_BATCH_WAIT_MS: u32 = 10_000;
@@ -24,6 +26,8 @@ pub struct DeploySpec {
     pub standby: String,
     pub cooling: String,
     pub artifact_digest: String,
+    /// Run the repo once on its sample input instead of deploying it.
+    pub dryrun: bool,
     pub cool_down_period_s: u32,
     pub client_ids: Vec<String>,
     pub description: String,
@@ -35,9 +39,9 @@ pub struct DeploySpec {
 }
 
 /// The spec's batching with the defaults applied, within the limits.
-fn batching(spec: &DeploySpec) -> Result<Batching> {
-    let default = Batching::default();
-    let b = Batching {
+fn batching(spec: &DeploySpec) -> Result<BatchSettings> {
+    let default = BatchSettings::default();
+    let b = BatchSettings {
         max_batch_size: match spec.max_batch_size {
             0 => default.max_batch_size,
             n => n,
@@ -59,15 +63,6 @@ fn batching(spec: &DeploySpec) -> Result<Batching> {
     Ok(b)
 }
 
-/// The outcome of a dry run.
-#[derive(Debug, Clone)]
-pub struct DryRun {
-    pub ok: bool,
-    pub output: Vec<u8>,
-    pub content_type: String,
-    pub traceback: String,
-}
-
 fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
@@ -84,7 +79,7 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 /// Client ids must be non-empty and unique.
-pub(crate) fn check_clients<'a>(ids: impl IntoIterator<Item = &'a String>) -> Result<()> {
+fn check_clients<'a>(ids: impl IntoIterator<Item = &'a String>) -> Result<()> {
     let mut seen = BTreeSet::new();
     for id in ids {
         if id.trim().is_empty() {
@@ -100,68 +95,12 @@ pub(crate) fn check_clients<'a>(ids: impl IntoIterator<Item = &'a String>) -> Re
 }
 
 impl Control {
-    /// Resolves a machine id that some provider of ours serves.
-    pub(crate) fn servable_machine(&self, field: &str, id: &str) -> Result<Machine> {
-        let machine = self.catalog().resolve(id).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "{field}: unknown machine id `{id}`; known ids: {}",
-                self.catalog().ids().join(", ")
-            ))
-        })?;
-        self.machine_provider(&machine)?;
-        Ok(machine)
-    }
-
-    /// Resolves an on-demand machine id that some provider of ours serves.
-    pub(crate) fn deployable_machine(&self, field: &str, id: &str) -> Result<Machine> {
-        let machine = self.servable_machine(field, id)?;
-        if machine.market == Market::Spot {
-            return Err(Error::InvalidArgument(format!(
-                "{field}: `{id}` is a spot machine id; deploys take on-demand ids (`{id}.od`), \
-                 and the scheduler uses spot capacity by itself where it saves cost"
-            )));
-        }
-        Ok(machine)
-    }
-
-    pub(crate) fn machine_provider(
-        &self,
-        machine: &Machine,
-    ) -> Result<std::sync::Arc<dyn crate::provider::Provider>> {
-        self.inner.providers.get(&machine.kind.provider).cloned().ok_or_else(|| {
-            Error::FailedPrecondition(format!(
-                "machine `{}` comes from provider `{}`, which this scheduler does not run (it runs: {})",
-                machine.id,
-                machine.kind.provider,
-                self.inner.providers.names().join(", ")
-            ))
-        })
-    }
-
-    pub(crate) fn check_artifact(
-        &self,
-        user: &User,
-        digest: &str,
-    ) -> Result<crate::store::ArtifactRecord> {
-        if digest.is_empty() {
-            return Err(Error::InvalidArgument(
-                "artifact_digest is required: upload the repo with Artifacts.Upload first".into(),
-            ));
-        }
-        self.store().artifact(&user.0, digest)?.ok_or_else(|| {
-            Error::NotFound(format!(
-                "artifact {digest} not found; upload it with Artifacts.Upload first"
-            ))
-        })
-    }
-
     /// Validates a deploy; creates the job and starts launching its standby
     /// (or, for a dry run, runs the repo once here and creates nothing).
     pub async fn deploy(
         &self,
         user: &User,
         spec: DeploySpec,
-        dryrun: bool,
     ) -> Result<(Option<JobRecord>, Option<DryRun>)> {
         check_name(&spec.model_name)?;
         if spec.standby.is_empty() {
@@ -171,11 +110,16 @@ impl Control {
                 "machine_config has only a cooling instance; a standby instance is mandatory".into()
             }));
         }
-        let standby = self.deployable_machine("machine_config.standby", &spec.standby)?;
+        let standby = self
+            .machines()
+            .deployable("machine_config.standby", &spec.standby)?;
         let cooling = if spec.cooling.is_empty() {
             None
         } else {
-            Some(self.deployable_machine("machine_config.cooling", &spec.cooling)?)
+            Some(
+                self.machines()
+                    .deployable("machine_config.cooling", &spec.cooling)?,
+            )
         };
         check_clients(&spec.client_ids)?;
         let batching = batching(&spec)?;
@@ -186,7 +130,7 @@ impl Control {
                 artifact.digest
             )));
         }
-        if dryrun {
+        if spec.dryrun {
             return Ok((None, Some(self.dry_run(&artifact.digest).await?)));
         }
         let job = JobRecord {
@@ -197,10 +141,7 @@ impl Control {
                 0 => DEFAULT_COOL_DOWN_S,
                 s => s,
             },
-            wait_request_s: match spec.wait_request_s {
-                0 => DEFAULT_WAIT_REQUEST_S,
-                s => s,
-            },
+            wait_request_s: wait_request_s(spec.wait_request_s),
             client_ids: spec.client_ids,
             description: spec.description,
             batching,
@@ -212,10 +153,8 @@ impl Control {
                 now_ms(),
             )
         };
-        let committed = self.store().create_job(job).await?;
+        let job = self.create_job(job).await?;
         crate::crash::point("deploy.created");
-        self.hub().publish(&committed.job.id, &committed.events);
-        let job = committed.job;
         self.open_route(&job);
         let launches = std::iter::once((Role::Standby, standby))
             .chain(cooling.map(|c| (Role::Cooling, c)))
@@ -224,25 +163,19 @@ impl Control {
         Ok((Some(job), None))
     }
 
+    /// Runs the repo once on its sample input (`data/`), in a fresh
+    /// directory that is removed afterwards.
     async fn dry_run(&self, digest: &str) -> Result<DryRun> {
         let settings = self.settings();
         let work = tempfile::Builder::new()
             .prefix("dryrun-")
             .tempdir_in(&settings.data_dir)
             .map_err(|e| Error::Internal(format!("cannot make a dry-run dir: {e}")))?;
-        let outcome = aibro_agent::dry_run(
-            &settings.python,
-            work.path(),
-            &self.blob_path(digest),
-            &settings.pip,
-        )
-        .await;
-        Ok(DryRun {
-            ok: outcome.ok,
-            output: outcome.output,
-            content_type: outcome.content_type,
-            traceback: outcome.traceback,
-        })
+        settings
+            .dry_run
+            .run(&self.blob_path(digest), work.path())
+            .await
+            .map_err(|e| Error::Unavailable(format!("the dry run could not run here: {e}")))
     }
 
     /// Ends the job at once: it stops serving and every instance is terminated.
@@ -264,49 +197,6 @@ impl Control {
             .await
     }
 
-    /// Cancels the job with `reason` and terminates its instances. A job that
-    /// already ended is left as it is.
-    pub(crate) async fn cancel(&self, job_id: &str, reason: String) {
-        match self.end_job(job_id, JobEvent::Cancel, reason).await {
-            Ok(_) | Err(Error::Store(StoreError::Stale(_))) => {}
-            Err(e) => tracing::error!(job_id, error = %e, "cannot cancel job"),
-        }
-    }
-
-    async fn end_job(&self, job_id: &str, event: JobEvent, reason: String) -> Result<JobRecord> {
-        let committed = self
-            .apply(job_id, |job, insts| {
-                if job.state.is_ended() {
-                    return Err(StoreError::Stale(format!(
-                        "job {} has already ended",
-                        job.id
-                    )));
-                }
-                job.state = state::next_job(job.kind, job.state, event)?;
-                job.reason = reason.clone();
-                // Stopped instances are terminated too: their disks go.
-                for inst in insts
-                    .iter_mut()
-                    .filter(|i| i.state != InstanceState::TERMINATED)
-                {
-                    inst.state = state::next_instance(inst.state, InstanceEvent::Terminate)?;
-                }
-                Ok(vec![])
-            })
-            .await?;
-        crate::crash::point("complete.recorded");
-        let job = committed.job;
-        self.router().close(&job.owner, &job.model_name, &job.id);
-        for inst in committed
-            .instances
-            .into_iter()
-            .filter(|i| i.state == InstanceState::TERMINATING)
-        {
-            self.start_close(inst.id);
-        }
-        Ok(job)
-    }
-
     /// Adds and removes client ids; a duplicate in `add` refuses the whole update.
     pub async fn update_clients(
         &self,
@@ -320,7 +210,8 @@ impl Control {
         let job = self.find_job(user, job_id, model_name)?;
         check_clients(&add)?;
         let committed = self
-            .apply(&job.id, |job, _| {
+            .store()
+            .update(&job.id, |job, _| {
                 if job.state.is_ended() {
                     return Err(StoreError::Refused(format!(
                         "job {} has ended; its client ids no longer matter",

@@ -5,21 +5,9 @@
 //! that go silent leave the pool. Everything goes through the ordinary
 //! transition path.
 
-use std::time::{Duration, Instant};
-
-use aibro_proto::v1::Heartbeat;
+use std::time::Duration;
 
 use super::Control;
-
-/// What an instance's agent last said about itself, and when.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub at: Instant,
-    /// The same moment on the clock, for users.
-    pub at_ms: u64,
-    /// The last heartbeat's load, workers and GPU memory (default until one came).
-    pub load: Heartbeat,
-}
 
 impl Control {
     /// Runs the liveness check until shutdown (a no-op without a limit).
@@ -33,64 +21,16 @@ impl Control {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                for instance_id in this.silent_agents(limit) {
+                for instance_id in this.links().silent(limit) {
                     // Each on its own: closing one may take a while.
                     let this2 = this.clone();
                     this.spawn(async move { this2.agent_lost(&instance_id, limit).await });
                 }
-                if let Some(pool) = this.inner.providers.pool() {
+                if let Some(pool) = this.machines().pool() {
                     pool.drop_silent(limit);
                 }
             }
         });
-    }
-
-    /// Instances whose agent has been silent for `limit`; each is reported once.
-    fn silent_agents(&self, limit: Duration) -> Vec<String> {
-        let mut heartbeats = self.inner.heartbeats.lock().expect("heartbeats lock");
-        let silent: Vec<String> = heartbeats
-            .iter()
-            .filter(|(_, seen)| seen.at.elapsed() >= limit)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &silent {
-            heartbeats.remove(id);
-        }
-        silent
-    }
-
-    /// Forgets an instance's heartbeats (it closed, or its agent ended on purpose).
-    pub(crate) fn forget_heartbeats(&self, instance_id: &str) {
-        self.inner
-            .heartbeats
-            .lock()
-            .expect("heartbeats lock")
-            .remove(instance_id);
-    }
-
-    /// The instance's agent was heard from (any call); `heartbeat` adds its load.
-    pub(crate) fn last_seen(&self, instance_id: &str, heartbeat: Option<&Heartbeat>) {
-        let mut heartbeats = self.inner.heartbeats.lock().expect("heartbeats lock");
-        let seen = heartbeats.entry(instance_id.to_string()).or_insert(Seen {
-            at: Instant::now(),
-            at_ms: 0,
-            load: Heartbeat::default(),
-        });
-        seen.at = Instant::now();
-        seen.at_ms = crate::clock::now_ms();
-        if let Some(h) = heartbeat {
-            seen.load = h.clone();
-        }
-    }
-
-    /// What the instance's agent last reported, while it is live.
-    pub fn seen(&self, instance_id: &str) -> Option<Seen> {
-        self.inner
-            .heartbeats
-            .lock()
-            .expect("heartbeats lock")
-            .get(instance_id)
-            .cloned()
     }
 
     #[tracing::instrument(skip(self, limit))]

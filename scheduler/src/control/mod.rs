@@ -1,21 +1,38 @@
 //! The control plane: turns user requests, agent reports and timers into
-//! status transitions. Every change goes through [`Control::apply`] (one
-//! store transaction, then publication to watchers); side effects on
-//! providers and agents run in tracked tasks that shutdown cancels.
+//! status transitions. Every change is one store update, which also
+//! publishes its events to watchers; side effects on providers and agents run
+//! in tracked tasks that shutdown cancels.
+//!
+//! Its files are layers; each calls only those listed before it (the
+//! structure test checks it):
+//! - parts that own state: [`machines`] (providers, capacity, markets),
+//!   [`links`] (reaching agents, when each was last heard);
+//! - [`instances`] (moving an instance, closing it through its provider),
+//!   [`jobs`] (find, create, cancel, the name index), [`artifacts`];
+//! - the lifecycles: [`replace`] (failures, lost agents, replacements),
+//!   [`dispatch`] (Prepare and Train sent to agents), [`cooling`],
+//!   [`serving`] (routes), [`launch`], [`deploy`], [`train`], [`spot`],
+//!   [`liveness`], [`reports`] (what agents tell), [`recovery`] (start up);
+//! - the readers: [`predict`], [`watch`], [`views`].
 
-mod agents;
 mod artifacts;
 mod cooling;
 mod deploy;
+mod dispatch;
+mod instances;
+mod jobs;
 mod launch;
+mod links;
 mod liveness;
+mod machines;
 mod predict;
 mod recovery;
 mod replace;
+mod reports;
+mod serving;
 mod spot;
-#[cfg(test)]
-mod tests;
 mod train;
+mod views;
 mod watch;
 
 use std::collections::HashMap;
@@ -26,25 +43,20 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Auth, User};
-use crate::capacity::Capacity;
+use crate::auth::Auth;
 use crate::catalog::Catalog;
-use crate::error::{Error, Result};
-use crate::hub::Hub;
-use crate::link::Link;
 use crate::provider::Providers;
+use crate::records::InstanceRecord;
 use crate::router::Router;
-use crate::store::{Committed, InstanceRecord, JobRecord, Mark, Store, StoreError};
+use crate::store::{Store, StoreError};
 
-pub use agents::Registration;
 pub use deploy::{DeploySpec, DryRun};
-pub use liveness::Seen;
-pub use train::FitSpec;
-
-/// Jobs in a ListJobs page when the caller does not say.
-pub const DEFAULT_PAGE_SIZE: usize = 100;
-/// The most jobs in one ListJobs page.
-pub const MAX_PAGE_SIZE: usize = 1000;
+pub use jobs::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+pub use links::{AgentLoad, LastHeard};
+pub use machines::{MachineError, Shortage};
+pub use reports::{AgentReport, Registration, ReportedPhase};
+pub use train::{FitSpec, TrainingUpdate, UpdateKind};
+pub use views::{InstanceView, JobView, MachineOffer};
 
 /// Knobs of the control plane.
 #[derive(Debug, Clone)]
@@ -62,9 +74,8 @@ pub struct Settings {
     pub cooling_idle: Duration,
     /// How often the cool-down countdown looks at its instance.
     pub lifecycle_tick: Duration,
-    pub python: String,
-    /// pip options for dry runs (the agents get theirs as flags).
-    pub pip: aibro_agent::PipOptions,
+    /// How dry runs are run.
+    pub dry_run: crate::dry_run::DryRunner,
     /// How agents are reached over TLS (the CA they chain to); None: plain http.
     pub agent_tls: Option<tonic::transport::ClientTlsConfig>,
     /// Deploys run on spot twins of their on-demand ids when spot can be had.
@@ -85,8 +96,7 @@ impl Settings {
             agent_lost_after: None,
             cooling_idle: Duration::from_secs(60),
             lifecycle_tick: Duration::from_secs(1),
-            python: "python3".into(),
-            pip: Default::default(),
+            dry_run: crate::dry_run::DryRunner::default(),
             agent_tls: None,
             use_spot: false,
             spot_check: Duration::from_secs(60),
@@ -94,27 +104,23 @@ impl Settings {
     }
 }
 
-pub(crate) struct Inner {
+/// Everything the control plane holds, shared by its clones.
+pub(crate) struct Parts {
     settings: Settings,
     store: Store,
-    hub: Hub,
     router: Router,
-    catalog: Catalog,
-    providers: Providers,
-    capacity: Capacity,
+    machines: machines::Machines,
+    links: links::AgentLinks,
     auth: Auth,
-    agents: Mutex<HashMap<String, Link>>,
     /// Serialises provider work (launch, start, stop, terminate) per instance.
     instance_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// When each instance's agent was last heard from.
-    heartbeats: Mutex<HashMap<String, liveness::Seen>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
 }
 
 #[derive(Clone)]
 pub struct Control {
-    inner: Arc<Inner>,
+    parts: Arc<Parts>,
 }
 
 impl Control {
@@ -128,60 +134,46 @@ impl Control {
         cancel: CancellationToken,
     ) -> Self {
         Control {
-            inner: Arc::new(Inner {
+            parts: Arc::new(Parts {
+                machines: machines::Machines::new(catalog, providers, settings.use_spot),
+                links: links::AgentLinks::new(settings.agent_tls.clone()),
                 settings,
                 store,
-                hub: Hub::default(),
                 router: Router::default(),
-                catalog,
-                providers,
-                capacity: Capacity::default(),
                 auth,
-                agents: Mutex::new(HashMap::new()),
                 instance_locks: Mutex::new(HashMap::new()),
-                heartbeats: Mutex::new(HashMap::new()),
                 tasks,
                 cancel,
             }),
         }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.inner.store
+    pub(crate) fn store(&self) -> &Store {
+        &self.parts.store
     }
 
-    pub fn hub(&self) -> &Hub {
-        &self.inner.hub
+    pub(crate) fn router(&self) -> &Router {
+        &self.parts.router
     }
 
-    pub fn router(&self) -> &Router {
-        &self.inner.router
+    pub(crate) fn machines(&self) -> &machines::Machines {
+        &self.parts.machines
     }
 
-    pub fn catalog(&self) -> &Catalog {
-        &self.inner.catalog
+    pub(crate) fn catalog(&self) -> &Catalog {
+        self.parts.machines.catalog()
     }
 
-    pub fn capacity(&self) -> &Capacity {
-        &self.inner.capacity
+    pub(crate) fn links(&self) -> &links::AgentLinks {
+        &self.parts.links
     }
 
-    pub fn auth(&self) -> &Auth {
-        &self.inner.auth
+    pub(crate) fn auth(&self) -> &Auth {
+        &self.parts.auth
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.inner.settings
-    }
-
-    /// The one path for changes: a store transaction, then publication.
-    pub(crate) async fn apply<F>(&self, job_id: &str, change: F) -> Result<Committed, StoreError>
-    where
-        F: Fn(&mut JobRecord, &mut Vec<InstanceRecord>) -> Result<Vec<Mark>, StoreError>,
-    {
-        let committed = self.inner.store.update(job_id, change).await?;
-        self.inner.hub.publish(job_id, &committed.events);
-        Ok(committed)
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.parts.settings
     }
 
     /// Runs `fut` as a tracked background task that shutdown cancels.
@@ -189,99 +181,13 @@ impl Control {
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        let cancel = self.inner.cancel.clone();
-        self.inner.tasks.spawn(async move {
+        let cancel = self.parts.cancel.clone();
+        self.parts.tasks.spawn(async move {
             tokio::select! {
                 _ = cancel.cancelled() => {}
                 _ = fut => {}
             }
         });
-    }
-
-    /// The caller's job, by id (wins) or by active model name.
-    pub fn find_job(&self, user: &User, job_id: &str, model_name: &str) -> Result<JobRecord> {
-        let job = if !job_id.is_empty() {
-            self.inner.store.job(job_id)?
-        } else if !model_name.is_empty() {
-            self.inner.store.job_by_name(&user.0, model_name)?
-        } else {
-            return Err(Error::InvalidArgument(
-                "give a job_id or a model_name".into(),
-            ));
-        };
-        match job {
-            Some(job) if job.owner == user.0 => Ok(job),
-            _ if !job_id.is_empty() => Err(Error::NotFound(format!("job {job_id} not found"))),
-            _ => Err(Error::NotFound(format!(
-                "no active job with model name `{model_name}`"
-            ))),
-        }
-    }
-
-    /// A page of the caller's jobs (oldest first) and the token for the next
-    /// page ("" when none follows). `page_size` 0 means
-    /// [`DEFAULT_PAGE_SIZE`]; larger than [`MAX_PAGE_SIZE`] means that.
-    /// `page_token` is the last job id of the previous page; anything that is
-    /// not one of the caller's jobs is refused.
-    pub fn list_jobs(
-        &self,
-        user: &User,
-        active_only: bool,
-        page_size: u32,
-        page_token: &str,
-    ) -> Result<(Vec<JobRecord>, String)> {
-        let limit = match page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n => (n as usize).min(MAX_PAGE_SIZE),
-        };
-        let after = if page_token.is_empty() {
-            None
-        } else {
-            match self.inner.store.job(page_token)? {
-                Some(job) if job.owner == user.0 => Some(page_token),
-                _ => {
-                    return Err(Error::InvalidArgument(format!(
-                        "page_token `{}` is not one this server handed out to you: pass the \
-                         next_page_token of your previous ListJobs response, or none for the \
-                         first page",
-                        page_token.chars().take(80).collect::<String>()
-                    )))
-                }
-            }
-        };
-        let (jobs, more) = self.inner.store.jobs_page(&user.0, after, limit, |j| {
-            !active_only || !j.state.is_ended()
-        })?;
-        let next = match jobs.last() {
-            Some(last) if more => last.id.clone(),
-            _ => String::new(),
-        };
-        Ok((jobs, next))
-    }
-
-    pub(crate) fn agent(&self, instance_id: &str) -> Option<Link> {
-        self.inner
-            .agents
-            .lock()
-            .expect("agents lock")
-            .get(instance_id)
-            .cloned()
-    }
-
-    pub(crate) fn set_agent(&self, instance_id: &str, link: Link) {
-        self.inner
-            .agents
-            .lock()
-            .expect("agents lock")
-            .insert(instance_id.to_string(), link);
-    }
-
-    pub(crate) fn forget_agent(&self, instance_id: &str) {
-        self.inner
-            .agents
-            .lock()
-            .expect("agents lock")
-            .remove(instance_id);
     }
 
     /// Held while a provider works on the instance, so that a launch or wake
@@ -291,7 +197,7 @@ impl Control {
         instance_id: &str,
     ) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = self
-            .inner
+            .parts
             .instance_locks
             .lock()
             .expect("instance locks")
@@ -315,4 +221,58 @@ pub(crate) fn instance_mut<'a>(
 
 pub(crate) fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A control plane over a real store without machines, for unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::records::JobRecord;
+    use crate::state::{JobEvent, JobKind};
+
+    pub(crate) async fn control(dir: &std::path::Path) -> Control {
+        let store = Store::open(&dir.join("db")).unwrap();
+        let settings = Settings {
+            public_url: "http://127.0.0.1:1".into(),
+            connect_timeout: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_secs(1),
+            ..Settings::in_process(dir)
+        };
+        let auth = Auth::open(store.clone()).await.unwrap();
+        Control::new(
+            settings,
+            store,
+            Catalog::shipped(),
+            Providers::default(),
+            auth,
+            TaskTracker::new(),
+            CancellationToken::new(),
+        )
+    }
+
+    pub(crate) fn job(id: &str, owner: &str) -> JobRecord {
+        let mut job = JobRecord::queued(
+            id.into(),
+            owner,
+            JobKind::Inference,
+            "sha256:00".into(),
+            crate::clock::now_ms(),
+        );
+        job.model_name = id.into();
+        job.standby = "local.small.od".into();
+        job
+    }
+
+    pub(crate) async fn cancel(control: &Control, id: &str) {
+        control
+            .store()
+            .update(id, |j, _| {
+                j.state = crate::state::next_job(j.kind, j.state, JobEvent::Cancel)?;
+                Ok(vec![])
+            })
+            .await
+            .unwrap();
+    }
 }

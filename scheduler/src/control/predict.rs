@@ -38,7 +38,7 @@ impl Control {
             }
             Ok(Some(job)) => Error::Unavailable(format!(
                 "model `{owner}/{model_name}` is not serving yet ({}); retry once it is DEPLOYED",
-                crate::convert::substatus_name(job.state.substatus)
+                job.state.substatus.name()
             )),
             _ => Error::NotFound(format!(
                 "no deployed model `{model_name}` for owner `{owner}`"

@@ -5,13 +5,14 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::error::{Error, Result};
-use crate::link;
+use crate::records::{InstanceRecord, JobRecord};
 use crate::state::{InstanceState, JobKind, JobStatus, JobSubstatus, Role};
-use crate::store::InstanceRecord;
 
 use super::Control;
 
 impl Control {
+    /// Recovers from the store at start: every job that is not over with
+    /// nothing left gets its route, its instances and its requests back.
     pub async fn recover(&self) -> Result<()> {
         // One pass over the instances: only those not TERMINATED matter here
         // (they hold or keep a machine, or are being closed), so a job that
@@ -38,48 +39,10 @@ impl Control {
             self.open_route(&job);
             self.reserve_pool_hosts(&instances);
             for inst in instances.iter().filter(|i| !i.state.is_closed()) {
-                if let Some(m) = self.catalog().resolve(&inst.machine_id) {
-                    self.capacity().hold(&m.kind.name, &inst.id);
-                }
-                match inst.state {
-                    InstanceState::STOPPING | InstanceState::TERMINATING => {
-                        self.start_close(inst.id.clone())
-                    }
-                    InstanceState::LAUNCHING => self.resume_launch(inst),
-                    InstanceState::COOLING if job.kind == JobKind::Training => {
-                        let tls = self.settings().agent_tls.as_ref();
-                        let link = link::grpc(&inst.agent_address, tls).map_err(Error::Internal)?;
-                        self.set_agent(&inst.id, link);
-                        self.cool_then_terminate(inst.clone(), job.cool_down_period_s);
-                    }
-                    s if s.is_serving() && !inst.agent_address.is_empty() => {
-                        let tls = self.settings().agent_tls.as_ref();
-                        let link = link::grpc(&inst.agent_address, tls).map_err(Error::Internal)?;
-                        self.set_agent(&inst.id, link);
-                        // Its agent gets the usual grace to be heard from again.
-                        self.last_seen(&inst.id, None);
-                        if job.state.status == JobStatus::Deployed {
-                            self.serve(&job, inst);
-                        }
-                    }
-                    _ => {}
-                }
+                self.resume_instance(&job, inst)?;
             }
             if job.state.substatus == JobSubstatus::RequestingServer {
-                // The request was never placed: place it again, with a new wait.
-                match job.kind {
-                    JobKind::Training => self.start_requesting_trainer(&job),
-                    JobKind::Inference => {
-                        let launches = [
-                            (Role::Standby, Some(&job.standby)),
-                            (Role::Cooling, job.cooling.as_ref()),
-                        ]
-                        .into_iter()
-                        .filter_map(|(role, id)| Some((role, self.catalog().resolve(id?)?)))
-                        .collect();
-                        self.start_launch(&job, launches);
-                    }
-                }
+                self.request_again(&job);
                 resumed += 1;
             }
         }
@@ -87,12 +50,67 @@ impl Control {
         Ok(())
     }
 
+    /// A live instance holds its machine again and picks up what it was
+    /// doing: closing, launching, cooling after training, or serving.
+    fn resume_instance(&self, job: &JobRecord, inst: &InstanceRecord) -> Result<()> {
+        if let Some(m) = self.catalog().resolve(&inst.machine_id) {
+            self.machines().capacity().hold(&m.kind.name, &inst.id);
+        }
+        match inst.state {
+            InstanceState::STOPPING | InstanceState::TERMINATING => {
+                self.start_close(inst.id.clone())
+            }
+            InstanceState::LAUNCHING => self.resume_launch(inst),
+            InstanceState::COOLING if job.kind == JobKind::Training => {
+                self.reconnect(inst)?;
+                self.cool_then_terminate(inst.clone(), job.cool_down_period_s);
+            }
+            s if s.is_serving() && !inst.agent_address.is_empty() => {
+                self.reconnect(inst)?;
+                // Its agent gets the usual grace to be heard from again.
+                self.links().heard(&inst.id, None);
+                if job.state.status == JobStatus::Deployed {
+                    self.serve(job, inst);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Links the instance to its agent at its stored address.
+    fn reconnect(&self, inst: &InstanceRecord) -> Result<()> {
+        let link = self
+            .links()
+            .connect(&inst.agent_address)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        self.links().set(&inst.id, link);
+        Ok(())
+    }
+
+    /// A request that was never placed is placed again, with a new wait.
+    fn request_again(&self, job: &JobRecord) {
+        match job.kind {
+            JobKind::Training => self.start_requesting_trainer(job),
+            JobKind::Inference => {
+                let launches = [
+                    (Role::Standby, Some(&job.standby)),
+                    (Role::Cooling, job.cooling.as_ref()),
+                ]
+                .into_iter()
+                .filter_map(|(role, id)| Some((role, self.catalog().resolve(id?)?)))
+                .collect();
+                self.start_launch(job, launches);
+            }
+        }
+    }
+
     /// Machines a provider runs (or disks it keeps) for instances the store
     /// does not know were launched just before a crash, their record never
     /// written: they are ended, never adopted twice. `known`: every instance
     /// on record that is not TERMINATED.
     async fn end_unknown_machines(&self, known: &HashSet<String>) {
-        for provider in self.inner.providers.all() {
+        for provider in self.machines().providers() {
             for id in provider.instance_ids() {
                 if known.contains(&id) {
                     continue;
@@ -108,14 +126,16 @@ impl Control {
     /// A LAUNCHING instance: its agent gets the usual time to connect; a
     /// machine that never started (the crash came between the record and the
     /// provider) is started now.
-    fn resume_launch(&self, inst: &crate::store::InstanceRecord) {
+    fn resume_launch(&self, inst: &InstanceRecord) {
         let machine = self.catalog().resolve(&inst.machine_id);
-        let provider = machine.as_ref().and_then(|m| self.machine_provider(m).ok());
+        let provider = machine
+            .as_ref()
+            .and_then(|m| self.machines().provider(m).ok());
         let (Some(machine), Some(provider)) = (machine, provider) else {
-            return self.watch_connect(inst.id.clone());
+            return self.expect_agent(inst.id.clone());
         };
         if !inst.agent_address.is_empty() || provider.is_running(&inst.id) != Some(false) {
-            return self.watch_connect(inst.id.clone());
+            return self.expect_agent(inst.id.clone());
         }
         let this = self.clone();
         let id = inst.id.clone();
@@ -130,14 +150,14 @@ impl Control {
             if let Err(e) = started {
                 tracing::error!(instance_id = id, error = %e, "cannot start it");
             }
-            this.watch_connect(id);
+            this.expect_agent(id);
         });
     }
 
     /// Pool agents keep the disks of stopped instances: they stay reserved
     /// (and hold their machine's capacity).
-    fn reserve_pool_hosts(&self, instances: &[crate::store::InstanceRecord]) {
-        let Some(pool) = self.inner.providers.pool() else {
+    fn reserve_pool_hosts(&self, instances: &[InstanceRecord]) {
+        let Some(pool) = self.machines().pool() else {
             return;
         };
         for inst in instances.iter().filter(|i| {
@@ -147,7 +167,7 @@ impl Control {
             if let Some(m) = self.catalog().resolve(&inst.machine_id) {
                 pool.reserve(&inst.host, &m.kind.name, &inst.id);
                 if inst.state == InstanceState::STOPPED {
-                    self.capacity().hold(&m.kind.name, &inst.id);
+                    self.machines().capacity().hold(&m.kind.name, &inst.id);
                 }
             }
         }

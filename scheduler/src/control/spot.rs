@@ -10,32 +10,15 @@ use tokio::sync::mpsc;
 use crate::catalog::Market;
 use crate::error::{Error, Result};
 use crate::provider::Interruption;
+use crate::records::{InstanceRecord, JobRecord, TimelineNote};
 use crate::state::{InstanceState, InstanceStatus, JobKind, JobStatus};
-use crate::store::{InstanceRecord, Mark};
 
-use super::replace::Slot;
+use super::replace::{FailedReplacement, MachineSlot};
 use super::{instance_mut, Control};
 
 const INTERRUPTION: &str = "spot interruption";
 
 impl Control {
-    /// A spot request for a spot machine id (on-demand ids always pass).
-    pub(crate) fn spot_request(&self, machine: &crate::catalog::Machine) -> Result<(), String> {
-        if machine.market == Market::OnDemand {
-            return Ok(());
-        }
-        let provider = self.machine_provider(machine).map_err(|e| e.to_string())?;
-        if provider.spot_available(&machine.kind) {
-            Ok(())
-        } else {
-            Err(format!(
-                "the spot request for `{}` was not fulfilled (spot availability {:.0}%)",
-                machine.id,
-                100.0 * provider.spot_availability(&machine.kind)
-            ))
-        }
-    }
-
     /// Handles the providers' interruption notices until shutdown.
     pub fn start_interruptions(&self, mut notices: mpsc::UnboundedReceiver<Interruption>) {
         let this = self.clone();
@@ -67,14 +50,20 @@ impl Control {
                         continue;
                     }
                     let available = this
-                        .machine_provider(&od)
+                        .machines()
+                        .provider(&od)
                         .is_ok_and(|p| p.spot_available(&od.kind));
                     if available {
                         let this2 = this.clone();
                         this.spawn(async move {
                             let spot = od.on_market(Market::Spot);
                             this2
-                                .replace(&inst, "back to spot", Some(spot), Slot::FreeNow)
+                                .replace_logged(
+                                    &inst,
+                                    "back to spot",
+                                    Some(spot),
+                                    MachineSlot::FreeNow,
+                                )
                                 .await;
                         });
                     }
@@ -108,7 +97,8 @@ impl Control {
         let machine = self.catalog().resolve(&inst.machine_id).ok_or_else(|| {
             Error::FailedPrecondition(format!("machine `{}` left the catalog", inst.machine_id))
         })?;
-        self.machine_provider(&machine)?
+        self.machines()
+            .provider(&machine)?
             .interrupt(instance_id, notice)
             .map_err(|e| Error::FailedPrecondition(e.to_string()))
     }
@@ -129,10 +119,8 @@ impl Control {
                     "unknown machine type `{machine_type}` (a type, without `.od`)"
                 ))
             })?;
-        let provider = self.inner.providers.get(&kind.provider).ok_or_else(|| {
-            Error::FailedPrecondition(format!("provider `{}` is not running", kind.provider))
-        })?;
-        provider
+        self.machines()
+            .provider_of_type(kind)?
             .set_spot_availability(machine_type, availability)
             .map_err(|e| Error::FailedPrecondition(e.to_string()))
     }
@@ -148,14 +136,15 @@ impl Control {
         let deadline = tokio::time::Instant::now() + notice.notice;
         let marked = match self.store().instance(id) {
             Ok(Some(inst)) => {
-                self.apply(&inst.job_id, |_, insts| {
-                    let inst = instance_mut(insts, id)?;
-                    inst.reason = INTERRUPTION.to_string();
-                    let mut mark = Mark::phase(id, "spot interruption notice");
-                    mark.message = format!("reclaimed in {:.1}s", notice.notice.as_secs_f64());
-                    Ok(vec![mark])
-                })
-                .await
+                self.store()
+                    .update(&inst.job_id, |_, insts| {
+                        let inst = instance_mut(insts, id)?;
+                        inst.reason = INTERRUPTION.to_string();
+                        let mut mark = TimelineNote::phase(id, "spot interruption notice");
+                        mark.message = format!("reclaimed in {:.1}s", notice.notice.as_secs_f64());
+                        Ok(vec![mark])
+                    })
+                    .await
             }
             _ => return,
         };
@@ -174,6 +163,7 @@ impl Control {
         }
         if inst.state == InstanceState::LAUNCHING
             && self.replacement_failed(&inst, INTERRUPTION, true).await
+                == FailedReplacement::Dropped
         {
             return;
         }
@@ -182,7 +172,8 @@ impl Control {
             return self.cancel(&inst.job_id, why).await;
         };
         if job.state.status == JobStatus::Deployed {
-            self.replace(&inst, INTERRUPTION, None, Slot::Borrow).await;
+            self.replace_logged(&inst, INTERRUPTION, None, MachineSlot::Borrow)
+                .await;
             tokio::time::sleep_until(deadline).await;
             self.retire(id, "spot instance reclaimed").await;
         } else if !job.state.is_ended() {
@@ -193,7 +184,7 @@ impl Control {
 
     /// The instance's job once it no longer queues; None for a primary of a
     /// queuing job (nothing can replace it while the job queues).
-    async fn wait_while_queuing(&self, inst: &InstanceRecord) -> Option<crate::store::JobRecord> {
+    async fn wait_while_queuing(&self, inst: &InstanceRecord) -> Option<JobRecord> {
         loop {
             let job = self.store().job(&inst.job_id).ok()??;
             if job.state.status != JobStatus::Queuing {

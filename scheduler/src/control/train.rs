@@ -7,20 +7,34 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use aibro_proto::v1::{self as pb, TrainRequest};
-
 use crate::auth::User;
 use crate::catalog::Machine;
 use crate::error::{Error, Result};
+use crate::records::{HandedOver, InstanceRecord, JobRecord, ProgressRecord, TimelineNote};
 use crate::state::{
     self, InstanceEvent, InstanceState, JobEvent, JobKind, JobState, JobStatus, Role,
 };
-use crate::store::{InstanceRecord, JobRecord, Mark, Progress, StoreError};
+use crate::store::StoreError;
 
-use super::launch::Launch;
+use super::jobs::wait_request_s;
+use super::launch::LaunchError;
 use super::{new_id, Control};
 
-const DEFAULT_WAIT_REQUEST_S: u32 = 30;
+/// What a training run reports while it runs: a progress report from the
+/// user's `aibro.report(...)`, or one line it printed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainingUpdate {
+    pub job_id: String,
+    /// Per job, from 1; what was applied already is dropped (agents re-send).
+    pub seq: u64,
+    pub kind: UpdateKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpdateKind {
+    Progress(ProgressRecord),
+    LogLine(String),
+}
 
 /// A Fit request, out of its proto form.
 #[derive(Debug, Clone, Default)]
@@ -51,7 +65,7 @@ impl Control {
             ));
         }
         for id in &spec.machine_ids {
-            self.servable_machine("machine_ids", id)?;
+            self.machines().servable("machine_ids", id)?;
         }
         if let Some(key) = spec.args.keys().find(|k| !is_identifier(k)) {
             return Err(Error::InvalidArgument(format!(
@@ -65,14 +79,11 @@ impl Control {
                 artifact.digest
             )));
         }
-        let now = crate::store::now_ms();
+        let now = crate::clock::now_ms();
         let job = JobRecord {
             machine_ids: spec.machine_ids,
             cool_down_period_s: spec.cool_down_period_s,
-            wait_request_s: match spec.wait_request_s {
-                0 => DEFAULT_WAIT_REQUEST_S,
-                s => s,
-            },
+            wait_request_s: wait_request_s(spec.wait_request_s),
             description: spec.description,
             args: spec.args,
             ..JobRecord::queued(
@@ -83,11 +94,10 @@ impl Control {
                 now,
             )
         };
-        let committed = self.store().create_job(job).await?;
+        let job = self.create_job(job).await?;
         crate::crash::point("fit.created");
-        self.hub().publish(&committed.job.id, &committed.events);
-        self.start_requesting_trainer(&committed.job);
-        Ok(committed.job)
+        self.start_requesting_trainer(&job);
+        Ok(job)
     }
 
     /// Starts requesting the job's machine ids, in order, in the background.
@@ -119,27 +129,30 @@ impl Control {
                     }
                 }
             }
-            let instance_id = new_id("inst");
-            let outcome = match self.spot_request(&machine) {
-                Err(reason) => Err(Launch::Failed(reason)),
-                Ok(()) => match self.acquire(&instance_id, &machine, wait).await {
-                    Ok(()) => {
-                        self.launch_instance(job_id, Role::Trainer, &machine, &instance_id)
-                            .await
-                    }
-                    Err(reason) => Err(Launch::Failed(reason)),
-                },
-            };
-            match outcome {
-                Ok(()) | Err(Launch::Abandoned) => return,
-                Err(Launch::Failed(reason)) => {
-                    tracing::info!(machine = %machine.id, "falling back: {reason}");
-                    tried.push(format!("{}: {reason}", machine.id));
+            match self.launch_trainer(job_id, &machine, wait).await {
+                Ok(()) | Err(LaunchError::Abandoned) => return,
+                Err(LaunchError::Machine(e)) => {
+                    tracing::info!(machine = %machine.id, "falling back: {e}");
+                    tried.push(format!("{}: {e}", machine.id));
                 }
             }
         }
         let reason = format!("no machine could be had; tried {}", tried.join("; "));
         self.cancel(job_id, reason).await;
+    }
+
+    /// Requests one machine id for the job's trainer and launches it.
+    async fn launch_trainer(
+        &self,
+        job_id: &str,
+        machine: &Machine,
+        wait: Duration,
+    ) -> Result<(), LaunchError> {
+        let instance_id = new_id("inst");
+        self.machines().spot_request(machine)?;
+        self.machines().acquire(&instance_id, machine, wait).await?;
+        self.launch_instance(job_id, Role::Trainer, machine, &instance_id)
+            .await
     }
 
     /// A cooling trainer of the same owner on `machine_id`, ready for reuse.
@@ -160,7 +173,7 @@ impl Control {
     /// requirements are the same), and the agent gets the new job at once.
     #[tracing::instrument(skip(self, warm), fields(instance_id = %warm.id))]
     async fn take_over(&self, job_id: &str, warm: &InstanceRecord) -> Result<()> {
-        let link = self.agent(&warm.id).ok_or_else(|| {
+        let link = self.links().get(&warm.id).ok_or_else(|| {
             Error::Unavailable(format!("instance {} has no agent connected", warm.id))
         })?;
         let mut moved = warm.clone();
@@ -170,11 +183,11 @@ impl Control {
         moved.running_ms = 0;
         moved.running_since_ms = None;
         moved.ready = false;
-        let handed = crate::store::HandedOver {
+        let handed = HandedOver {
             instance_id: warm.id.clone(),
             machine_id: warm.machine_id.clone(),
             to_job: job_id.to_string(),
-            running_ms: crate::ledger::running_ms(warm, crate::store::now_ms()),
+            running_ms: crate::ledger::running_ms(warm, crate::clock::now_ms()),
         };
         let from = |job: &mut JobRecord, insts: &mut Vec<InstanceRecord>| {
             let inst = insts
@@ -185,9 +198,9 @@ impl Control {
                 })?;
             *inst = moved.clone();
             job.handed_over.push(handed.clone());
-            Ok(vec![Mark {
+            Ok(vec![TimelineNote {
                 message: format!("to job {job_id}"),
-                ..Mark::phase(&moved.id, "instance handed over")
+                ..TimelineNote::phase(&moved.id, "instance handed over")
             }])
         };
         let to = |job: &mut JobRecord, insts: &mut Vec<InstanceRecord>| {
@@ -197,71 +210,42 @@ impl Control {
             job.state = state::next_job(job.kind, job.state, JobEvent::InstanceLaunched)?;
             job.instances.push(moved.id.clone());
             insts.push(moved.clone());
-            Ok(vec![Mark {
+            Ok(vec![TimelineNote {
                 message: format!("from job {}", warm.job_id),
-                ..Mark::phase(&moved.id, "instance reused")
+                ..TimelineNote::phase(&moved.id, "instance reused")
             }])
         };
-        let (old, new) = self
+        let (_, new) = self
             .store()
             .update_two((&warm.job_id, from), (job_id, to))
             .await?;
-        self.hub().publish(&old.job.id, &old.events);
-        self.hub().publish(&new.job.id, &new.events);
         self.prepare(&new.job, &warm.id, link);
         Ok(())
     }
 
-    /// The trainer is ready: start train() on it.
-    pub(crate) fn start_training(&self, job: &JobRecord, instance_id: &str) {
-        let inst = self.store().instance(instance_id).ok().flatten();
-        let Some(link) = inst.and_then(|inst| self.link_to(&inst)) else {
-            return;
-        };
-        let request = TrainRequest {
-            job_id: job.id.clone(),
-            args: job.args.clone().into_iter().collect(),
-        };
-        let this = self.clone();
-        let job_id = job.id.clone();
-        self.spawn(async move {
-            if let Err(status) = link.train(request).await {
-                let reason = format!("the agent could not start training: {}", status.message());
-                this.cancel(&job_id, reason).await;
-            }
-        });
-    }
-
     /// A progress report or a log line from the user's train().
-    pub async fn progress(&self, instance_id: &str, p: pb::Progress) -> Result<()> {
+    pub async fn training_update(&self, instance_id: &str, update: TrainingUpdate) -> Result<()> {
         let inst = self.live_instance(instance_id)?;
-        self.apply(&inst.job_id, |job, _| {
-            if job.id != p.job_id || p.seq <= job.progress_seq || job.state.is_ended() {
-                return Ok(vec![]);
-            }
-            job.progress_seq = p.seq;
-            let mark = if p.log_line.is_empty() {
-                Mark {
-                    instance_id: instance_id.to_string(),
-                    phase: "progress".into(),
-                    message: String::new(),
-                    progress: Some(Progress {
-                        epoch: p.epoch,
-                        total_epochs: p.total_epochs,
-                        metrics: p.metrics.clone().into_iter().collect(),
-                    }),
+        self.store()
+            .update(&inst.job_id, |job, _| {
+                let stale = job.id != update.job_id || update.seq <= job.progress_seq;
+                if stale || job.state.is_ended() {
+                    return Ok(vec![]);
                 }
-            } else {
-                Mark {
-                    instance_id: instance_id.to_string(),
-                    phase: "log".into(),
-                    message: p.log_line.clone(),
-                    progress: None,
-                }
-            };
-            Ok(vec![mark])
-        })
-        .await?;
+                job.progress_seq = update.seq;
+                let note = match &update.kind {
+                    UpdateKind::Progress(progress) => TimelineNote {
+                        progress: Some(progress.clone()),
+                        ..TimelineNote::phase(instance_id, "progress")
+                    },
+                    UpdateKind::LogLine(line) => TimelineNote {
+                        message: line.clone(),
+                        ..TimelineNote::phase(instance_id, "log")
+                    },
+                };
+                Ok(vec![note])
+            })
+            .await?;
         Ok(())
     }
 
@@ -275,7 +259,8 @@ impl Control {
     ) -> Result<()> {
         let id = inst.id.clone();
         let committed = self
-            .apply(&inst.job_id, |job, insts| {
+            .store()
+            .update(&inst.job_id, |job, insts| {
                 if job.state.status != JobStatus::Training {
                     return Err(StoreError::Stale("the job is not training".into()));
                 }
@@ -291,7 +276,7 @@ impl Control {
                     };
                     inst.state = state::next_instance(inst.state, event)?;
                 }
-                Ok(vec![Mark::phase(&id, "results returned")])
+                Ok(vec![TimelineNote::phase(&id, "results returned")])
             })
             .await?;
         crate::crash::point("train.returned");
@@ -312,16 +297,19 @@ impl Control {
         let this = self.clone();
         self.spawn(async move {
             let until = inst.updated_ms + u64::from(cool_down_s) * 1000;
-            let left = until.saturating_sub(crate::store::now_ms());
+            let left = until.saturating_sub(crate::clock::now_ms());
             tokio::time::sleep(Duration::from_millis(left)).await;
             let Ok(Some(now)) = this.store().instance(&inst.id) else {
                 return;
             };
-            if now.state == InstanceState::COOLING
-                && now.job_id == inst.job_id
-                && this
-                    .move_instance(&inst, InstanceEvent::Terminate, Some("cooling period over"))
-                    .await
+            if now.state != InstanceState::COOLING || now.job_id != inst.job_id {
+                return;
+            }
+            let over = Some("cooling period over");
+            if this
+                .move_instance(&inst, InstanceEvent::Terminate, over)
+                .await
+                .is_ok()
             {
                 this.close(&inst.id).await;
             }
@@ -353,7 +341,7 @@ impl Control {
         if job.result_digest.is_empty() {
             return Err(Error::FailedPrecondition(format!(
                 "job {job_id} has no results: it is {}; results are ready once it is COMPLETED",
-                crate::convert::substatus_name(job.state.substatus)
+                job.state.substatus.name()
             )));
         }
         self.existing_blob(&job.result_digest).ok_or_else(|| {

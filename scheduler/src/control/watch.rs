@@ -1,4 +1,4 @@
-//! WatchJob: the job's history from the store, then live events from the hub,
+//! WatchJob: the job's history from the store, then its live events,
 //! in sequence order with gaps filled from the store, until the job's last
 //! event (ended and settled) or shutdown.
 
@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{Error, Result};
-use crate::store::EventRecord;
+use crate::records::EventRecord;
 
 use super::Control;
 
@@ -16,10 +16,10 @@ impl Control {
         let (tx, rx) = mpsc::channel(64);
         let this = self.clone();
         // Subscribe before reading history so nothing falls in between.
-        let mut live = self.hub().subscribe(&job_id);
-        self.inner.tasks.spawn(async move {
+        let mut live = self.store().subscribe(&job_id);
+        self.parts.tasks.spawn(async move {
             this.stream_events(&job_id, &mut live, &tx).await;
-            this.hub().unsubscribe(&job_id, live);
+            this.store().unsubscribe(&job_id, live);
         });
         ReceiverStream::new(rx)
     }
@@ -58,7 +58,7 @@ impl Control {
             // Wait for an event past what was sent.
             loop {
                 tokio::select! {
-                    _ = self.inner.cancel.cancelled() => {
+                    _ = self.parts.cancel.cancelled() => {
                         let _ = tx.send(Err(Error::Unavailable("the scheduler is shutting down".into()))).await;
                         return;
                     }
@@ -81,5 +81,53 @@ impl Control {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::super::testing::{cancel, control, job};
+    use crate::records::{EventRecord, InstanceRecord, JobRecord, TimelineNote};
+
+    #[tokio::test]
+    async fn a_watcher_gets_each_event_once_in_order_even_when_published_out_of_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = control(dir.path()).await;
+        control
+            .store()
+            .create_job(job("job-w", "alice"))
+            .await
+            .unwrap();
+        let mut watch = control.watch("job-w".into());
+        let next_seq = |e: Option<crate::error::Result<EventRecord>>| e.unwrap().unwrap().seq;
+        assert_eq!(next_seq(watch.next().await), 1);
+
+        let mark = |phase: &'static str| {
+            move |_: &mut JobRecord, _: &mut Vec<InstanceRecord>| {
+                Ok(vec![TimelineNote::phase("", phase)])
+            }
+        };
+        // In order, through the one apply path.
+        control.store().update("job-w", mark("a")).await.unwrap();
+        assert_eq!(next_seq(watch.next().await), 2);
+        // Two commits published in reverse order: the gap is filled from the
+        // store, and the late event is not sent again.
+        let c3 = control.store().update("job-w", mark("b")).await.unwrap();
+        let c4 = control.store().update("job-w", mark("c")).await.unwrap();
+        control.store().hub().publish("job-w", &c4.events);
+        control.store().hub().publish("job-w", &c3.events);
+        assert_eq!(next_seq(watch.next().await), 3);
+        assert_eq!(next_seq(watch.next().await), 4);
+        control.store().update("job-w", mark("d")).await.unwrap();
+        assert_eq!(next_seq(watch.next().await), 5);
+        // The job ends and settles: its last event ends the stream.
+        cancel(&control, "job-w").await;
+        let last = control.store().events_from("job-w", 6).unwrap();
+        control.store().hub().publish("job-w", &last);
+        let e = watch.next().await.unwrap().unwrap();
+        assert_eq!((e.seq, e.last), (6, true));
+        assert!(watch.next().await.is_none());
     }
 }

@@ -6,10 +6,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aibro_proto::v1::{
-    AgentPhase, AgentPredictRequest, AgentPredictResponse, PhaseReport, PrepareRequest,
-    StopRequest, TrainRequest,
-};
+use aibro_proto::v1::{AgentPredictRequest, AgentPredictResponse};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::mpsc;
@@ -17,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::catalog::Machine;
-use crate::control::Control;
+use crate::control::{AgentReport, Control, ReportedPhase};
 use crate::link::AgentLink;
 use crate::provider::{Provider, ProviderError};
-use crate::store::HardwareRecord;
+use crate::records::{HardwareRecord, JobRecord};
 
 pub(crate) struct Boot {
     instance_id: String,
@@ -180,21 +177,21 @@ struct SimAgent {
 }
 
 impl AgentLink for SimAgent {
-    fn prepare(&self, request: PrepareRequest) -> BoxFuture<'static, Result<(), Status>> {
+    fn prepare(&self, job: &JobRecord) -> BoxFuture<'static, Result<(), Status>> {
         let control = self.control.clone();
         let instance_id = self.instance_id.clone();
         let env_cached = self.restart;
+        let job_id = job.id.clone();
         control.clone().spawn(async move {
             for phase in [
-                AgentPhase::GearingUpEnv,
-                AgentPhase::ModelLoading,
-                AgentPhase::Serving,
+                ReportedPhase::GearingUpEnv,
+                ReportedPhase::ModelLoading { env_cached },
+                ReportedPhase::Serving,
             ] {
-                let report = PhaseReport {
-                    job_id: request.job_id.clone(),
-                    phase: phase.into(),
-                    env_cached,
-                    ..Default::default()
+                let report = AgentReport {
+                    job_id: job_id.clone(),
+                    phase,
+                    message: String::new(),
                 };
                 if control.report(&instance_id, report).await.is_err() {
                     return;
@@ -221,11 +218,11 @@ impl AgentLink for SimAgent {
         .boxed()
     }
 
-    fn stop(&self, _: StopRequest) -> BoxFuture<'static, Result<(), Status>> {
+    fn stop(&self, _: bool) -> BoxFuture<'static, Result<(), Status>> {
         async { Ok(()) }.boxed()
     }
 
-    fn train(&self, _: TrainRequest) -> BoxFuture<'static, Result<(), Status>> {
+    fn train(&self, _: &JobRecord) -> BoxFuture<'static, Result<(), Status>> {
         async {
             Err(Status::unimplemented(
                 "the simulator runs inference jobs only",

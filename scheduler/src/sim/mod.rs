@@ -21,15 +21,14 @@ use crate::catalog::Catalog;
 use crate::control::{Control, DeploySpec, Settings};
 use crate::ledger;
 use crate::provider::Providers;
+use crate::records::{ArtifactRecord, InstanceRecord, RECORD_VERSION};
 use crate::state::{InstanceState, Role};
-use crate::store::{ArtifactRecord, InstanceRecord, Store, RECORD_VERSION};
+use crate::store::Store;
 
 pub use trace::Trace;
 
 #[cfg(test)]
 mod chaos;
-#[cfg(test)]
-mod tests;
 
 const USER: &str = "sim";
 const MODEL: &str = "simulated";
@@ -133,7 +132,7 @@ impl Harness {
         };
         let user = User(USER.into());
         let start = Instant::now();
-        let (job, _) = control.deploy(&user, spec, false).await?;
+        let (job, _) = control.deploy(&user, spec).await?;
         let job_id = job.expect("a job").id;
         wait_serving(&control, &job_id, options.cooling.is_some()).await?;
         Ok(Harness {
@@ -402,84 +401,46 @@ impl Report {
     /// The table `aibro-scheduler simulate` prints.
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let line = |out: &mut String, cols: [&str; 7]| {
-            out.push_str(&format!(
-                "{:<38} {:<8} {:<18} {:>9} {:>9} {:>12} {:>9}\n",
-                cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6]
-            ));
-        };
-        line(
-            &mut out,
-            [
-                "instance",
-                "role",
-                "machine",
-                "requests",
-                "running",
-                "on-demand $",
-                "spot $",
-            ],
-        );
+        let header = [
+            "instance",
+            "role",
+            "machine",
+            "requests",
+            "running",
+            "on-demand $",
+            "spot $",
+        ];
+        table_line(&mut out, header.map(String::from));
         for i in &self.instances {
-            let running = format!("{:.2}h", i.running_ms as f64 / 3_600_000.0);
-            line(
+            table_line(
                 &mut out,
                 [
-                    &i.instance_id,
-                    &format!("{:?}", i.role).to_lowercase(),
-                    &i.machine_id,
-                    &i.requests.to_string(),
-                    &running,
-                    &format!("{:.2}", i.on_demand_usd),
-                    &format!("{:.2}", i.spot_usd),
+                    i.instance_id.clone(),
+                    format!("{:?}", i.role).to_lowercase(),
+                    i.machine_id.clone(),
+                    i.requests.to_string(),
+                    format!("{:.2}h", i.running_ms as f64 / 3_600_000.0),
+                    format!("{:.2}", i.on_demand_usd),
+                    format!("{:.2}", i.spot_usd),
                 ],
             );
         }
         let od: f64 = self.instances.iter().map(|i| i.on_demand_usd).sum();
         let spot: f64 = self.instances.iter().map(|i| i.spot_usd).sum();
-        line(
-            &mut out,
-            [
-                "total",
-                "",
-                "",
-                "",
-                "",
-                &format!("{od:.2}"),
-                &format!("{spot:.2}"),
-            ],
-        );
+        let (always_od, always_spot) = (self.always_on_on_demand_usd, self.always_on_spot_usd);
         let always = format!("{} always on", self.always_on_machine);
-        line(
+        summary_line(&mut out, "total", format!("{od:.2}"), format!("{spot:.2}"));
+        summary_line(
             &mut out,
-            [
-                &always,
-                "",
-                "",
-                "",
-                "",
-                &format!("{:.2}", self.always_on_on_demand_usd),
-                &format!("{:.2}", self.always_on_spot_usd),
-            ],
+            &always,
+            format!("{always_od:.2}"),
+            format!("{always_spot:.2}"),
         );
-        let saving = |a: f64, b: f64| {
-            if b > 0.0 {
-                format!("{:.1}%", 100.0 * (1.0 - a / b))
-            } else {
-                "-".into()
-            }
-        };
-        line(
+        summary_line(
             &mut out,
-            [
-                "saving",
-                "",
-                "",
-                "",
-                "",
-                &saving(od, self.always_on_on_demand_usd),
-                &saving(spot, self.always_on_spot_usd),
-            ],
+            "saving",
+            saving(od, always_od),
+            saving(spot, always_spot),
         );
         out.push_str(&format!(
             "{} requests over {:.1} h, {} unserved\n",
@@ -488,5 +449,263 @@ impl Report {
             self.unserved
         ));
         out
+    }
+}
+
+fn table_line(out: &mut String, cols: [String; 7]) {
+    out.push_str(&format!(
+        "{:<38} {:<8} {:<18} {:>9} {:>9} {:>12} {:>9}\n",
+        cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6]
+    ));
+}
+
+/// A row with a label and the two cost columns only.
+fn summary_line(out: &mut String, label: &str, on_demand: String, spot: String) {
+    let empty = String::new;
+    table_line(
+        out,
+        [
+            label.to_string(),
+            empty(),
+            empty(),
+            empty(),
+            empty(),
+            on_demand,
+            spot,
+        ],
+    );
+}
+
+/// How much less `a` is than `b`, in percent.
+fn saving(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.1}%", 100.0 * (1.0 - a / b))
+    } else {
+        "-".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The cooling lifecycle's timers on tokio's paused clock, through the real
+    //! control plane with simulated machines: countdown reset, stop at expiry,
+    //! wake on request, one wake per burst, complete during wake-up.
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::state::InstanceState;
+
+    const COOL_DOWN: u64 = 600;
+
+    fn options(boot_s: u64) -> Options {
+        Options {
+            standby: "g4dn.4xlarge.od".into(),
+            cooling: Some("g4dn.12xlarge.od".into()),
+            cool_down_s: COOL_DOWN as u32,
+            boot: Duration::from_secs(boot_s),
+        }
+    }
+
+    /// Every stored event pairs its job and instance states legally (the seed's map).
+    fn assert_history_legal(sim: &Harness) {
+        let store = sim.control.store();
+        let job = store.job(&sim.job_id).unwrap().unwrap();
+        let instances = store.instances_of(&job).unwrap();
+        for e in store.events(&sim.job_id).unwrap() {
+            if let Some(state) = e.instance {
+                let role = instances
+                    .iter()
+                    .find(|i| i.id == e.instance_id)
+                    .unwrap()
+                    .role;
+                assert!(
+                    crate::state::pair_allowed(job.kind, e.job, role, state),
+                    "{e:?}"
+                );
+            }
+        }
+    }
+
+    async fn at(sim: &Harness, s: u64) {
+        tokio::time::sleep_until(sim.start + Duration::from_secs(s)).await;
+    }
+
+    fn marks(sim: &Harness, phase: &str) -> usize {
+        let events = sim.control.store().events(&sim.job_id).unwrap();
+        events.iter().filter(|e| e.phase == phase).count()
+    }
+
+    /// The times (virtual ms since the deploy) at which the cooling instance entered `state`.
+    fn entered(sim: &Harness, state: InstanceState) -> Vec<u64> {
+        let cooling = sim.instance(Role::Cooling).id;
+        let events = sim.control.store().events(&sim.job_id).unwrap();
+        let created = events[0].at_ms;
+        events
+            .iter()
+            .filter(|e| e.instance_id == cooling && e.instance == Some(state))
+            .map(|e| e.at_ms - created)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stops_at_expiry_showing_cooling_while_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = Harness::deploy(&options(0), dir.path()).await.unwrap();
+        assert_eq!(sim.predict().await.unwrap().role, Role::Cooling);
+        at(&sim, 30).await;
+        assert_eq!(sim.instance(Role::Cooling).state, InstanceState::EXECUTING);
+        at(&sim, 90).await;
+        assert_eq!(
+            sim.instance(Role::Cooling).state,
+            InstanceState::COOLING,
+            "idle for 60 s"
+        );
+        at(&sim, COOL_DOWN - 1).await;
+        assert_eq!(sim.instance(Role::Cooling).state, InstanceState::COOLING);
+        at(&sim, COOL_DOWN + 1).await;
+        assert_eq!(sim.instance(Role::Cooling).state, InstanceState::STOPPED);
+        assert_eq!(entered(&sim, InstanceState::STOPPING), [COOL_DOWN * 1000]);
+        assert_eq!(
+            sim.instance(Role::Standby).state,
+            InstanceState::EXECUTING,
+            "the standby never stops"
+        );
+        assert_history_legal(&sim);
+        sim.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_request_restarts_the_countdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = Harness::deploy(&options(0), dir.path()).await.unwrap();
+        at(&sim, 500).await;
+        assert_eq!(sim.predict().await.unwrap().role, Role::Cooling);
+        assert_eq!(
+            sim.instance(Role::Cooling).state,
+            InstanceState::COOLING,
+            "updated by the lifecycle, not the request"
+        );
+        at(&sim, 501).await;
+        assert_eq!(sim.instance(Role::Cooling).state, InstanceState::EXECUTING);
+        at(&sim, 1000).await;
+        assert!(
+            sim.instance(Role::Cooling).state.is_serving(),
+            "600 s after the first request, but not the last"
+        );
+        at(&sim, 500 + COOL_DOWN + 1).await;
+        assert_eq!(sim.instance(Role::Cooling).state, InstanceState::STOPPED);
+        assert_eq!(
+            entered(&sim, InstanceState::STOPPING),
+            [(500 + COOL_DOWN) * 1000]
+        );
+        assert_history_legal(&sim);
+        sim.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_wakes_the_stopped_instance_once_per_burst() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = Harness::deploy(&options(45), dir.path()).await.unwrap();
+        at(&sim, 2000).await;
+        assert_eq!(sim.instance(Role::Cooling).state, InstanceState::STOPPED);
+        assert_eq!(
+            marks(&sim, "instance woken"),
+            0,
+            "requests during the first boot do not count"
+        );
+
+        // A burst: every request is answered by the standby while the cooling instance wakes.
+        let burst = (0..50).map(|_| sim.predict());
+        for routed in futures::future::join_all(burst).await {
+            assert_eq!(routed.unwrap().role, Role::Standby);
+        }
+        at(&sim, 2010).await;
+        assert_eq!(sim.instance(Role::Cooling).state, InstanceState::LAUNCHING);
+        assert_eq!(
+            sim.predict().await.unwrap().role,
+            Role::Standby,
+            "the standby serves until it is ready"
+        );
+        at(&sim, 2050).await;
+        assert_eq!(sim.instance(Role::Cooling).state, InstanceState::EXECUTING);
+        assert_eq!(sim.predict().await.unwrap().role, Role::Cooling);
+        assert_eq!(marks(&sim, "instance woken"), 1);
+        assert_eq!(
+            marks(&sim, "env reused"),
+            1,
+            "the woken instance kept its environment"
+        );
+        assert_history_legal(&sim);
+        sim.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn complete_during_wake_up_terminates_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = Harness::deploy(&options(120), dir.path()).await.unwrap();
+        at(&sim, 2000).await;
+        assert_eq!(sim.predict().await.unwrap().role, Role::Standby);
+        at(&sim, 2010).await;
+        assert_eq!(sim.instance(Role::Cooling).state, InstanceState::LAUNCHING);
+        sim.complete().await.unwrap();
+        at(&sim, 5000).await;
+        for role in [Role::Standby, Role::Cooling] {
+            assert_eq!(sim.instance(role).state, InstanceState::TERMINATED);
+        }
+        assert!(sim.predict().await.is_err(), "no longer served");
+        assert_eq!(marks(&sim, "instance woken"), 1);
+        assert_eq!(
+            marks(&sim, "model loaded"),
+            2,
+            "the woken agent never got to serve"
+        );
+        assert_history_legal(&sim);
+        sim.shutdown().await;
+    }
+
+    /// The original AIbro case study, from the shipped trace.
+    #[tokio::test(start_paused = true)]
+    async fn the_case_study_day_costs_what_aibro_said() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/traces/case-study-day.txt"
+        ))
+        .unwrap();
+        let trace = Trace::parse(&text).unwrap();
+        let cents = |v: f64| (v * 100.0).round() as i64;
+        let dir = tempfile::tempdir().unwrap();
+        let report = run(&trace, &options(0), dir.path()).await.unwrap();
+        let od: f64 = report.instances.iter().map(|i| i.on_demand_usd).sum();
+        let spot: f64 = report.instances.iter().map(|i| i.spot_usd).sum();
+        assert_eq!((cents(od), cents(spot)), (4266, 1542), "{}", report.table());
+        assert_eq!(
+            (
+                cents(report.always_on_on_demand_usd),
+                cents(report.always_on_spot_usd)
+            ),
+            (6256, 2576)
+        );
+        let cooling = report
+            .instances
+            .iter()
+            .find(|i| i.role == Role::Cooling)
+            .unwrap();
+        assert_eq!(cooling.running_ms, 6 * 3_600_000);
+        assert_eq!(report.unserved, 0);
+        assert_eq!(
+            report.instances.iter().map(|i| i.requests).sum::<u64>(),
+            report.requests
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let standby_only = Options {
+            standby: "g4dn.12xlarge.od".into(),
+            cooling: None,
+            ..options(0)
+        };
+        let report = run(&trace, &standby_only, dir.path()).await.unwrap();
+        let od: f64 = report.instances.iter().map(|i| i.on_demand_usd).sum();
+        assert_eq!(cents(od), 6256);
     }
 }

@@ -4,7 +4,16 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-type Waiter = oneshot::Sender<Result<(), String>>;
+/// Why a change could not be made durable.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum FlushError {
+    #[error("the store is closed")]
+    Closed,
+    #[error("flushing to disk failed: {0}")]
+    Failed(String),
+}
+
+type Waiter = oneshot::Sender<Result<(), FlushError>>;
 
 #[derive(Clone)]
 pub(crate) struct GroupCommit {
@@ -25,8 +34,8 @@ impl GroupCommit {
                 let db = db.clone();
                 let result = tokio::task::spawn_blocking(move || db.flush())
                     .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
+                    .map_err(|e| FlushError::Failed(e.to_string()))
+                    .and_then(|r| r.map(drop).map_err(|e| FlushError::Failed(e.to_string())));
                 for w in batch {
                     let _ = w.send(result.clone());
                 }
@@ -48,11 +57,9 @@ impl GroupCommit {
     }
 
     /// Returns once everything committed before this call is on disk.
-    pub(crate) async fn durable(&self) -> Result<(), String> {
+    pub(crate) async fn durable(&self) -> Result<(), FlushError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(tx)
-            .map_err(|_| "store is closed".to_string())?;
-        rx.await.map_err(|_| "store is closed".to_string())?
+        self.tx.send(tx).map_err(|_| FlushError::Closed)?;
+        rx.await.map_err(|_| FlushError::Closed)?
     }
 }

@@ -49,29 +49,29 @@ pub struct JobRecord {
     pub handed_over: Vec<HandedOver>,
     /// Inference: dynamic batching, with the defaults applied. Jobs deployed
     /// before batching existed keep serving as they did: off.
-    #[serde(default = "Batching::off")]
-    pub batching: Batching,
+    #[serde(default = "BatchSettings::off")]
+    pub batching: BatchSettings,
 }
 
 /// Dynamic batching of a deployment's predictions (see `Batching` in common.proto).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Batching {
+pub struct BatchSettings {
     pub max_batch_size: u32,
     pub max_wait_ms: u32,
 }
 
-impl Batching {
-    pub fn off() -> Batching {
-        Batching {
+impl BatchSettings {
+    pub fn off() -> BatchSettings {
+        BatchSettings {
             max_batch_size: 1,
             max_wait_ms: 0,
         }
     }
 }
 
-impl Default for Batching {
+impl Default for BatchSettings {
     fn default() -> Self {
-        Batching {
+        BatchSettings {
             max_batch_size: 16,
             max_wait_ms: 2,
         }
@@ -112,7 +112,7 @@ impl JobRecord {
             result_digest: String::new(),
             result_size: 0,
             handed_over: vec![],
-            batching: Batching::default(),
+            batching: BatchSettings::default(),
         }
     }
 }
@@ -221,11 +221,11 @@ pub struct EventRecord {
     pub last: bool,
     /// Training progress reported by the user's code.
     #[serde(default)]
-    pub progress: Option<Progress>,
+    pub progress: Option<ProgressRecord>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Progress {
+pub struct ProgressRecord {
     pub epoch: u32,
     pub total_epochs: u32,
     pub metrics: BTreeMap<String, f64>,
@@ -241,4 +241,23 @@ pub struct ArtifactRecord {
     pub unpacked_bytes: u64,
     pub has_predict: bool,
     pub has_train: bool,
+}
+
+/// A timeline mark that an update adds besides its status changes.
+#[derive(Debug, Clone, Default)]
+pub struct TimelineNote {
+    pub instance_id: String,
+    pub phase: String,
+    pub message: String,
+    pub progress: Option<ProgressRecord>,
+}
+
+impl TimelineNote {
+    pub fn phase(instance_id: &str, phase: &str) -> Self {
+        TimelineNote {
+            instance_id: instance_id.to_string(),
+            phase: phase.to_string(),
+            ..TimelineNote::default()
+        }
+    }
 }

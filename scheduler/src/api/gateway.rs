@@ -13,8 +13,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::control::{Control, Registration};
-use crate::convert;
+use crate::control::{AgentReport, Control, Registration};
 use crate::error::Error;
 
 pub struct GatewayApi {
@@ -45,7 +44,7 @@ impl AgentGateway for GatewayApi {
         self.check(&request)?;
         let r = request.into_inner();
         let registration = Registration {
-            hardware: convert::hardware_from_pb(r.hardware.unwrap_or_default()),
+            hardware: r.hardware.unwrap_or_default().into(),
             instance_id: r.instance_id,
             agent_id: r.agent_id,
             machine_id: r.machine_id,
@@ -64,9 +63,19 @@ impl AgentGateway for GatewayApi {
         self.check(&request)?;
         let r = request.into_inner();
         match r.body {
-            Some(Body::Phase(phase)) => self.control.report(&r.instance_id, phase).await?,
-            Some(Body::Heartbeat(h)) => self.control.heartbeat(&r.instance_id, &r.agent_id, &h)?,
-            Some(Body::Progress(p)) => self.control.progress(&r.instance_id, p).await?,
+            Some(Body::Phase(phase)) => {
+                let report = AgentReport::try_from(phase)?;
+                self.control.report(&r.instance_id, report).await?
+            }
+            Some(Body::Heartbeat(h)) => {
+                self.control
+                    .heartbeat(&r.instance_id, &r.agent_id, h.into())?
+            }
+            Some(Body::Progress(p)) => {
+                self.control
+                    .training_update(&r.instance_id, p.into())
+                    .await?
+            }
             None => return Err(Status::invalid_argument("report has no body")),
         }
         Ok(Response::new(ReportResponse {}))
@@ -114,8 +123,6 @@ impl AgentGateway for GatewayApi {
             .control
             .existing_blob(digest)
             .ok_or_else(|| Status::not_found(format!("artifact {digest} not found")))?;
-        Ok(Response::new(
-            crate::api::file_chunks(path, "artifact").await?,
-        ))
+        Ok(Response::new(super::file_chunks(path, "artifact").await?))
     }
 }
