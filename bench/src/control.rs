@@ -203,6 +203,18 @@ fn at_ms(e: &pb::JobEvent) -> i64 {
 
 /// Cold launch of a cooling instance vs waking it after its cool-down.
 async fn cooling_wake(s: &Scheduler, token: &str) -> anyhow::Result<()> {
+    let (job_id, cooling) = deploy_with_cooling(s, token).await?;
+    let (cold_ms, last_seq) = cold_launch(s, token, &job_id, &cooling).await?;
+    let (wake, woke) = wake_up(s, token, &job_id, &cooling, last_seq).await?;
+    print_wake(cold_ms, wake, &woke);
+    Ok(())
+}
+
+const WAKE_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Deploys echo (with a virtualenv) with a cooling instance and a 2 s
+/// cool-down; returns the job and its cooling instance once DEPLOYED.
+async fn deploy_with_cooling(s: &Scheduler, token: &str) -> anyhow::Result<(String, String)> {
     let repo = repo_with_requirements("echo")?;
     let digest = s.upload_dir(token, repo.path()).await?;
     let mut request = aibro_tests::deploy_request("wake", &digest);
@@ -227,39 +239,63 @@ async fn cooling_wake(s: &Scheduler, token: &str) -> anyhow::Result<()> {
         .expect("cooling instance")
         .instance_id
         .clone();
-    let deadline = Duration::from_secs(120);
+    Ok((job_id, cooling))
+}
+
+/// Waits for the cooling instance to cool down (stopped); returns its cold
+/// launch (LAUNCHING -> EXECUTING) in ms and the last event's seq.
+async fn cold_launch(
+    s: &Scheduler,
+    token: &str,
+    job_id: &str,
+    cooling: &str,
+) -> anyhow::Result<(i64, u64)> {
     use pb::{InstanceStatus as S, InstanceSubstatus as Sub};
     let events = s
-        .watch_until(token, &job_id, deadline, |e| {
-            reached(e, &cooling, S::Closed, Sub::Stopped)
+        .watch_until(token, job_id, WAKE_DEADLINE, |e| {
+            reached(e, cooling, S::Closed, Sub::Stopped)
         })
         .await?;
     let launched = events
         .iter()
-        .find(|e| reached(e, &cooling, S::Launching, Sub::None))
+        .find(|e| reached(e, cooling, S::Launching, Sub::None))
         .map(at_ms);
     let serving = events
         .iter()
-        .find(|e| reached(e, &cooling, S::Executing, Sub::None))
+        .find(|e| reached(e, cooling, S::Executing, Sub::None))
         .map(at_ms);
     let cold_ms = serving.zip(launched).map(|(b, a)| b - a).unwrap_or(0);
-    let last_seq = events.last().map_or(0, |e| e.seq);
+    Ok((cold_ms, events.last().map_or(0, |e| e.seq)))
+}
 
+/// Sends a request that wakes the stopped cooling instance; returns the time
+/// until it is EXECUTING again and its events after `last_seq`.
+async fn wake_up(
+    s: &Scheduler,
+    token: &str,
+    job_id: &str,
+    cooling: &str,
+    last_seq: u64,
+) -> anyhow::Result<(Duration, Vec<pb::JobEvent>)> {
+    use pb::{InstanceStatus as S, InstanceSubstatus as Sub};
     let sent = Instant::now();
     s.predict("bench", "public", "wake", "{}").await?;
     let woke = s
-        .watch_until(token, &job_id, deadline, |e| {
-            e.seq > last_seq && reached(e, &cooling, S::Executing, Sub::None)
+        .watch_until(token, job_id, WAKE_DEADLINE, |e| {
+            e.seq > last_seq && reached(e, cooling, S::Executing, Sub::None)
         })
         .await?;
     let wake = sent.elapsed();
-    let woke: Vec<_> = woke
-        .iter()
+    let woke = woke
+        .into_iter()
         .filter(|e| e.seq > last_seq && e.instance_id == cooling)
         .collect();
     let r = s.predict("bench", "public", "wake", "{}").await?;
     assert_eq!(r.instance_id, cooling, "the woken instance serves");
+    Ok((wake, woke))
+}
 
+fn print_wake(cold_ms: i64, wake: Duration, woke: &[pb::JobEvent]) {
     println!("\ncooling instance, echo + non-empty requirements.txt (virtualenv), local provider");
     println!(
         "{:<44} {:>10}",
@@ -278,7 +314,7 @@ async fn cooling_wake(s: &Scheduler, token: &str) -> anyhow::Result<()> {
     );
     if let Some(first) = woke.first() {
         println!("wake-up, step by step (scheduler timeline):");
-        for e in &woke {
+        for e in woke {
             let what = match e.phase.as_str() {
                 "" => pb::InstanceStatus::try_from(e.instance_status)
                     .map_or("?", |s| s.as_str_name())
@@ -288,5 +324,4 @@ async fn cooling_wake(s: &Scheduler, token: &str) -> anyhow::Result<()> {
             println!("  +{:>5} ms  {what}", at_ms(e) - at_ms(first));
         }
     }
-    Ok(())
 }

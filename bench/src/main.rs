@@ -4,6 +4,8 @@
 //!
 //! `cargo build --release --workspace && ./target/release/aibro-bench all`
 
+#![deny(clippy::too_many_lines)]
+
 mod batch;
 mod control;
 mod cpu;

@@ -1,6 +1,8 @@
 //! `aibro`: command-line client of aibro-rs. Parses arguments, runs the
 //! command, and turns errors into `error: <message> (<CODE>)` with exit 1.
 
+#![deny(clippy::too_many_lines)]
+
 mod args;
 mod client;
 mod commands;

@@ -3,6 +3,8 @@
 //! packs and uploads example repos, and waits on WatchJob events with
 //! deadlines. Dropping a [`Scheduler`] kills it and every agent it launched.
 
+#![deny(clippy::too_many_lines)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

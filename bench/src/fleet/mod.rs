@@ -21,6 +21,7 @@ mod scheduler;
 mod seed;
 mod stub_agent;
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,7 @@ use anyhow::{bail, Context, Result};
 use agents::Fleet;
 use report::Report;
 use scheduler::SchedulerProcess;
+use seed::Seeded;
 use stub_agent::StubAgent;
 
 /// The catalog type every simulated agent is, and its one machine.
@@ -75,20 +77,7 @@ pub async fn run(args: FleetArgs) -> Result<()> {
     let dir = temp.path().to_path_buf();
     let stub = StubAgent::start().await?;
 
-    eprintln!(
-        "seeding {} jobs for {} users into {} ...",
-        args.jobs,
-        args.users,
-        dir.display()
-    );
-    let t = Instant::now();
-    let seeded = seed::seed(&dir.join("db"), &args, &stub.address).await?;
-    let seed_time = t.elapsed();
-    eprintln!(
-        "seeded in {:.1} s ({} timeline events)",
-        seed_time.as_secs_f64(),
-        seeded.events
-    );
+    let (seeded, seed_time) = seed_timed(&args, &dir, &stub.address).await?;
 
     let t = Instant::now();
     let mut scheduler = SchedulerProcess::spawn(&dir, args.heartbeat_ms)?;
@@ -98,28 +87,8 @@ pub async fn run(args: FleetArgs) -> Result<()> {
     let join_token = std::fs::read_to_string(dir.join("join-token"))?;
     let endpoint = scheduler.endpoint();
 
-    eprintln!("starting {} agents ...", args.agents);
-    let t = Instant::now();
-    let fleet = Fleet::start(&args, &seeded, &endpoint, &join_token, &stub.address)?;
-    fleet
-        .wait_all(
-            |a| a.registered_at() > 0 && a.heartbeat_at() > 0,
-            Duration::from_secs(60),
-        )
-        .await
-        .with_context(|| format!("the fleet did not join; {}", scheduler.log_tail()))?;
-    let joined = t.elapsed();
-    let join_failures = fleet.state.register_failures.load(Ordering::Relaxed);
-    let last_error = fleet.state.last_error.lock().expect("last error").clone();
-    eprintln!(
-        "all agents joined in {:.2} s ({join_failures} failed Register calls{})",
-        joined.as_secs_f64(),
-        if last_error.is_empty() {
-            String::new()
-        } else {
-            format!("; last: {last_error}")
-        }
-    );
+    let (fleet, joined, join_failures) =
+        join(&args, &seeded, &scheduler, &join_token, &stub.address).await?;
 
     // Steady state: only heartbeats, after the join burst has passed.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -171,6 +140,60 @@ pub async fn run(args: FleetArgs) -> Result<()> {
         println!("data dir kept: {}", kept.display());
     }
     Ok(())
+}
+
+/// Seeds the data dir's store; returns what was seeded and how long it took.
+async fn seed_timed(args: &FleetArgs, dir: &Path, address: &str) -> Result<(Seeded, Duration)> {
+    eprintln!(
+        "seeding {} jobs for {} users into {} ...",
+        args.jobs,
+        args.users,
+        dir.display()
+    );
+    let t = Instant::now();
+    let seeded = seed::seed(&dir.join("db"), args, address).await?;
+    let seed_time = t.elapsed();
+    eprintln!(
+        "seeded in {:.1} s ({} timeline events)",
+        seed_time.as_secs_f64(),
+        seeded.events
+    );
+    Ok((seeded, seed_time))
+}
+
+/// Starts the fleet and waits until every agent registered and heartbeats;
+/// returns it, how long that took, and how many Register calls failed.
+async fn join(
+    args: &FleetArgs,
+    seeded: &Seeded,
+    scheduler: &SchedulerProcess,
+    join_token: &str,
+    address: &str,
+) -> Result<(Fleet, Duration, u64)> {
+    eprintln!("starting {} agents ...", args.agents);
+    let t = Instant::now();
+    let endpoint = scheduler.endpoint();
+    let fleet = Fleet::start(args, seeded, &endpoint, join_token, address)?;
+    fleet
+        .wait_all(
+            |a| a.registered_at() > 0 && a.heartbeat_at() > 0,
+            Duration::from_secs(60),
+        )
+        .await
+        .with_context(|| format!("the fleet did not join; {}", scheduler.log_tail()))?;
+    let joined = t.elapsed();
+    let join_failures = fleet.state.register_failures.load(Ordering::Relaxed);
+    let last_error = fleet.state.last_error.lock().expect("last error").clone();
+    eprintln!(
+        "all agents joined in {:.2} s ({join_failures} failed Register calls{})",
+        joined.as_secs_f64(),
+        if last_error.is_empty() {
+            String::new()
+        } else {
+            format!("; last: {last_error}")
+        }
+    );
+    Ok((fleet, joined, join_failures))
 }
 
 /// Raises the soft open-file limit to the hard one (the scheduler inherits

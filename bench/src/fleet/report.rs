@@ -111,17 +111,22 @@ fn print_setup(r: &Report) {
     );
 }
 
+/// The table: steady state, ListJobs, fan-out, restart, after the restart.
 fn rows(r: &Report) -> Vec<Row> {
+    [
+        steady_rows(r),
+        list_rows(r),
+        fanout_rows(r),
+        restart_rows(r),
+        after_rows(r),
+    ]
+    .concat()
+}
+
+/// Steady state: the scheduler's CPU and memory, heartbeats.
+fn steady_rows(r: &Report) -> Vec<Row> {
     let (a, s) = (r.args, &r.steady);
     let cpu_pct = s.cpu.as_secs_f64() / s.window.as_secs_f64() * 100.0;
-    let list_p99 = r.list.latency.as_ref().map(|d| d.p99);
-    let (restart_value, restart_met) = match &r.restart.agents {
-        Ok(d) => (
-            format!("{} ms", ms(*d)),
-            *d <= TARGET_RESTART && r.restart.list <= TARGET_RESTART,
-        ),
-        Err(e) => (e.clone(), false),
-    };
     vec![
         target(
             format!(
@@ -157,6 +162,13 @@ fn rows(r: &Report) -> Vec<Row> {
             s.failures == 0,
         ),
         info("heartbeat round trip p50 / p99 / max", dist_ms(&s.rtt)),
+    ]
+}
+
+/// ListJobs latency, one page and a whole listing.
+fn list_rows(r: &Report) -> Vec<Row> {
+    let list_p99 = r.list.latency.as_ref().map(|d| d.p99);
+    vec![
         target(
             format!(
                 "ListJobs call p50 / p99 / max ({} calls, one page each)",
@@ -173,6 +185,13 @@ fn rows(r: &Report) -> Vec<Row> {
             ),
             dist_ms(&r.list.listing),
         ),
+    ]
+}
+
+/// WatchJob fan-out of one change to every watcher.
+fn fanout_rows(r: &Report) -> Vec<Row> {
+    let a = r.args;
+    vec![
         [
             format!(
                 "WatchJob fan-out: change -> all {} watchers have it ({} changes)",
@@ -198,6 +217,19 @@ fn rows(r: &Report) -> Vec<Row> {
             ),
             format!("{} ms", ms(r.fanout.subscribed)),
         ),
+    ]
+}
+
+/// `kill -9` and restart: until it serves, and until the fleet is back.
+fn restart_rows(r: &Report) -> Vec<Row> {
+    let (restart_value, restart_met) = match &r.restart.agents {
+        Ok(d) => (
+            format!("{} ms", ms(*d)),
+            *d <= TARGET_RESTART && r.restart.list <= TARGET_RESTART,
+        ),
+        Err(e) => (e.clone(), false),
+    };
+    vec![
         info(
             "restart: spawn -> serving (address file written)",
             format!("{} ms", ms(r.restart.listening)),
@@ -213,7 +245,7 @@ fn rows(r: &Report) -> Vec<Row> {
         target(
             format!(
                 "restart: spawn -> all {} agents heartbeating again",
-                a.agents
+                r.args.agents
             ),
             restart_value,
             format!("<= {} ms", TARGET_RESTART.as_millis()),
@@ -229,6 +261,13 @@ fn rows(r: &Report) -> Vec<Row> {
             "0",
             r.restart.overflows == 0,
         ),
+    ]
+}
+
+/// After the restart: the fleet heartbeats, the jobs are all there.
+fn after_rows(r: &Report) -> Vec<Row> {
+    let a = r.args;
+    vec![
         target(
             "after restart: agents heard from in the last 2 s",
             format!(

@@ -205,22 +205,41 @@ async fn seed_job(
 /// transitions, same timeline marks).
 fn history(walk: Walk, inst: &str, host: usize, address: &str) -> Vec<Change> {
     if walk == Walk::Unplaced {
-        return vec![Box::new(|job, _| {
-            to_job(job, JobEvent::Cancel)?;
-            job.reason = format!(
-                "no machine could be had: {MACHINE_ID}: no idle pool agent of type `{MACHINE_TYPE}` within 600 s"
-            );
-            Ok(vec![])
-        })];
+        return vec![unplaced()];
     }
-    let mut changes: Vec<Change> = Vec::new();
+    let mut changes = placed(walk, inst, host, address);
+    match walk {
+        Walk::Unplaced => {} // returned above
+        Walk::Completed | Walk::Failed | Walk::Deployed => serving(walk, inst, &mut changes),
+        Walk::Trained | Walk::Training => training(walk, inst, &mut changes),
+    }
+    if matches!(walk, Walk::Completed | Walk::Failed | Walk::Trained) {
+        // The provider finished terminating it: the job's last event.
+        changes.push(step(inst, None, Some(InstanceEvent::Closed), ""));
+    }
+    changes
+}
+
+/// Canceled while queuing: no machine could be had.
+fn unplaced() -> Change {
+    Box::new(|job, _| {
+        to_job(job, JobEvent::Cancel)?;
+        job.reason = format!(
+            "no machine could be had: {MACHINE_ID}: no idle pool agent of type `{MACHINE_TYPE}` within 600 s"
+        );
+        Ok(vec![])
+    })
+}
+
+/// Instance `inst` is launched for the job and its agent (`host`) connects.
+fn placed(walk: Walk, inst: &str, host: usize, address: &str) -> Vec<Change> {
     let role = if walk.kind() == JobKind::Training {
         Role::Trainer
     } else {
         Role::Standby
     };
     let i = inst.to_string();
-    changes.push(Box::new(move |job, insts| {
+    let launched: Change = Box::new(move |job, insts| {
         to_job(job, JobEvent::InstanceLaunched)?;
         insts.push(InstanceRecord::launching(
             &i,
@@ -234,77 +253,77 @@ fn history(walk: Walk, inst: &str, host: usize, address: &str) -> Vec<Change> {
             message: format!("{MACHINE_ID} (on-demand, $4.10/h)"),
             ..TimelineNote::phase(&i, "instance requested")
         }])
-    }));
+    });
     let (i, a) = (inst.to_string(), address.to_string());
-    changes.push(Box::new(move |_, insts| {
+    let connected: Change = Box::new(move |_, insts| {
         let rec = &mut insts[0];
         rec.agent_address = a.clone();
         rec.hardware = Some(hardware_record(host));
         rec.host = agent_id(host);
         Ok(vec![TimelineNote::phase(&i, "agent connected")])
-    }));
+    });
+    vec![launched, connected]
+}
+
+/// An inference job gears up, then fails (canceled with a traceback) or
+/// loads and serves, completing if `walk` is [`Walk::Completed`].
+fn serving(walk: Walk, inst: &str, changes: &mut Vec<Change>) {
+    changes.push(step(
+        inst,
+        Some(JobEvent::GearingUp),
+        None,
+        "gearing up env",
+    ));
+    if walk == Walk::Failed {
+        changes.push(end(JobEvent::Cancel, TRACEBACK));
+        return;
+    }
     let ready = Some(InstanceEvent::Ready);
-    match walk {
-        Walk::Unplaced => {} // returned above
-        Walk::Completed | Walk::Failed | Walk::Deployed => {
-            changes.push(step(
-                inst,
-                Some(JobEvent::GearingUp),
-                None,
-                "gearing up env",
-            ));
-            if walk == Walk::Failed {
-                changes.push(end(JobEvent::Cancel, TRACEBACK));
-            } else {
-                changes.push(step(inst, Some(JobEvent::Loading), None, "env geared up"));
-                changes.push(step(inst, Some(JobEvent::Serving), ready, "model loaded"));
-                if walk == Walk::Completed {
-                    changes.push(end(JobEvent::Complete, ""));
-                }
-            }
-        }
-        Walk::Trained | Walk::Training => {
-            changes.push(step(inst, Some(JobEvent::Loading), None, "env reused"));
-            changes.push(step(inst, None, None, "ready to train"));
-            changes.push(step(
-                inst,
-                Some(JobEvent::TrainingStarted),
-                ready,
-                "training",
-            ));
-            for seq in 1..=3u64 {
-                let i = inst.to_string();
-                changes.push(Box::new(move |job, _| {
-                    job.progress_seq = seq;
-                    let metrics = [("loss".to_string(), 1.0 / (seq as f64 + 1.0))].into();
-                    Ok(vec![TimelineNote {
-                        progress: Some(ProgressRecord {
-                            epoch: seq as u32,
-                            total_epochs: 20,
-                            metrics,
-                        }),
-                        ..TimelineNote::phase(&i, "progress")
-                    }])
-                }));
-            }
-            if walk == Walk::Trained {
-                changes.push(step(inst, Some(JobEvent::Returning), None, "returning"));
-                let i = inst.to_string();
-                changes.push(Box::new(move |job, insts| {
-                    to_job(job, JobEvent::Complete)?;
-                    job.result_digest = format!("sha256:{:064x}", 42);
-                    job.result_size = 1 << 20;
-                    to_inst(insts, InstanceEvent::Terminate)?;
-                    Ok(vec![TimelineNote::phase(&i, "results returned")])
-                }));
-            }
-        }
+    changes.push(step(inst, Some(JobEvent::Loading), None, "env geared up"));
+    changes.push(step(inst, Some(JobEvent::Serving), ready, "model loaded"));
+    if walk == Walk::Completed {
+        changes.push(end(JobEvent::Complete, ""));
     }
-    if matches!(walk, Walk::Completed | Walk::Failed | Walk::Trained) {
-        // The provider finished terminating it: the job's last event.
-        changes.push(step(inst, None, Some(InstanceEvent::Closed), ""));
+}
+
+/// A training job trains with three progress reports, then returns its
+/// result and completes if `walk` is [`Walk::Trained`].
+fn training(walk: Walk, inst: &str, changes: &mut Vec<Change>) {
+    let ready = Some(InstanceEvent::Ready);
+    changes.push(step(inst, Some(JobEvent::Loading), None, "env reused"));
+    changes.push(step(inst, None, None, "ready to train"));
+    changes.push(step(
+        inst,
+        Some(JobEvent::TrainingStarted),
+        ready,
+        "training",
+    ));
+    for seq in 1..=3u64 {
+        let i = inst.to_string();
+        changes.push(Box::new(move |job, _| {
+            job.progress_seq = seq;
+            let metrics = [("loss".to_string(), 1.0 / (seq as f64 + 1.0))].into();
+            Ok(vec![TimelineNote {
+                progress: Some(ProgressRecord {
+                    epoch: seq as u32,
+                    total_epochs: 20,
+                    metrics,
+                }),
+                ..TimelineNote::phase(&i, "progress")
+            }])
+        }));
     }
-    changes
+    if walk == Walk::Trained {
+        changes.push(step(inst, Some(JobEvent::Returning), None, "returning"));
+        let i = inst.to_string();
+        changes.push(Box::new(move |job, insts| {
+            to_job(job, JobEvent::Complete)?;
+            job.result_digest = format!("sha256:{:064x}", 42);
+            job.result_size = 1 << 20;
+            to_inst(insts, InstanceEvent::Terminate)?;
+            Ok(vec![TimelineNote::phase(&i, "results returned")])
+        }));
+    }
 }
 
 /// Seeds every user's jobs (users concurrently, so the group commit batches)
