@@ -5,6 +5,8 @@
 //! each crate, and the files inside each directory module (items of the
 //! directory's own `mod.rs` are its parent's, not edges). Test code
 //! (`#[cfg(test)] mod … { … }` blocks, `tests.rs` files) does not count.
+//! The control plane's files, all `impl Control`, are also checked for call
+//! cycles (methods called on `self` across files).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -25,6 +27,68 @@ fn scheduler_modules_import_one_way() {
 #[test]
 fn agent_modules_import_one_way() {
     check_crate("agent");
+}
+
+/// The control plane's files are all `impl Control`, so they reach each
+/// other by calling methods on `self`, which no import shows: a call from one
+/// file to a method defined in another is an edge too, and the files must
+/// still form layers.
+#[test]
+fn control_files_call_one_way() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scheduler/src/control");
+    let mut files = Vec::new();
+    read_sources(&dir, "", &mut files);
+    let code: Vec<(String, String)> = files
+        .iter()
+        .filter(|(rel, _)| rel != "mod.rs" && !rel.contains('/'))
+        .map(|(rel, src)| (rel.trim_end_matches(".rs").to_string(), code_of(src)))
+        .collect();
+    let edges = call_edges(&code);
+    assert!(!edges.is_empty(), "no calls found in {}", dir.display());
+    let found: Vec<String> = cycles(&edges).iter().map(|c| c.join(" -> ")).collect();
+    assert!(
+        found.is_empty(),
+        "call cycles between the files of scheduler/src/control:\n{}\nhint: move what both \
+         call into a lower file, or let the lower one return an outcome the caller acts on.",
+        found.join("\n")
+    );
+}
+
+/// Calls on `self`/`this` from one file to a method defined (once) in
+/// another, and uses of the `machines()`/`links()` parts, as edges.
+fn call_edges(files: &[(String, String)]) -> Edges {
+    let mut defined: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for (file, code) in files {
+        let toks = tokens(code);
+        for pair in toks.windows(2) {
+            if pair[0].1 == "fn" {
+                defined.entry(pair[1].1.clone()).or_default().push(file);
+            }
+        }
+    }
+    let mut edges = Edges::new();
+    for (file, code) in files {
+        let toks = tokens(code);
+        for w in toks.windows(4) {
+            let receiver = w[0].1 == "self" || w[0].1.starts_with("this");
+            if !(receiver && w[1].1 == "." && w[3].1 == "(") {
+                continue;
+            }
+            let target = match w[2].1.as_str() {
+                part @ ("machines" | "links") => Some(part),
+                method => match defined.get(method).map(Vec::as_slice) {
+                    Some([one]) => Some(*one),
+                    _ => None,
+                },
+            };
+            if let Some(target) = target.filter(|t| *t != file) {
+                edges
+                    .entry((file.clone(), target.to_string()))
+                    .or_insert_with(|| format!("control/{file}.rs:{}", w[0].0));
+            }
+        }
+    }
+    edges
 }
 
 fn check_crate(name: &str) {
