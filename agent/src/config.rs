@@ -4,22 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// pip options used while gearing up environments.
-#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
-pub struct PipOptions {
-    /// pip `--index-url`.
-    #[arg(long, env = "AIBRO_PIP_INDEX_URL")]
-    pub pip_index_url: Option<String>,
-    /// pip `--extra-index-url` (repeatable; comma-separated in the env var).
-    #[arg(long, env = "AIBRO_PIP_EXTRA_INDEX_URL", value_delimiter = ',')]
-    pub pip_extra_index_url: Vec<String>,
-    /// pip `--find-links` (repeatable; comma-separated in the env var).
-    #[arg(long, env = "AIBRO_PIP_FIND_LINKS", value_delimiter = ',')]
-    pub pip_find_links: Vec<String>,
-    /// pip `--no-index`.
-    #[arg(long, env = "AIBRO_PIP_NO_INDEX")]
-    pub pip_no_index: bool,
-}
+use aibro_repo::PipOptions;
 
 /// The agent's configuration.
 #[derive(Debug, Clone, clap::Parser)]

@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
+use aibro_repo::archive::{self, Limits};
+use aibro_repo::PipOptions;
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::{self, Limits};
-use crate::config::PipOptions;
 use crate::env;
 use crate::worker::{self, Worker, WorkerError, WorkerSpec};
 

@@ -8,10 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, OnceLock};
 
+use aibro_repo::PipOptions;
 use sha2::{Digest, Sha256};
 use tokio::process::Command;
-
-use crate::config::PipOptions;
 
 const OUTPUT_TAIL_BYTES: usize = 4000;
 

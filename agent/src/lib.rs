@@ -5,7 +5,6 @@
 //! without an instance id it joins the scheduler's pool and waits to be assigned one.
 //! [`run`] is the whole agent; [`dry_run`] validates a repo archive locally.
 
-pub mod archive;
 mod config;
 mod dryrun;
 mod env;
@@ -26,7 +25,7 @@ use aibro_proto::v1::agent_server::AgentServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Args, PipOptions};
+pub use config::Args;
 pub use dryrun::{dry_run, DryRunOutcome};
 
 /// Largest Predict payload / response the agent accepts.

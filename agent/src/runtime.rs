@@ -15,12 +15,12 @@ use std::sync::{Arc, Mutex};
 use aibro_proto::v1::{
     AgentPhase, ArtifactRef, FetchArtifactRequest, JobKind, PhaseReport, ResultChunk,
 };
+use aibro_repo::archive::{self, ArchiveError, Limits};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::archive::{self, ArchiveError, Limits};
 use crate::config::Args;
 use crate::env::{self, EnvError, PythonEnv};
 use crate::identity::Identity;

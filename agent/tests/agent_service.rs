@@ -268,7 +268,7 @@ impl Harness {
 
     fn add_dir_artifact(&self, dir: &Path) -> String {
         let mut bytes = Vec::new();
-        aibro_agent::archive::pack_dir(dir, &mut bytes).unwrap();
+        aibro_repo::archive::pack_dir(dir, &mut bytes).unwrap();
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         self.artifacts.lock().unwrap().push((digest.clone(), bytes));
         digest
@@ -686,7 +686,7 @@ fn unpack_result(bytes: &[u8]) -> BTreeMap<PathBuf, Vec<u8>> {
     let archive = tmp.path().join("result.tar.gz");
     std::fs::write(&archive, bytes).unwrap();
     let dest = tmp.path().join("out");
-    aibro_agent::archive::unpack(&archive, &dest, &Default::default()).unwrap();
+    aibro_repo::archive::unpack(&archive, &dest, &Default::default()).unwrap();
     read_tree(&dest)
 }
 

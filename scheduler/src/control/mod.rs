@@ -64,7 +64,7 @@ pub struct Settings {
     pub lifecycle_tick: Duration,
     pub python: String,
     /// pip options for dry runs (the agents get theirs as flags).
-    pub pip: aibro_agent::PipOptions,
+    pub pip: aibro_repo::PipOptions,
     /// How agents are reached over TLS (the CA they chain to); None: plain http.
     pub agent_tls: Option<tonic::transport::ClientTlsConfig>,
     /// Deploys run on spot twins of their on-demand ids when spot can be had.
