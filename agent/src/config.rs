@@ -1,24 +1,51 @@
 //! Command-line flags of `aibro-agent`, each with an `AIBRO_*` environment fallback
-//! and a default that works on one machine next to a local scheduler.
+//! and a default that works on one machine next to a local scheduler: the agent's
+//! ([`Args`]), or a dry run's (`aibro-agent dry-run`, [`DryRunArgs`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// pip options used while gearing up environments.
-#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
-pub struct PipOptions {
-    /// pip `--index-url`.
-    #[arg(long, env = "AIBRO_PIP_INDEX_URL")]
-    pub pip_index_url: Option<String>,
-    /// pip `--extra-index-url` (repeatable; comma-separated in the env var).
-    #[arg(long, env = "AIBRO_PIP_EXTRA_INDEX_URL", value_delimiter = ',')]
-    pub pip_extra_index_url: Vec<String>,
-    /// pip `--find-links` (repeatable; comma-separated in the env var).
-    #[arg(long, env = "AIBRO_PIP_FIND_LINKS", value_delimiter = ',')]
-    pub pip_find_links: Vec<String>,
-    /// pip `--no-index`.
-    #[arg(long, env = "AIBRO_PIP_NO_INDEX")]
-    pub pip_no_index: bool,
+use aibro_repo::PipOptions;
+
+/// `aibro-agent [flags]` runs the agent; `aibro-agent dry-run …` dry-runs a repo
+/// archive and exits.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "aibro-agent",
+    version,
+    about = "aibro-rs agent: serves a model repo for the scheduler",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub agent: Args,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Dry-runs a model repo archive: unpacks it, gears up its environment, calls
+    /// load_model() and run() on the sample in data/, and prints the outcome as one
+    /// JSON line on stdout: {"ok", "output_b64", "content_type", "traceback"}. Logs
+    /// (the user's prints among them) go to stderr. Exits 0 whenever it printed.
+    DryRun(DryRunArgs),
+}
+
+/// The flags of `aibro-agent dry-run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DryRunArgs {
+    /// The model repo archive (a tar.gz of the repo directory).
+    #[arg(long)]
+    pub archive: PathBuf,
+    /// Working directory: the unpacked repo, virtualenvs (`envs/`) and the worker's.
+    #[arg(long)]
+    pub work_dir: PathBuf,
+    /// Python interpreter used directly or to create virtualenvs.
+    #[arg(long, env = "AIBRO_PYTHON", default_value = "python3")]
+    pub python: String,
+    #[command(flatten)]
+    pub pip: PipOptions,
 }
 
 /// The agent's configuration.
@@ -128,6 +155,39 @@ mod tests {
         assert_eq!(a.orphan_timeout_s, 300);
         assert_eq!(a.gpus, None);
         assert_eq!(a.machine_id, "");
+    }
+
+    #[test]
+    fn dry_run_is_a_subcommand_beside_the_agents_flags() {
+        let cli = Cli::try_parse_from([
+            "aibro-agent",
+            "dry-run",
+            "--archive",
+            "/a.tar.gz",
+            "--work-dir",
+            "/w",
+            "--python",
+            "python3.11",
+            "--pip-no-index",
+            "--pip-find-links",
+            "/wheels",
+        ])
+        .unwrap();
+        let Some(Command::DryRun(d)) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(d.archive, PathBuf::from("/a.tar.gz"));
+        assert_eq!(d.work_dir, PathBuf::from("/w"));
+        assert_eq!(d.python, "python3.11");
+        assert!(d.pip.pip_no_index);
+        assert_eq!(d.pip.pip_find_links, ["/wheels"]);
+        // Without a subcommand it is the agent, flags as before.
+        let cli = Cli::try_parse_from(["aibro-agent", "--workers", "3"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.agent.workers, 3);
+        // The agent's flags do not mix with a dry run.
+        assert!(Cli::try_parse_from(["aibro-agent", "--workers", "3", "dry-run"]).is_err());
+        assert!(Cli::try_parse_from(["aibro-agent", "dry-run", "--archive", "/a"]).is_err());
     }
 
     #[test]

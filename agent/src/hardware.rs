@@ -1,6 +1,6 @@
 //! What this machine has: CPUs, memory, hostname and NVIDIA GPUs (through NVML,
-//! loaded at run time, or `nvidia-smi` where NVML cannot be initialised), and how
-//! this agent's GPUs are handed to the Python processes (`CUDA_VISIBLE_DEVICES`).
+//! loaded at run time, or `nvidia-smi` where NVML cannot be initialised), and the
+//! share of the cores each Python worker gets.
 //! Detection never fails: anything that cannot be read is reported as zero / empty.
 
 use std::sync::OnceLock;
@@ -41,37 +41,6 @@ pub(crate) fn gpus() -> Vec<Gpu> {
 pub(crate) fn only(mut gpus: Vec<Gpu>, indices: &[u32]) -> Vec<Gpu> {
     gpus.retain(|g| indices.contains(&g.index));
     gpus
-}
-
-/// Gives a process started by `cmd` the GPUs `gpus` (NVML / nvidia-smi indices,
-/// which CUDA uses too once told to order devices by PCI bus id). With none, the
-/// environment is left as it is.
-pub(crate) fn use_gpus(cmd: &mut tokio::process::Command, gpus: &[u32]) {
-    if gpus.is_empty() {
-        return;
-    }
-    let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
-    cmd.env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-        .env("CUDA_VISIBLE_DEVICES", list.join(","));
-}
-
-/// Thread-pool variables of the common numeric libraries.
-const THREAD_VARS: [&str; 4] = [
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-];
-
-/// Gives a worker's numeric libraries (OpenMP, OpenBLAS, MKL, numexpr) pools
-/// of `threads`, so that workers side by side do not oversubscribe the cores
-/// (idle BLAS threads spin). A variable the agent itself was given is kept.
-pub(crate) fn use_threads(cmd: &mut tokio::process::Command, threads: usize) {
-    for var in THREAD_VARS {
-        if std::env::var_os(var).is_none() {
-            cmd.env(var, threads.max(1).to_string());
-        }
-    }
 }
 
 /// The cores each of `workers` workers gets: an equal share, at least one.
@@ -209,22 +178,6 @@ mod tests {
         let g = only(vec![gpu(0), gpu(1), gpu(2), gpu(3)], &[3, 1, 7]);
         assert_eq!(g.iter().map(|g| g.index).collect::<Vec<_>>(), [1, 3]);
         assert!(only(vec![gpu(0)], &[]).is_empty());
-    }
-
-    #[test]
-    fn use_gpus_sets_cuda_visible_devices() {
-        let envs = |gpus: &[u32]| {
-            let mut cmd = tokio::process::Command::new("true");
-            use_gpus(&mut cmd, gpus);
-            cmd.as_std()
-                .get_envs()
-                .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
-                .collect::<Vec<_>>()
-        };
-        assert!(envs(&[]).is_empty());
-        let set = envs(&[4, 6]);
-        assert!(set.contains(&("CUDA_VISIBLE_DEVICES".into(), Some("4,6".into()))));
-        assert!(set.contains(&("CUDA_DEVICE_ORDER".into(), Some("PCI_BUS_ID".into()))));
     }
 
     /// Checks something only on a host with an NVIDIA driver.

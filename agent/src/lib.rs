@@ -4,30 +4,48 @@
 //! its outputs; reports its phases, training progress and heartbeats. Started
 //! without an instance id it joins the scheduler's pool and waits to be assigned one.
 //! [`run`] is the whole agent; [`dry_run`] validates a repo archive locally.
+//!
+//! Layout: [`service`] is the gRPC adapter over [`jobs`] (what runs where);
+//! `environment` gets a repo ready (fetch, unpack, virtualenv, dry run), `serving`
+//! runs predict.py in worker pools, `training` runs train.py and returns its
+//! outputs, `link` is the connection to the scheduler; every Python process
+//! starts through `launcher`.
+#![deny(clippy::too_many_lines)]
 
-pub mod archive;
 mod config;
-mod dryrun;
-mod env;
+mod environment;
 pub mod hardware;
-mod identity;
-mod pool;
-mod reporter;
-mod runtime;
+mod jobs;
+mod launcher;
+mod link;
+mod scripts;
 mod service;
-mod trainer;
-mod worker;
+mod serving;
+mod training;
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use aibro_proto::transport::TlsError;
 use aibro_proto::v1::agent_server::AgentServer;
+use aibro_proto::v1::Hardware;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::{ClientTlsConfig, ServerTlsConfig};
 
-pub use config::{Args, PipOptions};
-pub use dryrun::{dry_run, DryRunOutcome};
+use jobs::{Jobs, JobsConfig};
+use link::identity::{self, Identity};
+use link::reporter::{ReportQueue, Reporter, ReporterError};
+use scripts::Scripts;
+use service::AgentService;
+
+pub use aibro_repo::DryRunOutcome;
+pub use config::{Args, Cli, Command, DryRunArgs};
+pub use environment::dry_run::dry_run;
+pub use link::gateway::GatewayError;
 
 /// Largest Predict payload / response the agent accepts.
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
@@ -39,14 +57,16 @@ pub enum Error {
     NoIdentity,
     #[error("agent data directory `{path}`: {source}")]
     Dir {
-        path: std::path::PathBuf,
+        path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     #[error("cannot read the listener's address: {0}")]
     Listener(#[source] std::io::Error),
     #[error("{0}")]
-    Scheduler(String),
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
     #[error("the scheduler has been unreachable for {0:?}; the agent exits (orphaned)")]
     Orphaned(Duration),
     #[error("the agent's gRPC server failed: {0}")]
@@ -64,45 +84,93 @@ pub async fn run(
     if args.instance_id.is_empty() && args.machine_id.is_empty() {
         return Err(Error::NoIdentity);
     }
-    let dir_err = |path: &std::path::Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Dir { path, source }
-    };
     // Absolute: the Python processes run in other directories.
-    args.dir = std::path::absolute(&args.dir).map_err(dir_err(&args.dir))?;
-    std::fs::create_dir_all(&args.dir).map_err(dir_err(&args.dir))?;
-    let scripts = runtime::Scripts {
-        worker: worker::install_script(&args.dir).map_err(dir_err(&args.dir))?,
-        trainer: worker::install_file(&args.dir, "trainer.py", trainer::TRAINER_PY)
-            .map_err(dir_err(&args.dir))?,
-    };
+    args.dir = data_dir(&args.dir)?;
+    let scripts = Scripts::install(&args.dir).map_err(dir_err(&args.dir))?;
     let agent_id = identity::agent_id(&args.dir).map_err(dir_err(&args.dir))?;
     let port = listener.local_addr().map_err(Error::Listener)?.port();
     let address = format!("{}:{port}", args.advertise_host);
-    let tls_err = |e: aibro_proto::transport::TlsError| Error::Scheduler(e.to_string());
-    let scheduler_tls = args
+    let (scheduler_tls, server_tls) = tls(&args)?;
+    let gateway =
+        link::gateway::gateway(&args.scheduler, &args.join_token, scheduler_tls.as_ref())?;
+    let (hardware, gpus) = hardware_and_gpus(args.gpus.as_deref()).await;
+    let identity = Arc::new(Identity::new(
+        agent_id,
+        args.machine_id.clone(),
+        args.instance_id.clone(),
+    ));
+    tracing::info!(agent_id = %identity.agent_id, instance_id = %args.instance_id,
+        machine_id = %args.machine_id, %address, cpus = hardware.cpus, ?gpus, "agent starting");
+    let (queue, rx) = ReportQueue::channel();
+    let cancel = CancellationToken::new();
+    let orphan_timeout = Duration::from_secs(args.orphan_timeout_s);
+    let jobs = Arc::new(Jobs::new(JobsConfig {
+        args,
+        scripts,
+        gateway: gateway.clone(),
+        queue,
+        identity: identity.clone(),
+        gpus: gpus.clone(),
+        cancel: cancel.clone(),
+    }));
+    let reporter = Reporter {
+        gateway,
+        identity: identity.clone(),
+        address,
+        hardware,
+        gpus,
+        orphan_timeout,
+        metrics: jobs.clone(),
+    };
+    let service = AgentService {
+        jobs: jobs.clone(),
+        identity,
+    };
+    let server = server(listener, server_tls, service, cancel.clone())?;
+    let tasks = Tasks {
+        reporter: tokio::spawn(reporter.run(rx, cancel.clone())),
+        server: tokio::spawn(server),
+    };
+    tasks.run_until(shutdown, &cancel, &jobs).await
+}
+
+fn dir_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Dir { path, source }
+}
+
+/// The agent's data directory, absolute and created.
+fn data_dir(dir: &Path) -> Result<PathBuf, Error> {
+    let dir = std::path::absolute(dir).map_err(dir_err(dir))?;
+    std::fs::create_dir_all(&dir).map_err(dir_err(&dir))?;
+    Ok(dir)
+}
+
+/// The TLS of the connection to the scheduler and of the agent's own service.
+fn tls(args: &Args) -> Result<(Option<ClientTlsConfig>, Option<ServerTlsConfig>), Error> {
+    let scheduler = args
         .tls_ca
         .as_deref()
         .map(aibro_proto::transport::client_tls)
-        .transpose()
-        .map_err(tls_err)?;
-    let server_tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            Some(aibro_proto::transport::server_tls(cert, key).map_err(tls_err)?)
-        }
+        .transpose()?;
+    let server = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(aibro_proto::transport::server_tls(cert, key)?),
         _ => None,
     };
-    let gateway = reporter::gateway(&args.scheduler, &args.join_token, scheduler_tls.as_ref())
-        .map_err(|e| Error::Scheduler(e.to_string()))?;
+    Ok((scheduler, server))
+}
+
+/// This host's hardware as Register reports it (only this agent's GPUs), and this
+/// agent's GPUs: `--gpus`, else every GPU detected. `--gpus` holds even where none
+/// is detected (it only sets what the Python processes see).
+async fn hardware_and_gpus(flag: Option<&[u32]>) -> (Hardware, Vec<u32>) {
     let mut hardware = tokio::task::spawn_blocking(hardware::detect)
         .await
         .unwrap_or_default();
-    // `--gpus` holds even where none is detected (it only sets what the Python
-    // processes see); Register reports the detected ones it names.
-    let gpus = args
-        .gpus
-        .clone()
-        .unwrap_or_else(|| hardware.gpus.iter().map(|g| g.index).collect());
+    let gpus = flag.map_or_else(
+        || hardware.gpus.iter().map(|g| g.index).collect(),
+        <[u32]>::to_vec,
+    );
     let unknown: Vec<&u32> = gpus
         .iter()
         .filter(|i| !hardware.gpus.iter().any(|g| g.index == **i))
@@ -111,72 +179,66 @@ pub async fn run(
         tracing::warn!(?unknown, "--gpus names GPUs this host does not have");
     }
     hardware.gpus = hardware::only(hardware.gpus, &gpus);
-    let identity = Arc::new(identity::Identity::new(
-        agent_id,
-        args.machine_id.clone(),
-        args.instance_id.clone(),
-    ));
-    tracing::info!(agent_id = %identity.agent_id, instance_id = %args.instance_id,
-        machine_id = %args.machine_id, %address, cpus = hardware.cpus, ?gpus, "agent starting");
-    let (queue, rx) = reporter::ReportQueue::channel();
-    let cancel = CancellationToken::new();
-    let orphan_timeout = Duration::from_secs(args.orphan_timeout_s);
-    let rt = Arc::new(runtime::Runtime::new(
-        args,
-        scripts,
-        gateway.clone(),
-        queue,
-        identity.clone(),
-        gpus.clone(),
-        cancel.clone(),
-    ));
-    let reporter = reporter::Reporter {
-        gateway,
-        identity: identity.clone(),
-        address,
-        hardware,
-        gpus,
-        orphan_timeout,
-        metrics: rt.clone(),
-    };
-    let mut reporter_task = tokio::spawn(reporter.run(rx, cancel.clone()));
-    let svc = AgentServer::new(service::AgentService {
-        runtime: rt.clone(),
-        identity,
-    })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    (hardware, gpus)
+}
+
+/// The agent's gRPC server on `listener`, until `cancel`.
+fn server(
+    listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
+    service: AgentService,
+    cancel: CancellationToken,
+) -> Result<impl Future<Output = Result<(), tonic::transport::Error>>, Error> {
+    let svc = AgentServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = server_tls {
+    if let Some(tls) = tls {
         builder = builder.tls_config(tls).map_err(Error::Serve)?;
     }
-    let server = builder.add_service(svc).serve_with_incoming_shutdown(
+    Ok(builder.add_service(svc).serve_with_incoming_shutdown(
         aibro_proto::transport::incoming(listener),
-        cancel.clone().cancelled_owned(),
-    );
-    let mut server_task = tokio::spawn(server);
-    let (result, reporter_done, server_done) = tokio::select! {
-        _ = shutdown => (Ok(()), false, false),
-        r = &mut reporter_task => (match r {
-            Ok(Err(reporter::ReporterError::Orphaned(d))) => Err(Error::Orphaned(d)),
-            Ok(Err(e)) => Err(Error::Scheduler(e.to_string())),
-            Ok(Ok(())) | Err(_) => Ok(()),
-        }, true, false),
-        r = &mut server_task => (match r {
-            Ok(Err(e)) => Err(Error::Serve(e)),
-            _ => Ok(()),
-        }, false, true),
-    };
-    tracing::info!("agent shutting down");
-    cancel.cancel();
-    if let Err(e) = rt.stop(false).await {
-        tracing::warn!("stopping workers: {e}");
+        cancel.cancelled_owned(),
+    ))
+}
+
+/// The agent's long-running tasks.
+struct Tasks {
+    reporter: JoinHandle<Result<(), ReporterError>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Tasks {
+    /// Waits for `shutdown`, or for either task to end; then ends the jobs'
+    /// processes and waits for both tasks.
+    async fn run_until(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+        cancel: &CancellationToken,
+        jobs: &Jobs,
+    ) -> Result<(), Error> {
+        let (result, reporter_done, server_done) = tokio::select! {
+            _ = shutdown => (Ok(()), false, false),
+            r = &mut self.reporter => (match r {
+                Ok(Err(ReporterError::Orphaned(d))) => Err(Error::Orphaned(d)),
+                Ok(Ok(())) | Err(_) => Ok(()),
+            }, true, false),
+            r = &mut self.server => (match r {
+                Ok(Err(e)) => Err(Error::Serve(e)),
+                _ => Ok(()),
+            }, false, true),
+        };
+        tracing::info!("agent shutting down");
+        cancel.cancel();
+        if let Err(e) = jobs.stop(false).await {
+            tracing::warn!("stopping workers: {e}");
+        }
+        if !server_done {
+            let _ = self.server.await;
+        }
+        if !reporter_done {
+            let _ = self.reporter.await;
+        }
+        result
     }
-    if !server_done {
-        let _ = server_task.await;
-    }
-    if !reporter_done {
-        let _ = reporter_task.await;
-    }
-    result
 }

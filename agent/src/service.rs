@@ -1,6 +1,6 @@
-//! The `Agent` gRPC service the scheduler calls. Thin: it delegates to the runtime
-//! (jobs) and the identity (Assign), and maps errors to `tonic::Status` with
-//! messages a user can act on.
+//! The `Agent` gRPC service the scheduler calls. Thin: it delegates to the jobs
+//! (Prepare, Predict, Train, Stop) and the identity (Assign), and maps errors to
+//! `tonic::Status` with messages a user can act on.
 
 use std::sync::Arc;
 
@@ -11,12 +11,12 @@ use aibro_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::identity::{AssignError, Identity};
-use crate::pool::{Batching, PoolError};
-use crate::runtime::{Runtime, RuntimeError};
+use crate::jobs::{JobError, Jobs};
+use crate::link::identity::{AssignError, Identity};
+use crate::serving::worker_pool::{BatchPolicy, WorkerPoolError};
 
 pub(crate) struct AgentService {
-    pub runtime: Arc<Runtime>,
+    pub jobs: Arc<Jobs>,
     pub identity: Arc<Identity>,
 }
 
@@ -28,7 +28,7 @@ impl Agent for AgentService {
     ) -> Result<Response<PrepareResponse>, Status> {
         let req = request.into_inner();
         let kind = JobKind::try_from(req.kind).unwrap_or(JobKind::Unspecified);
-        self.runtime
+        self.jobs
             .prepare(
                 req.job_id,
                 req.artifact_digest,
@@ -45,7 +45,7 @@ impl Agent for AgentService {
     ) -> Result<Response<AgentPredictResponse>, Status> {
         let req = request.into_inner();
         let out = self
-            .runtime
+            .jobs
             .predict(&req.job_id, req.payload, req.content_type)
             .await
             .map_err(to_status)?;
@@ -60,14 +60,12 @@ impl Agent for AgentService {
         request: Request<TrainRequest>,
     ) -> Result<Response<TrainResponse>, Status> {
         let req = request.into_inner();
-        self.runtime
-            .train(req.job_id, req.args)
-            .map_err(to_status)?;
+        self.jobs.train(req.job_id, req.args).map_err(to_status)?;
         Ok(Response::new(TrainResponse {}))
     }
 
     async fn stop(&self, request: Request<StopRequest>) -> Result<Response<StopResponse>, Status> {
-        self.runtime
+        self.jobs
             .stop(request.into_inner().terminate)
             .await
             .map_err(to_status)?;
@@ -94,24 +92,24 @@ fn assign_status(e: AssignError) -> Status {
 }
 
 /// The one mapping from agent errors to gRPC statuses.
-pub(crate) fn to_status(e: RuntimeError) -> Status {
+pub(crate) fn to_status(e: JobError) -> Status {
     let msg = e.to_string();
     match e {
-        RuntimeError::NoJobId => Status::invalid_argument(msg),
-        RuntimeError::UnknownJob(_)
-        | RuntimeError::Unassigned
-        | RuntimeError::JobFailed { .. }
-        | RuntimeError::NotTraining(_)
-        | RuntimeError::NotServing(_)
-        | RuntimeError::TrainNotReady(_) => Status::failed_precondition(msg),
-        RuntimeError::NotReady(_) => Status::unavailable(msg),
-        RuntimeError::Pool(p) => match p {
-            PoolError::Overloaded | PoolError::WorkerDied(_) | PoolError::Stopped => {
-                Status::unavailable(msg)
-            }
-            PoolError::RunRaised(_) => Status::unknown(msg),
-            PoolError::BadInput(_) => Status::invalid_argument(msg),
-            PoolError::Start(_) | PoolError::Dir { .. } => Status::internal(msg),
+        JobError::NoJobId => Status::invalid_argument(msg),
+        JobError::UnknownJob(_)
+        | JobError::Unassigned
+        | JobError::JobFailed { .. }
+        | JobError::NotTraining(_)
+        | JobError::NotServing(_)
+        | JobError::TrainNotReady(_) => Status::failed_precondition(msg),
+        JobError::NotReady(_) => Status::unavailable(msg),
+        JobError::Pool(p) => match p {
+            WorkerPoolError::Overloaded
+            | WorkerPoolError::WorkerDied(_)
+            | WorkerPoolError::Stopped => Status::unavailable(msg),
+            WorkerPoolError::RunRaised(_) => Status::unknown(msg),
+            WorkerPoolError::BadInput(_) => Status::invalid_argument(msg),
+            WorkerPoolError::Start(_) | WorkerPoolError::Dir { .. } => Status::internal(msg),
         },
         _ => Status::internal(msg),
     }
@@ -119,15 +117,15 @@ pub(crate) fn to_status(e: RuntimeError) -> Status {
 
 /// The deploy's batching; off when the scheduler sent none (or a size of 1).
 /// An unset wait is the default of `Batching` in common.proto.
-fn batching(b: Option<aibro_proto::v1::Batching>) -> Batching {
+fn batching(b: Option<aibro_proto::v1::Batching>) -> BatchPolicy {
     const DEFAULT_WAIT_MS: u32 = 2;
     match b {
-        Some(b) if b.max_batch_size > 1 => Batching {
+        Some(b) if b.max_batch_size > 1 => BatchPolicy {
             max_size: b.max_batch_size as usize,
             max_wait: std::time::Duration::from_millis(
                 b.max_wait_ms.unwrap_or(DEFAULT_WAIT_MS).into(),
             ),
         },
-        _ => Batching::OFF,
+        _ => BatchPolicy::OFF,
     }
 }

@@ -47,7 +47,7 @@ pub async fn prepare(src: &Path) -> Result<Archive> {
                 .tempfile()
                 .context("creating a temporary archive")?;
             let mut out = BufWriter::new(temp.as_file());
-            aibro_agent::archive::pack_dir(&src, &mut out)
+            aibro_repo::archive::pack_dir(&src, &mut out)
                 .with_context(|| format!("packing {}", src.display()))?;
             out.into_inner()
                 .map_err(|e| e.into_error())

@@ -34,7 +34,7 @@ pub struct Config {
     pub python: String,
     /// pip options for gearing up environments (passed on to agents).
     #[command(flatten)]
-    pub pip: aibro_agent::PipOptions,
+    pub pip: aibro_repo::PipOptions,
     /// Largest artifact upload, in bytes.
     #[arg(long, env = "AIBRO_MAX_ARTIFACT_BYTES", default_value_t = 8 << 30)]
     pub max_artifact_bytes: u64,

@@ -6,20 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use base64::Engine;
-use serde::Deserialize;
-
-/// The outcome of a dry run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DryRun {
-    /// load_model() and run() succeeded.
-    pub ok: bool,
-    /// What run() returned (JSON, or raw bytes).
-    pub output: Vec<u8>,
-    pub content_type: String,
-    /// When not ok: the Python traceback, or what else went wrong.
-    pub traceback: String,
-}
+pub use aibro_repo::DryRunOutcome;
+use aibro_repo::ParseError;
 
 /// Why a dry run gave no outcome.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +22,8 @@ pub enum DryRunError {
     Agent { status: String, stderr: String },
     #[error("the dry run's agent printed no outcome: {0}")]
     NoOutcome(String),
+    #[error(transparent)]
+    BadOutcome(#[from] ParseError),
 }
 
 /// How dry runs are run: the agent binary and the flags it gears up with.
@@ -55,19 +45,10 @@ impl Default for DryRunner {
     }
 }
 
-/// The agent's JSON line.
-#[derive(Deserialize)]
-struct Outcome {
-    ok: bool,
-    output_b64: String,
-    content_type: String,
-    traceback: String,
-}
-
 impl DryRunner {
     /// Dry-runs `archive` in `work_dir` (fresh; removed by the caller).
     /// Dropping the future kills the agent and its worker.
-    pub async fn run(&self, archive: &Path, work_dir: &Path) -> Result<DryRun, DryRunError> {
+    pub async fn run(&self, archive: &Path, work_dir: &Path) -> Result<DryRunOutcome, DryRunError> {
         let output = tokio::process::Command::new(&self.agent_bin)
             .arg("dry-run")
             .arg("--archive")
@@ -97,23 +78,13 @@ impl DryRunner {
 }
 
 /// The last JSON line of the agent's output.
-fn parse(stdout: &str) -> Result<DryRun, DryRunError> {
+fn parse(stdout: &str) -> Result<DryRunOutcome, DryRunError> {
     let line = stdout
         .lines()
         .rev()
-        .find(|l| l.trim_start().starts_with('{'));
-    let outcome: Outcome = line
-        .and_then(|l| serde_json::from_str(l).ok())
+        .find(|l| l.trim_start().starts_with('{'))
         .ok_or_else(|| DryRunError::NoOutcome(stdout.chars().take(200).collect()))?;
-    let output = base64::engine::general_purpose::STANDARD
-        .decode(&outcome.output_b64)
-        .map_err(|e| DryRunError::NoOutcome(format!("output is not base64: {e}")))?;
-    Ok(DryRun {
-        ok: outcome.ok,
-        output,
-        content_type: outcome.content_type,
-        traceback: outcome.traceback,
-    })
+    Ok(DryRunOutcome::from_json_line(line)?)
 }
 
 #[cfg(test)]
@@ -133,6 +104,6 @@ mod tests {
     fn no_outcome_is_an_error() {
         assert!(matches!(parse("nothing"), Err(DryRunError::NoOutcome(_))));
         let bad = "{\"ok\":true,\"output_b64\":\"!!\",\"content_type\":\"\",\"traceback\":\"\"}";
-        assert!(matches!(parse(bad), Err(DryRunError::NoOutcome(_))));
+        assert!(matches!(parse(bad), Err(DryRunError::BadOutcome(_))));
     }
 }

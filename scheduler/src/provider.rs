@@ -26,8 +26,21 @@ pub enum ProviderError {
     NotSpot(String),
     #[error("this provider cannot {0}")]
     Unsupported(&'static str),
-    #[error("{0}")]
-    Pool(String),
+    #[error("bad agent address `{address}`: {reason}")]
+    BadAddress { address: String, reason: String },
+    #[error("no idle pool agent of type `{0}`")]
+    NoIdleAgent(String),
+    #[error("pool agent {agent_id} refused to run `{instance}`: {reason}")]
+    AgentRefused {
+        agent_id: String,
+        /// The instance it was asked to run, or `nothing` (park or free).
+        instance: String,
+        reason: String,
+    },
+    #[error("pool agent {0} did not wipe what an earlier job left")]
+    NotWiped(String),
+    #[error("the pool agent that keeps instance {0}'s disk is not in the pool")]
+    KeeperGone(String),
 }
 
 /// A provider's notice that a spot machine is reclaimed after `notice`.

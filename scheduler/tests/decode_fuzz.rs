@@ -599,7 +599,7 @@ fn pack(files: &[(String, Vec<u8>)]) -> Vec<u8> {
         std::fs::write(dir.path().join(name), data).unwrap();
     }
     let mut out = Vec::new();
-    aibro_agent::archive::pack_dir(dir.path(), &mut out).unwrap();
+    aibro_repo::archive::pack_dir(dir.path(), &mut out).unwrap();
     out
 }
 

@@ -271,7 +271,7 @@ impl Scheduler {
     /// Packs a repo directory and uploads it; returns the digest.
     pub async fn upload_dir(&self, token: &str, dir: &Path) -> Result<String> {
         let mut bytes = Vec::new();
-        aibro_agent::archive::pack_dir(dir, &mut bytes)?;
+        aibro_repo::archive::pack_dir(dir, &mut bytes)?;
         self.upload_bytes(token, bytes).await
     }
 

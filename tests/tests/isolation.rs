@@ -518,7 +518,7 @@ fn snapshot(job: &pb::Job) -> impl PartialEq + Debug {
 
 fn packed(dir: &std::path::Path) -> Vec<u8> {
     let mut bytes = Vec::new();
-    aibro_agent::archive::pack_dir(dir, &mut bytes).expect("pack");
+    aibro_repo::archive::pack_dir(dir, &mut bytes).expect("pack");
     bytes
 }
 

@@ -102,7 +102,7 @@ async fn fit_streams_progress_and_returns_the_outputs() -> anyhow::Result<()> {
     let tar = out.path().join("result.tar.gz");
     std::fs::write(&tar, &bytes)?;
     let unpacked = out.path().join("unpacked");
-    aibro_agent::archive::unpack(&tar, &unpacked, &Default::default())?;
+    aibro_repo::archive::unpack(&tar, &unpacked, &Default::default())?;
     let written = s
         .data_dir
         .join("instances")

@@ -130,7 +130,7 @@ pub async fn download(ctx: &Ctx, job_id: &str, dir: &Path) -> Result<()> {
     }
     file.flush()?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    aibro_agent::archive::unpack(file.path(), dir, &aibro_agent::archive::Limits::default())
+    aibro_repo::archive::unpack(file.path(), dir, &aibro_repo::archive::Limits::default())
         .with_context(|| format!("cannot unpack the outputs into {}", dir.display()))?;
     Ok(())
 }

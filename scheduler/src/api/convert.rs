@@ -7,8 +7,8 @@ use aibro_proto::v1 as pb;
 use prost_types::Timestamp;
 
 use crate::control::{
-    AgentLoad, AgentReport, DeploySpec, DryRun, FitSpec, InstanceView, JobView, MachineOffer,
-    ReportedPhase, TrainingUpdate, UpdateKind,
+    AgentLoad, AgentReport, DeploySpec, DryRunOutcome, FitSpec, InstanceView, JobView,
+    MachineOffer, ReportedPhase, TrainingUpdate, UpdateKind,
 };
 use crate::error::Error;
 use crate::records::{BatchSettings, EventRecord, GpuRecord, HardwareRecord, ProgressRecord};
@@ -196,7 +196,7 @@ pub fn machine(offer: &MachineOffer) -> pb::Machine {
     }
 }
 
-pub fn dry_run(d: DryRun) -> pb::DryRunResult {
+pub fn dry_run(d: DryRunOutcome) -> pb::DryRunResult {
     pb::DryRunResult {
         ok: d.ok,
         output: d.output,

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use aibro_agent::archive;
+use aibro_repo::archive;
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;

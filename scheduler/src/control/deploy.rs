@@ -12,7 +12,7 @@ use crate::store::StoreError;
 
 use super::jobs::wait_request_s;
 use super::{new_id, Control};
-pub use crate::dry_run::DryRun;
+pub use crate::dry_run::DryRunOutcome;
 
 const DEFAULT_COOL_DOWN_S: u32 = 600;
 const MAX_NAME_LEN: usize = 64;
@@ -101,7 +101,7 @@ impl Control {
         &self,
         user: &User,
         spec: DeploySpec,
-    ) -> Result<(Option<JobRecord>, Option<DryRun>)> {
+    ) -> Result<(Option<JobRecord>, Option<DryRunOutcome>)> {
         check_name(&spec.model_name)?;
         if spec.standby.is_empty() {
             return Err(Error::InvalidArgument(if spec.cooling.is_empty() {
@@ -165,7 +165,7 @@ impl Control {
 
     /// Runs the repo once on its sample input (`data/`), in a fresh
     /// directory that is removed afterwards.
-    async fn dry_run(&self, digest: &str) -> Result<DryRun> {
+    async fn dry_run(&self, digest: &str) -> Result<DryRunOutcome> {
         let settings = self.settings();
         let work = tempfile::Builder::new()
             .prefix("dryrun-")

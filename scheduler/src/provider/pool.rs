@@ -72,8 +72,12 @@ impl Pool {
 
     fn client(&self, address: &str) -> Result<AgentClient<Channel>, ProviderError> {
         let url = aibro_proto::transport::url(address, self.tls.is_some());
-        let endpoint = aibro_proto::transport::endpoint(&url, self.tls.as_ref())
-            .map_err(|e| ProviderError::Pool(format!("bad agent address `{address}`: {e}")))?;
+        let endpoint = aibro_proto::transport::endpoint(&url, self.tls.as_ref()).map_err(|e| {
+            ProviderError::BadAddress {
+                address: address.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
         Ok(AgentClient::new(endpoint.connect_lazy()))
     }
 
@@ -188,20 +192,21 @@ impl Pool {
             instance_id: instance_id.to_string(),
         };
         let result = tokio::time::timeout(ASSIGN_TIMEOUT, client.assign(request)).await;
-        let error = match result {
+        let reason = match result {
             Ok(Ok(_)) => return Ok(()),
             Ok(Err(status)) => status.message().to_string(),
             Err(_) => format!("no answer within {ASSIGN_TIMEOUT:?}"),
         };
         self.set_holds(agent_id, before);
-        Err(ProviderError::Pool(format!(
-            "pool agent {agent_id} refused to run `{}`: {error}",
-            if instance_id.is_empty() {
-                "nothing"
+        Err(ProviderError::AgentRefused {
+            agent_id: agent_id.to_string(),
+            instance: if instance_id.is_empty() {
+                "nothing".into()
             } else {
-                instance_id
-            }
-        )))
+                instance_id.to_string()
+            },
+            reason,
+        })
     }
 
     fn holding(instance_id: &str) -> impl Fn(&Member) -> bool + '_ {
@@ -224,12 +229,7 @@ impl Provider for Pool {
                         |m| m.holds == Holds::Nothing && m.machine_type == machine.kind.name,
                         Holds::Running(instance_id.to_string()),
                     )
-                    .ok_or_else(|| {
-                        ProviderError::Pool(format!(
-                            "no idle pool agent of type `{}`",
-                            machine.kind.name
-                        ))
-                    })?;
+                    .ok_or_else(|| ProviderError::NoIdleAgent(machine.kind.name.clone()))?;
                 // Whatever an earlier job left on it goes first.
                 let mut wipe_client = client.clone();
                 let wipe = wipe_client.stop(StopRequest { terminate: true });
@@ -238,9 +238,7 @@ impl Provider for Pool {
                     self.assign(&agent_id, client, instance_id, before).await
                 } else {
                     self.set_holds(&agent_id, before);
-                    Err(ProviderError::Pool(format!(
-                        "pool agent {agent_id} did not wipe"
-                    )))
+                    Err(ProviderError::NotWiped(agent_id.clone()))
                 };
                 match assigned {
                     Ok(()) => {
@@ -283,11 +281,7 @@ impl Provider for Pool {
             let running = Holds::Running(instance_id.to_string());
             let (agent_id, client, before) = self
                 .take(Self::holding(instance_id), running)
-                .ok_or_else(|| {
-                    ProviderError::Pool(format!(
-                        "the pool agent that keeps instance {instance_id}'s disk is not in the pool"
-                    ))
-                })?;
+                .ok_or_else(|| ProviderError::KeeperGone(instance_id.to_string()))?;
             self.assign(&agent_id, client, instance_id, before).await
         }
         .boxed()
@@ -308,8 +302,7 @@ impl Provider for Pool {
             let wiped = tokio::time::timeout(ASSIGN_TIMEOUT, wipe).await;
             let freed = match wiped {
                 Ok(Ok(_)) => self.assign(&agent_id, client, "", Holds::Nothing).await,
-                Ok(Err(status)) => Err(ProviderError::Pool(status.message().to_string())),
-                Err(_) => Err(ProviderError::Pool("no answer to Stop".into())),
+                Ok(Err(_)) | Err(_) => Err(ProviderError::NotWiped(agent_id.clone())),
             };
             if let Err(e) = freed {
                 // It may come back with the files: it joins again as new.

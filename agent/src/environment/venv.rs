@@ -5,13 +5,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, OnceLock};
 
+use aibro_repo::manifest::REQUIREMENTS_TXT;
+use aibro_repo::PipOptions;
 use sha2::{Digest, Sha256};
-use tokio::process::Command;
 
-use crate::config::PipOptions;
+use crate::launcher::{self, ProcessSpec};
 
 const OUTPUT_TAIL_BYTES: usize = 4000;
 
@@ -51,7 +51,7 @@ pub(crate) struct PythonEnv {
 
 /// The venv directory `repo` needs under `envs_dir`, or None when it needs none.
 pub(crate) fn venv_dir(repo: &Path, envs_dir: &Path) -> Result<Option<PathBuf>, EnvError> {
-    let path = repo.join("requirements.txt");
+    let path = repo.join(REQUIREMENTS_TXT);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -110,7 +110,8 @@ pub(crate) async fn gear_up(
     }
     tokio::fs::create_dir_all(envs_dir).await.map_err(derr)?;
     tracing::info!(venv = %dir.display(), "creating virtualenv");
-    let out = run(Command::new(python).arg("-m").arg("venv").arg(&dir), python).await?;
+    let create = ProcessSpec::new(python).args(["-m", "venv"]).arg(&dir);
+    let out = run(&create).await?;
     if !out.status.success() {
         return Err(EnvError::Venv {
             python: python.to_string(),
@@ -118,24 +119,15 @@ pub(crate) async fn gear_up(
             output: tail(&out),
         });
     }
-    let mut cmd = Command::new(&venv_python);
-    cmd.args(["-m", "pip", "install", "--disable-pip-version-check", "-r"])
-        .arg(repo.join("requirements.txt"))
-        .current_dir(repo);
-    if let Some(url) = &pip.pip_index_url {
-        cmd.args(["--index-url", url]);
-    }
-    for url in &pip.pip_extra_index_url {
-        cmd.args(["--extra-index-url", url]);
-    }
-    for dir in &pip.pip_find_links {
-        cmd.args(["--find-links", dir]);
-    }
-    if pip.pip_no_index {
-        cmd.arg("--no-index");
-    }
+    let install = ProcessSpec {
+        cwd: Some(repo.to_path_buf()),
+        ..ProcessSpec::new(&venv_python)
+            .args(["-m", "pip", "install", "--disable-pip-version-check", "-r"])
+            .arg(repo.join(REQUIREMENTS_TXT))
+            .args(pip.install_args())
+    };
     tracing::info!(venv = %dir.display(), "pip install -r requirements.txt");
-    let out = run(&mut cmd, &venv_python.display().to_string()).await?;
+    let out = run(&install).await?;
     if !out.status.success() {
         return Err(EnvError::Pip {
             status: out.status.to_string(),
@@ -163,18 +155,14 @@ fn lock_for(dir: &Path) -> Arc<tokio::sync::Mutex<()>> {
         .clone()
 }
 
-async fn run(cmd: &mut Command, program: &str) -> Result<std::process::Output, EnvError> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("PYTHONUNBUFFERED", "1")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|source| EnvError::Spawn {
-            program: program.to_string(),
-            source,
-        })
+/// Runs `spec` to its end and collects its output.
+async fn run(spec: &ProcessSpec) -> Result<std::process::Output, EnvError> {
+    let spawn_err = |source| EnvError::Spawn {
+        program: spec.program.display().to_string(),
+        source,
+    };
+    let child = launcher::spawn(spec).map_err(spawn_err)?;
+    child.wait_with_output().await.map_err(spawn_err)
 }
 
 /// The last few KiB of stdout + stderr.

@@ -5,21 +5,22 @@
 //! user's code prints on stdout or stderr becomes a log line. Both become
 //! `Progress` reports, numbered per job in the order the agent read them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aibro_proto::v1::Progress;
 use serde::Deserialize;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::Command;
+use tokio::net::unix::pipe;
+use tokio::process::Child;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::reporter::Reports;
+use crate::launcher::{self, OutputTail, PassFd, ProcessSpec};
+use crate::link::reporter::Reports;
 
 /// The trainer script, written next to the agent's data on start.
 pub(crate) const TRAINER_PY: &str = include_str!("trainer.py");
@@ -30,7 +31,6 @@ const PROGRESS_FD: i32 = 3;
 const MAX_LOG_LINE: usize = 16 << 10;
 /// Longer protocol lines are dropped.
 const MAX_PROTOCOL_LINE: usize = 4 << 20;
-const STDERR_TAIL_LINES: usize = 60;
 /// After the process exits, how long its output may take to drain (a child process
 /// of the user's code could hold the pipes open forever).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -97,10 +97,15 @@ pub(crate) enum Message {
 #[serde(try_from = "serde_json::Value")]
 pub(crate) struct Metric(pub f64);
 
-impl TryFrom<serde_json::Value> for Metric {
-    type Error = String;
+/// A metric value that is not a number.
+#[derive(Debug, thiserror::Error)]
+#[error("metric value {0} is not a number")]
+pub(crate) struct NotANumber(serde_json::Value);
 
-    fn try_from(v: serde_json::Value) -> Result<Metric, String> {
+impl TryFrom<serde_json::Value> for Metric {
+    type Error = NotANumber;
+
+    fn try_from(v: serde_json::Value) -> Result<Metric, NotANumber> {
         match &v {
             serde_json::Value::Number(n) => n.as_f64().map(Metric),
             serde_json::Value::String(s) => match s.as_str() {
@@ -112,18 +117,32 @@ impl TryFrom<serde_json::Value> for Metric {
             .map(Metric),
             _ => None,
         }
-        .ok_or_else(|| format!("metric value {v} is not a number"))
+        .ok_or(NotANumber(v))
     }
 }
 
+/// A protocol line that is no message (its start, for the log).
+#[derive(Debug, thiserror::Error)]
+#[error("bad trainer message ({source}): {start}")]
+pub(crate) struct BadMessage {
+    source: serde_json::Error,
+    start: String,
+}
+
 /// Parses one protocol line.
-pub(crate) fn parse_line(line: &[u8]) -> Result<Message, String> {
-    serde_json::from_slice(line).map_err(|e| {
-        format!(
-            "bad trainer message ({e}): {}",
-            String::from_utf8_lossy(&line[..line.len().min(200)])
-        )
+pub(crate) fn parse_line(line: &[u8]) -> Result<Message, BadMessage> {
+    serde_json::from_slice(line).map_err(|source| BadMessage {
+        source,
+        start: String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned(),
     })
+}
+
+/// How train() ended, as the trainer reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TrainOutcome {
+    Returned,
+    /// The traceback.
+    Raised(String),
 }
 
 /// A printed line as a terminal would show it: carriage returns (progress bars)
@@ -137,30 +156,38 @@ pub(crate) fn display_line(raw: &[u8]) -> String {
     String::from_utf8_lossy(seg).into_owned()
 }
 
+/// What [`read_line`] read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece {
+    /// A whole line (or the last bytes before EOF).
+    Line,
+    /// The first `max` bytes of a longer line; the rest follows.
+    Cut,
+}
+
 /// Reads one line (without its `\n`) into `buf`, at most `max` bytes: a longer
-/// line comes back in pieces. Ok(None) at EOF; Ok(Some(complete)) otherwise, where
-/// `complete` is false for a piece cut at `max`.
+/// line comes back in pieces. Ok(None) at EOF.
 async fn read_line<R: AsyncBufRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
     max: usize,
-) -> std::io::Result<Option<bool>> {
+) -> std::io::Result<Option<Piece>> {
     buf.clear();
     loop {
         let avail = r.fill_buf().await?;
         if avail.is_empty() {
-            return Ok((!buf.is_empty()).then_some(true));
+            return Ok((!buf.is_empty()).then_some(Piece::Line));
         }
         let take = avail.len().min(max - buf.len());
         if let Some(i) = avail[..take].iter().position(|&b| b == b'\n') {
             buf.extend_from_slice(&avail[..i]);
             r.consume(i + 1);
-            return Ok(Some(true));
+            return Ok(Some(Piece::Line));
         }
         buf.extend_from_slice(&avail[..take]);
         r.consume(take);
         if buf.len() >= max {
-            return Ok(Some(false));
+            return Ok(Some(Piece::Cut));
         }
     }
 }
@@ -187,14 +214,12 @@ impl Emitter {
     }
 }
 
-type Tail = Arc<Mutex<VecDeque<String>>>;
-
 /// Forwards the lines of one output stream as log-line Progress reports.
 fn forward_log(
     stream: impl AsyncRead + Unpin + Send + 'static,
     name: &'static str,
     emitter: Arc<Emitter>,
-    tail: Option<Tail>,
+    tail: Option<Arc<OutputTail>>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut r = BufReader::new(stream);
@@ -203,11 +228,7 @@ fn forward_log(
             let line = display_line(&buf);
             tracing::info!(job_id = %emitter.job_id, stream = name, "{line}");
             if let Some(t) = &tail {
-                let mut t = t.lock().expect("tail lock");
-                if t.len() == STDERR_TAIL_LINES {
-                    t.pop_front();
-                }
-                t.push_back(line.clone());
+                t.push(line.clone());
             }
             emitter.emit(Progress {
                 log_line: line,
@@ -220,19 +241,16 @@ fn forward_log(
 
 /// Reads the protocol pipe: progress becomes reports; returns the last outcome
 /// (done or error) the trainer sent, if any.
-fn read_protocol(
-    pipe: tokio::net::unix::pipe::Receiver,
-    emitter: Arc<Emitter>,
-) -> JoinHandle<Option<Result<(), String>>> {
+fn read_protocol(pipe: pipe::Receiver, emitter: Arc<Emitter>) -> JoinHandle<Option<TrainOutcome>> {
     tokio::spawn(async move {
         let mut r = BufReader::new(pipe);
         let mut buf = Vec::new();
         let mut outcome = None;
         let mut skipping = false;
-        while let Ok(Some(complete)) = read_line(&mut r, &mut buf, MAX_PROTOCOL_LINE).await {
+        while let Ok(Some(piece)) = read_line(&mut r, &mut buf, MAX_PROTOCOL_LINE).await {
             // Keep reading whatever comes: a process blocked on a full pipe never ends.
-            if skipping || !complete {
-                skipping = !complete;
+            if skipping || piece == Piece::Cut {
+                skipping = piece == Piece::Cut;
                 tracing::warn!(job_id = %emitter.job_id, "dropping an oversized trainer message");
                 continue;
             }
@@ -247,8 +265,8 @@ fn read_protocol(
                     metrics: metrics.into_iter().map(|(k, v)| (k, v.0)).collect(),
                     ..Progress::default()
                 }),
-                Ok(Message::Done) => outcome = Some(Ok(())),
-                Ok(Message::Error { traceback }) => outcome = Some(Err(traceback)),
+                Ok(Message::Done) => outcome = Some(TrainOutcome::Returned),
+                Ok(Message::Error { traceback }) => outcome = Some(TrainOutcome::Raised(traceback)),
                 Err(e) => tracing::warn!(job_id = %emitter.job_id, "{e}"),
             }
         }
@@ -257,14 +275,110 @@ fn read_protocol(
 }
 
 /// Aborts the reader tasks when a run ends early.
-struct Readers(Vec<tokio::task::AbortHandle>);
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
 
-impl Drop for Readers {
+impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         for h in &self.0 {
             h.abort();
         }
     }
+}
+
+/// The tasks that read a training process's output and protocol pipe.
+struct Readers {
+    stdout: JoinHandle<()>,
+    stderr: JoinHandle<()>,
+    protocol: JoinHandle<Option<TrainOutcome>>,
+    /// The last lines of its stderr.
+    tail: Arc<OutputTail>,
+    _abort: AbortOnDrop,
+}
+
+impl Readers {
+    fn start(child: &mut Child, pipe: pipe::Receiver, emitter: Arc<Emitter>) -> Readers {
+        let tail = Arc::new(OutputTail::default());
+        let stdout = forward_log(
+            child.stdout.take().expect("piped stdout"),
+            "stdout",
+            emitter.clone(),
+            None,
+        );
+        let stderr = forward_log(
+            child.stderr.take().expect("piped stderr"),
+            "stderr",
+            emitter.clone(),
+            Some(tail.clone()),
+        );
+        let protocol = read_protocol(pipe, emitter);
+        let abort = AbortOnDrop(vec![
+            stdout.abort_handle(),
+            stderr.abort_handle(),
+            protocol.abort_handle(),
+        ]);
+        Readers {
+            stdout,
+            stderr,
+            protocol,
+            tail,
+            _abort: abort,
+        }
+    }
+
+    /// After the process exited: the outcome it reported first (the protocol
+    /// pipe is not inherited across exec, so it ends with the process even where
+    /// a child of the user's code keeps stdout/stderr open), then what it
+    /// printed, best effort, before it is reported.
+    async fn finish(self, job_id: &str) -> (Option<TrainOutcome>, Arc<OutputTail>) {
+        let Readers {
+            stdout,
+            stderr,
+            protocol,
+            tail,
+            _abort,
+        } = self;
+        let outcome = match tokio::time::timeout(DRAIN_TIMEOUT, protocol).await {
+            Ok(outcome) => outcome.ok().flatten(),
+            Err(_) => {
+                tracing::warn!(job_id = %job_id, "the training process's result did not arrive after it exited");
+                None
+            }
+        };
+        let printed = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            let _ = stdout.await;
+            let _ = stderr.await;
+        });
+        if printed.await.is_err() {
+            tracing::warn!(job_id = %job_id, "the training output did not end after it exited (a child process holds it?)");
+        }
+        (outcome, tail)
+    }
+}
+
+/// Starts trainer.py with the protocol pipe's write end as [`PROGRESS_FD`];
+/// returns the process and the pipe's read end.
+fn start(spec: &TrainSpec) -> Result<(Child, pipe::Receiver), TrainError> {
+    let spawn_err = |source| TrainError::Spawn {
+        python: spec.python.display().to_string(),
+        source,
+    };
+    let (reader, writer) = std::io::pipe().map_err(spawn_err)?;
+    let mut process = ProcessSpec::python_script(&spec.python, &spec.script, &spec.repo)
+        .arg(&spec.output_dir)
+        .arg(&spec.args_file);
+    process
+        .env
+        .push(("AIBRO_PROGRESS_FD", PROGRESS_FD.to_string()));
+    process.gpus = spec.gpus.clone();
+    process.pass_fd = Some(PassFd {
+        fd: writer.as_raw_fd(),
+        as_fd: PROGRESS_FD,
+    });
+    let child = launcher::spawn(&process).map_err(spawn_err)?;
+    // Only the child may hold the write end, or the pipe never reaches EOF.
+    drop(writer);
+    let pipe = pipe::Receiver::from_owned_fd(OwnedFd::from(reader)).map_err(spawn_err)?;
+    Ok((child, pipe))
 }
 
 /// Runs `train(output_dir, **args)` to completion, queueing Progress reports
@@ -278,79 +392,19 @@ pub(crate) async fn run(
     reports: &Reports,
     cancel: &CancellationToken,
 ) -> Result<(), TrainError> {
-    let spawn_err = |source| TrainError::Spawn {
-        python: spec.python.display().to_string(),
-        source,
-    };
-    let (reader, writer) = std::io::pipe().map_err(spawn_err)?;
-    let wfd = writer.as_raw_fd();
-    let mut cmd = Command::new(&spec.python);
-    cmd.arg("-u")
-        .arg(&spec.script)
-        .arg(&spec.output_dir)
-        .arg(&spec.args_file)
-        .current_dir(&spec.repo)
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("AIBRO_PROGRESS_FD", PROGRESS_FD.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    crate::hardware::use_gpus(&mut cmd, &spec.gpus);
-    // SAFETY: prctl, dup2 and fcntl are async-signal-safe and touch no memory of the
-    // parent. The pipe's write end is close-on-exec; it is moved to PROGRESS_FD,
-    // which dup2 (or the fcntl when it already is that fd) leaves open across exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            let rc = if wfd == PROGRESS_FD {
-                libc::fcntl(wfd, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(wfd, PROGRESS_FD)
-            };
-            if rc < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(spawn_err)?;
-    // Only the child may hold the write end, or the pipe never reaches EOF.
-    drop(writer);
-    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))
-        .map_err(spawn_err)?;
+    let (mut child, pipe) = start(spec)?;
     let emitter = Arc::new(Emitter {
         job_id: spec.job_id.clone(),
         reports: reports.clone(),
         seq: Mutex::new(0),
         cancel: cancel.clone(),
     });
-    let tail: Tail = Arc::default();
-    let stdout = forward_log(
-        child.stdout.take().expect("piped stdout"),
-        "stdout",
-        emitter.clone(),
-        None,
-    );
-    let stderr = forward_log(
-        child.stderr.take().expect("piped stderr"),
-        "stderr",
-        emitter.clone(),
-        Some(tail.clone()),
-    );
-    let protocol = read_protocol(pipe, emitter);
-    let _readers = Readers(vec![
-        stdout.abort_handle(),
-        stderr.abort_handle(),
-        protocol.abort_handle(),
-    ]);
+    let readers = Readers::start(&mut child, pipe, emitter);
     tracing::info!(job_id = %spec.job_id, pid = ?child.id(), "training started");
     let status = tokio::select! {
         s = child.wait() => s,
         _ = cancel.cancelled() => {
-            crate::worker::kill_group(&mut child);
+            launcher::kill_group(&mut child);
             let _ = child.wait().await;
             tracing::info!(job_id = %spec.job_id, "training stopped");
             return Err(TrainError::Stopped);
@@ -359,36 +413,14 @@ pub(crate) async fn run(
     let status = status
         .map(|s| s.to_string())
         .unwrap_or_else(|e| e.to_string());
-    // The outcome first: the protocol pipe is not inherited across exec, so
-    // it ends with the process even where a child of the user's code keeps
-    // stdout/stderr open. Then what it printed, best effort, before reporting.
-    let outcome = match tokio::time::timeout(DRAIN_TIMEOUT, protocol).await {
-        Ok(outcome) => outcome.ok().flatten(),
-        Err(_) => {
-            tracing::warn!(job_id = %spec.job_id, "the training process's result did not arrive after it exited");
-            None
-        }
-    };
-    let printed = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        let _ = stdout.await;
-        let _ = stderr.await;
-    });
-    if printed.await.is_err() {
-        tracing::warn!(job_id = %spec.job_id, "the training output did not end after it exited (a child process holds it?)");
-    }
+    let (outcome, tail) = readers.finish(&spec.job_id).await;
     tracing::info!(job_id = %spec.job_id, %status, "training process ended");
     match outcome {
-        Some(Ok(())) => Ok(()),
-        Some(Err(traceback)) => Err(TrainError::Raised(traceback)),
+        Some(TrainOutcome::Returned) => Ok(()),
+        Some(TrainOutcome::Raised(traceback)) => Err(TrainError::Raised(traceback)),
         None => Err(TrainError::Died {
             status,
-            stderr: tail
-                .lock()
-                .expect("tail lock")
-                .iter()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("\n"),
+            stderr: tail.text(),
         }),
     }
 }
@@ -396,7 +428,7 @@ pub(crate) async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reporter::ReportQueue;
+    use crate::link::reporter::ReportQueue;
     use aibro_proto::v1::report_request::Body;
 
     #[test]
@@ -460,8 +492,11 @@ mod tests {
         let mut r = BufReader::with_capacity(4, data);
         let mut buf = Vec::new();
         let mut got = Vec::new();
-        while let Some(complete) = read_line(&mut r, &mut buf, 8).await.unwrap() {
-            got.push((String::from_utf8(buf.clone()).unwrap(), complete));
+        while let Some(piece) = read_line(&mut r, &mut buf, 8).await.unwrap() {
+            got.push((
+                String::from_utf8(buf.clone()).unwrap(),
+                piece == Piece::Line,
+            ));
         }
         let want = [
             ("one", true),

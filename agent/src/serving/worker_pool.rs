@@ -3,8 +3,8 @@
 //! legacy `run(model)` requests never race. A worker that dies is restarted in the
 //! background; the request that hit it fails with a retryable error. The agent's
 //! GPUs are spread over the workers (see [`spread`]). When predict.py defines
-//! `run_batch`, a free worker takes up to [`Batching::max_size`] queued requests at
-//! once, waiting up to [`Batching::max_wait`] after the first, for one call.
+//! `run_batch`, a free worker takes up to [`BatchPolicy::max_size`] queued requests at
+//! once, waiting up to [`BatchPolicy::max_wait`] after the first, for one call.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -15,12 +15,12 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::worker::{Output, Worker, WorkerError, WorkerSpec};
+use crate::serving::worker::{Output, Worker, WorkerError, WorkerSpec};
 
 pub(crate) const QUEUE_CAPACITY: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum PoolError {
+pub(crate) enum WorkerPoolError {
     #[error("agent overloaded: {QUEUE_CAPACITY} requests are already queued; retry later")]
     Overloaded,
     #[error("the worker serving this request died; the request was not completed and can be retried ({0})")]
@@ -34,7 +34,7 @@ pub(crate) enum PoolError {
     BadInput(String),
     /// A worker could not be started (the traceback or error).
     #[error("{0}")]
-    Start(String),
+    Start(#[source] WorkerError),
     #[error("cannot prepare the worker directory `{path}`: {source}")]
     Dir {
         path: PathBuf,
@@ -45,15 +45,15 @@ pub(crate) enum PoolError {
 
 /// Dynamic batching of the requests a worker takes at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Batching {
+pub(crate) struct BatchPolicy {
     /// Most requests per run_batch call; 1 turns batching off.
     pub max_size: usize,
     /// How long a batch waits for more requests after its first.
     pub max_wait: Duration,
 }
 
-impl Batching {
-    pub(crate) const OFF: Batching = Batching {
+impl BatchPolicy {
+    pub(crate) const OFF: BatchPolicy = BatchPolicy {
         max_size: 1,
         max_wait: Duration::ZERO,
     };
@@ -61,14 +61,14 @@ impl Batching {
 
 /// What a pool runs: the interpreter and worker script, the repo, where the
 /// workers' directories go, how many, on which GPUs, and how they batch.
-pub(crate) struct PoolSpec<'a> {
+pub(crate) struct WorkerPoolSpec<'a> {
     pub python: &'a Path,
     pub script: &'a Path,
     pub repo: &'a Path,
     pub workers_dir: &'a Path,
     pub workers: usize,
     pub gpus: &'a [u32],
-    pub batching: Batching,
+    pub batching: BatchPolicy,
 }
 
 /// A queued call, counted as queued until a worker takes it.
@@ -87,7 +87,7 @@ impl Request {
 struct Call {
     payload: Vec<u8>,
     content_type: String,
-    reply: oneshot::Sender<Result<Output, PoolError>>,
+    reply: oneshot::Sender<Result<Output, WorkerPoolError>>,
 }
 
 #[derive(Default)]
@@ -100,7 +100,7 @@ struct Counters {
     pids: std::sync::Mutex<Vec<u32>>,
 }
 
-pub(crate) struct Pool {
+pub(crate) struct WorkerPool {
     tx: mpsc::Sender<Request>,
     counters: Arc<Counters>,
     /// Workers the pool keeps running.
@@ -148,24 +148,26 @@ fn spread(gpus: &[u32], workers: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
-impl Pool {
+impl WorkerPool {
     /// Prepares the worker directories under `workers_dir` from `repo`, starts the
     /// workers with their share of `gpus` and waits until every one has loaded the
     /// model. Fails with the first load error (the other workers are ended), or with
-    /// [`PoolError::Stopped`] once `cancel` is cancelled, after every worker started
+    /// [`WorkerPoolError::Stopped`] once `cancel` is cancelled, after every worker started
     /// so far has exited. `cancel` then ends the pool.
     pub(crate) async fn start(
-        spec: PoolSpec<'_>,
+        spec: WorkerPoolSpec<'_>,
         cancel: CancellationToken,
-    ) -> Result<Pool, PoolError> {
+    ) -> Result<WorkerPool, WorkerPoolError> {
         let n = spec.workers.max(1);
         let threads = crate::hardware::threads_per_worker(n);
         let mut specs = Vec::with_capacity(n);
         for (index, gpus) in spread(spec.gpus, n).into_iter().enumerate() {
             let dir = spec.workers_dir.join(index.to_string());
-            crate::worker::prepare_dir(spec.repo, &dir).map_err(|source| PoolError::Dir {
-                path: dir.clone(),
-                source,
+            crate::serving::worker::prepare_dir(spec.repo, &dir).map_err(|source| {
+                WorkerPoolError::Dir {
+                    path: dir.clone(),
+                    source,
+                }
             })?;
             specs.push(WorkerSpec {
                 python: spec.python.to_path_buf(),
@@ -192,9 +194,9 @@ impl Pool {
                 w.shutdown().await;
             }
             if cancel.is_cancelled() {
-                return Err(PoolError::Stopped);
+                return Err(WorkerPoolError::Stopped);
             }
-            return Err(PoolError::Start(e.to_string()));
+            return Err(WorkerPoolError::Start(e));
         }
 
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
@@ -211,10 +213,16 @@ impl Pool {
                     inbox: inbox.clone(),
                     batching: spec.batching,
                 };
-                tokio::spawn(slot(worker, w, queue, counters.clone(), cancel.clone()))
+                tokio::spawn(keep_worker_running(
+                    worker,
+                    w,
+                    queue,
+                    counters.clone(),
+                    cancel.clone(),
+                ))
             })
             .collect();
-        Ok(Pool {
+        Ok(WorkerPool {
             tx,
             counters,
             size: n as u32,
@@ -228,7 +236,7 @@ impl Pool {
         &self,
         payload: Vec<u8>,
         content_type: String,
-    ) -> Result<Output, PoolError> {
+    ) -> Result<Output, WorkerPoolError> {
         let (reply, rx) = oneshot::channel();
         self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
         let _guard = InFlight(self.counters.clone());
@@ -242,10 +250,10 @@ impl Pool {
                 _waiting: Waiting::new(&self.counters),
             })
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => PoolError::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => PoolError::Stopped,
+                mpsc::error::TrySendError::Full(_) => WorkerPoolError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => WorkerPoolError::Stopped,
             })?;
-        rx.await.map_err(|_| PoolError::Stopped)?
+        rx.await.map_err(|_| WorkerPoolError::Stopped)?
     }
 
     /// Requests queued or running.
@@ -274,7 +282,7 @@ impl Pool {
         self.counters.pids.lock().expect("pids").clone()
     }
 
-    /// Ends every worker; queued requests fail with [`PoolError::Stopped`].
+    /// Ends every worker; queued requests fail with [`WorkerPoolError::Stopped`].
     pub(crate) async fn shutdown(&self) {
         self.cancel.cancel();
         let tasks = std::mem::take(&mut *self.tasks.lock().expect("tasks"));
@@ -284,7 +292,7 @@ impl Pool {
     }
 }
 
-impl Drop for Pool {
+impl Drop for WorkerPool {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
@@ -300,10 +308,10 @@ struct Inbox {
     next: Option<Request>,
 }
 
-/// The pool's request queue, shared by its slots, and how they batch from it.
+/// The pool's request queue, shared by its workers, and how they batch from it.
 struct Queue {
     inbox: Arc<Mutex<Inbox>>,
-    batching: Batching,
+    batching: BatchPolicy,
 }
 
 impl Queue {
@@ -356,8 +364,8 @@ impl Queue {
     }
 }
 
-/// One worker slot: serves requests while its worker lives, restarts it when it dies.
-async fn slot(
+/// Serves requests with one worker while it lives, and restarts it when it dies.
+async fn keep_worker_running(
     spec: WorkerSpec,
     first: Worker,
     queue: Queue,
@@ -395,11 +403,11 @@ async fn slot(
         };
         counters.pids.lock().expect("pids")[spec.index] = worker.pid().unwrap_or(0);
         counters.alive.fetch_add(1, Ordering::Relaxed);
-        let died = serve(&mut worker, &queue, &counters, &cancel).await;
+        let end = serve(&mut worker, &queue, &counters, &cancel).await;
         counters.alive.fetch_sub(1, Ordering::Relaxed);
         counters.pids.lock().expect("pids")[spec.index] = 0;
         worker.shutdown().await;
-        if !died {
+        if end == ServeEnd::Stopped {
             return;
         }
         tracing::warn!(worker = spec.index, "worker died; restarting it");
@@ -409,27 +417,36 @@ async fn slot(
 async fn fail_queued(inbox: &Mutex<Inbox>, why: &str) {
     let mut inbox = inbox.lock().await;
     while let Some(req) = inbox.next.take().or_else(|| inbox.rx.try_recv().ok()) {
-        let _ = req.call.reply.send(Err(PoolError::WorkerDied(format!(
+        let _ = req.call.reply.send(Err(WorkerPoolError::WorkerDied(format!(
             "no worker could be restarted: {why}"
         ))));
     }
 }
 
-/// Serves requests until the worker dies (true) or the pool is cancelled (false).
+/// Why a worker stopped serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ServeEnd {
+    /// It died: it is restarted.
+    Died,
+    /// The pool ended.
+    Stopped,
+}
+
+/// Serves requests until the worker dies or the pool is cancelled.
 async fn serve(
     worker: &mut Worker,
     queue: &Queue,
     counters: &Counters,
     cancel: &CancellationToken,
-) -> bool {
+) -> ServeEnd {
     let batches = queue.batches(worker);
     loop {
         let batch = tokio::select! {
-            _ = cancel.cancelled() => return false,
+            _ = cancel.cancelled() => return ServeEnd::Stopped,
             batch = queue.take(batches, counters) => batch,
         };
         let Some(batch) = batch else {
-            return false;
+            return ServeEnd::Stopped;
         };
         // Those whose caller gave up while they were queued are dropped.
         let batch: Vec<Call> = batch.into_iter().filter(|c| !c.reply.is_closed()).collect();
@@ -440,9 +457,9 @@ async fn serve(
         let res = tokio::select! {
             _ = cancel.cancelled() => {
                 for req in batch {
-                    let _ = req.reply.send(Err(PoolError::Stopped));
+                    let _ = req.reply.send(Err(WorkerPoolError::Stopped));
                 }
-                return false;
+                return ServeEnd::Stopped;
             }
             res = run(worker, &batch, batches) => res,
         };
@@ -455,9 +472,11 @@ async fn serve(
             Err(e) => {
                 let why = e.to_string();
                 for req in batch {
-                    let _ = req.reply.send(Err(PoolError::WorkerDied(why.clone())));
+                    let _ = req
+                        .reply
+                        .send(Err(WorkerPoolError::WorkerDied(why.clone())));
                 }
-                return true;
+                return ServeEnd::Died;
             }
         }
     }
@@ -486,11 +505,11 @@ async fn run(
 }
 
 /// What the caller gets for a request the worker answered with an error.
-fn answer(e: WorkerError) -> PoolError {
+fn answer(e: WorkerError) -> WorkerPoolError {
     match e {
-        WorkerError::UserError(tb) => PoolError::RunRaised(tb),
-        WorkerError::BadInput(m) => PoolError::BadInput(m),
-        e => PoolError::WorkerDied(e.to_string()),
+        WorkerError::UserError(tb) => WorkerPoolError::RunRaised(tb),
+        WorkerError::BadInput(m) => WorkerPoolError::BadInput(m),
+        e => WorkerPoolError::WorkerDied(e.to_string()),
     }
 }
 
@@ -507,20 +526,24 @@ mod tests {
         }
     }
 
-    async fn pool_for(predict: &str, data: &[(&str, &str)], n: usize) -> (tempfile::TempDir, Pool) {
-        batching_pool_for(predict, data, n, Batching::OFF).await
+    async fn pool_for(
+        predict: &str,
+        data: &[(&str, &str)],
+        n: usize,
+    ) -> (tempfile::TempDir, WorkerPool) {
+        batching_pool_for(predict, data, n, BatchPolicy::OFF).await
     }
 
     async fn batching_pool_for(
         predict: &str,
         data: &[(&str, &str)],
         n: usize,
-        batching: Batching,
-    ) -> (tempfile::TempDir, Pool) {
-        let (tmp, spec) = crate::worker::tests::repo(predict, data);
+        batching: BatchPolicy,
+    ) -> (tempfile::TempDir, WorkerPool) {
+        let (tmp, spec) = crate::serving::worker::tests::repo(predict, data);
         let repo = tmp.path().join("repo");
-        let pool = Pool::start(
-            PoolSpec {
+        let pool = WorkerPool::start(
+            WorkerPoolSpec {
                 python: &spec.python,
                 script: &spec.script,
                 repo: &repo,
@@ -658,7 +681,7 @@ mod tests {
         // SAFETY: plain kill(2) of our own child.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         let err = hung.await.unwrap().unwrap_err();
-        assert!(matches!(err, PoolError::WorkerDied(_)), "{err}");
+        assert!(matches!(err, WorkerPoolError::WorkerDied(_)), "{err}");
         assert!(err.to_string().contains("can be retried"), "{err}");
         // The next request waits for the restarted worker.
         let out = pool.call(b"{}".to_vec(), String::new()).await.unwrap();
@@ -723,16 +746,17 @@ mod tests {
         assert!(e.to_string().contains("KeyError: 'nope'"), "{e}");
         pool.shutdown().await;
 
-        let (tmp, spec) = crate::worker::tests::repo("import nonexistent_module_xyz\n", &[]);
-        let err = Pool::start(
-            PoolSpec {
+        let (tmp, spec) =
+            crate::serving::worker::tests::repo("import nonexistent_module_xyz\n", &[]);
+        let err = WorkerPool::start(
+            WorkerPoolSpec {
                 python: &spec.python,
                 script: &spec.script,
                 repo: &tmp.path().join("repo"),
                 workers_dir: &tmp.path().join("w"),
                 workers: 2,
                 gpus: &[],
-                batching: Batching::OFF,
+                batching: BatchPolicy::OFF,
             },
             CancellationToken::new(),
         )
@@ -745,7 +769,7 @@ mod tests {
     /// Stopped while load_model() runs: the loading workers have exited on return.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cancelled_start_ends_the_loading_workers() {
-        let (tmp, spec) = crate::worker::tests::repo(
+        let (tmp, spec) = crate::serving::worker::tests::repo(
             "import os, time\n\
              def load_model():\n    \
              open('../pid-' + os.path.basename(os.getcwd()), 'w').write(str(os.getpid()))\n    \
@@ -759,16 +783,16 @@ mod tests {
             let (python, script, repo) = (spec.python, spec.script, tmp.path().join("repo"));
             let (workers, cancel) = (workers.clone(), cancel.clone());
             tokio::spawn(async move {
-                let spec = PoolSpec {
+                let spec = WorkerPoolSpec {
                     python: &python,
                     script: &script,
                     repo: &repo,
                     workers_dir: &workers,
                     workers: 2,
                     gpus: &[],
-                    batching: Batching::OFF,
+                    batching: BatchPolicy::OFF,
                 };
-                Pool::start(spec, cancel).await
+                WorkerPool::start(spec, cancel).await
             })
         };
         let pid_files = [workers.join("pid-0"), workers.join("pid-1")];
@@ -780,7 +804,7 @@ mod tests {
         .await;
         cancel.cancel();
         let err = start.await.unwrap().err().unwrap();
-        assert!(matches!(err, PoolError::Stopped), "{err}");
+        assert!(matches!(err, WorkerPoolError::Stopped), "{err}");
         for p in pid_files {
             let pid: i32 = std::fs::read_to_string(p).unwrap().parse().unwrap();
             // SAFETY: signal 0 only checks that the process exists.
@@ -804,7 +828,10 @@ mod tests {
          if 'dict' in items:\n        return {i: 1 for i in range(len(items))}\n    \
          return [{'item': i, 'batch': len(items)} for i in items]\n";
 
-    fn spawn_call(pool: &Arc<Pool>, body: String) -> JoinHandle<Result<Output, PoolError>> {
+    fn spawn_call(
+        pool: &Arc<WorkerPool>,
+        body: String,
+    ) -> JoinHandle<Result<Output, WorkerPoolError>> {
         let pool = pool.clone();
         tokio::spawn(async move {
             pool.call(body.into_bytes(), "application/json".into())
@@ -813,8 +840,8 @@ mod tests {
     }
 
     async fn answer_of(
-        call: JoinHandle<Result<Output, PoolError>>,
-    ) -> Result<serde_json::Value, PoolError> {
+        call: JoinHandle<Result<Output, WorkerPoolError>>,
+    ) -> Result<serde_json::Value, WorkerPoolError> {
         call.await
             .unwrap()
             .map(|o| serde_json::from_slice(&o.body).unwrap())
@@ -823,13 +850,13 @@ mod tests {
     /// A request that keeps a worker busy inside run_batch until released.
     struct Held {
         dir: tempfile::TempDir,
-        call: JoinHandle<Result<Output, PoolError>>,
+        call: JoinHandle<Result<Output, WorkerPoolError>>,
     }
 
     impl Held {
         /// Sends it (its files go in a new directory under `dir`) and waits
         /// until a worker runs it.
-        async fn start(pool: &Arc<Pool>, dir: &std::path::Path) -> Held {
+        async fn start(pool: &Arc<WorkerPool>, dir: &std::path::Path) -> Held {
             let dir = tempfile::tempdir_in(dir).unwrap();
             let call = spawn_call(pool, serde_json::json!({ "hold": dir.path() }).to_string());
             wait_for("a worker to be busy", || {
@@ -849,9 +876,9 @@ mod tests {
     /// With one of the pool's two workers held, sends `body` and waits until
     /// the other worker has taken it.
     async fn taken_by_the_other_worker(
-        pool: &Arc<Pool>,
+        pool: &Arc<WorkerPool>,
         body: &str,
-    ) -> JoinHandle<Result<Output, PoolError>> {
+    ) -> JoinHandle<Result<Output, WorkerPoolError>> {
         let call = spawn_call(pool, body.into());
         wait_for("the other worker to take it", || {
             pool.in_flight() == 2 && pool.queued() == 0
@@ -863,10 +890,10 @@ mod tests {
     /// Queues `bodies` in order while the pool's one worker is held busy, then
     /// frees it; their answers, in order.
     async fn while_busy(
-        pool: &Arc<Pool>,
+        pool: &Arc<WorkerPool>,
         dir: &std::path::Path,
         bodies: &[&str],
-    ) -> Vec<Result<serde_json::Value, PoolError>> {
+    ) -> Vec<Result<serde_json::Value, WorkerPoolError>> {
         let held = Held::start(pool, dir).await;
         // One at a time, so that they queue in order.
         let mut calls = Vec::new();
@@ -889,7 +916,7 @@ mod tests {
     /// item's output, and an item that is not JSON fails alone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batches_queued_requests_into_one_call() {
-        let batching = Batching {
+        let batching = BatchPolicy {
             max_size: 4,
             max_wait: Duration::from_millis(50),
         };
@@ -902,7 +929,7 @@ mod tests {
             assert_eq!(v["batch"], 3, "one call for the three valid items: {v}");
         }
         assert!(
-            matches!(&out[2], Err(PoolError::BadInput(m)) if m.contains("not valid JSON")),
+            matches!(&out[2], Err(WorkerPoolError::BadInput(m)) if m.contains("not valid JSON")),
             "{:?}",
             out[2].as_ref().err()
         );
@@ -925,7 +952,7 @@ mod tests {
         ] {
             for r in while_busy(&pool, t.path(), &bodies).await {
                 assert!(
-                    matches!(&r, Err(PoolError::RunRaised(tb)) if tb.contains(want)),
+                    matches!(&r, Err(WorkerPoolError::RunRaised(tb)) if tb.contains(want)),
                     "{r:?}"
                 );
             }
@@ -939,7 +966,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn waits_for_more_while_others_are_in_flight() {
         // Full at two, so the batch goes as soon as the second request joins.
-        let batching = Batching {
+        let batching = BatchPolicy {
             max_size: 2,
             max_wait: Duration::from_secs(600),
         };
@@ -966,14 +993,14 @@ mod tests {
     /// With batching off, or a model without run_batch, every request is a run() call.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn without_batching_each_request_is_a_run_call() {
-        let (_t, pool) = batching_pool_for(BATCHING_MODEL, &[], 1, Batching::OFF).await;
+        let (_t, pool) = batching_pool_for(BATCHING_MODEL, &[], 1, BatchPolicy::OFF).await;
         let pool = Arc::new(pool);
         let calls: Vec<_> = ["1", "2", "3"].map(|b| spawn_call(&pool, b.into())).into();
         for c in calls {
             assert_eq!(answer_of(c).await.unwrap()["batch"], 0);
         }
         pool.shutdown().await;
-        let batching = Batching {
+        let batching = BatchPolicy {
             max_size: 8,
             max_wait: Duration::from_millis(50),
         };
@@ -1017,7 +1044,7 @@ mod tests {
     /// flight are answered: a request left alone goes at once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_wait_ends_when_the_others_are_answered() {
-        let batching = Batching {
+        let batching = BatchPolicy {
             max_size: 8,
             max_wait: Duration::from_secs(600),
         };

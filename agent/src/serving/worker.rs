@@ -4,21 +4,21 @@
 //! protocol (u32 BE header length, JSON header, u32 BE body length, body). The
 //! user's stdout/stderr are forwarded to tracing, line by line.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::launcher::{self, Input, OutputTail, ProcessSpec};
 
 /// The worker script, written next to the agent's data on start.
 pub(crate) const WORKER_PY: &str = include_str!("worker.py");
 
 const MAX_HEADER: u32 = 64 << 20;
-const STDERR_TAIL_LINES: usize = 60;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum WorkerError {
@@ -110,35 +110,15 @@ impl Reply {
     }
 }
 
-type Tail = Arc<Mutex<VecDeque<String>>>;
-
 pub(crate) struct Worker {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
-    tail: Tail,
-    stderr_task: Option<tokio::task::JoinHandle<()>>,
+    tail: Arc<OutputTail>,
+    stderr_task: Option<JoinHandle<()>>,
     index: usize,
     /// predict.py defines run_batch: [`Worker::call_batch`] may be used.
     pub(crate) run_batch: bool,
-}
-
-/// Writes `worker.py` into `dir` (if it is missing or differs) and returns its path.
-pub(crate) fn install_script(dir: &Path) -> std::io::Result<PathBuf> {
-    install_file(dir, "worker.py", WORKER_PY)
-}
-
-/// Writes `body` as `dir/name` (if it is missing or differs, atomically) and
-/// returns its path.
-pub(crate) fn install_file(dir: &Path, name: &str, body: &str) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join(name);
-    if std::fs::read_to_string(&path).ok().as_deref() != Some(body) {
-        let tmp = dir.join(format!(".{name}.{}", std::process::id()));
-        std::fs::write(&tmp, body)?;
-        std::fs::rename(&tmp, &path)?;
-    }
-    Ok(path)
 }
 
 /// Creates `dir` as a worker directory for `repo`: a symlink to every top-level
@@ -190,67 +170,28 @@ impl Worker {
         spec: &WorkerSpec,
         cancel: &CancellationToken,
     ) -> Result<Worker, WorkerError> {
-        let mut cmd = Command::new(&spec.python);
-        cmd.arg("-u")
-            .arg(&spec.script)
-            .current_dir(&spec.dir)
-            .env("PYTHONUNBUFFERED", "1")
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        crate::hardware::use_gpus(&mut cmd, &spec.gpus);
-        crate::hardware::use_threads(&mut cmd, spec.threads);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(|source| WorkerError::Spawn {
+        let process = ProcessSpec {
+            gpus: spec.gpus.clone(),
+            threads: Some(spec.threads),
+            stdin: Input::Piped,
+            ..ProcessSpec::python_script(&spec.python, &spec.script, &spec.dir)
+        };
+        let mut child = launcher::spawn(&process).map_err(|source| WorkerError::Spawn {
             python: spec.python.display().to_string(),
             source,
         })?;
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let stderr = child.stderr.take().expect("piped stderr");
-        let tail: Tail = Arc::default();
-        let index = spec.index;
-        let t = tail.clone();
-        let stderr_task = tokio::spawn(async move {
-            // Bytes, not UTF-8 lines: one undecodable byte must not end the
-            // reader (the user's prints would then fail with a broken pipe).
-            let mut reader = BufReader::new(stderr);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match reader.read_until(b'\n', &mut buf).await {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                }
-                let line = String::from_utf8_lossy(&buf)
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string();
-                tracing::info!(worker = index, "{line}");
-                let mut t = t.lock().expect("tail lock");
-                if t.len() == STDERR_TAIL_LINES {
-                    t.pop_front();
-                }
-                t.push_back(line);
-            }
-        });
+        let tail = Arc::new(OutputTail::default());
+        let stderr_task = forward_stderr(stderr, spec.index, tail.clone());
         let mut w = Worker {
             child,
             stdin,
             stdout,
             tail,
             stderr_task: Some(stderr_task),
-            index,
+            index: spec.index,
             run_batch: false,
         };
         let ready = tokio::select! {
@@ -259,7 +200,7 @@ impl Worker {
         };
         let err = match ready {
             Ok((reply, _)) if reply.ok => {
-                tracing::debug!(worker = index, pid = ?w.pid(), "worker loaded the model");
+                tracing::debug!(worker = w.index, pid = ?w.pid(), "worker loaded the model");
                 w.run_batch = reply.run_batch;
                 return Ok(w);
             }
@@ -340,7 +281,7 @@ impl Worker {
     /// Ends the worker: closes its input (it exits on EOF), then kills it.
     pub(crate) async fn shutdown(mut self) {
         drop(self.stdin);
-        kill_group(&mut self.child);
+        launcher::kill_group(&mut self.child);
         let _ = self.child.wait().await;
         tracing::debug!(worker = self.index, "worker ended");
     }
@@ -392,14 +333,7 @@ impl Worker {
         if let Some(task) = self.stderr_task.take() {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
         }
-        let mut stderr = self
-            .tail
-            .lock()
-            .expect("tail lock")
-            .iter()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n");
+        let mut stderr = self.tail.text();
         if let Some(s) = status {
             if !stderr.is_empty() {
                 stderr.push('\n');
@@ -410,16 +344,29 @@ impl Worker {
     }
 }
 
-/// Kills a child started in its own process group, and whatever it started
-/// (e.g. processes the user's code forked that hold GPU memory).
-pub(crate) fn kill_group(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe {
-            libc::kill(-(pid as i32), libc::SIGKILL);
+/// Logs the worker's stderr (where worker.py also sends the user's stdout) line by
+/// line, keeping the last lines in `tail`.
+fn forward_stderr(stderr: ChildStderr, index: usize, tail: Arc<OutputTail>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        // Bytes, not UTF-8 lines: one undecodable byte must not end the
+        // reader (the user's prints would then fail with a broken pipe).
+        let mut reader = BufReader::new(stderr);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+            let line = String::from_utf8_lossy(&buf)
+                .trim_end_matches(['\n', '\r'])
+                .to_string();
+            tracing::info!(worker = index, "{line}");
+            tail.push(line);
         }
-    }
-    let _ = child.start_kill();
+    })
 }
 
 /// One reply frame; `Err(None)` when the pipe ended (the worker died).
@@ -455,7 +402,7 @@ pub(crate) mod tests {
         for (name, body) in data {
             std::fs::write(repo.join("data").join(name), body).unwrap();
         }
-        let script = install_script(tmp.path()).unwrap();
+        let script = crate::scripts::install_worker(tmp.path()).unwrap();
         let dir = tmp.path().join("workers/0");
         prepare_dir(&repo, &dir).unwrap();
         let spec = WorkerSpec {

@@ -1,36 +1,43 @@
 //! Dry run of a model repo archive on the local machine (`Deploy{dryrun: true}`):
 //! unpack, gear up, start one worker (`load_model()`), run one request on the sample
-//! in `data/`, and return the result or the Python traceback.
+//! in `data/`, and return the result or the Python traceback. `aibro-agent dry-run`
+//! runs it and prints the outcome as one JSON line.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use aibro_repo::archive::{self, ArchiveError, Limits};
+use aibro_repo::{DryRunOutcome, PipOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::{self, Limits};
-use crate::config::PipOptions;
-use crate::env;
-use crate::worker::{self, Worker, WorkerError, WorkerSpec};
+use crate::environment::venv::{self, EnvError};
+use crate::scripts;
+use crate::serving::worker::{self, Output, Worker, WorkerError, WorkerSpec};
 
-/// The result of a dry run.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DryRunOutcome {
-    /// load_model() and run() succeeded.
-    pub ok: bool,
-    /// What run() returned (JSON, or raw bytes).
-    pub output: Vec<u8>,
-    /// `application/json` or `application/octet-stream`.
-    pub content_type: String,
-    /// When not ok: the Python traceback, or what else went wrong.
-    pub traceback: String,
-}
-
-impl DryRunOutcome {
-    fn failed(traceback: impl Into<String>) -> DryRunOutcome {
-        DryRunOutcome {
-            traceback: traceback.into(),
-            ..DryRunOutcome::default()
-        }
-    }
+/// Why a dry run failed (its traceback is this error's text).
+#[derive(Debug, thiserror::Error)]
+enum DryRunError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Unpacking(#[source] tokio::task::JoinError),
+    #[error("{0}")]
+    Script(#[source] std::io::Error),
+    #[error("invalid model repo archive: {0}")]
+    Archive(#[source] ArchiveError),
+    #[error("the repo has no predict.py at its root")]
+    NoPredict,
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    #[error("run() raised:\n{0}")]
+    RunRaised(String),
+    #[error("run_batch() raised on the sample:\n{0}")]
+    RunBatchRaised(String),
 }
 
 /// Dry-runs `archive` in `work_dir` (which should be fresh; virtualenvs are kept in
@@ -42,8 +49,13 @@ pub async fn dry_run(
     pip: &PipOptions,
 ) -> DryRunOutcome {
     match run(python, work_dir, archive, pip).await {
-        Ok(outcome) => outcome,
-        Err(text) => DryRunOutcome::failed(text),
+        Ok(out) => DryRunOutcome {
+            ok: true,
+            output: out.body,
+            content_type: out.content_type,
+            traceback: String::new(),
+        },
+        Err(e) => DryRunOutcome::failed(e.to_string()),
     }
 }
 
@@ -52,25 +64,15 @@ async fn run(
     work_dir: &Path,
     archive_path: &Path,
     pip: &PipOptions,
-) -> Result<DryRunOutcome, String> {
-    let repo = work_dir.join("repo");
-    if repo.exists() {
-        std::fs::remove_dir_all(&repo).map_err(|e| format!("{}: {e}", repo.display()))?;
-    }
-    let (a, r) = (archive_path.to_path_buf(), repo.clone());
-    let manifest = tokio::task::spawn_blocking(move || archive::unpack(&a, &r, &Limits::default()))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("invalid model repo archive: {e}"))?;
-    if !manifest.has_predict {
-        return Err("the repo has no predict.py at its root".into());
-    }
-    let penv = env::gear_up(python, &repo, &work_dir.join("envs"), pip)
-        .await
-        .map_err(|e| e.to_string())?;
-    let script = worker::install_script(work_dir).map_err(|e| e.to_string())?;
+) -> Result<Output, DryRunError> {
+    let repo = unpack(archive_path, &work_dir.join("repo")).await?;
+    let penv = venv::gear_up(python, &repo, &work_dir.join("envs"), pip).await?;
+    let script = scripts::install_worker(work_dir).map_err(DryRunError::Script)?;
     let dir = work_dir.join("workers").join("0");
-    worker::prepare_dir(&repo, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    worker::prepare_dir(&repo, &dir).map_err(|source| DryRunError::Io {
+        path: dir.clone(),
+        source,
+    })?;
     let spec = WorkerSpec {
         python: penv.python,
         script,
@@ -80,32 +82,54 @@ async fn run(
         threads: crate::hardware::threads_per_worker(1),
     };
     let (payload, content_type) = sample(&repo.join("data"));
-    let mut w = Worker::start(&spec, &CancellationToken::new())
+    let mut w = Worker::start(&spec, &CancellationToken::new()).await?;
+    let res = call_sample(&mut w, &payload, content_type).await;
+    w.shutdown().await;
+    res
+}
+
+/// Unpacks the archive into `repo` (emptied first) and checks it can serve.
+async fn unpack(archive_path: &Path, repo: &Path) -> Result<PathBuf, DryRunError> {
+    if repo.exists() {
+        std::fs::remove_dir_all(repo).map_err(|source| DryRunError::Io {
+            path: repo.to_path_buf(),
+            source,
+        })?;
+    }
+    let (a, r) = (archive_path.to_path_buf(), repo.to_path_buf());
+    let manifest = tokio::task::spawn_blocking(move || archive::unpack(&a, &r, &Limits::default()))
         .await
-        .map_err(|e| e.to_string())?;
-    let res = w.call(&payload, content_type, true).await;
-    // A batched deployment calls run_batch for every request: try it too.
+        .map_err(DryRunError::Unpacking)?
+        .map_err(DryRunError::Archive)?;
+    if !manifest.has_predict {
+        return Err(DryRunError::NoPredict);
+    }
+    Ok(repo.to_path_buf())
+}
+
+/// Runs the sample through run(), and through run_batch() too where predict.py
+/// defines it (a batched deployment calls it for every request).
+async fn call_sample(
+    w: &mut Worker,
+    payload: &[u8],
+    content_type: &str,
+) -> Result<Output, DryRunError> {
+    let res = w.call(payload, content_type, true).await;
     let batch = match res {
-        Ok(_) if w.run_batch => Some(w.call_batch(&[(&payload, content_type)]).await),
+        Ok(_) if w.run_batch => Some(w.call_batch(&[(payload, content_type)]).await),
         _ => None,
     };
-    w.shutdown().await;
     match batch.map(|b| b.map(|mut outcomes| outcomes.pop())) {
         Some(Ok(Some(Err(WorkerError::UserError(tb))))) => {
-            return Err(format!("run_batch() raised on the sample:\n{tb}"))
+            return Err(DryRunError::RunBatchRaised(tb))
         }
-        Some(Ok(Some(Err(e)))) | Some(Err(e)) => return Err(e.to_string()),
+        Some(Ok(Some(Err(e)))) | Some(Err(e)) => return Err(e.into()),
         _ => {}
     }
     match res {
-        Ok(out) => Ok(DryRunOutcome {
-            ok: true,
-            output: out.body,
-            content_type: out.content_type,
-            traceback: String::new(),
-        }),
-        Err(WorkerError::UserError(tb)) => Err(format!("run() raised:\n{tb}")),
-        Err(e) => Err(e.to_string()),
+        Ok(out) => Ok(out),
+        Err(WorkerError::UserError(tb)) => Err(DryRunError::RunRaised(tb)),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -6,10 +6,10 @@
 //! unreachable for longer than the orphan timeout the reporter gives up.
 
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aibro_proto::v1::agent_gateway_client::AgentGatewayClient;
 use aibro_proto::v1::{
     report_request, AgentPhase, Hardware, Heartbeat, PhaseReport, Progress, RegisterRequest,
     ReportRequest,
@@ -17,11 +17,9 @@ use aibro_proto::v1::{
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::AsciiMetadataValue;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, ClientTlsConfig};
 
-use crate::identity::Identity;
+use crate::link::gateway::Gateway;
+use crate::link::identity::Identity;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
@@ -29,52 +27,11 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// A report the scheduler keeps refusing is dropped after this many tries.
 const MAX_REPORT_TRIES: u32 = 5;
 
+/// Why the reporter gave up.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ReporterError {
-    #[error("invalid --scheduler: {0}")]
-    Url(String),
-    #[error("the join token is not valid in gRPC metadata")]
-    Token,
     #[error("the scheduler has been unreachable for {0:?}; exiting (orphaned agent)")]
     Orphaned(Duration),
-}
-
-/// Adds `authorization: Bearer <join token>` to every call.
-#[derive(Clone)]
-pub(crate) struct Auth(Option<AsciiMetadataValue>);
-
-impl tonic::service::Interceptor for Auth {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
-pub(crate) type Gateway = AgentGatewayClient<InterceptedService<Channel, Auth>>;
-
-/// A lazily connecting client of the scheduler's AgentGateway.
-/// `tls`: the CA to verify an https scheduler with.
-pub(crate) fn gateway(
-    url: &str,
-    join_token: &str,
-    tls: Option<&ClientTlsConfig>,
-) -> Result<Gateway, ReporterError> {
-    let channel = aibro_proto::transport::endpoint(url, tls)
-        .map_err(ReporterError::Url)?
-        .connect_lazy();
-    let auth = if join_token.is_empty() {
-        None
-    } else {
-        Some(
-            format!("Bearer {join_token}")
-                .parse()
-                .map_err(|_| ReporterError::Token)?,
-        )
-    };
-    Ok(AgentGatewayClient::with_interceptor(channel, Auth(auth))
-        .max_decoding_message_size(64 << 20))
 }
 
 /// Live numbers sent with each heartbeat.
@@ -297,7 +254,7 @@ impl Reporter {
     /// assigned another instance, or cancellation.
     async fn session(
         &mut self,
-        s: Session<'_>,
+        mut s: Session<'_>,
         cancel: &CancellationToken,
     ) -> Result<Outcome, ReporterError> {
         let mut tick = tokio::time::interval(s.interval);
@@ -310,68 +267,8 @@ impl Reporter {
             while let Ok(r) = s.reports.try_recv() {
                 s.pending.push_back((r, 0));
             }
-            while let Some((report, tries)) = s.pending.front_mut() {
-                // A report goes out only under the instance it was produced for,
-                // and only while the agent still runs as that instance. Those of an
-                // earlier instance are dropped rather than sent under the new id:
-                // the scheduler stops an instance's job before it reassigns the
-                // agent, and may meanwhile run that instance on another agent, so
-                // they would describe a job that instance no longer has here.
-                let stale = {
-                    let current = s.instance.borrow();
-                    current.is_empty() || *report.instance_id != *current
-                };
-                if stale {
-                    tracing::info!(job_id = %job_of(&report.body), instance_id = %report.instance_id,
-                        "dropping a report of an instance this agent no longer runs as");
-                    s.pending.pop_front();
-                    continue;
-                }
-                if *report.instance_id != s.registered_as {
-                    return Ok(Outcome::Assigned);
-                }
-                let req = ReportRequest {
-                    instance_id: s.registered_as.clone(),
-                    agent_id: self.identity.agent_id.clone(),
-                    body: Some(report.body.clone()),
-                };
-                let res = tokio::select! {
-                    _ = cancel.cancelled() => return Ok(Outcome::Cancelled),
-                    r = self.gateway.report(req) => r,
-                };
-                match res {
-                    Ok(_) => {
-                        *s.last_ok = Instant::now();
-                        s.pending.pop_front();
-                    }
-                    Err(status) => {
-                        *tries += 1;
-                        let retry = matches!(
-                            status.code(),
-                            tonic::Code::Unavailable
-                                | tonic::Code::Unknown
-                                | tonic::Code::DeadlineExceeded
-                                | tonic::Code::Cancelled
-                                | tonic::Code::Internal
-                                | tonic::Code::ResourceExhausted
-                        ) || (*tries < MAX_REPORT_TRIES
-                            && matches!(
-                                status.code(),
-                                // Aborted: the job moved on (e.g. a re-sent
-                                // report the scheduler already applied).
-                                tonic::Code::NotFound
-                                    | tonic::Code::Unauthenticated
-                                    | tonic::Code::Aborted
-                            ));
-                        if !retry {
-                            tracing::error!(code = ?status.code(), job_id = %job_of(&report.body),
-                                "the scheduler refused a report; dropping it: {}", status.message());
-                            s.pending.pop_front();
-                            continue;
-                        }
-                        return self.failed("report", status, *s.last_ok);
-                    }
-                }
+            if let ControlFlow::Break(end) = self.send_pending(&mut s, cancel).await? {
+                return Ok(end);
             }
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(Outcome::Cancelled),
@@ -380,21 +277,94 @@ impl Reporter {
                     if let Some(r) = r { s.pending.push_back((r, 0)) }
                 }
                 _ = tick.tick() => {
-                    let req = ReportRequest {
-                        instance_id: s.registered_as.clone(),
-                        agent_id: self.identity.agent_id.clone(),
-                        body: Some(report_request::Body::Heartbeat(self.heartbeat().await)),
-                    };
-                    let res = tokio::select! {
-                        _ = cancel.cancelled() => return Ok(Outcome::Cancelled),
-                        r = self.gateway.report(req) => r,
-                    };
-                    match res {
-                        Ok(_) => *s.last_ok = Instant::now(),
-                        Err(status) => return self.failed("heartbeat", status, *s.last_ok),
+                    if let ControlFlow::Break(end) = self.send_heartbeat(&mut s, cancel).await? {
+                        return Ok(end);
                     }
                 }
             }
+        }
+    }
+
+    /// Sends the pending reports in order; breaks when the session ends.
+    async fn send_pending(
+        &mut self,
+        s: &mut Session<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<ControlFlow<Outcome>, ReporterError> {
+        while let Some((report, tries)) = s.pending.front_mut() {
+            // A report goes out only under the instance it was produced for,
+            // and only while the agent still runs as that instance. Those of an
+            // earlier instance are dropped rather than sent under the new id:
+            // the scheduler stops an instance's job before it reassigns the
+            // agent, and may meanwhile run that instance on another agent, so
+            // they would describe a job that instance no longer has here.
+            let stale = {
+                let current = s.instance.borrow();
+                current.is_empty() || *report.instance_id != *current
+            };
+            if stale {
+                tracing::info!(job_id = %job_of(&report.body), instance_id = %report.instance_id,
+                    "dropping a report of an instance this agent no longer runs as");
+                s.pending.pop_front();
+                continue;
+            }
+            if *report.instance_id != s.registered_as {
+                return Ok(ControlFlow::Break(Outcome::Assigned));
+            }
+            let req = ReportRequest {
+                instance_id: s.registered_as.clone(),
+                agent_id: self.identity.agent_id.clone(),
+                body: Some(report.body.clone()),
+            };
+            let res = tokio::select! {
+                _ = cancel.cancelled() => return Ok(ControlFlow::Break(Outcome::Cancelled)),
+                r = self.gateway.report(req) => r,
+            };
+            match res {
+                Ok(_) => {
+                    *s.last_ok = Instant::now();
+                    s.pending.pop_front();
+                }
+                Err(status) => {
+                    *tries += 1;
+                    if !worth_resending(status.code(), *tries) {
+                        tracing::error!(code = ?status.code(), job_id = %job_of(&report.body),
+                            "the scheduler refused a report; dropping it: {}", status.message());
+                        s.pending.pop_front();
+                        continue;
+                    }
+                    return self
+                        .failed("report", status, *s.last_ok)
+                        .map(ControlFlow::Break);
+                }
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// Sends one heartbeat; breaks when the session ends.
+    async fn send_heartbeat(
+        &mut self,
+        s: &mut Session<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<ControlFlow<Outcome>, ReporterError> {
+        let req = ReportRequest {
+            instance_id: s.registered_as.clone(),
+            agent_id: self.identity.agent_id.clone(),
+            body: Some(report_request::Body::Heartbeat(self.heartbeat().await)),
+        };
+        let res = tokio::select! {
+            _ = cancel.cancelled() => return Ok(ControlFlow::Break(Outcome::Cancelled)),
+            r = self.gateway.report(req) => r,
+        };
+        match res {
+            Ok(_) => {
+                *s.last_ok = Instant::now();
+                Ok(ControlFlow::Continue(()))
+            }
+            Err(status) => self
+                .failed("heartbeat", status, *s.last_ok)
+                .map(ControlFlow::Break),
         }
     }
 
@@ -422,6 +392,26 @@ impl Reporter {
         self.check_orphan(last_ok)?;
         Ok(Outcome::Reregister)
     }
+}
+
+/// Whether a report the scheduler failed with `code` on try `tries` is sent
+/// again (after registering again) rather than dropped.
+fn worth_resending(code: tonic::Code, tries: u32) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::Internal
+            | tonic::Code::ResourceExhausted
+    ) || (tries < MAX_REPORT_TRIES
+        && matches!(
+            code,
+            // Aborted: the job moved on (e.g. a re-sent
+            // report the scheduler already applied).
+            tonic::Code::NotFound | tonic::Code::Unauthenticated | tonic::Code::Aborted
+        ))
 }
 
 /// The state one registered session works with.

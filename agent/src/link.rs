@@ -1,0 +1,7 @@
+//! The agent's link to the scheduler: the `AgentGateway` client and how calls are
+//! retried while the scheduler is away ([`gateway`]), who the agent is
+//! ([`identity`]), and the registration, reports and heartbeats ([`reporter`]).
+
+pub(crate) mod gateway;
+pub(crate) mod identity;
+pub(crate) mod reporter;

@@ -1,0 +1,211 @@
+//! Pool agents against the fake scheduler: Assign, registering again, reuse of a
+//! stopped job's files, dropped reports of an earlier instance, idle heartbeats.
+
+mod common;
+
+use common::*;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use aibro_proto::v1::{AgentPhase, JobKind, StopRequest};
+
+/// What the scheduler does with a pool agent: assign it (it registers again as the
+/// instance and is prepared), stop the instance (Stop, then back to the pool), start
+/// it again (the job's unpacked repo and environment are reused), terminate it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_agent_is_assigned_stopped_and_started_again() {
+    let mut h = Harness::start_with(&["--machine-id", "gpu.small", "--workers", "1"]).await;
+    let joined = h.next_register().await;
+    assert_eq!(joined.instance_id, "");
+    assert_eq!(joined.machine_id, "gpu.small");
+    let agent_id = joined.agent_id.clone();
+    assert!(agent_id.starts_with("agent-"), "{joined:?}");
+    assert_eq!(
+        std::fs::read_to_string(h.dir.join("agent-id")).unwrap(),
+        agent_id
+    );
+    let idle = Ids {
+        instance_id: String::new(),
+        agent_id: agent_id.clone(),
+    };
+    h.heartbeat_where(|hb, ids| *ids == idle && hb.workers == 0)
+        .await;
+    let digest = h.add_artifact(&[
+        (
+            "predict.py",
+            "import os\ndef load_model():\n    return os.getpid()\n\
+             def run(model, data):\n    return {'x': data['x'], 'pid': model}\n",
+        ),
+        ("requirements.txt", "--no-index\n"),
+    ]);
+    let mut c = h.client().await;
+    // An idle agent takes no job.
+    let e = c
+        .prepare(prepare_req("job-1", &digest, JobKind::Inference))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+
+    // Launch: assigned, it registers again as the instance.
+    c.assign(assign("inst-9")).await.unwrap();
+    let req = h.next_register().await;
+    assert_eq!(
+        (req.instance_id.as_str(), req.agent_id.as_str()),
+        ("inst-9", agent_id.as_str())
+    );
+    let inst = Ids {
+        instance_id: "inst-9".into(),
+        agent_id: agent_id.clone(),
+    };
+    c.prepare(prepare_req("job-1", &digest, JobKind::Inference))
+        .await
+        .unwrap();
+    for (phase, cached) in [
+        (AgentPhase::GearingUpEnv, false),
+        (AgentPhase::ModelLoading, false),
+        (AgentPhase::Serving, false),
+    ] {
+        let (p, ids) = h.next_phase_from().await;
+        assert_eq!((p.phase(), p.env_cached), (phase, cached), "{p:?}");
+        assert_eq!(ids, inst);
+    }
+    let out = c
+        .predict(predict_req("job-1", serde_json::json!({"x": 1})))
+        .await
+        .unwrap()
+        .into_inner();
+    let v: serde_json::Value = serde_json::from_slice(&out.output).unwrap();
+    assert_eq!(v["x"], 1);
+    let pid = v["pid"].as_u64().unwrap();
+    h.heartbeat_where(|hb, ids| *ids == inst && hb.workers == 1 && hb.workers_alive == 1)
+        .await;
+    let repo_file = h.dir.join("jobs/job-1/repo/predict.py");
+    let unpacked = std::fs::metadata(&repo_file).unwrap().modified().unwrap();
+
+    // Assigning the instance it already runs as changes nothing.
+    c.assign(assign("inst-9")).await.unwrap();
+    // Stop: the worker has exited when Stop returns; back to the pool.
+    c.stop(StopRequest { terminate: false }).await.unwrap();
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "worker {pid} survived Stop"
+    );
+    c.assign(assign("")).await.unwrap();
+    // The next registration is the idle one (the no-op Assign sent none).
+    let req = h.next_register().await;
+    assert_eq!(
+        (req.instance_id.as_str(), req.agent_id.as_str()),
+        ("", agent_id.as_str())
+    );
+    h.heartbeat_where(|hb, ids| *ids == idle && hb.workers == 0 && hb.workers_alive == 0)
+        .await;
+    assert!(repo_file.exists());
+
+    // Start again: nothing is fetched (the artifact is gone from the scheduler) and
+    // nothing installed.
+    h.artifacts.lock().unwrap().clear();
+    c.assign(assign("inst-9")).await.unwrap();
+    assert_eq!(h.next_register().await.instance_id, "inst-9");
+    c.prepare(prepare_req("job-1", &digest, JobKind::Inference))
+        .await
+        .unwrap();
+    for (phase, cached) in [
+        (AgentPhase::ModelLoading, true),
+        (AgentPhase::Serving, false),
+    ] {
+        let (p, ids) = h.next_phase_from().await;
+        assert_eq!((p.phase(), p.env_cached), (phase, cached), "{p:?}");
+        assert_eq!(ids, inst);
+    }
+    assert_eq!(
+        std::fs::metadata(&repo_file).unwrap().modified().unwrap(),
+        unpacked
+    );
+    let out = c
+        .predict(predict_req("job-1", serde_json::json!({"x": 2})))
+        .await
+        .unwrap()
+        .into_inner();
+    let v: serde_json::Value = serde_json::from_slice(&out.output).unwrap();
+    assert_eq!(v["x"], 2);
+    assert_ne!(v["pid"], pid);
+
+    // Terminate: the job's files go, the environment stays for later jobs.
+    c.stop(StopRequest { terminate: true }).await.unwrap();
+    c.assign(assign("")).await.unwrap();
+    assert_eq!(h.next_register().await.instance_id, "");
+    assert!(!h.dir.join("jobs").exists());
+    assert!(h.dir.join("envs").is_dir());
+    h.stop_agent().await;
+}
+
+/// Reports queued for an instance are not sent once the agent runs as another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_of_an_earlier_instance_are_dropped() {
+    let mut h = Harness::start_with(&["--machine-id", "gpu.small", "--workers", "1"]).await;
+    assert_eq!(h.next_register().await.instance_id, "");
+    let digest = h.add_artifact(&[(
+        "predict.py",
+        "def load_model():\n    return 0\ndef run(m, d):\n    return d\n",
+    )]);
+    let mut c = h.client().await;
+    c.assign(assign("inst-a")).await.unwrap();
+    assert_eq!(h.next_register().await.instance_id, "inst-a");
+    // The scheduler becomes unreachable: the job's reports stay queued.
+    h.refuse_reports.store(true, Ordering::SeqCst);
+    c.prepare(prepare_req("old", &digest, JobKind::Inference))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while c
+        .predict(predict_req("old", serde_json::json!(1)))
+        .await
+        .is_err()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "job never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Reassigned meanwhile (the scheduler's Stop is skipped: the job stays).
+    c.assign(assign("inst-b")).await.unwrap();
+    loop {
+        if h.next_register().await.instance_id == "inst-b" {
+            break;
+        }
+    }
+    h.refuse_reports.store(false, Ordering::SeqCst);
+    c.prepare(prepare_req("new", &digest, JobKind::Inference))
+        .await
+        .unwrap();
+    // The first report to arrive is the new job's, under the new instance.
+    let (p, ids) = h.next_phase_from().await;
+    assert_eq!(p.job_id, "new", "{p:?}");
+    assert_eq!(ids.instance_id, "inst-b");
+    loop {
+        let (p, ids) = h.next_phase_from().await;
+        assert_eq!(
+            (p.job_id.as_str(), ids.instance_id.as_str()),
+            ("new", "inst-b")
+        );
+        if p.phase() == AgentPhase::Serving {
+            break;
+        }
+    }
+    h.stop_agent().await;
+}
+
+/// An idle pool agent keeps heartbeating, so the orphan timeout never hits it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_pool_agent_is_not_orphaned() {
+    let mut h =
+        Harness::start_with(&["--machine-id", "gpu.small", "--orphan-timeout-s", "1"]).await;
+    assert_eq!(h.next_register().await.instance_id, "");
+    let first = tokio::time::Instant::now();
+    // Heartbeats spanning twice the orphan timeout, every one of them idle.
+    while first.elapsed() < Duration::from_secs(2) {
+        h.heartbeat_where(|_, ids| ids.instance_id.is_empty()).await;
+    }
+    assert!(!h.agent.is_finished(), "the idle agent exited");
+    h.stop_agent().await;
+}
