@@ -13,10 +13,12 @@ use std::sync::{Arc, Mutex};
 
 use aibro_proto::v1::{AgentPhase, ArtifactRef, JobKind, PhaseReport};
 use aibro_repo::manifest::{PREDICT_PY, TRAIN_PY};
+use aibro_repo::DryRunOutcome;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Args;
+use crate::environment;
 use crate::environment::fetch::{self, FetchError};
 use crate::environment::venv::{self, EnvError, PythonEnv};
 use crate::link::gateway::Gateway;
@@ -144,6 +146,34 @@ impl Jobs {
             return Err(JobError::Unassigned);
         }
         Ok(self.config.queue.of(&instance))
+    }
+
+    /// Runs the repo of artifact `digest` once on its sample input in a
+    /// directory of its own, removed afterwards: nothing of it stays.
+    pub(crate) async fn dry_run(
+        &self,
+        job_id: &str,
+        digest: &str,
+    ) -> Result<DryRunOutcome, JobError> {
+        if job_id.is_empty() {
+            return Err(JobError::NoJobId);
+        }
+        self.reports()?;
+        let work = self.jobs_dir().join(format!("dryrun-{job_id}"));
+        remove_dir_if_present(&work).await?;
+        tokio::fs::create_dir_all(&work)
+            .await
+            .map_err(io_err(&work))?;
+        let archive = work.join("artifact.tar.gz");
+        let outcome = match fetch::archive(&self.config.gateway, digest, &archive).await {
+            Ok(()) => {
+                let args = &self.config.args;
+                environment::dry_run::dry_run(&args.python, &work, &archive, &args.pip).await
+            }
+            Err(e) => DryRunOutcome::failed(e.to_string()),
+        };
+        remove_dir_if_present(&work).await?;
+        Ok(outcome)
     }
 
     /// Starts preparing `job_id` in the background; idempotent while it prepares or

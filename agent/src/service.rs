@@ -1,13 +1,14 @@
 //! The `Agent` gRPC service the scheduler calls. Thin: it delegates to the jobs
-//! (Prepare, Predict, Train, Stop) and the identity (Assign), and maps errors to
+//! (Prepare, Predict, Train, Stop, DryRun) and the identity (Assign), and maps errors to
 //! `tonic::Status` with messages a user can act on.
 
 use std::sync::Arc;
 
 use aibro_proto::v1::agent_server::Agent;
 use aibro_proto::v1::{
-    AgentPredictRequest, AgentPredictResponse, AssignRequest, AssignResponse, JobKind,
-    PrepareRequest, PrepareResponse, StopRequest, StopResponse, TrainRequest, TrainResponse,
+    AgentPredictRequest, AgentPredictResponse, AssignRequest, AssignResponse, DryRunRequest,
+    DryRunResult, JobKind, PrepareRequest, PrepareResponse, StopRequest, StopResponse,
+    TrainRequest, TrainResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -82,6 +83,29 @@ impl Agent for AgentService {
             .assign(request.into_inner().instance_id)
             .map_err(assign_status)?;
         Ok(Response::new(AssignResponse {}))
+    }
+
+    /// Answers when the dry run is over, with its outcome.
+    async fn dry_run(
+        &self,
+        request: Request<DryRunRequest>,
+    ) -> Result<Response<DryRunResult>, Status> {
+        let req = request.into_inner();
+        let outcome = self
+            .jobs
+            .dry_run(&req.job_id, &req.artifact_digest)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(dry_run_result(outcome)))
+    }
+}
+
+fn dry_run_result(outcome: aibro_repo::DryRunOutcome) -> DryRunResult {
+    DryRunResult {
+        ok: outcome.ok,
+        output: outcome.output,
+        content_type: outcome.content_type,
+        traceback: outcome.traceback,
     }
 }
 

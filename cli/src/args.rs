@@ -86,6 +86,10 @@ pub struct FitArgs {
     /// Free text shown with the job.
     #[arg(long)]
     pub description: Option<String>,
+    /// User code gets no outbound network (it never reaches this host's
+    /// loopback, the scheduler, agents or the cloud metadata address anyway).
+    #[arg(long = "isolate-network")]
+    pub isolate_network: bool,
     /// Download the trained outputs and unpack them into this directory.
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -124,9 +128,19 @@ pub struct DeployArgs {
     /// Milliseconds a batch waits for more requests after its first (default 2).
     #[arg(long = "max-batch-wait-ms")]
     pub max_batch_wait_ms: Option<u32>,
-    /// Only validate the repo locally (load_model + one run on data/); no job.
+    /// Only validate the repo: load_model() and one run() on data/, on a
+    /// short-lived instance of the standby type (in the same sandbox as
+    /// serving; it shows in `aibro instances` and is charged); nothing stays.
     #[arg(long)]
     pub dryrun: bool,
+    /// With --dryrun: run the repo on this machine instead (needs `aibro-agent`
+    /// beside `aibro` or on PATH, and Python); no scheduler is asked.
+    #[arg(long, requires = "dryrun")]
+    pub local: bool,
+    /// User code gets no outbound network (it never reaches this host's
+    /// loopback, the scheduler, agents or the cloud metadata address anyway).
+    #[arg(long = "isolate-network")]
+    pub isolate_network: bool,
 }
 
 #[derive(Debug, Clone, Args)]

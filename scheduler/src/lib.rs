@@ -17,7 +17,6 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod crash;
-pub mod dry_run;
 pub mod error;
 pub mod hub;
 pub mod ledger;
@@ -187,11 +186,6 @@ fn control_settings(
         agent_lost_after: Some(Duration::from_millis(config.agent_lost_after_ms)),
         cooling_idle: Duration::from_secs(config.cooling_idle_s),
         lifecycle_tick: Duration::from_millis(config.lifecycle_tick_ms),
-        dry_run: dry_run::DryRunner {
-            agent_bin: config.agent_bin(),
-            python: config.python.clone(),
-            pip_args: config.pip_args(),
-        },
         agent_tls,
         use_spot: config.use_spot,
         spot_check: Duration::from_secs(config.spot_check_s.max(1)),

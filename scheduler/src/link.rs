@@ -4,9 +4,11 @@
 use std::sync::Arc;
 
 use aibro_proto::v1::{
-    agent_client::AgentClient, AgentPredictRequest, AgentPredictResponse, PrepareRequest,
-    StopRequest, TrainRequest,
+    agent_client::AgentClient, AgentPredictRequest, AgentPredictResponse, DryRunRequest,
+    PrepareRequest, StopRequest, TrainRequest,
 };
+
+use aibro_repo::DryRunOutcome;
 
 use crate::records::JobRecord;
 use crate::state::JobKind;
@@ -29,6 +31,8 @@ pub trait AgentLink: Send + Sync {
     fn stop(&self, terminate: bool) -> BoxFuture<'static, Result<(), Status>>;
     /// Starts the prepared training job's `train()` with its args.
     fn train(&self, job: &JobRecord) -> BoxFuture<'static, Result<(), Status>>;
+    /// Runs the dry-run job's repo once on its sample input; answers when done.
+    fn dry_run(&self, job: &JobRecord) -> BoxFuture<'static, Result<DryRunOutcome, Status>>;
 }
 
 /// An agent address that is not one.
@@ -62,6 +66,7 @@ impl AgentLink for AgentClient<Channel> {
             artifact_digest: job.artifact_digest.clone(),
             kind: aibro_proto::v1::JobKind::from(job.kind) as i32,
             batching: (job.kind == JobKind::Inference).then(|| (&job.batching).into()),
+            isolate_network: job.isolate_network,
         };
         let mut client = self.clone();
         async move { AgentClient::prepare(&mut client, request).await.map(drop) }.boxed()
@@ -93,5 +98,26 @@ impl AgentLink for AgentClient<Channel> {
         };
         let mut client = self.clone();
         async move { AgentClient::train(&mut client, request).await.map(drop) }.boxed()
+    }
+
+    fn dry_run(&self, job: &JobRecord) -> BoxFuture<'static, Result<DryRunOutcome, Status>> {
+        let request = DryRunRequest {
+            job_id: job.id.clone(),
+            artifact_digest: job.artifact_digest.clone(),
+            isolate_network: job.isolate_network,
+        };
+        let mut client = self.clone();
+        async move {
+            let r = AgentClient::dry_run(&mut client, request)
+                .await?
+                .into_inner();
+            Ok(DryRunOutcome {
+                ok: r.ok,
+                output: r.output,
+                content_type: r.content_type,
+                traceback: r.traceback,
+            })
+        }
+        .boxed()
     }
 }

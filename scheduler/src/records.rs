@@ -51,6 +51,13 @@ pub struct JobRecord {
     /// before batching existed keep serving as they did: off.
     #[serde(default = "BatchSettings::off")]
     pub batching: BatchSettings,
+    /// User code gets no outbound network.
+    #[serde(default)]
+    pub isolate_network: bool,
+    /// A dry run: one instance runs the repo once on its sample input, then
+    /// the job completes (it never serves, and holds no model name).
+    #[serde(default)]
+    pub dryrun: bool,
 }
 
 /// Dynamic batching of a deployment's predictions (see `Batching` in common.proto).
@@ -113,6 +120,8 @@ impl JobRecord {
             result_size: 0,
             handed_over: vec![],
             batching: BatchSettings::default(),
+            isolate_network: false,
+            dryrun: false,
         }
     }
 }
@@ -138,6 +147,7 @@ impl InstanceRecord {
             replaced_by: None,
             reason: String::new(),
             host: String::new(),
+            sandbox: String::new(),
         }
     }
 }
@@ -202,6 +212,9 @@ pub struct InstanceRecord {
     /// The pool agent that runs it (pool provider only).
     #[serde(default)]
     pub host: String,
+    /// The sandbox its agent runs user code in (as the agent registered).
+    #[serde(default)]
+    pub sandbox: String,
 }
 
 /// One entry of a job's timeline.

@@ -185,7 +185,7 @@ impl Store {
         job.last_seq = 1;
         let trees = (&self.jobs, &self.events, &self.names, &self.by_owner);
         unwrap_tx(trees.transaction(|(jobs, events, names, by_owner)| {
-            if job.kind == JobKind::Inference {
+            if job.kind == JobKind::Inference && !job.dryrun {
                 if let Some(other) = names.get(&name_key)? {
                     let other = String::from_utf8_lossy(&other).into_owned();
                     return abort(StoreError::DuplicateName(job.model_name.clone(), other));

@@ -263,6 +263,7 @@ fn strategies(k: &Known) -> impl Strategy<Value = (Caller, Call)> {
                         max_batch_size,
                         max_wait_ms,
                     }),
+                    isolate_network: cool % 2 == 1,
                 })
             },
         );
@@ -291,6 +292,7 @@ fn strategies(k: &Known) -> impl Strategy<Value = (Caller, Call)> {
                     wait_request_s: wait,
                     description,
                     args,
+                    isolate_network: cool % 2 == 1,
                 })
             },
         );
@@ -434,6 +436,7 @@ fn strategies(k: &Known) -> impl Strategy<Value = (Caller, Call)> {
                     description,
                     wait_request_s: wait,
                     batching: None,
+                    isolate_network: cool % 2 == 1,
                 })
             }
         });
@@ -453,6 +456,7 @@ fn strategies(k: &Known) -> impl Strategy<Value = (Caller, Call)> {
                     wait_request_s: wait,
                     description,
                     args,
+                    isolate_network: cool % 2 == 1,
                 })
             }
         });

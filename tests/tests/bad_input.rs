@@ -372,7 +372,8 @@ async fn broken_python_cancels_with_the_traceback() -> anyhow::Result<()> {
         );
     }
 
-    // A dry run reports the same without creating a job.
+    // A dry run reports the same, from a short-lived instance of its own job
+    // that serves nothing and takes no model name.
     let digest = s.upload_dir(&alice, failing.path()).await?;
     let mut request = deploy_request("dry", &digest);
     request.dryrun = true;
@@ -402,7 +403,23 @@ async fn broken_python_cancels_with_the_traceback() -> anyhow::Result<()> {
     assert!(result.ok, "{result:?}");
     let out: serde_json::Value = serde_json::from_slice(&result.output)?;
     assert!(out.get("echo").is_some(), "{out}");
-    assert_eq!(jobs_of(&s, &alice).await.len(), 2);
+    let jobs = jobs_of(&s, &alice).await;
+    assert_eq!(jobs.len(), 4);
+    for dry in jobs.iter().filter(|j| j.dryrun) {
+        assert_eq!(dry.status(), pb::JobStatus::Completed, "{dry:?}");
+        s.wait_instances(
+            &alice,
+            &dry.job_id,
+            "the dry run's instance closed",
+            |insts| insts.len() == 1 && insts[0].substatus() == pb::InstanceSubstatus::Terminated,
+        )
+        .await?;
+    }
+    assert_status(
+        s.predict("alice", "public", "dry", "{}").await,
+        Code::NotFound,
+        "no deployed model",
+    );
 
     // ListJobs a page at a time: each job once; a page token is only good
     // for the caller it was handed to.
@@ -420,15 +437,27 @@ async fn broken_python_cancels_with_the_traceback() -> anyhow::Result<()> {
             .await
             .map(|r| r.into_inner())
     };
-    let first = list(alice.clone(), String::new()).await?;
-    assert_eq!(first.jobs.len(), 1);
-    let second = list(alice.clone(), first.next_page_token.clone()).await?;
-    assert_eq!(second.jobs.len(), 1);
-    assert!(second.next_page_token.is_empty());
-    assert_ne!(first.jobs[0].job_id, second.jobs[0].job_id);
+    let mut pages = vec![list(alice.clone(), String::new()).await?];
+    while let Some(token) = pages.last().map(|p| p.next_page_token.clone()) {
+        if token.is_empty() {
+            break;
+        }
+        pages.push(list(alice.clone(), token).await?);
+    }
+    let ids: Vec<_> = pages
+        .iter()
+        .flat_map(|p| &p.jobs)
+        .map(|j| &j.job_id)
+        .collect();
+    assert_eq!(ids.len(), 4, "one job a page");
+    assert_eq!(
+        ids.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        4
+    );
+    let first = &pages[0];
     let bob = s.user("bob").await?;
     assert_status(
-        list(bob, first.next_page_token).await,
+        list(bob, first.next_page_token.clone()).await,
         Code::InvalidArgument,
         "page_token",
     );

@@ -1037,8 +1037,8 @@ async fn long_ids_and_names_get_a_clear_error() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A client deadline ends a slow dry run: the caller hears back at once and
-/// the dry run's Python and files do not linger.
+/// A client deadline ends a slow dry run: the caller hears back at once, the
+/// dry run's job is canceled, and its instance, Python and files do not linger.
 #[tokio::test]
 async fn a_client_deadline_ends_a_slow_dry_run() -> anyhow::Result<()> {
     slow_dry_run_is_ended(&[], Some(Duration::from_secs(5))).await
@@ -1069,7 +1069,8 @@ async fn slow_dry_run_is_ended(
         let mut inference = c.inference.clone();
         tokio::spawn(async move { inference.deploy(request).await })
     };
-    // The dry run's Python (venv, then the worker) runs under the data dir.
+    // The dry run's Python (venv, then the worker) runs on an instance, under
+    // the local provider's instance dirs in the data dir.
     let mut python_seen = false;
     let result = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
@@ -1089,12 +1090,13 @@ async fn slow_dry_run_is_ended(
         matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{e:?}"
     );
-    // Its work dir (and with it the Python worker running there) goes.
+    // Its instance (and with it the Python worker running there) goes.
     let deadline = std::time::Instant::now() + DEPLOY_DEADLINE;
     loop {
-        let dirs: Vec<_> = std::fs::read_dir(&s.data_dir)?
+        let dirs: Vec<_> = std::fs::read_dir(s.data_dir.join("instances"))
+            .into_iter()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("dryrun-"))
+            .flatten()
             .map(|e| e.path())
             .collect();
         let pythons = pythons_under(&s.data_dir);
@@ -1107,9 +1109,20 @@ async fn slow_dry_run_is_ended(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Nothing was created.
+    // Its job was canceled, and it serves nothing.
     let jobs = c.jobs.list_jobs(pb::ListJobsRequest::default()).await?;
-    assert!(jobs.into_inner().jobs.is_empty());
+    let jobs = jobs.into_inner().jobs;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert!(jobs[0].dryrun);
+    assert_eq!(jobs[0].status(), pb::JobStatus::Canceled, "{:?}", jobs[0]);
+    assert!(
+        jobs[0]
+            .instances
+            .iter()
+            .all(|i| i.status() == pb::InstanceStatus::Closed),
+        "{:?}",
+        jobs[0].instances
+    );
     Ok(())
 }
 

@@ -63,10 +63,7 @@ pub(crate) async fn repo(
         .await
         .map_err(io_err(job_dir))?;
     let archive_path = job_dir.join("artifact.tar.gz");
-    retrying("fetching the repo", || {
-        download(gateway, digest, &archive_path)
-    })
-    .await?;
+    archive(gateway, digest, &archive_path).await?;
     match tokio::fs::remove_file(&marker).await {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -86,6 +83,16 @@ pub(crate) async fn repo(
         .map_err(io_err(&marker))?;
     let _ = tokio::fs::remove_file(&archive_path).await;
     Ok(repo)
+}
+
+/// Streams the artifact into `path`, checking its sha256 (retried while the
+/// scheduler is unreachable).
+pub(crate) async fn archive(
+    gateway: &Gateway,
+    digest: &str,
+    path: &Path,
+) -> Result<(), FetchError> {
+    retrying("fetching the repo", || download(gateway, digest, path)).await
 }
 
 /// Streams the artifact into `path`, checking its sha256.

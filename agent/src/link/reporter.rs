@@ -198,6 +198,8 @@ impl Reporter {
                 hardware: Some(self.hardware.clone()),
                 agent_id: self.identity.agent_id.clone(),
                 machine_id: self.identity.machine_id.clone(),
+                // No sandbox yet: user code runs as the agent does.
+                sandbox: "none".into(),
             };
             let res = tokio::select! {
                 _ = cancel.cancelled() => return Ok(None),

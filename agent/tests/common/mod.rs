@@ -79,6 +79,7 @@ impl AgentGateway for FakeGateway {
             .send(Event::Registered(request.into_inner(), auth));
         Ok(Response::new(RegisterResponse {
             heartbeat_interval_ms: 100,
+            credential: String::new(),
         }))
     }
 

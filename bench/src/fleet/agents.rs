@@ -152,6 +152,7 @@ impl Fleet {
                 hardware: Some(hardware_pb(i)),
                 agent_id: agent_id(i),
                 machine_id: MACHINE_ID.to_string(),
+                sandbox: "none".into(),
             };
             let delay = Duration::from_millis(args.heartbeat_ms) * i as u32 / args.agents as u32;
             tasks.spawn(agent(i, gateway, register, state.clone(), delay));

@@ -15,8 +15,8 @@ pub struct StubAgent {
 
 struct StubService;
 
-/// The Agent service with `predict` refused and every other call answered
-/// with an empty response.
+/// The Agent service with `predict` and `dry_run` refused and every other
+/// call answered with an empty response.
 macro_rules! accept_all_but_predict {
     ($($call:ident($request:ident) -> $response:ident;)*) => {
         #[tonic::async_trait]
@@ -34,6 +34,13 @@ macro_rules! accept_all_but_predict {
                 &self,
                 _: Request<pb::AgentPredictRequest>,
             ) -> Result<Response<pb::AgentPredictResponse>, Status> {
+                Err(Status::unimplemented("fleet bench agents run no model"))
+            }
+
+            async fn dry_run(
+                &self,
+                _: Request<pb::DryRunRequest>,
+            ) -> Result<Response<pb::DryRunResult>, Status> {
                 Err(Status::unimplemented("fleet bench agents run no model"))
             }
         }

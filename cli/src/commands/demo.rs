@@ -113,6 +113,8 @@ async fn steps(endpoint: &str, data_dir: &Path, json: bool) -> Result<()> {
         max_batch_size: None,
         max_batch_wait_ms: None,
         dryrun: false,
+        local: false,
+        isolate_network: false,
     };
     let job = match deploy::deploy(&ctx, &deploy_args).await? {
         deploy::Outcome::Deployed(job) => job,

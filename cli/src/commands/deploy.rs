@@ -45,6 +45,7 @@ pub async fn deploy(ctx: &Ctx, args: &DeployArgs) -> Result<Outcome> {
                 max_batch_size: args.max_batch_size.unwrap_or(0),
                 max_wait_ms: args.max_batch_wait_ms,
             }),
+            isolate_network: args.isolate_network,
         })
         .await?
         .into_inner();
@@ -53,7 +54,7 @@ pub async fn deploy(ctx: &Ctx, args: &DeployArgs) -> Result<Outcome> {
         let result = resp
             .dryrun
             .ok_or_else(|| anyhow!("the scheduler returned no dry-run result"))?;
-        show_dryrun(ctx, result)?;
+        show_dry_run(ctx.json, result)?;
         return Ok(Outcome::DryRun);
     }
 
@@ -95,8 +96,9 @@ pub async fn deploy(ctx: &Ctx, args: &DeployArgs) -> Result<Outcome> {
     }
 }
 
-fn show_dryrun(ctx: &Ctx, result: DryRunResult) -> Result<()> {
-    if ctx.json {
+/// Prints a dry run's outcome; errors when it failed.
+pub fn show_dry_run(json: bool, result: DryRunResult) -> Result<()> {
+    if json {
         output::print_json(&json!({
             "ok": result.ok,
             "output": json::payload(&result.output, &result.content_type),
@@ -241,6 +243,8 @@ mod mock_tests {
             max_batch_size: Some(4),
             max_batch_wait_ms: None,
             dryrun: false,
+            local: false,
+            isolate_network: true,
         };
         let result = deploy(&ctx, &args).await;
         (mock, result)
@@ -282,6 +286,7 @@ mod mock_tests {
         assert_eq!(req.client_ids, ["c1"]);
         let b = req.batching.as_ref().expect("batching sent");
         assert_eq!((b.max_batch_size, b.max_wait_ms), (4, None));
+        assert!(req.isolate_network, "--isolate-network is sent");
     }
 
     #[tokio::test]

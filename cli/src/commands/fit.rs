@@ -58,6 +58,7 @@ pub async fn fit(ctx: &Ctx, args: &FitArgs) -> Result<()> {
         wait_request_s: args.wait_request.unwrap_or(0),
         description: args.description.clone().unwrap_or_default(),
         args: parse_args(&args.args)?,
+        isolate_network: args.isolate_network,
     };
     let job_id = ctx
         .client

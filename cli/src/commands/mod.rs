@@ -8,6 +8,7 @@ pub mod deploy;
 pub mod fit;
 pub mod instances;
 pub mod jobs;
+pub mod local_dry_run;
 pub mod machines;
 pub mod predict;
 pub mod timeline;
@@ -48,8 +49,10 @@ pub fn selector_fields(sel: &JobSelector) -> (String, String) {
 
 /// Runs the command `cli` names.
 pub async fn dispatch(cli: Cli) -> Result<()> {
-    if let Command::Demo(args) = &cli.command {
-        return demo::run(args, cli.json).await;
+    match &cli.command {
+        Command::Demo(args) => return demo::run(args, cli.json).await,
+        Command::Deploy(args) if args.local => return local_dry_run::run(args, cli.json).await,
+        _ => {}
     }
     let client =
         Client::connect(&cli.endpoint, cli.token.as_deref(), cli.tls_ca.as_deref()).await?;

@@ -123,6 +123,7 @@ pub fn instance(view: &InstanceView) -> pb::Instance {
         substatus: instance_substatus(i.state.substatus) as i32,
         agent_address: i.agent_address.clone(),
         hardware: i.hardware.as_ref().map(hardware),
+        sandbox: i.sandbox.clone(),
         created_at: timestamp(i.created_ms),
         updated_at: timestamp(i.updated_ms),
     }
@@ -157,6 +158,8 @@ pub fn job(view: &JobView) -> pb::Job {
         instances: view.instances.iter().map(instance).collect(),
         predict_address: view.predict_address.clone(),
         batching: (j.kind == JobKind::Inference).then(|| (&j.batching).into()),
+        isolate_network: j.isolate_network,
+        dryrun: j.dryrun,
     }
 }
 
@@ -371,6 +374,7 @@ impl From<pb::DeployRequest> for DeploySpec {
             cooling: machines.cooling,
             artifact_digest: r.artifact_digest,
             dryrun: r.dryrun,
+            isolate_network: r.isolate_network,
             cool_down_period_s: r.cool_down_period_s,
             client_ids: r.client_ids,
             description: r.description,
@@ -390,6 +394,7 @@ impl From<pb::FitRequest> for FitSpec {
             wait_request_s: r.wait_request_s,
             description: r.description,
             args: r.args.into_iter().collect(),
+            isolate_network: r.isolate_network,
         }
     }
 }

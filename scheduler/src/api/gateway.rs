@@ -49,10 +49,12 @@ impl AgentGateway for GatewayApi {
             agent_id: r.agent_id,
             machine_id: r.machine_id,
             address: r.address,
+            sandbox: r.sandbox,
         };
         self.control.register(registration).await?;
         Ok(Response::new(RegisterResponse {
             heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u32,
+            credential: String::new(),
         }))
     }
 

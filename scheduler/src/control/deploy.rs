@@ -12,7 +12,7 @@ use crate::store::StoreError;
 
 use super::jobs::wait_request_s;
 use super::{new_id, Control};
-pub use crate::dry_run::DryRunOutcome;
+pub use aibro_repo::DryRunOutcome;
 
 const DEFAULT_COOL_DOWN_S: u32 = 600;
 const MAX_NAME_LEN: usize = 64;
@@ -28,6 +28,8 @@ pub struct DeploySpec {
     pub artifact_digest: String,
     /// Run the repo once on its sample input instead of deploying it.
     pub dryrun: bool,
+    /// User code gets no outbound network.
+    pub isolate_network: bool,
     pub cool_down_period_s: u32,
     pub client_ids: Vec<String>,
     pub description: String,
@@ -96,7 +98,8 @@ fn check_clients<'a>(ids: impl IntoIterator<Item = &'a String>) -> Result<()> {
 
 impl Control {
     /// Validates a deploy; creates the job and starts launching its standby
-    /// (or, for a dry run, runs the repo once here and creates nothing).
+    /// (or, for a dry run, runs the repo once on an instance of the standby's
+    /// type and answers with the outcome).
     pub async fn deploy(
         &self,
         user: &User,
@@ -130,9 +133,6 @@ impl Control {
                 artifact.digest
             )));
         }
-        if spec.dryrun {
-            return Ok((None, Some(self.dry_run(&artifact.digest).await?)));
-        }
         let job = JobRecord {
             model_name: spec.model_name,
             standby: standby.id.clone(),
@@ -145,6 +145,8 @@ impl Control {
             client_ids: spec.client_ids,
             description: spec.description,
             batching,
+            isolate_network: spec.isolate_network,
+            dryrun: spec.dryrun,
             ..JobRecord::queued(
                 new_id("job"),
                 &user.0,
@@ -153,6 +155,9 @@ impl Control {
                 now_ms(),
             )
         };
+        if job.dryrun {
+            return Ok((None, Some(self.dry_run(job, standby).await?)));
+        }
         let job = self.create_job(job).await?;
         crate::crash::point("deploy.created");
         self.open_route(&job);
@@ -161,21 +166,6 @@ impl Control {
             .collect();
         self.start_launch(&job, launches);
         Ok((Some(job), None))
-    }
-
-    /// Runs the repo once on its sample input (`data/`), in a fresh
-    /// directory that is removed afterwards.
-    async fn dry_run(&self, digest: &str) -> Result<DryRunOutcome> {
-        let settings = self.settings();
-        let work = tempfile::Builder::new()
-            .prefix("dryrun-")
-            .tempdir_in(&settings.data_dir)
-            .map_err(|e| Error::Internal(format!("cannot make a dry-run dir: {e}")))?;
-        settings
-            .dry_run
-            .run(&self.blob_path(digest), work.path())
-            .await
-            .map_err(|e| Error::Unavailable(format!("the dry run could not run here: {e}")))
     }
 
     /// Ends the job at once: it stops serving and every instance is terminated.

@@ -143,6 +143,12 @@ impl Control {
         }
     }
 
+    /// Cancels the job in the background: see [`Control::cancel`].
+    pub(crate) fn start_cancel(&self, job_id: String, reason: &str) {
+        let (this, reason) = (self.clone(), reason.to_string());
+        self.spawn(async move { this.cancel(&job_id, reason).await });
+    }
+
     /// Ends the job on `event` (complete or cancel): it stops serving at once
     /// and every instance it holds, stopped ones too, is terminated.
     pub(crate) async fn end_job(
@@ -174,6 +180,7 @@ impl Control {
             .await?;
         crate::crash::point("complete.recorded");
         let job = committed.job;
+        self.dry_runs().forget(&job.id);
         self.router().close(&job.owner, &job.model_name, &job.id);
         for inst in committed
             .instances

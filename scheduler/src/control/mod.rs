@@ -6,12 +6,13 @@
 //! Its files are layers; each calls only those listed before it (the
 //! structure test checks it):
 //! - parts that own state: [`machines`] (providers, capacity, markets),
-//!   [`links`] (reaching agents, when each was last heard);
+//!   [`links`] (reaching agents, when each was last heard), the dry runs
+//!   waited for (in [`dry_run`]);
 //! - [`instances`] (moving an instance, closing it through its provider),
 //!   [`jobs`] (find, create, cancel, the name index), [`artifacts`];
 //! - the lifecycles: [`replace`] (failures, lost agents, replacements),
 //!   [`dispatch`] (Prepare and Train sent to agents), [`cooling`],
-//!   [`serving`] (routes), [`launch`], [`deploy`], [`train`], [`spot`],
+//!   [`serving`] (routes), [`launch`], [`dry_run`], [`deploy`], [`train`], [`spot`],
 //!   [`liveness`], [`reports`] (what agents tell), [`recovery`] (start up);
 //! - the readers: [`predict`], [`watch`], [`views`].
 
@@ -19,6 +20,7 @@ mod artifacts;
 mod cooling;
 mod deploy;
 mod dispatch;
+mod dry_run;
 mod instances;
 mod jobs;
 mod launch;
@@ -74,8 +76,6 @@ pub struct Settings {
     pub cooling_idle: Duration,
     /// How often the cool-down countdown looks at its instance.
     pub lifecycle_tick: Duration,
-    /// How dry runs are run.
-    pub dry_run: crate::dry_run::DryRunner,
     /// How agents are reached over TLS (the CA they chain to); None: plain http.
     pub agent_tls: Option<tonic::transport::ClientTlsConfig>,
     /// Deploys run on spot twins of their on-demand ids when spot can be had.
@@ -96,7 +96,6 @@ impl Settings {
             agent_lost_after: None,
             cooling_idle: Duration::from_secs(60),
             lifecycle_tick: Duration::from_secs(1),
-            dry_run: crate::dry_run::DryRunner::default(),
             agent_tls: None,
             use_spot: false,
             spot_check: Duration::from_secs(60),
@@ -111,6 +110,7 @@ pub(crate) struct Parts {
     router: Router,
     machines: machines::Machines,
     links: links::AgentLinks,
+    dry_runs: dry_run::PendingDryRuns,
     auth: Auth,
     /// Serialises provider work (launch, start, stop, terminate) per instance.
     instance_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -137,6 +137,7 @@ impl Control {
             parts: Arc::new(Parts {
                 machines: machines::Machines::new(catalog, providers, settings.use_spot),
                 links: links::AgentLinks::new(settings.agent_tls.clone()),
+                dry_runs: dry_run::PendingDryRuns::default(),
                 settings,
                 store,
                 router: Router::default(),
@@ -166,6 +167,10 @@ impl Control {
 
     pub(crate) fn links(&self) -> &links::AgentLinks {
         &self.parts.links
+    }
+
+    pub(crate) fn dry_runs(&self) -> &dry_run::PendingDryRuns {
+        &self.parts.dry_runs
     }
 
     pub(crate) fn auth(&self) -> &Auth {

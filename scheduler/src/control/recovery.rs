@@ -36,12 +36,16 @@ impl Control {
             if job.state.is_ended() && instances.is_empty() {
                 continue;
             }
+            if job.dryrun && !job.state.is_ended() {
+                // Its caller went with the previous process.
+                self.start_cancel(job.id.clone(), "the scheduler restarted during the dry run");
+            }
             self.open_route(&job);
             self.reserve_pool_hosts(&instances);
             for inst in instances.iter().filter(|i| !i.state.is_closed()) {
                 self.resume_instance(&job, inst)?;
             }
-            if job.state.substatus == JobSubstatus::RequestingServer {
+            if job.state.substatus == JobSubstatus::RequestingServer && !job.dryrun {
                 self.request_again(&job);
                 resumed += 1;
             }

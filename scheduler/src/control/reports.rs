@@ -25,6 +25,8 @@ pub struct Registration {
     pub machine_id: String,
     pub address: String,
     pub hardware: HardwareRecord,
+    /// The sandbox the agent runs user code in.
+    pub sandbox: String,
 }
 
 /// A phase an agent reports for its job.
@@ -140,14 +142,7 @@ impl Control {
                     .map_err(|e| Error::InvalidArgument(e.to_string()))?;
             }
         }
-        self.attach(
-            &agent.instance_id,
-            &agent.address,
-            link,
-            agent.hardware,
-            &agent.agent_id,
-        )
-        .await
+        self.attach(&agent, link).await
     }
     fn join_pool(&self, agent: Registration) -> Result<()> {
         let pool = self.machines().pool().ok_or_else(|| {
@@ -190,47 +185,59 @@ impl Control {
     }
 
     /// Remembers how to reach the instance's agent and sends it its job.
-    /// `host`: the pool agent that runs it, if any.
-    #[tracing::instrument(skip(self, link, hardware))]
-    pub async fn attach(
-        &self,
-        instance_id: &str,
-        address: &str,
-        link: Link,
-        hardware: HardwareRecord,
-        host: &str,
-    ) -> Result<()> {
+    /// `agent.agent_id`: the pool agent that runs it, if any.
+    #[tracing::instrument(skip(self, link), fields(instance_id = %agent.instance_id))]
+    pub(crate) async fn attach(&self, agent: &Registration, link: Link) -> Result<()> {
+        let instance_id = agent.instance_id.as_str();
         let inst = self.live_instance(instance_id)?;
         self.links().set(instance_id, link.clone());
-        let known = inst.agent_address == address && inst.host == host && inst.hardware.is_some();
+        let known = inst.agent_address == agent.address
+            && inst.host == agent.agent_id
+            && inst.sandbox == agent.sandbox
+            && inst.hardware.is_some();
         let job = if known {
             // Registered again (it lost the scheduler for a while): nothing to record.
             self.store()
                 .job(&inst.job_id)?
                 .ok_or_else(|| Error::NotFound(format!("job {} is gone", inst.job_id)))?
         } else {
-            // An agent back at another address: requests must not go to the old one.
-            if let Ok(Some(job)) = self.store().job(&inst.job_id) {
-                self.router()
-                    .remove_backend(&job.owner, &job.model_name, instance_id);
-            }
-            self.store()
-                .update(&inst.job_id, |_, insts| {
-                    let inst = instance_mut(insts, instance_id)?;
-                    inst.agent_address = address.to_string();
-                    inst.hardware = Some(hardware.clone());
-                    inst.host = host.to_string();
-                    Ok(vec![TimelineNote::phase(instance_id, "agent connected")])
-                })
-                .await?
-                .job
+            self.record_agent(&inst, agent).await?
         };
         if job.state.is_ended() {
             return Ok(());
         }
         self.links().heard(instance_id, None);
-        self.prepare(&job, instance_id, link);
+        if job.dryrun {
+            self.dry_run_on(job, link);
+        } else {
+            self.prepare(&job, instance_id, link);
+        }
         Ok(())
+    }
+
+    /// Records where the instance's agent is, what it runs on and in which
+    /// sandbox. An agent back at another address gets no requests at the old one.
+    async fn record_agent(&self, inst: &InstanceRecord, agent: &Registration) -> Result<JobRecord> {
+        if let Ok(Some(job)) = self.store().job(&inst.job_id) {
+            self.router()
+                .remove_backend(&job.owner, &job.model_name, &inst.id);
+        }
+        let id = inst.id.as_str();
+        let committed = self
+            .store()
+            .update(&inst.job_id, |_, insts| {
+                let inst = instance_mut(insts, id)?;
+                inst.agent_address = agent.address.clone();
+                inst.hardware = Some(agent.hardware.clone());
+                inst.host = agent.agent_id.clone();
+                inst.sandbox = agent.sandbox.clone();
+                Ok(vec![TimelineNote {
+                    message: format!("sandbox: {}", agent.sandbox),
+                    ..TimelineNote::phase(id, "agent connected")
+                }])
+            })
+            .await?;
+        Ok(committed.job)
     }
 
     /// A heartbeat from a live instance's agent, or from an idle pool agent

@@ -45,6 +45,8 @@ pub struct FitSpec {
     pub wait_request_s: u32,
     pub description: String,
     pub args: BTreeMap<String, String>,
+    /// User code gets no outbound network.
+    pub isolate_network: bool,
 }
 
 fn is_identifier(s: &str) -> bool {
@@ -86,6 +88,7 @@ impl Control {
             wait_request_s: wait_request_s(spec.wait_request_s),
             description: spec.description,
             args: spec.args,
+            isolate_network: spec.isolate_network,
             ..JobRecord::queued(
                 new_id("job"),
                 &user.0,

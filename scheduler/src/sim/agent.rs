@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::catalog::Machine;
-use crate::control::{AgentReport, Control, ReportedPhase};
+use crate::control::{AgentReport, Control, Registration, ReportedPhase};
 use crate::link::AgentLink;
 use crate::provider::{Provider, ProviderError};
-use crate::records::{HardwareRecord, JobRecord};
+use crate::records::JobRecord;
 
 pub(crate) struct Boot {
     instance_id: String,
@@ -153,16 +153,13 @@ pub(super) async fn boot_loop(
                 instance_id: instance_id.clone(),
                 restart,
             };
-            if let Err(e) = control
-                .attach(
-                    &instance_id,
-                    &format!("sim-{generation}"),
-                    Arc::new(agent),
-                    HardwareRecord::default(),
-                    "",
-                )
-                .await
-            {
+            let registration = Registration {
+                instance_id: instance_id.clone(),
+                address: format!("sim-{generation}"),
+                sandbox: "none".into(),
+                ..Registration::default()
+            };
+            if let Err(e) = control.attach(&registration, Arc::new(agent)).await {
                 tracing::warn!(instance_id, error = %e, "simulated agent could not attach");
             }
         });
@@ -220,6 +217,13 @@ impl AgentLink for SimAgent {
 
     fn stop(&self, _: bool) -> BoxFuture<'static, Result<(), Status>> {
         async { Ok(()) }.boxed()
+    }
+
+    fn dry_run(
+        &self,
+        _: &JobRecord,
+    ) -> BoxFuture<'static, Result<aibro_repo::DryRunOutcome, Status>> {
+        async { Err(Status::unimplemented("the simulator runs no dry runs")) }.boxed()
     }
 
     fn train(&self, _: &JobRecord) -> BoxFuture<'static, Result<(), Status>> {
