@@ -9,9 +9,9 @@ pub struct Table {
 }
 
 impl Table {
-    pub fn new<const N: usize>(headers: [&str; N]) -> Self {
+    pub fn new<'a>(headers: impl IntoIterator<Item = &'a str>) -> Self {
         Self {
-            headers: headers.iter().map(|h| h.to_string()).collect(),
+            headers: headers.into_iter().map(str::to_string).collect(),
             rows: Vec::new(),
         }
     }

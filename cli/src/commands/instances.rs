@@ -36,38 +36,25 @@ pub async fn show(ctx: &Ctx, job_id: Option<&str>) -> Result<()> {
 
 /// Instances as a table (with a JOB column when they may span jobs).
 pub fn table(instances: &[Instance], with_job: bool) -> Table {
-    let mut t = if with_job {
-        Table::new([
-            "INSTANCE",
-            "JOB",
-            "ROLE",
-            "MACHINE",
-            "STATUS",
-            "HARDWARE",
-            "GPU MEMORY",
-            "AGENT",
-            "WORKERS",
-            "RUNNING",
-            "COST",
-            "UPDATED",
-            "NOTE",
-        ])
-    } else {
-        Table::new([
-            "INSTANCE",
-            "ROLE",
-            "MACHINE",
-            "STATUS",
-            "HARDWARE",
-            "GPU MEMORY",
-            "AGENT",
-            "WORKERS",
-            "RUNNING",
-            "COST",
-            "UPDATED",
-            "NOTE",
-        ])
-    };
+    let mut header = vec!["INSTANCE"];
+    if with_job {
+        header.push("JOB");
+    }
+    header.extend([
+        "ROLE",
+        "MACHINE",
+        "STATUS",
+        "HARDWARE",
+        "GPU MEMORY",
+        "AGENT",
+        "SANDBOX",
+        "WORKERS",
+        "RUNNING",
+        "COST",
+        "UPDATED",
+        "NOTE",
+    ]);
+    let mut t = Table::new(header);
     for i in instances {
         let mut row = vec![i.instance_id.clone()];
         if with_job {
@@ -80,6 +67,7 @@ pub fn table(instances: &[Instance], with_job: bool) -> Table {
             display::hardware(&i.hardware),
             display::gpu_memory(&i.gpus),
             or_dash(&i.agent_address),
+            or_dash(&i.sandbox),
             load(i),
             display::duration_ms(i.running_ms),
             display::usd(i.cost_usd),

@@ -127,6 +127,15 @@ fn cost_line(job: &Job) -> String {
     line
 }
 
+/// What the job's user code may reach.
+fn network(job: &Job) -> &'static str {
+    if job.isolate_network {
+        "isolated (no outbound network)"
+    } else {
+        "outbound allowed (never this host, the scheduler, agents or cloud metadata)"
+    }
+}
+
 /// Prints one job with its instances.
 pub fn show(ctx: &Ctx, job: &Job) {
     output::emit(
@@ -135,9 +144,11 @@ pub fn show(ctx: &Ctx, job: &Job) {
         || {
             let field = |k: &str, v: &str| println!("{k:<13}{v}");
             field("job", &job.job_id);
+            let dry = if job.dryrun { ", dry run" } else { "" };
+            let kind = display::kind(job.kind);
             field(
                 "model",
-                &format!("{} ({})", or_dash(&job.model_name), display::kind(job.kind)),
+                &format!("{} ({kind}{dry})", or_dash(&job.model_name)),
             );
             field("owner", &job.owner);
             field("status", &display::job_state(job.status, job.substatus));
@@ -148,6 +159,7 @@ pub fn show(ctx: &Ctx, job: &Job) {
                 }
             }
             field("machines", &machines(job));
+            field("network", network(job));
             if !job.standby_machine.is_empty() {
                 let clients = if job.client_ids.is_empty() {
                     "public".to_string()
