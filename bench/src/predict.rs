@@ -29,6 +29,10 @@ pub struct PredictArgs {
     /// set of rows each; 0: their default (one per core).
     #[arg(long, value_delimiter = ',', default_value = "0,1")]
     pub runtime_threads: Vec<usize>,
+    /// Sandbox levels of the agents for the aibro rows (`auto`: the strongest
+    /// the machine allows), one set of rows each.
+    #[arg(long, value_delimiter = ',', default_value = "auto")]
+    pub sandbox: Vec<String>,
     /// A python with ray[serve], for the Ray Serve rows (bench/peers/setup-ray.sh).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/peers/ray-venv/bin/python"))]
     pub ray_python: PathBuf,
@@ -54,14 +58,14 @@ pub(crate) struct Row {
 
 pub(crate) fn header() {
     println!(
-        "{:<31} {:>5} {:>9} {:>6} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "{:<42} {:>5} {:>9} {:>6} {:>9} {:>9} {:>9} {:>9} {:>11}",
         "path", "conc", "requests", "errors", "p50 ms", "p99 ms", "max ms", "req/s", "CPU us/req"
     );
 }
 
 pub(crate) fn print(r: &Row) {
     println!(
-        "{:<31} {:>5} {:>9} {:>6} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "{:<42} {:>5} {:>9} {:>6} {:>9} {:>9} {:>9} {:>9} {:>11}",
         r.path,
         r.concurrency,
         r.requests,
@@ -81,8 +85,10 @@ pub async fn run(args: PredictArgs) -> anyhow::Result<()> {
         args.seconds, args.workers
     );
     let mut rows = Vec::new();
-    for &threads in &args.runtime_threads {
-        rows.extend(aibro_rows(&args, window, threads).await?);
+    for sandbox in &args.sandbox {
+        for &threads in &args.runtime_threads {
+            rows.extend(aibro_rows(&args, window, threads, sandbox).await?);
+        }
     }
     if args.ray_python.is_file() {
         rows.extend(ray_rows(&args.ray_python, &args, window).await?);
@@ -98,23 +104,28 @@ pub async fn run(args: PredictArgs) -> anyhow::Result<()> {
 
 /// Through the scheduler and straight to the agent, at each concurrency, with
 /// `threads` runtime threads in the scheduler and the agent (0: their
-/// default); the scheduler (and its agent) are gone when this returns.
+/// default) and the agent's `sandbox` level; the scheduler (and its agent)
+/// are gone when this returns.
 async fn aibro_rows(
     args: &PredictArgs,
     window: Duration,
     threads: usize,
+    sandbox: &str,
 ) -> anyhow::Result<Vec<Row>> {
     let workers = args.workers.to_string();
     let n = threads.to_string();
-    let mut flags = vec!["--agent-workers", &workers];
+    let mut flags = vec!["--agent-workers", &workers, "--agent-sandbox", sandbox];
     if threads > 0 {
         flags.extend(["--runtime-threads", &n, "--agent-runtime-threads", &n]);
     }
-    let suffix = match threads {
+    let mut suffix = match threads {
         0 => String::new(),
         1 => ", 1 thread".to_string(),
         n => format!(", {n} threads"),
     };
+    if args.sandbox.len() > 1 {
+        suffix.push_str(&format!(", {sandbox}"));
+    }
     let (via_path, direct_path) = (format!("{VIA}{suffix}"), format!("{DIRECT}{suffix}"));
     let s = Scheduler::start_with(&flags).await?;
     let token = s.user("bench").await?;
