@@ -296,17 +296,48 @@ async fn dry_run_hostile(s: &Scheduler, alice: &str, digest: &str) -> Result<Val
     Ok(serde_json::from_slice(&result.output)?)
 }
 
+/// A scheduler whose agents run user code at sandbox `level`, bob's job
+/// serving, and the hostile repo uploaded by alice.
+struct Attack {
+    s: Scheduler,
+    secrets: Secrets,
+    victim: Victim,
+    alice: String,
+    digest: String,
+    _home: tempfile::TempDir,
+}
+
+impl Attack {
+    async fn prepare(level: &str) -> Result<Attack> {
+        let s = Scheduler::start_with(&["--agent-sandbox", level]).await?;
+        let home = tempfile::tempdir()?;
+        let (aws, aws_key) = aws_credentials(home.path())?;
+        let secrets = Secrets::of(&s, &aws_key)?;
+        let victim = victim(&s).await?;
+        let repo = hostile_repo(&targets(&s, &victim, &aws, &secrets))?;
+        let alice = s.user("alice").await?;
+        let digest = s.upload_dir(&alice, repo.path()).await?;
+        Ok(Attack {
+            s,
+            secrets,
+            victim,
+            alice,
+            digest,
+            _home: home,
+        })
+    }
+}
+
 /// The whole attack at one sandbox level: serving, training and a dry run.
 async fn contained_at(level: &str) -> Result<()> {
-    let s = Scheduler::start_with(&["--agent-sandbox", level]).await?;
-    let home = tempfile::tempdir()?;
-    let (aws, aws_key) = aws_credentials(home.path())?;
-    let secrets = Secrets::of(&s, &aws_key)?;
-    let victim = victim(&s).await?;
-    let repo = hostile_repo(&targets(&s, &victim, &aws, &secrets))?;
-    let alice = s.user("alice").await?;
-    let digest = s.upload_dir(&alice, repo.path()).await?;
-
+    let Attack {
+        s,
+        secrets,
+        victim,
+        alice,
+        digest,
+        _home,
+    } = Attack::prepare(level).await?;
     let served = serve_hostile(&s, &alice, &digest).await?;
     ensure!(served["dot"] == json!(6.0), "numpy served wrong: {served:#}");
     ensure!(served["own_file"] == "mine" && served["tmp_file"] == "scratch");
@@ -344,18 +375,11 @@ async fn a_hostile_repo_is_contained_at_level_landlock() -> Result<()> {
 /// The probe is not toothless: without a sandbox it reads the admin token.
 #[tokio::test]
 async fn without_a_sandbox_the_probe_finds_the_secrets() -> Result<()> {
-    let s = Scheduler::start_with(&["--agent-sandbox", "none"]).await?;
-    let home = tempfile::tempdir()?;
-    let (aws, aws_key) = aws_credentials(home.path())?;
-    let secrets = Secrets::of(&s, &aws_key)?;
-    let victim = victim(&s).await?;
-    let repo = hostile_repo(&targets(&s, &victim, &aws, &secrets))?;
-    let alice = s.user("alice").await?;
-    let digest = s.upload_dir(&alice, repo.path()).await?;
-    let served = serve_hostile(&s, &alice, &digest).await?;
-    let found = secrets.found_in(&served.to_string());
+    let a = Attack::prepare("none").await?;
+    let served = serve_hostile(&a.s, &a.alice, &a.digest).await?;
+    let found = a.secrets.found_in(&served.to_string());
     ensure!(
-        found.contains(&s.admin_token.as_str()),
+        found.contains(&a.s.admin_token.as_str()),
         "the probe missed the admin token without a sandbox: {served:#}"
     );
     Ok(())
