@@ -7,7 +7,7 @@ use aibro_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use crate::control::{Control, DeploySpec};
+use crate::control::{Control, DeploySpec, Deployed};
 use crate::error::Error;
 
 pub struct InferenceApi {
@@ -24,15 +24,18 @@ impl Inference for InferenceApi {
     ) -> Result<Response<DeployResponse>, Status> {
         let user = super::caller(&self.control, &request)?;
         let spec = DeploySpec::from(request.into_inner());
-        let (job, dry) = self.control.deploy(&user, spec).await?;
-        Ok(Response::new(DeployResponse {
-            job_id: job.as_ref().map(|j| j.id.clone()).unwrap_or_default(),
-            predict_address: job
-                .as_ref()
-                .map(|j| self.control.predict_address(j))
-                .unwrap_or_default(),
-            dryrun: dry.map(convert::dry_run),
-        }))
+        let response = match self.control.deploy(&user, spec).await? {
+            Deployed::Job(job) => DeployResponse {
+                predict_address: self.control.predict_address(&job),
+                job_id: job.id,
+                dryrun: None,
+            },
+            Deployed::DryRun(outcome) => DeployResponse {
+                dryrun: Some(convert::dry_run(outcome)),
+                ..DeployResponse::default()
+            },
+        };
+        Ok(Response::new(response))
     }
 
     #[tracing::instrument(skip_all, fields(job_id = %request.get_ref().job_id))]

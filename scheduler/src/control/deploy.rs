@@ -40,6 +40,15 @@ pub struct DeploySpec {
     pub max_batch_wait_ms: Option<u32>,
 }
 
+/// What a Deploy made.
+#[derive(Debug)]
+pub enum Deployed {
+    /// The job, launching its instances.
+    Job(Box<JobRecord>),
+    /// A dry run's outcome (its job is over).
+    DryRun(DryRunOutcome),
+}
+
 /// The spec's batching with the defaults applied, within the limits.
 fn batching(spec: &DeploySpec) -> Result<BatchSettings> {
     let default = BatchSettings::default();
@@ -104,7 +113,7 @@ impl Control {
         &self,
         user: &User,
         spec: DeploySpec,
-    ) -> Result<(Option<JobRecord>, Option<DryRunOutcome>)> {
+    ) -> Result<Deployed> {
         check_name(&spec.model_name)?;
         if spec.standby.is_empty() {
             return Err(Error::InvalidArgument(if spec.cooling.is_empty() {
@@ -156,7 +165,7 @@ impl Control {
             )
         };
         if job.dryrun {
-            return Ok((None, Some(self.dry_run(job, standby).await?)));
+            return Ok(Deployed::DryRun(self.dry_run(job, standby).await?));
         }
         let job = self.create_job(job).await?;
         crate::crash::point("deploy.created");
@@ -165,7 +174,7 @@ impl Control {
             .chain(cooling.map(|c| (Role::Cooling, c)))
             .collect();
         self.start_launch(&job, launches);
-        Ok((Some(job), None))
+        Ok(Deployed::Job(Box::new(job)))
     }
 
     /// Ends the job at once: it stops serving and every instance is terminated.

@@ -52,7 +52,7 @@ use crate::records::InstanceRecord;
 use crate::router::Router;
 use crate::store::{Store, StoreError};
 
-pub use deploy::{DeploySpec, DryRunOutcome};
+pub use deploy::{DeploySpec, Deployed, DryRunOutcome};
 pub use jobs::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use links::{AgentLoad, LastHeard};
 pub use machines::{MachineError, Shortage};

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, User};
 use crate::catalog::Catalog;
-use crate::control::{Control, DeploySpec, Settings};
+use crate::control::{Control, DeploySpec, Deployed, Settings};
 use crate::ledger;
 use crate::provider::Providers;
 use crate::records::{ArtifactRecord, InstanceRecord, RECORD_VERSION};
@@ -132,8 +132,10 @@ impl Harness {
         };
         let user = User(USER.into());
         let start = Instant::now();
-        let (job, _) = control.deploy(&user, spec).await?;
-        let job_id = job.expect("a job").id;
+        let Deployed::Job(job) = control.deploy(&user, spec).await? else {
+            anyhow::bail!("the simulator deploys no dry runs");
+        };
+        let job_id = job.id;
         wait_serving(&control, &job_id, options.cooling.is_some()).await?;
         Ok(Harness {
             control,
