@@ -27,6 +27,7 @@ pub mod router;
 pub mod sim;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::os::unix::fs::OpenOptionsExt;
@@ -161,7 +162,10 @@ struct Tls {
 impl Tls {
     fn from_config(config: &Config) -> anyhow::Result<Tls> {
         let server = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(aibro_proto::transport::server_tls(cert, key)?),
+            (Some(cert), Some(key)) => {
+                tls::check_server_cert(cert)?;
+                Some(aibro_proto::transport::server_tls(cert, key)?)
+            }
             _ => None,
         };
         let agents = config

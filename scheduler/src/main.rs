@@ -1,6 +1,7 @@
 #![deny(clippy::too_many_lines)]
 //! `aibro-scheduler`: parse flags, set up logging, bind, run until SIGINT/SIGTERM.
-//! `aibro-scheduler simulate` replays a request trace on a virtual clock.
+//! `aibro-scheduler simulate` replays a request trace on a virtual clock;
+//! `aibro-scheduler tls init|agent` makes TLS certificates.
 
 use std::path::PathBuf;
 
@@ -43,6 +44,62 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         boot_s: f64,
     },
+    /// TLS material for a scheduler and agents on a real network.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Make a CA (ca.pem, ca-key.pem) and the scheduler's certificate
+    /// (scheduler.pem, scheduler-key.pem) signed by it, in --dir.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// A DNS name or IP address clients reach the scheduler at (repeat).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+    },
+    /// Issue an agent's certificate (agent-NAME.pem, agent-NAME-key.pem) from
+    /// the CA in --dir.
+    Agent {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// A DNS name or IP address the scheduler reaches the agent at (repeat).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+    },
+}
+
+/// Writes the TLS files and says how to use them.
+fn tls(command: TlsCommand) -> anyhow::Result<()> {
+    match command {
+        TlsCommand::Init { dir, hosts } => {
+            let (ca, server) = aibro_scheduler::tls::init(&dir, &hosts)?;
+            println!(
+                "aibro-scheduler --tls-cert {} --tls-key {} --tls-ca {}",
+                server.cert.display(),
+                server.key.display(),
+                ca.cert.display()
+            );
+            println!(
+                "clients: aibro --tls-ca {} (or AIBRO_TLS_CA)",
+                ca.cert.display()
+            );
+        }
+        TlsCommand::Agent { dir, name, hosts } => {
+            let agent = aibro_scheduler::tls::issue(&dir, &name, &hosts)?;
+            println!(
+                "aibro-agent --tls-cert {} --tls-key {} --tls-ca {}",
+                agent.cert.display(),
+                agent.key.display(),
+                dir.join("ca.pem").display()
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -100,6 +157,7 @@ fn main() -> anyhow::Result<()> {
             };
             simulate(trace, options)
         }
+        Some(Command::Tls(command)) => tls(command),
         None => {
             init_logs(args.log_json, "info");
             let mut runtime = tokio::runtime::Builder::new_multi_thread();

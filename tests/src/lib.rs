@@ -113,7 +113,8 @@ impl Scheduler {
     /// verify against `ca`.
     pub async fn start_tls(cert: &Path, key: &Path, ca: &Path, args: &[&str]) -> Result<Self> {
         let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
-        let mut all = vec!["--tls-cert", cert, "--tls-key", key];
+        let mut all = vec!["--tls-cert", cert, "--tls-key", key, "--tls-ca"];
+        all.push(ca.to_str().unwrap());
         all.extend_from_slice(args);
         let mut s = Self::new(&all, None)?;
         s.tls_ca = Some(ca.to_path_buf());

@@ -26,7 +26,11 @@ impl Secrets {
     fn of(s: &Scheduler, aws_key: &str) -> Result<Secrets> {
         let join = std::fs::read_to_string(s.data_dir.join("join-token"))?;
         Ok(Secrets {
-            values: vec![s.admin_token.clone(), join.trim().to_string(), aws_key.into()],
+            values: vec![
+                s.admin_token.clone(),
+                join.trim().to_string(),
+                aws_key.into(),
+            ],
         })
     }
 
@@ -53,10 +57,7 @@ fn aws_credentials(dir: &Path) -> Result<(PathBuf, String)> {
     let key = format!("aws_secret_{}", std::process::id());
     let file = dir.join(".aws").join("credentials");
     std::fs::create_dir_all(file.parent().unwrap())?;
-    std::fs::write(
-        &file,
-        format!("[default]\naws_secret_access_key = {key}\n"),
-    )?;
+    std::fs::write(&file, format!("[default]\naws_secret_access_key = {key}\n"))?;
     Ok((file, key))
 }
 
@@ -67,7 +68,9 @@ async fn victim(s: &Scheduler) -> Result<Victim> {
     let job_id = s.deploy(&bob, "victim", &digest).await?;
     let job = s
         .wait_instances(&bob, &job_id, "bob's instance serves", |insts| {
-            insts.first().is_some_and(|i| i.status() == pb::InstanceStatus::Executing)
+            insts
+                .first()
+                .is_some_and(|i| i.status() == pb::InstanceStatus::Executing)
         })
         .await?;
     let inst = &job.instances[0];
@@ -207,7 +210,10 @@ fn leaks(value: &Value) -> Vec<String> {
 /// The reports were all made: load, run and the package build each probed.
 fn check_probed(value: &Value, keys: &[&str]) -> Result<()> {
     for key in keys {
-        let n = value.get(*key).and_then(Value::as_object).map_or(0, |r| r.len());
+        let n = value
+            .get(*key)
+            .and_then(Value::as_object)
+            .map_or(0, |r| r.len());
         ensure!(n > 10, "the probe did not run {key}: {value:#}");
     }
     Ok(())
@@ -261,7 +267,8 @@ async fn train_hostile(s: &Scheduler, alice: &str, digest: &str) -> Result<Value
         .await?
         .into_inner()
         .job_id;
-    s.wait_status(alice, &job_id, pb::JobStatus::Completed).await?;
+    s.wait_status(alice, &job_id, pb::JobStatus::Completed)
+        .await?;
     let mut stream = training
         .download_result(pb::DownloadResultRequest { job_id })
         .await?
@@ -339,7 +346,10 @@ async fn contained_at(level: &str) -> Result<()> {
         _home,
     } = Attack::prepare(level).await?;
     let served = serve_hostile(&s, &alice, &digest).await?;
-    ensure!(served["dot"] == json!(6.0), "numpy served wrong: {served:#}");
+    ensure!(
+        served["dot"] == json!(6.0),
+        "numpy served wrong: {served:#}"
+    );
     ensure!(served["own_file"] == "mine" && served["tmp_file"] == "scratch");
     check_probed(&served, &["at_load", "at_run", "at_build"])?;
     let trained = train_hostile(&s, &alice, &digest).await?;
@@ -347,11 +357,18 @@ async fn contained_at(level: &str) -> Result<()> {
     let dry = dry_run_hostile(&s, &alice, &digest).await?;
     check_probed(&dry, &["at_load", "at_run", "at_build"])?;
 
-    for (what, value) in [("serving", &served), ("training", &trained), ("dry run", &dry)] {
+    for (what, value) in [
+        ("serving", &served),
+        ("training", &trained),
+        ("dry run", &dry),
+    ] {
         let leaked = leaks(value);
         ensure!(leaked.is_empty(), "{level}, {what}: {leaked:#?}");
         let found = secrets.found_in(&value.to_string());
-        ensure!(found.is_empty(), "{level}, {what}: secrets in the output: {found:?}");
+        ensure!(
+            found.is_empty(),
+            "{level}, {what}: secrets in the output: {found:?}"
+        );
     }
     check_no_writes(&s, &victim)?;
     check_victim(&s, &victim).await

@@ -86,3 +86,91 @@ async fn scheduler_and_agents_talk_tls_and_refuse_plain_text() -> Result<()> {
     assert!(s.live_agents().is_empty());
     Ok(())
 }
+
+/// `aibro-scheduler tls init` makes a CA and a certificate signed by it that
+/// clients and the local agents accept; `tls agent` issues agents' from the
+/// same CA.
+#[tokio::test]
+async fn tls_init_makes_certificates_that_work_end_to_end() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("tls");
+    let init = Command::new(bin("aibro-scheduler"))
+        .args([
+            "tls",
+            "init",
+            "--host",
+            "127.0.0.1",
+            "--host",
+            "localhost",
+            "--dir",
+        ])
+        .arg(&certs)
+        .output()?;
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    assert!(String::from_utf8_lossy(&init.stdout).contains("--tls-cert"));
+    let agent = Command::new(bin("aibro-scheduler"))
+        .args([
+            "tls",
+            "agent",
+            "--name",
+            "gpu-1",
+            "--host",
+            "127.0.0.1",
+            "--dir",
+        ])
+        .arg(&certs)
+        .output()?;
+    assert!(
+        agent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&agent.stderr)
+    );
+    assert!(certs.join("agent-gpu-1.pem").is_file());
+
+    let (cert, key, ca) = (
+        certs.join("scheduler.pem"),
+        certs.join("scheduler-key.pem"),
+        certs.join("ca.pem"),
+    );
+    let s = Scheduler::start_tls(&cert, &key, &ca, &[]).await?;
+    let token = s.user("tess").await?;
+    let digest = s.upload_dir(&token, &example("echo")).await?;
+    let job_id = s.deploy(&token, "issued", &digest).await?;
+    s.wait_status(&token, &job_id, JobStatus::Deployed).await?;
+    s.predict("tess", "public", "issued", r#"{"x": 1}"#).await?;
+    s.complete(&token, &job_id).await?;
+    Ok(())
+}
+
+/// The most common self-signed certificate (`openssl req -x509` makes it with
+/// CA:TRUE) is refused at start with what to do instead, not by every client.
+#[test]
+fn a_ca_certificate_as_the_schedulers_own_is_refused_at_start() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    let (cert_path, key_path) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+    std::fs::write(&cert_path, cert.pem())?;
+    std::fs::write(&key_path, key.serialize_pem())?;
+    let out = Command::new(bin("aibro-scheduler"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--tls-cert")
+        .arg(&cert_path)
+        .arg("--tls-key")
+        .arg(&key_path)
+        .output()?;
+    assert!(!out.status.success(), "it started with a CA certificate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("CA:TRUE") && stderr.contains("aibro-scheduler tls init"),
+        "{stderr}"
+    );
+    Ok(())
+}

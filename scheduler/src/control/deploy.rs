@@ -109,11 +109,7 @@ impl Control {
     /// Validates a deploy; creates the job and starts launching its standby
     /// (or, for a dry run, runs the repo once on an instance of the standby's
     /// type and answers with the outcome).
-    pub async fn deploy(
-        &self,
-        user: &User,
-        spec: DeploySpec,
-    ) -> Result<Deployed> {
+    pub async fn deploy(&self, user: &User, spec: DeploySpec) -> Result<Deployed> {
         check_name(&spec.model_name)?;
         if spec.standby.is_empty() {
             return Err(Error::InvalidArgument(if spec.cooling.is_empty() {
