@@ -26,7 +26,7 @@ use crate::link::identity::Identity;
 use crate::link::reporter::{Metrics, ReportQueue, Reports};
 use crate::sandbox::{Network, Sandbox};
 use crate::scripts::Scripts;
-use crate::serving::worker::Output;
+use crate::serving::worker::{Output, WorkerError};
 use crate::serving::worker_pool::{BatchPolicy, WorkerPool, WorkerPoolError, WorkerPoolSpec};
 use crate::training::results::{self, ResultError};
 use crate::training::trainer::{self, TrainError, TrainSpec};
@@ -640,6 +640,10 @@ fn failure_text(e: &JobError) -> (String, String) {
             "returning the training outputs failed".to_string(),
             e.to_string(),
         ),
+        // The sandbox (or the launcher) refused: its reason is the message.
+        JobError::Pool(WorkerPoolError::Start(e @ WorkerError::Spawn { .. })) => {
+            (e.to_string(), e.to_string())
+        }
         JobError::Pool(WorkerPoolError::Start(e)) => (
             "predict.py failed to import or load_model() raised".to_string(),
             e.to_string(),

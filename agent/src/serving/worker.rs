@@ -187,6 +187,7 @@ impl Worker {
             network: spec.network,
             ..process
         };
+        let started = std::time::Instant::now();
         let mut child = launcher::spawn(&spec.sandbox, &process)
             .await
             .map_err(|source| WorkerError::Spawn {
@@ -213,7 +214,8 @@ impl Worker {
         };
         let err = match ready {
             Ok((reply, _)) if reply.ok => {
-                tracing::debug!(worker = w.index, pid = ?w.pid(), "worker loaded the model");
+                tracing::debug!(worker = w.index, pid = ?w.pid(), ready_ms = started.elapsed().as_millis(),
+                    sandbox = spec.sandbox.level.name(), "worker loaded the model");
                 w.run_batch = reply.run_batch;
                 return Ok(w);
             }
