@@ -7,6 +7,9 @@ use std::path::PathBuf;
 
 use aibro_repo::PipOptions;
 
+use crate::sandbox::exec::ExecArgs;
+use crate::sandbox::Requested;
+
 /// `aibro-agent [flags]` runs the agent; `aibro-agent dry-run …` dry-runs a repo
 /// archive and exits.
 #[derive(Debug, Clone, clap::Parser)]
@@ -30,6 +33,9 @@ pub enum Command {
     /// JSON line on stdout: {"ok", "output_b64", "content_type", "traceback"}. Logs
     /// (the user's prints among them) go to stderr. Exits 0 whenever it printed.
     DryRun(DryRunArgs),
+    /// Internal: the sandbox helper the agent runs user code through.
+    #[command(hide = true)]
+    SandboxExec(ExecArgs),
 }
 
 /// The flags of `aibro-agent dry-run`.
@@ -46,6 +52,12 @@ pub struct DryRunArgs {
     pub python: String,
     #[command(flatten)]
     pub pip: PipOptions,
+    /// The sandbox user code runs in (see `--sandbox` of the agent).
+    #[arg(long, env = "AIBRO_SANDBOX", value_enum, default_value = "auto")]
+    pub sandbox: Requested,
+    /// User code gets no network (environment builds still reach the index).
+    #[arg(long)]
+    pub isolate_network: bool,
 }
 
 /// The agent's configuration.
@@ -115,6 +127,16 @@ pub struct Args {
     /// https --scheduler URL.
     #[arg(long, env = "AIBRO_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// The sandbox user code runs in: auto (the strongest this machine allows:
+    /// full, else namespaces, else landlock), full (bubblewrap namespaces +
+    /// Landlock), namespaces (bubblewrap), landlock, or none (unconfined; only
+    /// when asked). A level the machine cannot enforce stops the agent.
+    #[arg(long, env = "AIBRO_SANDBOX", value_enum, default_value = "auto")]
+    pub sandbox: Requested,
+    /// The `aibro-agent` binary run as the sandbox helper (default: this one;
+    /// set it where the agent runs inside another program, e.g. tests).
+    #[arg(long, env = "AIBRO_SANDBOX_HELPER", hide = true)]
+    pub sandbox_helper: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long, env = "AIBRO_LOG_JSON")]
     pub log_json: bool,
@@ -155,6 +177,10 @@ mod tests {
         assert_eq!(a.orphan_timeout_s, 300);
         assert_eq!(a.gpus, None);
         assert_eq!(a.machine_id, "");
+        assert_eq!(a.sandbox, Requested::Auto);
+        let a = Args::try_parse_from(["aibro-agent", "--sandbox", "none"]).unwrap();
+        assert_eq!(a.sandbox, Requested::None);
+        assert!(Args::try_parse_from(["aibro-agent", "--sandbox", "weak"]).is_err());
     }
 
     #[test]

@@ -24,8 +24,9 @@ use crate::environment::venv::{self, EnvError, PythonEnv};
 use crate::link::gateway::Gateway;
 use crate::link::identity::Identity;
 use crate::link::reporter::{Metrics, ReportQueue, Reports};
+use crate::sandbox::{Network, Sandbox};
 use crate::scripts::Scripts;
-use crate::serving::worker::Output;
+use crate::serving::worker::{Output, WorkerError};
 use crate::serving::worker_pool::{BatchPolicy, WorkerPool, WorkerPoolError, WorkerPoolSpec};
 use crate::training::results::{self, ResultError};
 use crate::training::trainer::{self, TrainError, TrainSpec};
@@ -90,6 +91,16 @@ pub(crate) struct TrainJob {
     python: PathBuf,
     repo: PathBuf,
     job_dir: PathBuf,
+    network: Network,
+}
+
+/// How Prepare wants a job run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct JobOptions {
+    pub kind: JobKind,
+    pub batching: BatchPolicy,
+    /// The network of its serving or training processes.
+    pub network: Network,
 }
 
 /// What a successful preparation leaves.
@@ -108,6 +119,8 @@ pub(crate) struct JobsConfig {
     /// This agent's GPUs: spread over a job's workers, all of them for training.
     pub gpus: Vec<u32>,
     pub cancel: CancellationToken,
+    /// What every process of a user's repo runs in.
+    pub sandbox: Arc<Sandbox>,
 }
 
 pub(crate) struct Jobs {
@@ -154,6 +167,7 @@ impl Jobs {
         &self,
         job_id: &str,
         digest: &str,
+        network: Network,
     ) -> Result<DryRunOutcome, JobError> {
         if job_id.is_empty() {
             return Err(JobError::NoJobId);
@@ -167,8 +181,8 @@ impl Jobs {
         let archive = work.join("artifact.tar.gz");
         let outcome = match fetch::archive(&self.config.gateway, digest, &archive).await {
             Ok(()) => {
-                let args = &self.config.args;
-                environment::dry_run::dry_run(&args.python, &work, &archive, &args.pip).await
+                let (sandbox, pip) = (&self.config.sandbox, &self.config.args.pip);
+                environment::dry_run::dry_run(sandbox, &work, &archive, pip, network).await
             }
             Err(e) => DryRunOutcome::failed(e.to_string()),
         };
@@ -182,14 +196,12 @@ impl Jobs {
         self: &Arc<Self>,
         job_id: String,
         digest: String,
-        kind: JobKind,
-        batching: BatchPolicy,
+        options: JobOptions,
     ) -> Result<(), JobError> {
         if job_id.is_empty() {
             return Err(JobError::NoJobId);
         }
         let reports = self.reports()?;
-        let training = kind == JobKind::Training;
         let token = self.config.cancel.child_token();
         {
             let mut jobs = self.jobs.lock().expect("jobs");
@@ -210,7 +222,7 @@ impl Jobs {
         let this = self.clone();
         self.tasks.spawn(async move {
             let res = this
-                .prepare_job(&reports, &job_id, &digest, training, batching, &token)
+                .prepare_job(&reports, &job_id, &digest, options, &token)
                 .await;
             if let Some(stale) = this.finish(&reports, &job_id, res) {
                 stale.shutdown().await;
@@ -269,10 +281,10 @@ impl Jobs {
         reports: &Reports,
         job_id: &str,
         digest: &str,
-        training: bool,
-        batching: BatchPolicy,
+        options: JobOptions,
         token: &CancellationToken,
     ) -> Result<Prepared, JobError> {
+        let training = options.kind == JobKind::Training;
         let job_dir = self.jobs_dir().join(job_id);
         let (repo, penv) = tokio::select! {
             _ = token.cancelled() => return Err(WorkerPoolError::Stopped.into()),
@@ -283,6 +295,7 @@ impl Jobs {
                 python: penv.python,
                 repo,
                 job_dir,
+                network: options.network,
             })));
         }
         let spec = WorkerPoolSpec {
@@ -292,7 +305,10 @@ impl Jobs {
             workers_dir: &job_dir.join("workers"),
             workers: self.config.args.workers,
             gpus: &self.config.gpus,
-            batching,
+            batching: options.batching,
+            home: &job_dir.join("home"),
+            network: options.network,
+            sandbox: &self.config.sandbox,
         };
         let pool = WorkerPool::start(spec, token.child_token()).await?;
         Ok(Prepared::Pool(pool))
@@ -347,7 +363,7 @@ impl Jobs {
                 "gearing up the Python environment",
             );
         }
-        Ok(venv::gear_up(&args.python, repo, &envs, &args.pip).await?)
+        Ok(venv::gear_up(&self.config.sandbox, repo, &envs, &args.pip).await?)
     }
 
     /// Runs one request on the job's pool.
@@ -522,6 +538,9 @@ impl Jobs {
             output_dir: output,
             args_file,
             gpus: self.config.gpus.clone(),
+            home: job.job_dir.join("home"),
+            network: job.network,
+            sandbox: self.config.sandbox.clone(),
         })
     }
 
@@ -621,6 +640,10 @@ fn failure_text(e: &JobError) -> (String, String) {
             "returning the training outputs failed".to_string(),
             e.to_string(),
         ),
+        // The sandbox (or the launcher) refused: its reason is the message.
+        JobError::Pool(WorkerPoolError::Start(e @ WorkerError::Spawn { .. })) => {
+            (e.to_string(), e.to_string())
+        }
         JobError::Pool(WorkerPoolError::Start(e)) => (
             "predict.py failed to import or load_model() raised".to_string(),
             e.to_string(),

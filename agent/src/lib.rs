@@ -18,6 +18,7 @@ pub mod hardware;
 mod jobs;
 mod launcher;
 mod link;
+pub mod sandbox;
 mod scripts;
 mod service;
 mod serving;
@@ -39,12 +40,13 @@ use tonic::transport::{ClientTlsConfig, ServerTlsConfig};
 use jobs::{Jobs, JobsConfig};
 use link::identity::{self, Identity};
 use link::reporter::{ReportQueue, Reporter, ReporterError};
+use sandbox::{Sandbox, SandboxConfig, SandboxError};
 use scripts::Scripts;
 use service::AgentService;
 
 pub use aibro_repo::DryRunOutcome;
 pub use config::{Args, Cli, Command, DryRunArgs};
-pub use environment::dry_run::dry_run;
+pub use environment::dry_run::dry_run_local;
 pub use link::gateway::GatewayError;
 
 /// Largest Predict payload / response the agent accepts.
@@ -69,6 +71,8 @@ pub enum Error {
     Gateway(#[from] GatewayError),
     #[error("the scheduler has been unreachable for {0:?}; the agent exits (orphaned)")]
     Orphaned(Duration),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     #[error("the agent's gRPC server failed: {0}")]
     Serve(#[source] tonic::transport::Error),
 }
@@ -87,6 +91,7 @@ pub async fn run(
     // Absolute: the Python processes run in other directories.
     args.dir = data_dir(&args.dir)?;
     let scripts = Scripts::install(&args.dir).map_err(dir_err(&args.dir))?;
+    let sandbox = Arc::new(start_sandbox(&args)?);
     let agent_id = identity::agent_id(&args.dir).map_err(dir_err(&args.dir))?;
     let port = listener.local_addr().map_err(Error::Listener)?.port();
     let address = format!("{}:{port}", args.advertise_host);
@@ -112,6 +117,7 @@ pub async fn run(
         identity: identity.clone(),
         gpus: gpus.clone(),
         cancel: cancel.clone(),
+        sandbox: sandbox.clone(),
     }));
     let reporter = Reporter {
         gateway,
@@ -120,6 +126,7 @@ pub async fn run(
         hardware,
         gpus,
         orphan_timeout,
+        sandbox: sandbox.level,
         metrics: jobs.clone(),
     };
     let service = AgentService {
@@ -132,6 +139,22 @@ pub async fn run(
         server: tokio::spawn(server),
     };
     tasks.run_until(shutdown, &cancel, &jobs).await
+}
+
+/// The sandbox of `--sandbox`, announced; user code never reaches the
+/// scheduler nor this agent.
+fn start_sandbox(args: &Args) -> Result<Sandbox, Error> {
+    let scheduler = sandbox::network::url_host(&args.scheduler).unwrap_or_default();
+    let sandbox = Sandbox::new(&SandboxConfig {
+        requested: args.sandbox,
+        helper: args.sandbox_helper.as_deref(),
+        python: &args.python,
+        state_dir: &args.dir.join("sandbox"),
+        blocked_hosts: &[scheduler, &args.advertise_host],
+        loopback_index: sandbox::network::loopback_index(&args.pip),
+    })?;
+    sandbox.announce();
+    Ok(sandbox)
 }
 
 fn dir_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error {

@@ -14,6 +14,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::DryRun(args)) => dry_run(args),
+        Some(Command::SandboxExec(args)) => {
+            std::process::exit(aibro_agent::sandbox::exec::run(args))
+        }
         None => agent(cli.agent),
     }
 }
@@ -61,12 +64,7 @@ fn dry_run(args: DryRunArgs) -> anyhow::Result<()> {
     let outcome = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(aibro_agent::dry_run(
-            &args.python,
-            &work_dir,
-            &args.archive,
-            &args.pip,
-        ));
+        .block_on(aibro_agent::dry_run_local(&args, &work_dir))?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{}", outcome.to_json_line())?;
     stdout.flush()?;

@@ -12,8 +12,9 @@ use aibro_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::jobs::{JobError, Jobs};
+use crate::jobs::{JobError, JobOptions, Jobs};
 use crate::link::identity::{AssignError, Identity};
+use crate::sandbox::Network;
 use crate::serving::worker_pool::{BatchPolicy, WorkerPoolError};
 
 pub(crate) struct AgentService {
@@ -29,13 +30,13 @@ impl Agent for AgentService {
     ) -> Result<Response<PrepareResponse>, Status> {
         let req = request.into_inner();
         let kind = JobKind::try_from(req.kind).unwrap_or(JobKind::Unspecified);
+        let options = JobOptions {
+            kind,
+            batching: batching(req.batching),
+            network: Network::of_job(req.isolate_network),
+        };
         self.jobs
-            .prepare(
-                req.job_id,
-                req.artifact_digest,
-                kind,
-                batching(req.batching),
-            )
+            .prepare(req.job_id, req.artifact_digest, options)
             .map_err(to_status)?;
         Ok(Response::new(PrepareResponse {}))
     }
@@ -93,7 +94,11 @@ impl Agent for AgentService {
         let req = request.into_inner();
         let outcome = self
             .jobs
-            .dry_run(&req.job_id, &req.artifact_digest)
+            .dry_run(
+                &req.job_id,
+                &req.artifact_digest,
+                Network::of_job(req.isolate_network),
+            )
             .await
             .map_err(to_status)?;
         Ok(Response::new(dry_run_result(outcome)))

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 
-use std::path::Path;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -35,8 +35,11 @@ async fn pool_agent_is_assigned_stopped_and_started_again() {
     let digest = h.add_artifact(&[
         (
             "predict.py",
-            "import os\ndef load_model():\n    return os.getpid()\n\
-             def run(model, data):\n    return {'x': data['x'], 'pid': model}\n",
+            // The worker holds a lock on a file in its directory while it lives
+            // (its pid is its sandbox's, meaningless here).
+            "import fcntl, os\ndef load_model():\n    \
+             lock = open('held', 'w')\n    fcntl.flock(lock, fcntl.LOCK_EX)\n    return lock\n\
+             def run(model, data):\n    return {'x': data['x'], 'pid': os.getpid()}\n",
         ),
         ("requirements.txt", "--no-index\n"),
     ]);
@@ -78,7 +81,7 @@ async fn pool_agent_is_assigned_stopped_and_started_again() {
         .into_inner();
     let v: serde_json::Value = serde_json::from_slice(&out.output).unwrap();
     assert_eq!(v["x"], 1);
-    let pid = v["pid"].as_u64().unwrap();
+    assert!(v["pid"].is_u64(), "{v}");
     h.heartbeat_where(|hb, ids| *ids == inst && hb.workers == 1 && hb.workers_alive == 1)
         .await;
     let repo_file = h.dir.join("jobs/job-1/repo/predict.py");
@@ -88,10 +91,7 @@ async fn pool_agent_is_assigned_stopped_and_started_again() {
     c.assign(assign("inst-9")).await.unwrap();
     // Stop: the worker has exited when Stop returns; back to the pool.
     c.stop(StopRequest { terminate: false }).await.unwrap();
-    assert!(
-        !Path::new(&format!("/proc/{pid}")).exists(),
-        "worker {pid} survived Stop"
-    );
+    assert!(lock_is_free(&h), "the worker survived Stop");
     c.assign(assign("")).await.unwrap();
     // The next registration is the idle one (the no-op Assign sent none).
     let req = h.next_register().await;
@@ -130,7 +130,7 @@ async fn pool_agent_is_assigned_stopped_and_started_again() {
         .into_inner();
     let v: serde_json::Value = serde_json::from_slice(&out.output).unwrap();
     assert_eq!(v["x"], 2);
-    assert_ne!(v["pid"], pid);
+    assert!(!lock_is_free(&h), "no new worker holds its lock");
 
     // Terminate: the job's files go, the environment stays for later jobs.
     c.stop(StopRequest { terminate: true }).await.unwrap();
@@ -208,4 +208,11 @@ async fn idle_pool_agent_is_not_orphaned() {
     }
     assert!(!h.agent.is_finished(), "the idle agent exited");
     h.stop_agent().await;
+}
+
+/// The lock the job's worker holds while it lives is free.
+fn lock_is_free(h: &Harness) -> bool {
+    let held = std::fs::File::open(h.dir.join("jobs/job-1/workers/0/held")).unwrap();
+    // SAFETY: flock on an open fd; the lock goes with the file.
+    unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use aibro_proto::v1::agent_client::AgentClient;
@@ -216,13 +216,17 @@ async fn gpus_are_spread_over_the_workers() {
     assert!(reported.iter().all(|g| g.index <= 1), "{reported:?}");
     let digest = h.add_artifact(&[(
         "predict.py",
-        "import os, time\ndef load_model():\n    return None\n\
+        // Each worker names itself by its directory and holds a lock there
+        // while it lives (pids are its sandbox's, meaningless here).
+        "import fcntl, os, time\nme = os.path.basename(os.getcwd())\n\
+         def load_model():\n    \
+         lock = open('held', 'w')\n    fcntl.flock(lock, fcntl.LOCK_EX)\n    return lock\n\
          def run(model, data):\n    \
-         open(os.path.join(data['dir'], 'started-%d' % os.getpid()), 'w').close()\n    \
+         open(os.path.join(data['dir'], 'started-' + me), 'w').close()\n    \
          deadline = time.time() + 60\n    \
          while not os.path.exists(os.path.join(data['dir'], 'release')) and time.time() < deadline:\n        \
          time.sleep(0.01)\n    \
-         return {'cuda': os.environ.get('CUDA_VISIBLE_DEVICES'), 'pid': os.getpid()}\n",
+         return {'cuda': os.environ.get('CUDA_VISIBLE_DEVICES'), 'worker': me}\n",
     )]);
     let mut c = h.client().await;
     c.prepare(prepare_req("g", &digest, JobKind::Inference))
@@ -233,16 +237,18 @@ async fn gpus_are_spread_over_the_workers() {
             break;
         }
     }
-    let sync = tempfile::tempdir().unwrap();
+    // In the workers' HOME: the one place outside their own dirs they all write.
+    let sync = h.dir.join("jobs/g/home/sync");
+    std::fs::create_dir_all(&sync).unwrap();
     let call = |c: &AgentClient<tonic::transport::Channel>| {
         let mut c = c.clone();
-        let req = predict_req("g", serde_json::json!({ "dir": sync.path() }));
+        let req = predict_req("g", serde_json::json!({ "dir": sync }));
         tokio::spawn(async move { c.predict(req).await })
     };
     let busy = [call(&c), call(&c)];
     // Both requests run at once: one on each worker.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while std::fs::read_dir(sync.path()).unwrap().count() < 2 {
+    while std::fs::read_dir(&sync).unwrap().count() < 2 {
         assert!(std::time::Instant::now() < deadline, "workers never busy");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -251,26 +257,26 @@ async fn gpus_are_spread_over_the_workers() {
         (hb.in_flight, hb.queued, hb.workers, hb.workers_alive) == (3, 1, 2, 2)
     })
     .await;
-    std::fs::write(sync.path().join("release"), "").unwrap();
+    std::fs::write(sync.join("release"), "").unwrap();
     let mut seen = std::collections::BTreeSet::new();
-    let mut pids = std::collections::BTreeSet::new();
+    let mut workers = std::collections::BTreeSet::new();
     for r in busy.into_iter().chain([waiting]) {
         let out = r.await.unwrap().unwrap().into_inner();
         let v: serde_json::Value = serde_json::from_slice(&out.output).unwrap();
         seen.insert(v["cuda"].as_str().unwrap().to_string());
-        pids.insert(v["pid"].as_u64().unwrap());
+        workers.insert(v["worker"].as_str().unwrap().to_string());
     }
     assert_eq!(seen, ["0".to_string(), "1".to_string()].into());
-    assert_eq!(pids.len(), 2);
+    assert_eq!(workers.len(), 2);
     h.heartbeat_where(|hb, _| hb.in_flight == 0 && hb.queued == 0)
         .await;
     // Stop returns once the workers (and so their GPU memory) are gone.
     c.stop(StopRequest { terminate: false }).await.unwrap();
-    for pid in pids {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "worker {pid} survived Stop"
-        );
+    for w in workers {
+        let held = std::fs::File::open(h.dir.join("jobs/g/workers").join(&w).join("held")).unwrap();
+        // SAFETY: flock on an open fd.
+        let rc = unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(rc, 0, "worker {w} survived Stop");
     }
     h.stop_agent().await;
 }

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
@@ -239,8 +240,11 @@ async fn later_jobs_reuse_the_environment() {
     let third = h.add_artifact(&[
         (
             "train.py",
-            "import os, time\ndef train(output_dir):\n    \
-             print('pid', os.getpid())\n    time.sleep(600)\n",
+            // It holds a lock on a file in its repo while it lives (its pid is
+            // its sandbox's, meaningless here).
+            "import fcntl, time\ndef train(output_dir):\n    \
+             lock = open('held', 'w')\n    fcntl.flock(lock, fcntl.LOCK_EX)\n    \
+             print('locked')\n    time.sleep(600)\n",
         ),
         reqs,
     ]);
@@ -257,17 +261,18 @@ async fn later_jobs_reuse_the_environment() {
     .await;
     c.train(train_req("c", &[])).await.unwrap();
     h.expect_phases("c", &[(AgentPhase::Training, false)]).await;
-    let pid = loop {
+    loop {
         if let Event::Progress(p) = h.next_event().await {
-            break p.log_line.strip_prefix("pid ").unwrap().to_string();
+            assert_eq!(p.log_line, "locked");
+            break;
         }
-    };
-    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    }
+    // Opened before Stop removes the job's files.
+    let held = std::fs::File::open(h.dir.join("jobs/c/repo/held")).unwrap();
     c.stop(StopRequest { terminate: true }).await.unwrap();
-    assert!(
-        !Path::new(&format!("/proc/{pid}")).exists(),
-        "training process {pid} survived Stop"
-    );
+    // SAFETY: flock on an open fd.
+    let rc = unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0, "the training process survived Stop");
     assert!(!h.dir.join("jobs").exists());
     assert!(h.dir.join("envs").is_dir());
     let e = c.train(train_req("c", &[])).await.unwrap_err();

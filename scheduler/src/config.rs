@@ -29,6 +29,11 @@ pub struct Config {
     /// default: one per core).
     #[arg(long)]
     pub agent_runtime_threads: Option<usize>,
+    /// The sandbox local agents run user code in (their `--sandbox`: auto,
+    /// full, namespaces, landlock or none); default: the agent's own (auto).
+    #[arg(long, env = "AIBRO_AGENT_SANDBOX",
+        value_parser = ["auto", "full", "namespaces", "landlock", "none"])]
+    pub agent_sandbox: Option<String>,
     /// The Python interpreter agents and dry runs use.
     #[arg(long, env = "AIBRO_PYTHON", default_value = "python3")]
     pub python: String,
@@ -153,6 +158,9 @@ impl Config {
         if let Some(n) = self.agent_runtime_threads {
             args.extend(["--runtime-threads".to_string(), n.to_string()]);
         }
+        if let Some(level) = &self.agent_sandbox {
+            args.extend(["--sandbox".to_string(), level.clone()]);
+        }
         args
     }
 
@@ -185,5 +193,28 @@ impl Config {
                 .filter(|path| path.is_file())
                 .unwrap_or_else(|| PathBuf::from("aibro-agent"))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn local_agents_get_the_sandbox_asked_for() {
+        let config = Cli::parse_from(["aibro-scheduler"]).config;
+        assert!(!config.agent_args().contains(&"--sandbox".to_string()));
+        let config = Cli::parse_from(["aibro-scheduler", "--agent-sandbox", "namespaces"]).config;
+        let args = config.agent_args();
+        let at = args.iter().position(|a| a == "--sandbox").unwrap();
+        assert_eq!(args[at + 1], "namespaces");
+        assert!(Cli::try_parse_from(["aibro-scheduler", "--agent-sandbox", "weak"]).is_err());
     }
 }

@@ -1,15 +1,19 @@
 //! Dry run of a model repo archive on the local machine (`Deploy{dryrun: true}`):
 //! unpack, gear up, start one worker (`load_model()`), run one request on the sample
 //! in `data/`, and return the result or the Python traceback. `aibro-agent dry-run`
-//! runs it and prints the outcome as one JSON line.
+//! runs it and prints the outcome as one JSON line. Everything of the repo runs
+//! in the sandbox, the worker with outbound network or none (`isolate_network`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use aibro_repo::archive::{self, ArchiveError, Limits};
 use aibro_repo::{DryRunOutcome, PipOptions};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::DryRunArgs;
 use crate::environment::venv::{self, EnvError};
+use crate::sandbox::{Network, Sandbox, SandboxConfig, SandboxError};
 use crate::scripts;
 use crate::serving::worker::{self, Output, Worker, WorkerError, WorkerSpec};
 
@@ -40,15 +44,42 @@ enum DryRunError {
     RunBatchRaised(String),
 }
 
+/// `aibro-agent dry-run`: dry-runs `args.archive` in `work_dir` (absolute) in
+/// the sandbox of `args.sandbox`; fails when that sandbox is not available.
+pub async fn dry_run_local(
+    args: &DryRunArgs,
+    work_dir: &Path,
+) -> Result<DryRunOutcome, SandboxError> {
+    let sandbox = Sandbox::new(&SandboxConfig {
+        requested: args.sandbox,
+        helper: None,
+        python: &args.python,
+        state_dir: &work_dir.join("sandbox"),
+        blocked_hosts: &[],
+        loopback_index: crate::sandbox::network::loopback_index(&args.pip),
+    })?;
+    sandbox.announce();
+    let network = Network::of_job(args.isolate_network);
+    Ok(dry_run(
+        &Arc::new(sandbox),
+        work_dir,
+        &args.archive,
+        &args.pip,
+        network,
+    )
+    .await)
+}
+
 /// Dry-runs `archive` in `work_dir` (which should be fresh; virtualenvs are kept in
-/// `work_dir/envs`). Dropping the future kills the worker.
-pub async fn dry_run(
-    python: &str,
+/// `work_dir/envs`), its worker with `network`. Dropping the future kills the worker.
+pub(crate) async fn dry_run(
+    sandbox: &Arc<Sandbox>,
     work_dir: &Path,
     archive: &Path,
     pip: &PipOptions,
+    network: Network,
 ) -> DryRunOutcome {
-    match run(python, work_dir, archive, pip).await {
+    match run(sandbox, work_dir, archive, pip, network).await {
         Ok(out) => DryRunOutcome {
             ok: true,
             output: out.body,
@@ -60,13 +91,14 @@ pub async fn dry_run(
 }
 
 async fn run(
-    python: &str,
+    sandbox: &Arc<Sandbox>,
     work_dir: &Path,
     archive_path: &Path,
     pip: &PipOptions,
+    network: Network,
 ) -> Result<Output, DryRunError> {
     let repo = unpack(archive_path, &work_dir.join("repo")).await?;
-    let penv = venv::gear_up(python, &repo, &work_dir.join("envs"), pip).await?;
+    let penv = venv::gear_up(sandbox, &repo, &work_dir.join("envs"), pip).await?;
     let script = scripts::install_worker(work_dir).map_err(DryRunError::Script)?;
     let dir = work_dir.join("workers").join("0");
     worker::prepare_dir(&repo, &dir).map_err(|source| DryRunError::Io {
@@ -80,6 +112,10 @@ async fn run(
         index: 0,
         gpus: Vec::new(),
         threads: crate::hardware::threads_per_worker(1),
+        repo: repo.clone(),
+        home: work_dir.join("home"),
+        network,
+        sandbox: sandbox.clone(),
     };
     let (payload, content_type) = sample(&repo.join("data"));
     let mut w = Worker::start(&spec, &CancellationToken::new()).await?;
@@ -170,7 +206,15 @@ mod tests {
         let archive = tmp.path().join("repo.tar.gz");
         archive::pack_dir(&src, std::fs::File::create(&archive).unwrap()).unwrap();
         let work = tmp.path().join("work");
-        dry_run("python3", &work, &archive, &PipOptions::default()).await
+        let sandbox = crate::sandbox::tests::default_sandbox();
+        dry_run(
+            &sandbox,
+            &work,
+            &archive,
+            &PipOptions::default(),
+            Network::Outbound,
+        )
+        .await
     }
 
     #[tokio::test]

@@ -1,7 +1,9 @@
 //! Gear-up: the Python environment a repo runs in. Without requirements the
 //! configured interpreter is used as is; otherwise a virtualenv per requirements
 //! file (keyed by the first 16 hex of its sha256) is created and pip-installed once,
-//! then reused (a `.ready` marker is written last).
+//! then reused (a `.ready` marker is written last). Both run sandboxed with the
+//! network of a build (the index reachable), the virtualenv writable, the repo
+//! and local `--pip-find-links` directories readable.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,8 @@ use aibro_repo::manifest::REQUIREMENTS_TXT;
 use aibro_repo::PipOptions;
 use sha2::{Digest, Sha256};
 
-use crate::launcher::{self, ProcessSpec};
+use crate::launcher::{self, ProcessSpec, SpawnError};
+use crate::sandbox::{Network, Sandbox};
 
 const OUTPUT_TAIL_BYTES: usize = 4000;
 
@@ -27,6 +30,12 @@ pub(crate) enum EnvError {
     },
     #[error("cannot run `{program}`: {source}")]
     Spawn {
+        program: String,
+        #[source]
+        source: SpawnError,
+    },
+    #[error("`{program}` failed: {source}")]
+    Wait {
         program: String,
         #[source]
         source: std::io::Error,
@@ -78,16 +87,18 @@ pub(crate) fn is_cached(repo: &Path, envs_dir: &Path) -> bool {
     }
 }
 
-/// Makes the environment for `repo` ready and returns its interpreter.
+/// Makes the environment for `repo` ready and returns its interpreter (the
+/// sandbox's Python installation when the repo needs no virtualenv).
 pub(crate) async fn gear_up(
-    python: &str,
+    sandbox: &Sandbox,
     repo: &Path,
     envs_dir: &Path,
     pip: &PipOptions,
 ) -> Result<PythonEnv, EnvError> {
+    let python = &sandbox.python.executable;
     let Some(dir) = venv_dir(repo, envs_dir)? else {
         return Ok(PythonEnv {
-            python: PathBuf::from(python),
+            python: python.clone(),
             cached: false,
         });
     };
@@ -108,26 +119,30 @@ pub(crate) async fn gear_up(
     if dir.exists() {
         tokio::fs::remove_dir_all(&dir).await.map_err(derr)?;
     }
-    tokio::fs::create_dir_all(envs_dir).await.map_err(derr)?;
+    // Created empty: the sandbox binds it writable.
+    tokio::fs::create_dir_all(&dir).await.map_err(derr)?;
     tracing::info!(venv = %dir.display(), "creating virtualenv");
-    let create = ProcessSpec::new(python).args(["-m", "venv"]).arg(&dir);
-    let out = run(&create).await?;
+    let home = dir.with_extension("home");
+    let create = build(ProcessSpec::new(python, &home), &dir)
+        .args(["-m", "venv"])
+        .arg(&dir);
+    let out = run(sandbox, &create).await?;
     if !out.status.success() {
         return Err(EnvError::Venv {
-            python: python.to_string(),
+            python: python.display().to_string(),
             status: out.status.to_string(),
             output: tail(&out),
         });
     }
-    let install = ProcessSpec {
-        cwd: Some(repo.to_path_buf()),
-        ..ProcessSpec::new(&venv_python)
-            .args(["-m", "pip", "install", "--disable-pip-version-check", "-r"])
-            .arg(repo.join(REQUIREMENTS_TXT))
-            .args(pip.install_args())
-    };
+    let mut install = build(ProcessSpec::new(&venv_python, &home), &dir)
+        .args(["-m", "pip", "install", "--disable-pip-version-check", "-r"])
+        .arg(repo.join(REQUIREMENTS_TXT))
+        .args(pip.install_args());
+    install.cwd = Some(repo.to_path_buf());
+    install.readable.push(repo.to_path_buf());
+    install.readable.extend(local_find_links(pip));
     tracing::info!(venv = %dir.display(), "pip install -r requirements.txt");
-    let out = run(&install).await?;
+    let out = run(sandbox, &install).await?;
     if !out.status.success() {
         return Err(EnvError::Pip {
             status: out.status.to_string(),
@@ -155,14 +170,35 @@ fn lock_for(dir: &Path) -> Arc<tokio::sync::Mutex<()>> {
         .clone()
 }
 
+/// `spec` as a build step of the virtualenv `dir`.
+fn build(mut spec: ProcessSpec, dir: &Path) -> ProcessSpec {
+    spec.writable.push(dir.to_path_buf());
+    spec.network = Network::Build;
+    spec
+}
+
+/// The `--pip-find-links` that are directories of this host.
+fn local_find_links(pip: &PipOptions) -> impl Iterator<Item = PathBuf> + '_ {
+    pip.pip_find_links
+        .iter()
+        .filter(|l| !l.contains("://") || l.starts_with("file://"))
+        .map(|l| PathBuf::from(l.trim_start_matches("file://")))
+        .filter_map(|p| std::path::absolute(p).ok())
+}
+
 /// Runs `spec` to its end and collects its output.
-async fn run(spec: &ProcessSpec) -> Result<std::process::Output, EnvError> {
-    let spawn_err = |source| EnvError::Spawn {
-        program: spec.program.display().to_string(),
-        source,
-    };
-    let child = launcher::spawn(spec).map_err(spawn_err)?;
-    child.wait_with_output().await.map_err(spawn_err)
+async fn run(sandbox: &Sandbox, spec: &ProcessSpec) -> Result<std::process::Output, EnvError> {
+    let program = spec.program.display().to_string();
+    let child = launcher::spawn(sandbox, spec)
+        .await
+        .map_err(|source| EnvError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+    child
+        .wait_with_output()
+        .await
+        .map_err(|source| EnvError::Wait { program, source })
 }
 
 /// The last few KiB of stdout + stderr.
@@ -180,21 +216,22 @@ fn tail(out: &std::process::Output) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::tests::default_sandbox;
 
     #[tokio::test]
     async fn no_requirements_uses_configured_python() {
         let tmp = tempfile::tempdir().unwrap();
         let repo = tmp.path();
         let pip = PipOptions::default();
-        let env = gear_up("python3", repo, &repo.join("envs"), &pip)
+        let env = gear_up(&default_sandbox(), repo, &repo.join("envs"), &pip)
             .await
             .unwrap();
-        assert_eq!(env.python, PathBuf::from("python3"));
+        assert_eq!(env.python, default_sandbox().python.executable);
         std::fs::write(repo.join("requirements.txt"), "# only a comment\n\n").unwrap();
-        let env = gear_up("python3", repo, &repo.join("envs"), &pip)
+        let env = gear_up(&default_sandbox(), repo, &repo.join("envs"), &pip)
             .await
             .unwrap();
-        assert_eq!(env.python, PathBuf::from("python3"));
+        assert_eq!(env.python, default_sandbox().python.executable);
         assert!(!env.cached);
         // Never "cached": there is no virtualenv to reuse.
         assert!(!is_cached(repo, &repo.join("envs")));
@@ -211,12 +248,16 @@ mod tests {
         let envs = tmp.path().join("envs");
         let pip = PipOptions::default();
         assert!(!is_cached(&repo, &envs));
-        let env = gear_up("python3", &repo, &envs, &pip).await.unwrap();
+        let env = gear_up(&default_sandbox(), &repo, &envs, &pip)
+            .await
+            .unwrap();
         assert!(!env.cached);
         assert!(env.python.ends_with("bin/python"), "{env:?}");
         assert!(env.python.exists());
         assert!(is_cached(&repo, &envs));
-        let again = gear_up("python3", &repo, &envs, &pip).await.unwrap();
+        let again = gear_up(&default_sandbox(), &repo, &envs, &pip)
+            .await
+            .unwrap();
         assert!(again.cached);
         assert_eq!(again.python, env.python);
     }
@@ -235,7 +276,7 @@ mod tests {
             pip_no_index: true,
             ..PipOptions::default()
         };
-        let e = gear_up("python3", &repo, &tmp.path().join("envs"), &pip)
+        let e = gear_up(&default_sandbox(), &repo, &tmp.path().join("envs"), &pip)
             .await
             .unwrap_err();
         let msg = e.to_string();

@@ -131,6 +131,8 @@ pub(crate) struct Reporter {
     /// This agent's GPUs: heartbeats report the memory in use of these.
     pub gpus: Vec<u32>,
     pub orphan_timeout: Duration,
+    /// The sandbox user code runs in here, as Register reports it.
+    pub sandbox: crate::sandbox::Level,
     pub metrics: Arc<dyn Metrics>,
 }
 
@@ -198,8 +200,7 @@ impl Reporter {
                 hardware: Some(self.hardware.clone()),
                 agent_id: self.identity.agent_id.clone(),
                 machine_id: self.identity.machine_id.clone(),
-                // No sandbox yet: user code runs as the agent does.
-                sandbox: "none".into(),
+                sandbox: self.sandbox.name().into(),
             };
             let res = tokio::select! {
                 _ = cancel.cancelled() => return Ok(None),

@@ -13,7 +13,8 @@ use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::launcher::{self, Input, OutputTail, ProcessSpec};
+use crate::launcher::{self, Input, OutputTail, ProcessSpec, SpawnError};
+use crate::sandbox::{Network, Sandbox};
 
 /// The worker script, written next to the agent's data on start.
 pub(crate) const WORKER_PY: &str = include_str!("worker.py");
@@ -26,7 +27,7 @@ pub(crate) enum WorkerError {
     Spawn {
         python: String,
         #[source]
-        source: std::io::Error,
+        source: SpawnError,
     },
     /// predict.py failed to import, or `load_model()` raised (the Python traceback).
     #[error("{0}")]
@@ -68,6 +69,12 @@ pub(crate) struct WorkerSpec {
     pub gpus: Vec<u32>,
     /// Threads its numeric libraries may use (`OMP_NUM_THREADS` and the like).
     pub threads: usize,
+    /// The unpacked repo its directory links to (read-only).
+    pub repo: PathBuf,
+    /// Its HOME (shared by the job's processes).
+    pub home: PathBuf,
+    pub network: Network,
+    pub sandbox: Arc<Sandbox>,
 }
 
 #[derive(Deserialize)]
@@ -170,16 +177,23 @@ impl Worker {
         spec: &WorkerSpec,
         cancel: &CancellationToken,
     ) -> Result<Worker, WorkerError> {
+        let mut process =
+            ProcessSpec::python_script(&spec.python, &spec.script, &spec.dir, &spec.home);
+        process.readable.push(spec.repo.clone());
         let process = ProcessSpec {
             gpus: spec.gpus.clone(),
             threads: Some(spec.threads),
             stdin: Input::Piped,
-            ..ProcessSpec::python_script(&spec.python, &spec.script, &spec.dir)
+            network: spec.network,
+            ..process
         };
-        let mut child = launcher::spawn(&process).map_err(|source| WorkerError::Spawn {
-            python: spec.python.display().to_string(),
-            source,
-        })?;
+        let started = std::time::Instant::now();
+        let mut child = launcher::spawn(&spec.sandbox, &process)
+            .await
+            .map_err(|source| WorkerError::Spawn {
+                python: spec.python.display().to_string(),
+                source,
+            })?;
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let stderr = child.stderr.take().expect("piped stderr");
@@ -200,7 +214,8 @@ impl Worker {
         };
         let err = match ready {
             Ok((reply, _)) if reply.ok => {
-                tracing::debug!(worker = w.index, pid = ?w.pid(), "worker loaded the model");
+                tracing::debug!(worker = w.index, pid = ?w.pid(), ready_ms = started.elapsed().as_millis(),
+                    sandbox = spec.sandbox.level.name(), "worker loaded the model");
                 w.run_batch = reply.run_batch;
                 return Ok(w);
             }
@@ -405,13 +420,19 @@ pub(crate) mod tests {
         let script = crate::scripts::install_worker(tmp.path()).unwrap();
         let dir = tmp.path().join("workers/0");
         prepare_dir(&repo, &dir).unwrap();
+        let sandbox = crate::sandbox::tests::default_sandbox();
         let spec = WorkerSpec {
-            python: "python3".into(),
+            python: sandbox.python.executable.clone(),
             script,
             dir,
             index: 0,
             gpus: Vec::new(),
             threads: 1,
+            repo,
+            // HOME: the whole temp dir, where the tests exchange files with it.
+            home: tmp.path().to_path_buf(),
+            network: Network::Outbound,
+            sandbox,
         };
         (tmp, spec)
     }

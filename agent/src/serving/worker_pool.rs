@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::sandbox::{Network, Sandbox};
 use crate::serving::worker::{Output, Worker, WorkerError, WorkerSpec};
 
 pub(crate) const QUEUE_CAPACITY: usize = 1024;
@@ -69,6 +70,10 @@ pub(crate) struct WorkerPoolSpec<'a> {
     pub workers: usize,
     pub gpus: &'a [u32],
     pub batching: BatchPolicy,
+    /// The HOME of its workers.
+    pub home: &'a Path,
+    pub network: Network,
+    pub sandbox: &'a Arc<Sandbox>,
 }
 
 /// A queued call, counted as queued until a worker takes it.
@@ -176,6 +181,10 @@ impl WorkerPool {
                 index,
                 gpus,
                 threads,
+                repo: spec.repo.to_path_buf(),
+                home: spec.home.to_path_buf(),
+                network: spec.network,
+                sandbox: spec.sandbox.clone(),
             });
         }
         let started =
@@ -516,6 +525,7 @@ fn answer(e: WorkerError) -> WorkerPoolError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use std::time::Instant;
 
     async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -551,6 +561,9 @@ mod tests {
                 workers: n,
                 gpus: &[],
                 batching,
+                home: &spec.home,
+                network: spec.network,
+                sandbox: &spec.sandbox,
             },
             CancellationToken::new(),
         )
@@ -675,8 +688,8 @@ mod tests {
         let p = pool.clone();
         let hung = tokio::spawn(async move { p.call(body, "application/json".into()).await });
         wait_for("the request to reach run()", || marker.exists()).await;
-        let pid: i32 = std::fs::read_to_string(&marker).unwrap().parse().unwrap();
-        assert_eq!(pool.pids(), vec![pid as u32]);
+        // The agent's pid of the worker (bwrap's, in a sandbox).
+        let pid = pool.pids()[0] as i32;
         assert_eq!(pool.in_flight(), 1);
         // SAFETY: plain kill(2) of our own child.
         unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -686,7 +699,8 @@ mod tests {
         // The next request waits for the restarted worker.
         let out = pool.call(b"{}".to_vec(), String::new()).await.unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
-        assert_ne!(v["pid"], pid);
+        assert!(v["pid"].is_u64(), "{v}");
+        assert_ne!(pool.pids(), [pid as u32]);
         assert_eq!(pool.alive(), 1);
         pool.shutdown().await;
     }
@@ -757,6 +771,9 @@ mod tests {
                 workers: 2,
                 gpus: &[],
                 batching: BatchPolicy::OFF,
+                home: &spec.home,
+                network: spec.network,
+                sandbox: &spec.sandbox,
             },
             CancellationToken::new(),
         )
@@ -772,7 +789,9 @@ mod tests {
         let (tmp, spec) = crate::serving::worker::tests::repo(
             "import os, time\n\
              def load_model():\n    \
-             open('../pid-' + os.path.basename(os.getcwd()), 'w').write(str(os.getpid()))\n    \
+             import fcntl\n    \
+             lock = open('held', 'w')\n    fcntl.flock(lock, fcntl.LOCK_EX)\n    \
+             lock.write('x'); lock.flush()\n    \
              time.sleep(600)\n\
              def run(model, data):\n    return data\n",
             &[],
@@ -781,6 +800,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let start = {
             let (python, script, repo) = (spec.python, spec.script, tmp.path().join("repo"));
+            let (home, sandbox) = (spec.home, spec.sandbox);
             let (workers, cancel) = (workers.clone(), cancel.clone());
             tokio::spawn(async move {
                 let spec = WorkerPoolSpec {
@@ -791,24 +811,29 @@ mod tests {
                     workers: 2,
                     gpus: &[],
                     batching: BatchPolicy::OFF,
+                    home: &home,
+                    network: Network::Outbound,
+                    sandbox: &sandbox,
                 };
                 WorkerPool::start(spec, cancel).await
             })
         };
-        let pid_files = [workers.join("pid-0"), workers.join("pid-1")];
+        let held = [workers.join("0/held"), workers.join("1/held")];
         wait_for("both workers to load", || {
-            pid_files
-                .iter()
+            held.iter()
                 .all(|p| std::fs::read_to_string(p).is_ok_and(|s| !s.is_empty()))
         })
         .await;
         cancel.cancel();
         let err = start.await.unwrap().err().unwrap();
         assert!(matches!(err, WorkerPoolError::Stopped), "{err}");
-        for p in pid_files {
-            let pid: i32 = std::fs::read_to_string(p).unwrap().parse().unwrap();
-            // SAFETY: signal 0 only checks that the process exists.
-            assert_eq!(unsafe { libc::kill(pid, 0) }, -1, "worker {pid} survived");
+        // A worker's lock is free only once it has exited (pids of a sandbox's
+        // namespace mean nothing here).
+        for p in held {
+            let f = std::fs::File::open(&p).unwrap();
+            // SAFETY: flock on an open fd.
+            let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            assert_eq!(rc, 0, "the worker holding {} survived", p.display());
         }
     }
 

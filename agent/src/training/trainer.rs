@@ -19,8 +19,9 @@ use tokio::process::Child;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::launcher::{self, OutputTail, PassFd, ProcessSpec};
+use crate::launcher::{self, OutputTail, PassFd, ProcessSpec, SpawnError};
 use crate::link::reporter::Reports;
+use crate::sandbox::{Network, Sandbox};
 
 /// The trainer script, written next to the agent's data on start.
 pub(crate) const TRAINER_PY: &str = include_str!("trainer.py");
@@ -41,7 +42,7 @@ pub(crate) enum TrainError {
     Spawn {
         python: String,
         #[source]
-        source: std::io::Error,
+        source: SpawnError,
     },
     /// train.py failed to import, has no train(), or train() raised: the traceback.
     #[error("{0}")]
@@ -70,6 +71,10 @@ pub(crate) struct TrainSpec {
     pub args_file: PathBuf,
     /// The GPUs it may use: all of the agent's.
     pub gpus: Vec<u32>,
+    /// Its HOME.
+    pub home: PathBuf,
+    pub network: Network,
+    pub sandbox: Arc<Sandbox>,
 }
 
 /// One line of the protocol pipe.
@@ -357,15 +362,25 @@ impl Readers {
 
 /// Starts trainer.py with the protocol pipe's write end as [`PROGRESS_FD`];
 /// returns the process and the pipe's read end.
-fn start(spec: &TrainSpec) -> Result<(Child, pipe::Receiver), TrainError> {
+async fn start(spec: &TrainSpec) -> Result<(Child, pipe::Receiver), TrainError> {
     let spawn_err = |source| TrainError::Spawn {
         python: spec.python.display().to_string(),
         source,
     };
-    let (reader, writer) = std::io::pipe().map_err(spawn_err)?;
-    let mut process = ProcessSpec::python_script(&spec.python, &spec.script, &spec.repo)
-        .arg(&spec.output_dir)
-        .arg(&spec.args_file);
+    let io_err = |source| {
+        spawn_err(SpawnError::Io {
+            program: spec.python.display().to_string(),
+            source,
+        })
+    };
+    let (reader, writer) = std::io::pipe().map_err(io_err)?;
+    let mut process =
+        ProcessSpec::python_script(&spec.python, &spec.script, &spec.repo, &spec.home)
+            .arg(&spec.output_dir)
+            .arg(&spec.args_file);
+    process.readable.push(spec.args_file.clone());
+    process.writable.push(spec.output_dir.clone());
+    process.network = spec.network;
     process
         .env
         .push(("AIBRO_PROGRESS_FD", PROGRESS_FD.to_string()));
@@ -374,10 +389,12 @@ fn start(spec: &TrainSpec) -> Result<(Child, pipe::Receiver), TrainError> {
         fd: writer.as_raw_fd(),
         as_fd: PROGRESS_FD,
     });
-    let child = launcher::spawn(&process).map_err(spawn_err)?;
+    let child = launcher::spawn(&spec.sandbox, &process)
+        .await
+        .map_err(spawn_err)?;
     // Only the child may hold the write end, or the pipe never reaches EOF.
     drop(writer);
-    let pipe = pipe::Receiver::from_owned_fd(OwnedFd::from(reader)).map_err(spawn_err)?;
+    let pipe = pipe::Receiver::from_owned_fd(OwnedFd::from(reader)).map_err(io_err)?;
     Ok((child, pipe))
 }
 
@@ -392,7 +409,7 @@ pub(crate) async fn run(
     reports: &Reports,
     cancel: &CancellationToken,
 ) -> Result<(), TrainError> {
-    let (mut child, pipe) = start(spec)?;
+    let (mut child, pipe) = start(spec).await?;
     let emitter = Arc::new(Emitter {
         job_id: spec.job_id.clone(),
         reports: reports.clone(),
@@ -537,12 +554,12 @@ mod tests {
         std::fs::write(&args_file, args).unwrap();
         let spec = TrainSpec {
             job_id: "t".into(),
-            python: "python3".into(),
             script,
             repo,
             output_dir: out.clone(),
             args_file,
             gpus: gpus.to_vec(),
+            ..test_spec(tmp.path())
         };
         let (queue, mut rx) = ReportQueue::channel();
         let res = run(&spec, &queue.of("i"), &CancellationToken::new()).await;
@@ -680,14 +697,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let repo = tmp.path().join("repo");
         std::fs::create_dir_all(&repo).unwrap();
-        let pid_file = tmp.path().join("pid");
         std::fs::write(
             repo.join("train.py"),
-            format!(
-                "import os, time\ndef train(output_dir):\n    \
-                 open({:?}, 'w').write(str(os.getpid()))\n    print('started')\n    time.sleep(600)\n",
-                pid_file.display().to_string()
-            ),
+            "import fcntl, os, time\ndef train(output_dir):\n    \
+             lock = open(os.path.join(output_dir, 'held'), 'w')\n    \
+             fcntl.flock(lock, fcntl.LOCK_EX)\n    print('started')\n    time.sleep(600)\n",
         )
         .unwrap();
         let script = tmp.path().join("trainer.py");
@@ -695,13 +709,10 @@ mod tests {
         let args_file = tmp.path().join("args.json");
         std::fs::write(&args_file, "{}").unwrap();
         let spec = TrainSpec {
-            job_id: "t".into(),
-            python: "python3".into(),
             script,
             repo,
-            output_dir: tmp.path().to_path_buf(),
             args_file,
-            gpus: Vec::new(),
+            ..test_spec(tmp.path())
         };
         let (queue, mut rx) = ReportQueue::channel();
         let cancel = CancellationToken::new();
@@ -715,8 +726,28 @@ mod tests {
         cancel.cancel();
         let res = run.await.unwrap();
         assert!(matches!(res, Err(TrainError::Stopped)), "{res:?}");
-        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
-        // SAFETY: signal 0 only checks that the process exists.
-        assert_eq!(unsafe { libc::kill(pid, 0) }, -1, "pid {pid} still alive");
+        // Its lock is free only once it has exited (pids of a sandbox's
+        // namespace mean nothing here).
+        let held = std::fs::File::open(tmp.path().join("held")).unwrap();
+        // SAFETY: flock on an open fd.
+        let rc = unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(rc, 0, "the training process survived");
+    }
+
+    /// A training run in `dir` (its output dir) at the machine's sandbox.
+    fn test_spec(dir: &std::path::Path) -> TrainSpec {
+        let sandbox = crate::sandbox::tests::default_sandbox();
+        TrainSpec {
+            job_id: "t".into(),
+            python: sandbox.python.executable.clone(),
+            script: dir.join("trainer.py"),
+            repo: dir.join("repo"),
+            output_dir: dir.to_path_buf(),
+            args_file: dir.join("args.json"),
+            gpus: Vec::new(),
+            home: dir.join("home"),
+            network: Network::Outbound,
+            sandbox,
+        }
     }
 }

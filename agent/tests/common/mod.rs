@@ -232,6 +232,8 @@ impl Harness {
                 "join-secret",
                 "--dir",
                 dir.to_str().unwrap(),
+                "--sandbox-helper",
+                env!("CARGO_BIN_EXE_aibro-agent"),
             ]
             .iter()
             .chain(flags),
