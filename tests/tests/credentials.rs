@@ -187,6 +187,21 @@ async fn instance_credentials_speak_only_for_their_instance_until_it_ends() -> R
     Ok(())
 }
 
+/// The credential the agent keeps in `file`, once it is there (the agent
+/// writes it after the scheduler has counted it in the pool).
+async fn kept_credential(file: &std::path::Path) -> Result<String> {
+    let deadline = Instant::now() + DEPLOY_DEADLINE;
+    while !file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no credential in {}",
+            file.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(std::fs::read_to_string(file)?)
+}
+
 /// Waits until the agent's log (truncated at each start) says it joined.
 async fn joined(log: &std::path::Path) -> Result<()> {
     let deadline = Instant::now() + DEPLOY_DEADLINE;
@@ -211,7 +226,7 @@ async fn a_pool_agent_keeps_its_credential_and_the_join_token_can_go() -> Result
     let mut agent = host_agent(&s, &dir, "pool.cpu")?;
     wait_pool(&s, &token, (1, 1)).await?;
     let kept = dir.join("credential");
-    let first = std::fs::read_to_string(&kept)?;
+    let first = kept_credential(&kept).await?;
     assert!(first.starts_with("agent_"), "{first}");
     assert_eq!(
         std::fs::metadata(&kept)?.permissions().mode() & 0o777,
@@ -243,12 +258,7 @@ async fn a_pool_agent_keeps_its_credential_and_the_join_token_can_go() -> Result
     std::fs::remove_file(&kept)?;
     let _agent = host_agent(&s, &dir, "pool.cpu")?;
     joined(&log).await?;
-    let deadline = Instant::now() + DEPLOY_DEADLINE;
-    while !kept.exists() {
-        assert!(Instant::now() < deadline, "no new credential");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let second = std::fs::read_to_string(&kept)?;
+    let second = kept_credential(&kept).await?;
     assert_ne!(first, second);
     let old = gateway(&s, &first)
         .await?
