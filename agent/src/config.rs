@@ -75,7 +75,9 @@ pub struct Args {
     /// The scheduler's gRPC endpoint.
     #[arg(long, env = "AIBRO_SCHEDULER", default_value = "http://127.0.0.1:7070")]
     pub scheduler: String,
-    /// Join token, sent as `authorization: Bearer <token>` on every call.
+    /// Join token of a pool agent: sent only to join the pool the first time,
+    /// which gives the agent its own credential, kept in `<dir>/credential`
+    /// (mode 0600) and sent on every call from then on.
     #[arg(
         long,
         env = "AIBRO_JOIN_TOKEN",
@@ -83,6 +85,10 @@ pub struct Args {
         hide_env_values = true
     )]
     pub join_token: String,
+    /// A file holding the agent's credential, handed over by the provider that
+    /// launched it; read at start, then deleted.
+    #[arg(long, env = "AIBRO_CREDENTIAL_FILE")]
+    pub credential_file: Option<PathBuf>,
     /// The instance this agent runs as (set by the scheduler's provider that
     /// launched it). Without it the agent joins the scheduler's pool as an idle
     /// machine of type --machine-id and waits to be assigned an instance.

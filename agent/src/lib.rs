@@ -38,15 +38,18 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{ClientTlsConfig, ServerTlsConfig};
 
 use jobs::{Jobs, JobsConfig};
+use link::credential::{Check, Credential};
 use link::identity::{self, Identity};
 use link::reporter::{ReportQueue, Reporter, ReporterError};
 use sandbox::{Sandbox, SandboxConfig, SandboxError};
 use scripts::Scripts;
 use service::AgentService;
+use tonic::service::interceptor::InterceptedService;
 
 pub use aibro_repo::DryRunOutcome;
 pub use config::{Args, Cli, Command, DryRunArgs};
 pub use environment::dry_run::dry_run_local;
+pub use link::credential::CredentialError;
 pub use link::gateway::GatewayError;
 
 /// Largest Predict payload / response the agent accepts.
@@ -69,6 +72,8 @@ pub enum Error {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Gateway(#[from] GatewayError),
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
     #[error("the scheduler has been unreachable for {0:?}; the agent exits (orphaned)")]
     Orphaned(Duration),
     #[error(transparent)]
@@ -96,8 +101,16 @@ pub async fn run(
     let port = listener.local_addr().map_err(Error::Listener)?.port();
     let address = format!("{}:{port}", args.advertise_host);
     let (scheduler_tls, server_tls) = tls(&args)?;
-    let gateway =
-        link::gateway::gateway(&args.scheduler, &args.join_token, scheduler_tls.as_ref())?;
+    let credential = Arc::new(Credential::load(
+        args.credential_file.as_deref(),
+        &args.dir,
+    )?);
+    let gateway = link::gateway::gateway(
+        &args.scheduler,
+        credential.clone(),
+        &args.join_token,
+        scheduler_tls.as_ref(),
+    )?;
     let (hardware, gpus) = hardware_and_gpus(args.gpus.as_deref()).await;
     let identity = Arc::new(Identity::new(
         agent_id,
@@ -121,6 +134,7 @@ pub async fn run(
     }));
     let reporter = Reporter {
         gateway,
+        credential: credential.clone(),
         identity: identity.clone(),
         address,
         hardware,
@@ -133,7 +147,13 @@ pub async fn run(
         jobs: jobs.clone(),
         identity,
     };
-    let server = server(listener, server_tls, service, cancel.clone())?;
+    let server = server(
+        listener,
+        server_tls,
+        service,
+        Check(credential),
+        cancel.clone(),
+    )?;
     let tasks = Tasks {
         reporter: tokio::spawn(reporter.run(rx, cancel.clone())),
         server: tokio::spawn(server),
@@ -205,16 +225,19 @@ async fn hardware_and_gpus(flag: Option<&[u32]>) -> (Hardware, Vec<u32>) {
     (hardware, gpus)
 }
 
-/// The agent's gRPC server on `listener`, until `cancel`.
+/// The agent's gRPC server on `listener`, until `cancel`; `check` refuses
+/// calls without the agent's credential.
 fn server(
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
     service: AgentService,
+    check: Check,
     cancel: CancellationToken,
 ) -> Result<impl Future<Output = Result<(), tonic::transport::Error>>, Error> {
     let svc = AgentServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let svc = InterceptedService::new(svc, check);
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls).map_err(Error::Serve)?;

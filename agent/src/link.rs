@@ -1,7 +1,9 @@
 //! The agent's link to the scheduler: the `AgentGateway` client and how calls are
 //! retried while the scheduler is away ([`gateway`]), who the agent is
-//! ([`identity`]), and the registration, reports and heartbeats ([`reporter`]).
+//! ([`identity`]) and the secret it shares with the scheduler ([`credential`]),
+//! and the registration, reports and heartbeats ([`reporter`]).
 
+pub(crate) mod credential;
 pub(crate) mod gateway;
 pub(crate) mod identity;
 pub(crate) mod reporter;

@@ -216,3 +216,47 @@ fn lock_is_free(h: &Harness) -> bool {
     // SAFETY: flock on an open fd; the lock goes with the file.
     unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
+
+/// A pool agent sends the join token only to join: the credential the scheduler
+/// gives it is kept (mode 0600) and sent on every later call, also after a restart
+/// without the join token; its own service takes calls only with that credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_agent_trades_the_join_token_for_its_credential() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = Harness::start_with(&["--machine-id", "gpu.small"]).await;
+    let auths = |h: &mut Harness| h.events.try_recv();
+    let first = loop {
+        if let Event::Registered(_, auth) = h.next_event().await {
+            break auth;
+        }
+    };
+    assert_eq!(first, format!("Bearer {JOIN_TOKEN}"));
+    let kept = h.dir.join("credential");
+    h.heartbeat_where(|_, _| true).await;
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), CREDENTIAL);
+    let mode = std::fs::metadata(&kept).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // The service refuses calls without the credential, or with another.
+    for credential in ["", JOIN_TOKEN, "agent_other"] {
+        let e = h
+            .client_with(credential)
+            .await
+            .assign(assign("inst-1"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            tonic::Code::Unauthenticated,
+            "{credential}: {e:?}"
+        );
+    }
+    // Registering again (Assign) goes out with the credential.
+    h.client().await.assign(assign("inst-1")).await.unwrap();
+    let again = loop {
+        if let Ok(Event::Registered(req, auth)) = auths(&mut h) {
+            break (req.instance_id, auth);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(again, ("inst-1".into(), format!("Bearer {CREDENTIAL}")));
+}

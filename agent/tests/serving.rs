@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use aibro_proto::v1::agent_client::AgentClient;
 use aibro_proto::v1::{
     AgentPhase, AgentPredictRequest, AssignRequest, JobKind, PrepareRequest, StopRequest,
     TrainRequest,
@@ -22,7 +21,11 @@ async fn prepare_predict_stop() {
         Event::Registered(req, auth) => {
             assert_eq!(req.instance_id, "inst-1");
             assert!(req.agent_id.starts_with("agent-"), "{req:?}");
-            assert_eq!(auth, "Bearer join-secret");
+            assert_eq!(
+                auth,
+                format!("Bearer {CREDENTIAL}"),
+                "the handed-over credential"
+            );
             assert_eq!(format!("http://{}", req.address), h.agent_url);
             assert!(req.hardware.unwrap().cpus >= 1);
         }
@@ -240,7 +243,7 @@ async fn gpus_are_spread_over_the_workers() {
     // In the workers' HOME: the one place outside their own dirs they all write.
     let sync = h.dir.join("jobs/g/home/sync");
     std::fs::create_dir_all(&sync).unwrap();
-    let call = |c: &AgentClient<tonic::transport::Channel>| {
+    let call = |c: &Client| {
         let mut c = c.clone();
         let req = predict_req("g", serde_json::json!({ "dir": sync }));
         tokio::spawn(async move { c.predict(req).await })
@@ -279,4 +282,44 @@ async fn gpus_are_spread_over_the_workers() {
         assert_eq!(rc, 0, "worker {w} survived Stop");
     }
     h.stop_agent().await;
+}
+
+/// An agent started as an instance reads its credential from the handed-over
+/// file (and deletes it); its service refuses calls without that credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_wants_the_agents_credential() {
+    let mut h = Harness::start().await;
+    h.next_register().await;
+    assert!(
+        !h._tmp.path().join("credential-handed-over").exists(),
+        "the handed-over file is deleted once read"
+    );
+    for credential in [
+        "",
+        "join-secret",
+        "agent_fake-credentia",
+        "agent_fake-credential0",
+    ] {
+        let mut c = h.client_with(credential).await;
+        let e = c.stop(StopRequest { terminate: false }).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            tonic::Code::Unauthenticated,
+            "{credential}: {e:?}"
+        );
+        let e = c
+            .predict(predict_req("job-1", serde_json::json!({})))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            tonic::Code::Unauthenticated,
+            "{credential}: {e:?}"
+        );
+    }
+    h.client()
+        .await
+        .stop(StopRequest { terminate: false })
+        .await
+        .unwrap();
 }

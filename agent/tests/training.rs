@@ -109,7 +109,7 @@ async fn trains_the_example_and_uploads_its_outputs() {
     assert_eq!(uploads.len(), 1);
     let up = &uploads[0];
     assert_eq!(up.job_id, "fit-1");
-    assert_eq!(up.auth, "Bearer join-secret");
+    assert_eq!(up.auth, format!("Bearer {CREDENTIAL}"));
     assert!(up.chunks >= 1);
     assert_eq!(
         returned.result_digest,

@@ -15,7 +15,7 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("aibro_descriptor");
 
 /// Transport glue shared by the scheduler, the agent and the CLI: accepted
-/// connections, and optional TLS (rustls) from PEM files.
+/// connections, optional TLS (rustls) from PEM files, comparing secrets.
 pub mod transport {
     use std::path::Path;
     use std::time::Duration;
@@ -66,6 +66,12 @@ pub mod transport {
                 .map_err(|e| format!("TLS for `{url}`: {e}")),
             _ => Ok(endpoint),
         }
+    }
+
+    /// Compares two secrets without leaking where they differ.
+    pub fn constant_time_eq(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
 
     /// The URL of a peer at `host:port`: https when TLS is configured.

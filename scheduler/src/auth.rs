@@ -1,11 +1,18 @@
 //! Access tokens (`secret_…`, stored only as sha256 hashes), the admin account,
-//! the agents' join token, and Predict's client-id check.
+//! the agents' join token and their own [`credentials`], and Predict's
+//! client-id check.
 
+mod credentials;
+
+use aibro_proto::transport::constant_time_eq;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 
+use crate::records::AgentBinding;
 use crate::store::{Store, StoreError};
+
+pub use credentials::Credentials;
 
 pub const ADMIN_USER: &str = "admin";
 pub const PUBLIC_CLIENT: &str = "public";
@@ -20,6 +27,13 @@ pub enum AuthError {
     Invalid,
     #[error("only the admin may do this")]
     NotAdmin,
+    #[error(
+        "missing agent credential: agents send `authorization: Bearer agent_…` (the join \
+             token only on a pool agent's first Register)"
+    )]
+    NoCredential,
+    #[error("invalid or revoked agent credential")]
+    BadCredential,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -54,20 +68,24 @@ pub fn bearer(metadata: &MetadataMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Compares without leaking where two strings differ.
-pub fn constant_time_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Who calls the agent gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentCaller {
+    /// Holds the join token: may only join the pool (and get a credential).
+    Joining,
+    /// Holds a credential bound to this.
+    Bound(AgentBinding),
 }
 
 #[derive(Clone)]
 pub struct Auth {
     store: Store,
     join_token: String,
+    credentials: Credentials,
 }
 
 impl Auth {
-    /// Loads the join token, creating it on first start.
+    /// Loads the join token and the credential secret, creating them on first start.
     pub async fn open(store: Store) -> Result<Self, AuthError> {
         let join_token = match store.meta(JOIN_TOKEN_KEY)? {
             Some(t) => t,
@@ -77,7 +95,16 @@ impl Auth {
                 t
             }
         };
-        Ok(Auth { store, join_token })
+        let credentials = Credentials::open(store.clone()).await?;
+        Ok(Auth {
+            store,
+            join_token,
+            credentials,
+        })
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     pub fn join_token(&self) -> &str {
@@ -102,13 +129,16 @@ impl Auth {
             .ok_or(AuthError::Invalid)
     }
 
-    pub fn check_join_token(&self, metadata: &MetadataMap) -> Result<(), AuthError> {
-        let token = bearer(metadata).ok_or(AuthError::Missing)?;
+    /// The agent calling: the join token, or a credential that is not revoked.
+    pub fn agent_caller(&self, metadata: &MetadataMap) -> Result<AgentCaller, AuthError> {
+        let token = bearer(metadata).ok_or(AuthError::NoCredential)?;
         if constant_time_eq(token, &self.join_token) {
-            Ok(())
-        } else {
-            Err(AuthError::Invalid)
+            return Ok(AgentCaller::Joining);
         }
+        self.credentials
+            .speaks_for(token)?
+            .map(AgentCaller::Bound)
+            .ok_or(AuthError::BadCredential)
     }
 }
 
@@ -146,6 +176,36 @@ mod tests {
         assert!(constant_time_eq("abc", "abc"));
         assert!(!constant_time_eq("abc", "abd"));
         assert!(!constant_time_eq("abc", "abcd"));
+    }
+
+    #[tokio::test]
+    async fn agents_call_with_the_join_token_or_a_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Auth::open(Store::open(dir.path()).unwrap()).await.unwrap();
+        let with = |token: &str| {
+            let mut md = MetadataMap::new();
+            md.insert("authorization", format!("Bearer {token}").parse().unwrap());
+            md
+        };
+        let caller = |md: &MetadataMap| auth.agent_caller(md);
+        assert_eq!(
+            caller(&with(auth.join_token())).unwrap(),
+            AgentCaller::Joining
+        );
+        let cred = auth.credentials().issue_instance("i1").await.unwrap();
+        assert_eq!(
+            caller(&with(&cred)).unwrap(),
+            AgentCaller::Bound(AgentBinding::Instance("i1".into()))
+        );
+        let user = auth.create_token("alice").await.unwrap();
+        assert!(matches!(
+            caller(&with(&user)),
+            Err(AuthError::BadCredential)
+        ));
+        assert!(matches!(
+            caller(&MetadataMap::new()),
+            Err(AuthError::NoCredential)
+        ));
     }
 
     #[tokio::test]

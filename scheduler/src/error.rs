@@ -49,7 +49,12 @@ impl From<Error> for Status {
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Internal(_) => Code::Internal,
             Error::Agent(s) => s.code(),
-            Error::Auth(AuthError::Missing | AuthError::Invalid) => Code::Unauthenticated,
+            Error::Auth(
+                AuthError::Missing
+                | AuthError::Invalid
+                | AuthError::NoCredential
+                | AuthError::BadCredential,
+            ) => Code::Unauthenticated,
             Error::Auth(AuthError::NotAdmin) => Code::PermissionDenied,
             Error::Auth(AuthError::Store(_)) => Code::Internal,
             Error::Store(s) => match s {

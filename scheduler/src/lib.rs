@@ -118,7 +118,7 @@ pub async fn run(
     let (providers, interruptions) = provider::for_config(
         &config,
         &public_url,
-        auth.join_token(),
+        auth.credentials().clone(),
         tls.agents.clone(),
         &tasks,
         &cancel,

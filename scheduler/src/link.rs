@@ -1,5 +1,6 @@
 //! How the scheduler calls an agent: over gRPC (one long-lived Channel per
-//! agent) or, in the simulator and timer tests, in process.
+//! agent, every call carrying the agent's credential) or, in the simulator and
+//! timer tests, in process.
 
 use std::sync::Arc;
 
@@ -14,6 +15,8 @@ use crate::records::JobRecord;
 use crate::state::JobKind;
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::Status;
 
@@ -45,21 +48,55 @@ pub struct BadAddress {
 
 pub type Link = Arc<dyn AgentLink>;
 
-/// A gRPC connection to an agent at `address` (host:port), made lazily.
-/// With `tls`, over https, verifying the agent's certificate.
-pub fn grpc(address: &str, tls: Option<&ClientTlsConfig>) -> Result<Link, BadAddress> {
-    let url = aibro_proto::transport::url(address, tls.is_some());
-    let endpoint = aibro_proto::transport::endpoint(&url, tls).map_err(|e| BadAddress {
+/// Adds `authorization: Bearer <the agent's credential>` to every call.
+#[derive(Clone)]
+pub struct Bearer(AsciiMetadataValue);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// A client of an agent's `Agent` service that sends its credential.
+pub type Client = AgentClient<InterceptedService<Channel, Bearer>>;
+
+/// A lazily connecting client of the agent at `address` (host:port) that
+/// sends `credential`. With `tls`, over https, verifying the agent's certificate.
+pub fn client(
+    address: &str,
+    tls: Option<&ClientTlsConfig>,
+    credential: &str,
+) -> Result<Client, BadAddress> {
+    let bad = |reason: String| BadAddress {
         address: address.to_string(),
-        reason: e.to_string(),
-    })?;
-    let client = AgentClient::new(endpoint.connect_lazy())
+        reason,
+    };
+    let url = aibro_proto::transport::url(address, tls.is_some());
+    let endpoint = aibro_proto::transport::endpoint(&url, tls).map_err(bad)?;
+    let bearer = format!("Bearer {credential}")
+        .parse()
+        .map_err(|_| bad("the credential is not valid in gRPC metadata".into()))?;
+    Ok(AgentClient::with_interceptor(
+        endpoint.connect_lazy(),
+        Bearer(bearer),
+    ))
+}
+
+/// A gRPC link to the agent at `address` that sends `credential` on every call.
+pub fn grpc(
+    address: &str,
+    tls: Option<&ClientTlsConfig>,
+    credential: &str,
+) -> Result<Link, BadAddress> {
+    let client = client(address, tls, credential)?
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     Ok(Arc::new(client))
 }
 
-impl AgentLink for AgentClient<Channel> {
+impl AgentLink for Client {
     fn prepare(&self, job: &JobRecord) -> BoxFuture<'static, Result<(), Status>> {
         let request = PrepareRequest {
             job_id: job.id.clone(),

@@ -26,8 +26,8 @@ pub enum ProviderError {
     NotSpot(String),
     #[error("this provider cannot {0}")]
     Unsupported(&'static str),
-    #[error("bad agent address `{address}`: {reason}")]
-    BadAddress { address: String, reason: String },
+    #[error(transparent)]
+    BadAddress(#[from] crate::link::BadAddress),
     #[error("no idle pool agent of type `{0}`")]
     NoIdleAgent(String),
     #[error("pool agent {agent_id} refused to run `{instance}`: {reason}")]
@@ -41,6 +41,8 @@ pub enum ProviderError {
     NotWiped(String),
     #[error("the pool agent that keeps instance {0}'s disk is not in the pool")]
     KeeperGone(String),
+    #[error("the agent's credential: {0}")]
+    Credential(#[from] crate::store::StoreError),
 }
 
 /// A provider's notice that a spot machine is reclaimed after `notice`.
@@ -162,7 +164,7 @@ pub type Interruptions = tokio::sync::mpsc::UnboundedReceiver<Interruption>;
 pub fn for_config(
     config: &crate::config::Config,
     public_url: &str,
-    join_token: &str,
+    credentials: crate::auth::Credentials,
     agent_tls: Option<tonic::transport::ClientTlsConfig>,
     tasks: &tokio_util::task::TaskTracker,
     cancel: &tokio_util::sync::CancellationToken,
@@ -184,7 +186,7 @@ pub fn for_config(
         config.agent_bin(),
         config.data_dir.join("instances"),
         public_url.to_string(),
-        join_token.to_string(),
+        credentials,
         config.agent_args(),
         market,
     );

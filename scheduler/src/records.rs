@@ -274,3 +274,43 @@ impl TimelineNote {
         }
     }
 }
+
+/// What an agent credential speaks for (stored under the credential's sha256).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialRecord {
+    pub v: u32,
+    pub speaks_for: AgentBinding,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentBinding {
+    /// The agent a provider launched for this instance.
+    Instance(String),
+    /// The pool agent with this agent id (and the instances the pool assigns it).
+    Pool(String),
+}
+
+impl CredentialRecord {
+    pub fn instance(instance_id: &str) -> Self {
+        CredentialRecord {
+            v: RECORD_VERSION,
+            speaks_for: AgentBinding::Instance(instance_id.to_string()),
+        }
+    }
+
+    pub fn pool(agent_id: &str) -> Self {
+        CredentialRecord {
+            v: RECORD_VERSION,
+            speaks_for: AgentBinding::Pool(agent_id.to_string()),
+        }
+    }
+}
+
+/// A pool agent's current credential: the epoch it is derived with, and its
+/// sha256 (to revoke it when the agent joins again with the join token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolCredentialRecord {
+    pub v: u32,
+    pub epoch: u64,
+    pub hash: String,
+}

@@ -7,7 +7,8 @@
 //! Trees: `jobs` (id → JobRecord), `instances` (id → InstanceRecord),
 //! `events` (job id, seq → EventRecord), `names` (owner, model → active job id),
 //! `by_owner` (owner, job id), `tokens` (sha256 → user), `artifacts`
-//! (owner, digest → ArtifactRecord), `meta`.
+//! (owner, digest → ArtifactRecord), `credentials` (agents' credentials:
+//! sha256 → CredentialRecord, and pool agent id → PoolCredentialRecord), `meta`.
 
 mod change;
 mod durability;
@@ -76,6 +77,7 @@ pub struct Store {
     by_owner: sled::Tree,
     tokens: sled::Tree,
     artifacts: sled::Tree,
+    credentials: sled::Tree,
     meta: sled::Tree,
     commit: GroupCommit,
     /// Where committed events are published to watchers.
@@ -138,6 +140,7 @@ impl Store {
             by_owner: tree("by_owner")?,
             tokens: tree("tokens")?,
             artifacts: tree("artifacts")?,
+            credentials: tree("credentials")?,
             meta: tree("meta")?,
             commit: GroupCommit::start(db),
             hub: Arc::default(),
@@ -438,6 +441,60 @@ impl Store {
             .get(key2(owner, digest))?
             .map(|v| dec(&v))
             .transpose()
+    }
+
+    /// Records an agent credential's hash and what it speaks for.
+    pub async fn put_credential(
+        &self,
+        hash: &str,
+        rec: &CredentialRecord,
+    ) -> Result<(), StoreError> {
+        self.credentials.insert(key2("h", hash), enc(rec))?;
+        self.durable().await
+    }
+
+    /// What the credential with this hash speaks for; None: never issued or revoked.
+    pub fn credential(&self, hash: &str) -> Result<Option<CredentialRecord>, StoreError> {
+        self.credentials
+            .get(key2("h", hash))?
+            .map(|v| dec(&v))
+            .transpose()
+    }
+
+    pub async fn revoke_credential(&self, hash: &str) -> Result<(), StoreError> {
+        self.credentials.remove(key2("h", hash))?;
+        self.durable().await
+    }
+
+    /// The pool agent's current credential, if it joined.
+    pub fn pool_credential(
+        &self,
+        agent_id: &str,
+    ) -> Result<Option<PoolCredentialRecord>, StoreError> {
+        self.credentials
+            .get(key2("a", agent_id))?
+            .map(|v| dec(&v))
+            .transpose()
+    }
+
+    /// Gives the pool agent a new credential and revokes the one it had, in
+    /// one transaction.
+    pub async fn rotate_pool_credential(
+        &self,
+        agent_id: &str,
+        new: &PoolCredentialRecord,
+    ) -> Result<(), StoreError> {
+        let binding = enc(&CredentialRecord::pool(agent_id));
+        unwrap_tx(self.credentials.transaction(|t| {
+            let agent_key = key2("a", agent_id);
+            if let Some(old) = tx_get::<PoolCredentialRecord>(t, &agent_key)? {
+                t.remove(key2("h", &old.hash))?;
+            }
+            t.insert(agent_key, enc(new))?;
+            t.insert(key2("h", &new.hash), binding.clone())?;
+            Ok(())
+        }))?;
+        self.durable().await
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {

@@ -571,3 +571,59 @@ spot_availability = {spot_availability:?}
     )?;
     Ok(file)
 }
+
+/// A scheduler whose catalog has the `pool.cpu` type (the file lives as long as it).
+pub async fn pool_scheduler(args: &[&str]) -> Result<(Scheduler, tempfile::NamedTempFile)> {
+    let catalog = catalog_with("pool.cpu", "pool", 0, 0.0)?;
+    let mut all = vec![
+        "--catalog",
+        catalog.path().to_str().unwrap(),
+        "--heartbeat-ms",
+        "200",
+    ];
+    all.extend_from_slice(args);
+    Ok((Scheduler::start_with(&all).await?, catalog))
+}
+
+/// An agent started the way an operator would on a host, with the join token.
+pub fn host_agent(s: &Scheduler, dir: &Path, machine_id: &str) -> Result<tokio::process::Child> {
+    let join_token = std::fs::read_to_string(s.data_dir.join("join-token"))?;
+    host_agent_with(s, dir, machine_id, Some(&join_token))
+}
+
+/// An agent started on a host with `join_token`, or none (it has a credential
+/// in `dir` already). Its log is `dir` with the extension `log`.
+pub fn host_agent_with(
+    s: &Scheduler,
+    dir: &Path,
+    machine_id: &str,
+    join_token: Option<&str>,
+) -> Result<tokio::process::Child> {
+    std::fs::create_dir_all(dir)?;
+    let log = std::fs::File::create(dir.with_extension("log"))?;
+    Ok(tokio::process::Command::new(bin("aibro-agent"))
+        .args(["--scheduler", &s.endpoint(), "--machine-id", machine_id])
+        .args(["--listen", "127.0.0.1:0", "--dir"])
+        .arg(dir)
+        .envs(join_token.map(|t| ("AIBRO_JOIN_TOKEN", t)))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+/// Waits until the marketplace shows `(capacity, available)` for pool.cpu.
+pub async fn wait_pool(s: &Scheduler, token: &str, want: (u32, u32)) -> Result<()> {
+    let deadline = Instant::now() + DEPLOY_DEADLINE;
+    loop {
+        let m = s.machine(token, "pool.cpu").await?;
+        if (m.capacity, m.available) == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("pool.cpu shows {}/{} of {want:?}", m.available, m.capacity);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

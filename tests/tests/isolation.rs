@@ -1,7 +1,7 @@
 //! Per-user isolation on every RPC: another user's job is reported as not
 //! found (so ids do not leak), never changed, and never shown in lists; a
 //! missing or bad access token is UNAUTHENTICATED everywhere except Predict
-//! (authorised by client id); the agents' gateway wants the join token.
+//! (authorised by client id); the agents' gateway wants an agent's credential.
 //!
 //! The RPCs are listed by name and checked against proto/aibro/v1/*.proto so
 //! a new one cannot be forgotten. Size limits on Predict payloads and
@@ -43,7 +43,7 @@ const USER_RPCS: [&str; 17] = [
     "Admin.SetSpotAvailability",
 ];
 
-/// What agents call on the scheduler, with the join token only.
+/// What agents call on the scheduler, with their credential only.
 const GATEWAY_RPCS: [&str; 4] = [
     "AgentGateway.Register",
     "AgentGateway.Report",
@@ -798,7 +798,7 @@ async fn bad_tokens_are_unauthenticated_on_every_rpc_but_predict() -> anyhow::Re
 }
 
 #[tokio::test]
-async fn agent_gateway_wants_the_join_token() -> anyhow::Result<()> {
+async fn agent_gateway_wants_an_agent_credential() -> anyhow::Result<()> {
     let s = Scheduler::start().await?;
     let alice = s.user("alice").await?;
     let echo_digest = s.upload_dir(&alice, &example("echo")).await?;
@@ -845,10 +845,18 @@ async fn agent_gateway_wants_the_join_token() -> anyhow::Result<()> {
             }
         }
     }
-    // The join token itself gets past authentication (to the checks behind it).
+    // The join token itself only lets a new pool agent join: as an instance,
+    // for a report, an artifact or a result it is denied (credentials.rs has more).
     let mut c = clients(&s, Some(&format!("Bearer {join}"))).await;
-    let fetched = call(&mut c, "AgentGateway.FetchArtifact", &t, &own_repo).await;
-    assert!(fetched[0].result.is_ok(), "{:?}", fetched[0].result);
+    for rpc in GATEWAY_RPCS {
+        for o in call(&mut c, rpc, &t, &own_repo).await {
+            let e = o
+                .result
+                .expect_err(&format!("the join token: {} should be refused", o.label));
+            assert_eq!(e.code(), Code::PermissionDenied, "{}: {e:?}", o.label);
+            assert!(e.message().contains("join token"), "{}: {e:?}", o.label);
+        }
+    }
     Ok(())
 }
 

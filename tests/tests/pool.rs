@@ -3,27 +3,13 @@
 //! environment and the unpacked repo across stop/start, and are wiped and
 //! freed on terminate. The marketplace counts the agents that joined.
 
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use aibro_proto::v1::{self as pb, InstanceRole, InstanceStatus, InstanceSubstatus, JobStatus};
-use aibro_tests::{bin, serving_replacement_of, Scheduler, DEPLOY_DEADLINE};
+use aibro_tests::{
+    host_agent, pool_scheduler, serving_replacement_of, wait_pool, Scheduler, DEPLOY_DEADLINE,
+};
 use anyhow::{bail, Result};
-use tokio::process::{Child, Command};
-
-/// A scheduler whose catalog has the `pool.cpu` type (the file lives as long as it).
-async fn pool_scheduler(args: &[&str]) -> Result<(Scheduler, tempfile::NamedTempFile)> {
-    let catalog = aibro_tests::catalog_with("pool.cpu", "pool", 0, 0.0)?;
-    let mut all = vec![
-        "--catalog",
-        catalog.path().to_str().unwrap(),
-        "--heartbeat-ms",
-        "200",
-    ];
-    all.extend_from_slice(args);
-    Ok((Scheduler::start_with(&all).await?, catalog))
-}
 
 /// A deploy of `digest` on pool.cpu (standby, and cooling when asked).
 fn pool_request(model_name: &str, digest: &str, cooling: bool) -> pb::DeployRequest {
@@ -37,38 +23,6 @@ fn pool_request(model_name: &str, digest: &str, cooling: bool) -> pb::DeployRequ
         },
     });
     request
-}
-
-/// An agent started the way an operator would on a host.
-fn host_agent(s: &Scheduler, dir: &Path, machine_id: &str) -> Result<Child> {
-    let join_token = std::fs::read_to_string(s.data_dir.join("join-token"))?;
-    std::fs::create_dir_all(dir)?;
-    let log = std::fs::File::create(dir.with_extension("log"))?;
-    Ok(Command::new(bin("aibro-agent"))
-        .args(["--scheduler", &s.endpoint(), "--machine-id", machine_id])
-        .args(["--listen", "127.0.0.1:0", "--dir"])
-        .arg(dir)
-        .env("AIBRO_JOIN_TOKEN", join_token)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()?)
-}
-
-/// Waits until the marketplace shows `(capacity, available)` for pool.cpu.
-async fn wait_pool(s: &Scheduler, token: &str, want: (u32, u32)) -> Result<()> {
-    let deadline = Instant::now() + DEPLOY_DEADLINE;
-    loop {
-        let m = s.machine(token, "pool.cpu").await?;
-        if (m.capacity, m.available) == want {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("pool.cpu shows {}/{} of {want:?}", m.available, m.capacity);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn wait_instance(

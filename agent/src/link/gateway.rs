@@ -1,13 +1,16 @@
-//! The client of the scheduler's `AgentGateway` (every call carries the join
-//! token), and [`retrying`]: a call tried again, with backoff, while the
+//! The client of the scheduler's `AgentGateway` (every call carries the agent's
+//! credential, or the join token while a pool agent has none), and [`retrying`]: a call tried again, with backoff, while the
 //! scheduler cannot be reached (e.g. while it restarts).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aibro_proto::v1::agent_gateway_client::AgentGatewayClient;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig};
+
+use crate::link::credential::Credential;
 
 /// Tries at a call while the scheduler is unreachable.
 const SCHEDULER_TRIES: u32 = 8;
@@ -20,14 +23,24 @@ pub enum GatewayError {
     Token,
 }
 
-/// Adds `authorization: Bearer <join token>` to every call.
+/// Adds `authorization: Bearer <credential>` to every call; the join token
+/// only while the agent has no credential.
 #[derive(Clone)]
-pub(crate) struct Auth(Option<AsciiMetadataValue>);
+pub(crate) struct Auth {
+    credential: Arc<Credential>,
+    join_token: Option<AsciiMetadataValue>,
+}
 
 impl tonic::service::Interceptor for Auth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
+        let value = match self.credential.get() {
+            Some(c) => Some(format!("Bearer {c}").parse().map_err(|_| {
+                tonic::Status::unauthenticated("the agent's credential is not valid in metadata")
+            })?),
+            None => self.join_token.clone(),
+        };
+        if let Some(v) = value {
+            req.metadata_mut().insert("authorization", v);
         }
         Ok(req)
     }
@@ -39,13 +52,14 @@ pub(crate) type Gateway = AgentGatewayClient<InterceptedService<Channel, Auth>>;
 /// `tls`: the CA to verify an https scheduler with.
 pub(crate) fn gateway(
     url: &str,
+    credential: Arc<Credential>,
     join_token: &str,
     tls: Option<&ClientTlsConfig>,
 ) -> Result<Gateway, GatewayError> {
     let channel = aibro_proto::transport::endpoint(url, tls)
         .map_err(GatewayError::Url)?
         .connect_lazy();
-    let auth = if join_token.is_empty() {
+    let join_token = if join_token.is_empty() {
         None
     } else {
         Some(
@@ -54,8 +68,11 @@ pub(crate) fn gateway(
                 .map_err(|_| GatewayError::Token)?,
         )
     };
-    Ok(AgentGatewayClient::with_interceptor(channel, Auth(auth))
-        .max_decoding_message_size(64 << 20))
+    let auth = Auth {
+        credential,
+        join_token,
+    };
+    Ok(AgentGatewayClient::with_interceptor(channel, auth).max_decoding_message_size(64 << 20))
 }
 
 /// An error that may come from a scheduler call.

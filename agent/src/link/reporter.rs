@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use aibro_proto::v1::{
     report_request, AgentPhase, Hardware, Heartbeat, PhaseReport, Progress, RegisterRequest,
-    ReportRequest,
+    RegisterResponse, ReportRequest,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::link::credential::Credential;
 use crate::link::gateway::Gateway;
 use crate::link::identity::Identity;
 
@@ -123,6 +124,8 @@ fn job_of(body: &report_request::Body) -> &str {
 
 pub(crate) struct Reporter {
     pub gateway: Gateway,
+    /// The credential the gateway sends; Register may issue it.
+    pub credential: Arc<Credential>,
     /// The agent id and the instance it runs as now.
     pub identity: Arc<Identity>,
     pub address: String,
@@ -209,22 +212,19 @@ impl Reporter {
             match res {
                 Ok(resp) => {
                     *last_ok = Instant::now();
-                    let ms = resp.into_inner().heartbeat_interval_ms.max(50);
-                    if instance_id.is_empty() {
-                        tracing::info!(agent_id = %self.identity.agent_id, machine_id = %self.identity.machine_id,
-                            address = %self.address, "joined the scheduler's pool; idle until assigned");
-                    } else {
-                        tracing::info!(%instance_id, address = %self.address, "registered with the scheduler");
-                    }
-                    return Ok(Some((Duration::from_millis(ms.into()), instance_id)));
+                    let interval = self.registered(resp.into_inner(), &instance_id);
+                    return Ok(Some((interval, instance_id)));
                 }
                 Err(status) => {
                     tracing::warn!(code = ?status.code(), "register failed: {}", status.message());
                     // The scheduler no longer runs that instance (closed while
-                    // this agent was away): a pool agent goes back to idle.
-                    // (NOT_FOUND is not that: a launch assigns the agent just
-                    // before it records the instance.)
-                    let gone = status.code() == tonic::Code::FailedPrecondition;
+                    // this agent was away) or no longer gives it this agent: a
+                    // pool agent goes back to idle. (NOT_FOUND is not that: a
+                    // launch assigns the agent just before it records the instance.)
+                    let gone = matches!(
+                        status.code(),
+                        tonic::Code::FailedPrecondition | tonic::Code::PermissionDenied
+                    );
                     if gone
                         && !instance_id.is_empty()
                         && self.identity.assign(String::new()).is_ok()
@@ -242,6 +242,26 @@ impl Reporter {
             }
             backoff = (backoff * 2).min(BACKOFF_CAP);
         }
+    }
+
+    /// Logs the registration, keeps a credential the scheduler issued, and
+    /// returns the heartbeat interval.
+    fn registered(&self, resp: RegisterResponse, instance_id: &str) -> Duration {
+        if !resp.credential.is_empty() {
+            match self.credential.adopt(resp.credential) {
+                Ok(()) => {
+                    tracing::info!("got this agent's credential; the join token is no longer used")
+                }
+                Err(e) => tracing::error!("{e}; joining again after a restart"),
+            }
+        }
+        if instance_id.is_empty() {
+            tracing::info!(agent_id = %self.identity.agent_id, machine_id = %self.identity.machine_id,
+                address = %self.address, "joined the scheduler's pool; idle until assigned");
+        } else {
+            tracing::info!(%instance_id, address = %self.address, "registered with the scheduler");
+        }
+        Duration::from_millis(resp.heartbeat_interval_ms.max(50).into())
     }
 
     fn check_orphan(&self, last_ok: Instant) -> Result<(), ReporterError> {

@@ -19,7 +19,30 @@ use aibro_proto::v1::{
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+
+/// The join token the agents under test are started with.
+pub const JOIN_TOKEN: &str = "join-secret";
+/// The credential the fake scheduler gives agents: in a file to one started
+/// as an instance, at Register to a pool agent that sent the join token.
+pub const CREDENTIAL: &str = "agent_fake-credential";
+
+/// A client of the agent's service that sends its credential.
+pub type Client = AgentClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <credential>` to every call.
+#[derive(Clone)]
+pub struct Bearer(pub String);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let value = format!("Bearer {}", self.0).parse().unwrap();
+        req.metadata_mut().insert("authorization", value);
+        Ok(req)
+    }
+}
 
 /// (digest, bytes) of the artifacts the fake scheduler serves.
 pub type Artifacts = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
@@ -74,12 +97,18 @@ impl AgentGateway for FakeGateway {
             .map(|v| v.to_str().unwrap().to_string())
             .unwrap_or_default();
         self.registered.store(true, Ordering::SeqCst);
+        // Like the scheduler: the join token is traded for a credential.
+        let credential = if auth == format!("Bearer {JOIN_TOKEN}") {
+            CREDENTIAL.to_string()
+        } else {
+            String::new()
+        };
         let _ = self
             .events
             .send(Event::Registered(request.into_inner(), auth));
         Ok(Response::new(RegisterResponse {
             heartbeat_interval_ms: 100,
-            credential: String::new(),
+            credential,
         }))
     }
 
@@ -187,6 +216,8 @@ pub struct Harness {
     pub _tmp: tempfile::TempDir,
     pub dir: std::path::PathBuf,
     pub agent_url: String,
+    /// Started without an instance id: it gets its credential at Register.
+    pub pool: bool,
     pub stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub agent: tokio::task::JoinHandle<Result<(), aibro_agent::Error>>,
 }
@@ -197,7 +228,8 @@ impl Harness {
         Harness::start_with(&["--instance-id", "inst-1", "--workers", "2"]).await
     }
 
-    /// An agent started with `flags` besides the scheduler, join token and dir.
+    /// An agent started with `flags` besides the scheduler, join token and
+    /// dir; one started as an instance also gets its credential in a file.
     pub async fn start_with(flags: &[&str]) -> Harness {
         let (tx, events) = mpsc::unbounded_channel();
         let artifacts = Arc::new(Mutex::new(Vec::new()));
@@ -223,21 +255,25 @@ impl Harness {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("agent");
         let scheduler = format!("http://{gw_addr}");
-        let args = <aibro_agent::Args as clap::Parser>::parse_from(
-            [
-                "aibro-agent",
-                "--scheduler",
-                &scheduler,
-                "--join-token",
-                "join-secret",
-                "--dir",
-                dir.to_str().unwrap(),
-                "--sandbox-helper",
-                env!("CARGO_BIN_EXE_aibro-agent"),
-            ]
-            .iter()
-            .chain(flags),
-        );
+        let mut all = vec![
+            "aibro-agent".to_string(),
+            "--scheduler".into(),
+            scheduler,
+            "--join-token".into(),
+            JOIN_TOKEN.into(),
+            "--dir".into(),
+            dir.to_str().unwrap().into(),
+            "--sandbox-helper".into(),
+            env!("CARGO_BIN_EXE_aibro-agent").into(),
+        ];
+        let pool = !flags.contains(&"--instance-id");
+        if !pool {
+            let file = tmp.path().join("credential-handed-over");
+            std::fs::write(&file, CREDENTIAL).unwrap();
+            all.extend(["--credential-file".into(), file.to_str().unwrap().into()]);
+        }
+        all.extend(flags.iter().map(|f| f.to_string()));
+        let args = <aibro_agent::Args as clap::Parser>::parse_from(all);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let agent_url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -254,6 +290,7 @@ impl Harness {
             _tmp: tmp,
             dir,
             agent_url,
+            pool,
             stop: Some(stop),
             agent,
         }
@@ -323,8 +360,25 @@ impl Harness {
         self.agent.await.unwrap().unwrap();
     }
 
-    pub async fn client(&self) -> AgentClient<tonic::transport::Channel> {
-        AgentClient::connect(self.agent_url.clone()).await.unwrap()
+    /// A client of the agent's service that sends its credential (a pool
+    /// agent's once it has it).
+    pub async fn client(&self) -> Client {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.pool && !self.dir.join("credential").exists() {
+            assert!(std::time::Instant::now() < deadline, "no credential kept");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.client_with(CREDENTIAL).await
+    }
+
+    /// A client of the agent's service that sends `credential`.
+    pub async fn client_with(&self, credential: &str) -> Client {
+        let channel = Channel::from_shared(self.agent_url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        AgentClient::with_interceptor(channel, Bearer(credential.to_string()))
     }
 }
 
@@ -376,7 +430,7 @@ impl Harness {
     /// to RETURNED or FAILED.
     pub async fn prepare_then_train(
         &mut self,
-        c: &mut AgentClient<tonic::transport::Channel>,
+        c: &mut Client,
         job_id: &str,
         digest: &str,
         prepared: &[(AgentPhase, bool)],

@@ -1,6 +1,8 @@
-//! `aibro.v1.AgentGateway`: the agent-facing service. Every call must carry
-//! the join token; registrations, phase reports and heartbeats go to the
-//! control plane, artifacts are streamed from the blob store.
+//! `aibro.v1.AgentGateway`: the agent-facing service. Every call carries the
+//! agent's own credential (the join token only a pool agent's first Register)
+//! and may speak only for what that credential is bound to; registrations,
+//! phase reports and heartbeats go to the control plane, artifacts are
+//! streamed from the blob store.
 
 use std::time::Duration;
 
@@ -13,7 +15,8 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::control::{AgentReport, Control, Registration};
+use crate::auth::AgentCaller;
+use crate::control::{AgentClaim, AgentReport, Control, Registration};
 use crate::error::Error;
 
 pub struct GatewayApi {
@@ -23,12 +26,20 @@ pub struct GatewayApi {
 }
 
 impl GatewayApi {
-    fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    /// The calling agent: the join token or a valid credential.
+    fn caller<T>(&self, request: &Request<T>) -> Result<AgentCaller, Status> {
         Ok(self
             .control
             .auth()
-            .check_join_token(request.metadata())
+            .agent_caller(request.metadata())
             .map_err(Error::from)?)
+    }
+
+    /// The calling agent, if it may make `claim`.
+    fn check<T>(&self, request: &Request<T>, claim: AgentClaim<'_>) -> Result<AgentCaller, Status> {
+        let caller = self.caller(request)?;
+        self.control.authorize_agent(&caller, claim)?;
+        Ok(caller)
     }
 }
 
@@ -41,7 +52,12 @@ impl AgentGateway for GatewayApi {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
-        self.check(&request)?;
+        let r = request.get_ref();
+        let claim = AgentClaim::Register {
+            instance_id: &r.instance_id,
+            agent_id: &r.agent_id,
+        };
+        let caller = self.check(&request, claim)?;
         let r = request.into_inner();
         let registration = Registration {
             hardware: r.hardware.unwrap_or_default().into(),
@@ -51,10 +67,10 @@ impl AgentGateway for GatewayApi {
             address: r.address,
             sandbox: r.sandbox,
         };
-        self.control.register(registration).await?;
+        let issued = self.control.register(&caller, registration).await?;
         Ok(Response::new(RegisterResponse {
             heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u32,
-            credential: String::new(),
+            credential: issued.unwrap_or_default(),
         }))
     }
 
@@ -62,7 +78,12 @@ impl AgentGateway for GatewayApi {
         &self,
         request: Request<ReportRequest>,
     ) -> Result<Response<ReportResponse>, Status> {
-        self.check(&request)?;
+        let r = request.get_ref();
+        let claim = AgentClaim::Report {
+            instance_id: &r.instance_id,
+            agent_id: &r.agent_id,
+        };
+        self.check(&request, claim)?;
         let r = request.into_inner();
         match r.body {
             Some(Body::Phase(phase)) => {
@@ -88,13 +109,15 @@ impl AgentGateway for GatewayApi {
         &self,
         request: Request<Streaming<ResultChunk>>,
     ) -> Result<Response<ArtifactRef>, Status> {
-        self.check(&request)?;
+        let caller = self.caller(&request)?;
         let mut chunks = request.into_inner();
         let first = chunks
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("the result upload was empty"))?;
         let job_id = first.job_id.clone();
+        self.control
+            .authorize_agent(&caller, AgentClaim::Result(&job_id))?;
         let owner = self.control.returning_job_owner(&job_id)?;
         let rest = chunks.map(move |c| match c {
             Ok(c) if c.job_id == job_id => Ok(c.data),
@@ -119,7 +142,7 @@ impl AgentGateway for GatewayApi {
         &self,
         request: Request<FetchArtifactRequest>,
     ) -> Result<Response<Self::FetchArtifactStream>, Status> {
-        self.check(&request)?;
+        self.check(&request, AgentClaim::Artifact(&request.get_ref().digest))?;
         let digest = &request.get_ref().digest;
         let path = self
             .control

@@ -34,7 +34,7 @@ impl Control {
     /// The trainer is ready: start train() on it.
     pub(crate) fn start_training(&self, job: &JobRecord, instance_id: &str) {
         let inst = self.store().instance(instance_id).ok().flatten();
-        let Some(link) = inst.and_then(|inst| self.links().to_instance(&inst)) else {
+        let Some(link) = inst.and_then(|inst| self.agent_link(&inst)) else {
             return;
         };
         let started = link.train(job);

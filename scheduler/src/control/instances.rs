@@ -142,7 +142,7 @@ impl Control {
             }
         }
         let terminate = inst.state == InstanceState::TERMINATING;
-        if let Some(agent) = self.links().to_instance(inst) {
+        if let Some(agent) = self.agent_link(inst) {
             let _ = tokio::time::timeout(AGENT_STOP_TIMEOUT, agent.stop(terminate)).await;
         }
         self.links().forget(&inst.id);

@@ -1,6 +1,7 @@
 //! The agents the scheduler can reach, by instance: a link to each (as it
-//! registered, or at its stored address after a scheduler restart) and when
-//! each was last heard from, with the load its last heartbeat carried.
+//! registered, or at its stored address after a scheduler restart; see
+//! `agents`) and when each was last heard from, with the load its last
+//! heartbeat carried.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::ClientTlsConfig;
 
 use crate::link::{self, Link};
-use crate::records::{GpuRecord, InstanceRecord};
+use crate::records::GpuRecord;
 
 /// What an agent's heartbeat says of its load.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -51,9 +52,13 @@ impl AgentLinks {
         }
     }
 
-    /// A gRPC link to an agent at `address` (host:port).
-    pub(crate) fn connect(&self, address: &str) -> Result<Link, link::BadAddress> {
-        link::grpc(address, self.tls.as_ref())
+    /// A gRPC link to an agent at `address` (host:port) that holds `credential`.
+    pub(crate) fn connect(
+        &self,
+        address: &str,
+        credential: &str,
+    ) -> Result<Link, link::BadAddress> {
+        link::grpc(address, self.tls.as_ref(), credential)
     }
 
     pub(crate) fn get(&self, instance_id: &str) -> Option<Link> {
@@ -69,20 +74,6 @@ impl AgentLinks {
             .lock()
             .expect("links lock")
             .insert(instance_id.to_string(), link);
-    }
-
-    /// The instance's agent: as it registered, or (it reported to a
-    /// restarted scheduler before registering again) at its stored address.
-    pub(crate) fn to_instance(&self, inst: &InstanceRecord) -> Option<Link> {
-        if let Some(link) = self.get(&inst.id) {
-            return Some(link);
-        }
-        if inst.agent_address.is_empty() {
-            return None;
-        }
-        let link = self.connect(&inst.agent_address).ok()?;
-        self.set(&inst.id, link.clone());
-        Some(link)
     }
 
     /// Forgets the instance's agent (it closed): its link and when it was heard.

@@ -8,6 +8,7 @@
 //! - parts that own state: [`machines`] (providers, capacity, markets),
 //!   [`links`] (reaching agents, when each was last heard), the dry runs
 //!   waited for (in [`dry_run`]);
+//! - [`agents`] (what an agent's credential may speak for; links carrying it);
 //! - [`instances`] (moving an instance, closing it through its provider),
 //!   [`jobs`] (find, create, cancel, the name index), [`artifacts`];
 //! - the lifecycles: [`replace`] (failures, lost agents, replacements),
@@ -16,6 +17,7 @@
 //!   [`liveness`], [`reports`] (what agents tell), [`recovery`] (start up);
 //! - the readers: [`predict`], [`watch`], [`views`].
 
+mod agents;
 mod artifacts;
 mod cooling;
 mod deploy;
@@ -52,6 +54,7 @@ use crate::records::InstanceRecord;
 use crate::router::Router;
 use crate::store::{Store, StoreError};
 
+pub use agents::AgentClaim;
 pub use deploy::{DeploySpec, Deployed, DryRunOutcome};
 pub use jobs::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use links::{AgentLoad, LastHeard};

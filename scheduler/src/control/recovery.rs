@@ -85,8 +85,7 @@ impl Control {
     /// Links the instance to its agent at its stored address.
     fn reconnect(&self, inst: &InstanceRecord) -> Result<()> {
         let link = self
-            .links()
-            .connect(&inst.agent_address)
+            .connect_agent(&inst.id, &inst.machine_id, &inst.host, &inst.agent_address)
             .map_err(|e| Error::Internal(e.to_string()))?;
         self.links().set(&inst.id, link);
         Ok(())
@@ -159,20 +158,26 @@ impl Control {
     }
 
     /// Pool agents keep the disks of stopped instances: they stay reserved
-    /// (and hold their machine's capacity).
+    /// (and hold their machine's capacity). Those that run an instance get it
+    /// back, so that they may speak for it when they register again.
     fn reserve_pool_hosts(&self, instances: &[InstanceRecord]) {
         let Some(pool) = self.machines().pool() else {
             return;
         };
-        for inst in instances.iter().filter(|i| {
-            matches!(i.state, InstanceState::STOPPED | InstanceState::STOPPING)
-                && !i.host.is_empty()
-        }) {
-            if let Some(m) = self.catalog().resolve(&inst.machine_id) {
-                pool.reserve(&inst.host, &m.kind.name, &inst.id);
-                if inst.state == InstanceState::STOPPED {
-                    self.machines().capacity().hold(&m.kind.name, &inst.id);
-                }
+        for inst in instances
+            .iter()
+            .filter(|i| i.state != InstanceState::TERMINATED && !i.host.is_empty())
+        {
+            let Some(m) = self.catalog().resolve(&inst.machine_id) else {
+                continue;
+            };
+            if m.kind.provider != crate::provider::pool::POOL {
+                continue;
+            }
+            let parked = matches!(inst.state, InstanceState::STOPPED | InstanceState::STOPPING);
+            pool.reserve(&inst.host, &m.kind.name, &inst.id, !parked);
+            if inst.state == InstanceState::STOPPED {
+                self.machines().capacity().hold(&m.kind.name, &inst.id);
             }
         }
     }

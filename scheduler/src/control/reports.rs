@@ -3,6 +3,7 @@
 //! re-send after reconnecting), so each is applied only where it still moves
 //! the job forward.
 
+use crate::auth::AgentCaller;
 use crate::error::{Error, Result};
 use crate::link::Link;
 use crate::provider::pool::POOL;
@@ -122,14 +123,21 @@ fn progress_of(phase: &ReportedPhase, role: Role) -> Option<(JobEvent, &'static 
 impl Control {
     /// An agent joined over gRPC at `agent.address`: as an instance's agent,
     /// or (no instance id) as an idle pool machine of type `agent.machine_id`.
-    pub async fn register(&self, agent: Registration) -> Result<()> {
+    /// `caller` may do so (see `authorize_agent`). Returns the credential
+    /// issued to a pool agent that joined with the join token.
+    pub async fn register(
+        &self,
+        caller: &AgentCaller,
+        agent: Registration,
+    ) -> Result<Option<String>> {
         if agent.instance_id.is_empty() {
-            return self.join_pool(agent);
+            return self.join_pool(caller, agent).await;
         }
         let inst = self.open_instance(&agent.instance_id)?;
+        let credential = self.agent_credential(&inst.id, &inst.machine_id, &agent.agent_id)?;
         let link = self
             .links()
-            .connect(&agent.address)
+            .connect(&agent.address, &credential)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let pool_type = self
             .catalog()
@@ -137,14 +145,23 @@ impl Control {
             .filter(|m| m.kind.provider == POOL)
             .map(|m| m.kind.name);
         if let (Some(pool), Some(kind)) = (self.machines().pool(), pool_type) {
-            if !agent.agent_id.is_empty() {
-                pool.join(&agent.agent_id, &kind, &agent.address, &agent.instance_id)
-                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-            }
+            pool.join(
+                &agent.agent_id,
+                &kind,
+                &agent.address,
+                &agent.instance_id,
+                &credential,
+            )
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         }
-        self.attach(&agent, link).await
+        self.attach(&agent, link).await?;
+        Ok(None)
     }
-    fn join_pool(&self, agent: Registration) -> Result<()> {
+
+    /// A pool agent joins idle. With the join token it joins as new: it
+    /// leaves the pool for good first (what it held is lost; its old
+    /// credential is revoked) and gets a new credential, returned.
+    async fn join_pool(&self, caller: &AgentCaller, agent: Registration) -> Result<Option<String>> {
         let pool = self.machines().pool().ok_or_else(|| {
             Error::FailedPrecondition("this scheduler runs no pool provider".into())
         })?;
@@ -153,27 +170,32 @@ impl Control {
                 "a pool agent must send its agent_id".into(),
             ));
         }
-        let pool_types: Vec<&str> = self
-            .catalog()
-            .types()
-            .filter(|t| t.provider == POOL)
-            .map(|t| t.name.as_str())
-            .collect();
-        let machine_type = agent.machine_id.trim_end_matches(".od");
-        if !pool_types.contains(&machine_type) {
-            return Err(Error::InvalidArgument(format!(
-                "machine id `{}` is not a pool machine type in the catalog; add a [[machine]] \
-                 with provider = \"pool\" to the scheduler's --catalog (pool types now: {})",
-                agent.machine_id,
-                if pool_types.is_empty() {
-                    "none".to_string()
-                } else {
-                    pool_types.join(", ")
-                }
-            )));
-        }
-        pool.join(&agent.agent_id, machine_type, &agent.address, "")
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let machine_type = self.pool_type(&agent.machine_id)?;
+        let credentials = self.auth().credentials();
+        let issued = match caller {
+            AgentCaller::Joining => {
+                pool.leave(&agent.agent_id);
+                Some(credentials.issue_pool(&agent.agent_id).await?)
+            }
+            AgentCaller::Bound(_) => None,
+        };
+        let credential = match &issued {
+            Some(c) => c.clone(),
+            None => credentials.pool(&agent.agent_id)?.ok_or_else(|| {
+                Error::PermissionDenied(format!(
+                    "pool agent {} holds no credential",
+                    agent.agent_id
+                ))
+            })?,
+        };
+        pool.join(
+            &agent.agent_id,
+            machine_type,
+            &agent.address,
+            "",
+            &credential,
+        )
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         // Idle, yet the pool has it run an instance that has ended: free it.
         if let Some(ran) = pool.running(&agent.agent_id) {
             if self.open_instance(&ran).is_err() {
@@ -181,7 +203,31 @@ impl Control {
             }
         }
         self.machines().capacity().added();
-        Ok(())
+        Ok(issued)
+    }
+
+    /// The pool machine type of `machine_id` (its `.od` id too).
+    fn pool_type<'a>(&self, machine_id: &'a str) -> Result<&'a str> {
+        let pool_types: Vec<&str> = self
+            .catalog()
+            .types()
+            .filter(|t| t.provider == POOL)
+            .map(|t| t.name.as_str())
+            .collect();
+        let machine_type = machine_id.trim_end_matches(".od");
+        if pool_types.contains(&machine_type) {
+            return Ok(machine_type);
+        }
+        Err(Error::InvalidArgument(format!(
+            "machine id `{machine_id}` is not a pool machine type in the catalog; add a \
+             [[machine]] with provider = \"pool\" to the scheduler's --catalog (pool types \
+             now: {})",
+            if pool_types.is_empty() {
+                "none".to_string()
+            } else {
+                pool_types.join(", ")
+            }
+        )))
     }
 
     /// Remembers how to reach the instance's agent and sends it its job.

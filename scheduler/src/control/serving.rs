@@ -47,7 +47,7 @@ impl Control {
         if route.job_id != job.id || route.backend(&inst.id).is_some() {
             return;
         }
-        if let Some(link) = self.links().to_instance(inst) {
+        if let Some(link) = self.agent_link(inst) {
             let backend = Backend::new(&inst.id, inst.role, link);
             self.router()
                 .add_backend(&job.owner, &job.model_name, backend);

@@ -5,7 +5,7 @@
 //! Spot machines come from an emulated [`SpotMarket`].
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,16 +16,19 @@ use tokio::process::{Child, Command};
 
 use super::spot::SpotMarket;
 use super::{Provider, ProviderError};
+use crate::auth::Credentials;
 use crate::catalog::{Machine, MachineType, Market};
 
 const PID_FILE: &str = "agent.pid";
 const LOG_FILE: &str = "agent.log";
+/// The agent reads (and deletes) it at start.
+const CREDENTIAL_FILE: &str = "credential";
 
 pub struct LocalProvider {
     agent_bin: PathBuf,
     instances_dir: PathBuf,
     scheduler_url: String,
-    join_token: String,
+    credentials: Credentials,
     /// Extra flags for every agent (workers, python, pip options, timeouts).
     agent_args: Vec<String>,
     children: Mutex<HashMap<String, Child>>,
@@ -37,7 +40,7 @@ impl LocalProvider {
         agent_bin: PathBuf,
         instances_dir: PathBuf,
         scheduler_url: String,
-        join_token: String,
+        credentials: Credentials,
         agent_args: Vec<String>,
         spot: Arc<SpotMarket>,
     ) -> Self {
@@ -45,7 +48,7 @@ impl LocalProvider {
             agent_bin,
             instances_dir,
             scheduler_url,
-            join_token,
+            credentials,
             agent_args,
             children: Mutex::new(HashMap::new()),
             spot,
@@ -56,9 +59,31 @@ impl LocalProvider {
         self.instances_dir.join(instance_id)
     }
 
+    /// Writes the instance's credential for its agent, readable only by
+    /// this user; returns the file.
+    async fn credential_file(
+        &self,
+        instance_id: &str,
+        dir: &Path,
+    ) -> Result<PathBuf, ProviderError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let credential = self.credentials.issue_instance(instance_id).await?;
+        let path = dir.join(CREDENTIAL_FILE);
+        let _ = std::fs::remove_file(&path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?
+            .write_all(credential.as_bytes())?;
+        Ok(path)
+    }
+
     async fn spawn(&self, instance_id: &str, machine: &Machine) -> Result<(), ProviderError> {
         let dir = self.dir(instance_id);
         tokio::fs::create_dir_all(&dir).await?;
+        let credential_file = self.credential_file(instance_id, &dir).await?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -72,8 +97,10 @@ impl LocalProvider {
             .arg(&dir)
             .arg("--listen")
             .arg("127.0.0.1:0")
+            .arg("--credential-file")
+            .arg(&credential_file)
             .args(&self.agent_args)
-            .env("AIBRO_JOIN_TOKEN", &self.join_token)
+            .env_remove("AIBRO_JOIN_TOKEN")
             .env("AIBRO_MACHINE_ID", &machine.id)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -170,6 +197,7 @@ impl Provider for LocalProvider {
     fn terminate<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
         async move {
             self.kill(instance_id).await?;
+            self.credentials.revoke_instance(instance_id).await?;
             match tokio::fs::remove_dir_all(self.dir(instance_id)).await {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
                 _ => Ok(()),

@@ -12,14 +12,14 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use aibro_proto::v1::agent_client::AgentClient;
 use aibro_proto::v1::{AssignRequest, StopRequest};
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tonic::transport::{Channel, ClientTlsConfig};
+use tonic::transport::ClientTlsConfig;
 
 use super::{Provider, ProviderError};
 use crate::catalog::{Machine, MachineType};
+use crate::link::Client;
 
 /// The provider name catalog types use.
 pub const POOL: &str = "pool";
@@ -38,7 +38,7 @@ enum Holds {
 struct Member {
     machine_type: String,
     /// None until the agent registered (a reservation restored at start).
-    client: Option<AgentClient<Channel>>,
+    client: Option<Client>,
     holds: Holds,
     last_seen: Instant,
 }
@@ -70,27 +70,18 @@ impl Pool {
         }
     }
 
-    fn client(&self, address: &str) -> Result<AgentClient<Channel>, ProviderError> {
-        let url = aibro_proto::transport::url(address, self.tls.is_some());
-        let endpoint = aibro_proto::transport::endpoint(&url, self.tls.as_ref()).map_err(|e| {
-            ProviderError::BadAddress {
-                address: address.to_string(),
-                reason: e.to_string(),
-            }
-        })?;
-        Ok(AgentClient::new(endpoint.connect_lazy()))
-    }
-
     /// An agent registered: idle (`instance_id` empty) or running an instance
-    /// it was assigned before a scheduler restart. Updates a known member.
+    /// it was assigned (before a scheduler restart). Updates a known member;
+    /// the pool calls it with `credential`, the agent's own.
     pub fn join(
         &self,
         agent_id: &str,
         machine_type: &str,
         address: &str,
         instance_id: &str,
+        credential: &str,
     ) -> Result<(), ProviderError> {
-        let client = self.client(address)?;
+        let client = crate::link::client(address, self.tls.as_ref(), credential)?;
         let mut members = self.members.lock().expect("pool lock");
         let member = members
             .entry(agent_id.to_string())
@@ -129,17 +120,42 @@ impl Pool {
         }
     }
 
-    /// Restores, at start, that `agent_id` keeps the disk of a stopped instance.
-    pub fn reserve(&self, agent_id: &str, machine_type: &str, instance_id: &str) {
+    /// Whether the pool gave `instance_id` to `agent_id` (to run, or to keep
+    /// its disk): only then may the agent speak for it.
+    pub fn holds(&self, agent_id: &str, instance_id: &str) -> bool {
+        self.members
+            .lock()
+            .expect("pool lock")
+            .get(agent_id)
+            .is_some_and(Self::holding(instance_id))
+    }
+
+    /// The instance the member runs or keeps the disk of, if any.
+    pub fn held_by(&self, agent_id: &str) -> Option<String> {
+        match &self.members.lock().expect("pool lock").get(agent_id)?.holds {
+            Holds::Running(id) | Holds::Parked(id) => Some(id.clone()),
+            Holds::Nothing => None,
+        }
+    }
+
+    /// Restores, at start, that `agent_id` runs (`running`) or keeps the
+    /// disk of a stopped instance.
+    pub fn reserve(&self, agent_id: &str, machine_type: &str, instance_id: &str, running: bool) {
+        let id = instance_id.to_string();
         self.members
             .lock()
             .expect("pool lock")
             .entry(agent_id.to_string())
             .or_insert_with(|| Member::new(machine_type))
-            .holds = Holds::Parked(instance_id.to_string());
+            .holds = if running {
+            Holds::Running(id)
+        } else {
+            Holds::Parked(id)
+        };
     }
 
-    fn leave(&self, agent_id: &str) {
+    /// The agent leaves the pool (it joins again as new).
+    pub fn leave(&self, agent_id: &str) {
         self.members.lock().expect("pool lock").remove(agent_id);
     }
 
@@ -163,7 +179,7 @@ impl Pool {
         &self,
         pick: impl Fn(&Member) -> bool,
         holds: Holds,
-    ) -> Option<(String, AgentClient<Channel>, Holds)> {
+    ) -> Option<(String, Client, Holds)> {
         let mut members = self.members.lock().expect("pool lock");
         let (id, member) = members
             .iter_mut()
@@ -184,7 +200,7 @@ impl Pool {
     async fn assign(
         &self,
         agent_id: &str,
-        mut client: AgentClient<Channel>,
+        mut client: Client,
         instance_id: &str,
         before: Holds,
     ) -> Result<(), ProviderError> {
@@ -355,15 +371,18 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = closed.local_addr().unwrap().to_string();
         drop(closed);
-        pool.join("a1", "pool.cpu", &address, "").unwrap();
-        pool.reserve("a2", "pool.cpu", "inst-stopped");
+        pool.join("a1", "pool.cpu", &address, "", "agent_a1")
+            .unwrap();
+        pool.reserve("a2", "pool.cpu", "inst-stopped", false);
+        assert!(pool.holds("a2", "inst-stopped") && !pool.holds("a1", "inst-stopped"));
         assert_eq!(pool.capacity(&m.kind), Some(2));
         let err = pool.launch("inst-1", &m).await.unwrap_err();
         assert!(err.to_string().contains("no idle pool agent"), "{err}");
         assert!(!pool.seen("a1"), "an unreachable agent leaves the pool");
         // The reservation has no agent yet: it cannot be started, only dropped.
         assert!(pool.start("inst-stopped", &m).await.is_err());
-        pool.join("a3", "pool.cpu", &address, "").unwrap();
+        pool.join("a3", "pool.cpu", &address, "", "agent_a3")
+            .unwrap();
         pool.drop_silent(Duration::ZERO);
         assert!(!pool.seen("a3"), "a silent idle member leaves");
         assert_eq!(pool.capacity(&m.kind), Some(1), "the reservation stays");
