@@ -382,6 +382,7 @@ fn confined(sandbox: &Sandbox, spec: &ProcessSpec, bwrap_fds: bool) -> (PathBuf,
     writable.push(spec.home.clone());
     let mut readable = spec.readable.clone();
     readable.push(sandbox.helper.clone());
+    readable.extend(env::files_named(spec.network == Network::Build));
     readable.extend(virtualenv(&spec.program));
     let view = View::new(sandbox, &readable, &writable, !spec.gpus.is_empty());
     let helper = helper_args(sandbox, spec, &view, command);
@@ -432,14 +433,33 @@ fn helper_args(
         landlock: sandbox.level.uses_landlock(),
         ro,
         rw,
+        restrict_tcp: !namespaces,
+        tcp_connect: if namespaces {
+            Vec::new()
+        } else {
+            landlock_tcp_ports(spec.network)
+        },
         command,
+    }
+}
+
+/// The TCP ports a process without a network namespace may connect to: HTTPS
+/// only (model hubs, the package index), so neither the host's loopback
+/// services, the scheduler, agents nor the metadata address (plain HTTP)
+/// are reached; none when its job's network is isolated.
+fn landlock_tcp_ports(network: Network) -> Vec<u16> {
+    const HTTPS: u16 = 443;
+    match network {
+        Network::Isolated => Vec::new(),
+        Network::Build | Network::Outbound => vec![HTTPS],
     }
 }
 
 /// The process's whole environment: the agent's allow-listed variables, then
 /// what the launcher sets.
 fn environment(sandbox: &Sandbox, spec: &ProcessSpec) -> Vec<(OsString, OsString)> {
-    let mut vars = env::passed_through(std::env::vars_os());
+    let build = spec.network == Network::Build;
+    let mut vars = env::passed_through(std::env::vars_os(), build);
     let mut set = |k: &str, v: OsString| vars.push((k.into(), v));
     set("PATH", env::path_for(&spec.program));
     set("HOME", spec.home.clone().into());

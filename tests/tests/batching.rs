@@ -23,7 +23,17 @@ return [{'item': i, 'batch': len(items)} for i in items]\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_predictions_are_batched_as_deployed() -> anyhow::Result<()> {
-    let s = Scheduler::start_with(&["--agent-workers", "1", "--heartbeat-ms", "200"]).await?;
+    // The model holds its requests on files this test writes: no sandbox
+    // between them (tests/tests/sandbox.rs tests the sandbox).
+    let s = Scheduler::start_with(&[
+        "--agent-workers",
+        "1",
+        "--heartbeat-ms",
+        "200",
+        "--agent-sandbox",
+        "none",
+    ])
+    .await?;
     let token = s.user("alice").await?;
     let dir = repo(MODEL);
     let digest = s.upload_dir(&token, dir.path()).await?;

@@ -137,7 +137,6 @@ fn targets(s: &Scheduler, victim: &Victim, aws: &Path, secrets: &Secrets) -> Val
         aws.to_path_buf(),
         "/etc/shadow".into(),
         format!("/proc/{}/environ", victim.agent_pid).into(),
-        format!("/proc/{}/cmdline", victim.agent_pid).into(),
     ]
     .into_iter()
     .map(|p| p.to_string_lossy().into_owned())
@@ -149,11 +148,9 @@ fn targets(s: &Scheduler, victim: &Victim, aws: &Path, secrets: &Secrets) -> Val
     json!({
         "read": read,
         "list": [data, data.join("instances"), victim.instance_dir, "/root", "/home"],
-        "write": [
-            data.join("pwned"),
-            victim.instance_dir.join("pwned"),
-            format!("/tmp/aibro-pwned-{}", std::process::id()),
-        ],
+        "write": [data.join("pwned"), victim.instance_dir.join("pwned")],
+        // Written in the process's own temporary dir, which must not be the host's.
+        "scratch": scratch_name(s),
         "pids": pids,
         "connect": [
             ["127.0.0.1", scheduler_port],
@@ -162,6 +159,25 @@ fn targets(s: &Scheduler, victim: &Victim, aws: &Path, secrets: &Secrets) -> Val
         ],
         "secrets": secrets.values,
     })
+}
+
+/// The ids of the user's instances (of every job, dry runs included).
+async fn instance_ids(s: &Scheduler, token: &str) -> Result<Vec<String>> {
+    let instances = s
+        .jobs(Some(token))
+        .await?
+        .list_instances(pb::ListInstancesRequest::default())
+        .await?
+        .into_inner()
+        .instances;
+    Ok(instances.into_iter().map(|i| i.instance_id).collect())
+}
+
+/// The file the honest part of the repo writes in its temporary dir (one
+/// name per scheduler: the tests run side by side).
+fn scratch_name(s: &Scheduler) -> String {
+    let data = s.data_dir.file_name().unwrap_or_default().to_string_lossy();
+    format!("aibro-scratch{data}")
 }
 
 /// The hostile repo with its targets baked in.
@@ -190,8 +206,16 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Every attempt of the probe's reports in `value` that was not blocked.
-fn leaks(value: &Value) -> Vec<String> {
+/// Every attempt of the probe's reports in `value` that got something it
+/// must not. Writes are judged on the host instead ([`check_no_writes`]: a
+/// path may exist in the sandbox's own private /tmp). A listing leaks when it
+/// names an entry the host has there other than those on the way to the
+/// process's own files (`own`: its instances' ids, and the system Python's
+/// path, which may lie under a home directory, as pyenv's does).
+fn leaks(value: &Value, own: &[String]) -> Vec<String> {
+    let mut allowed = python_prefix_names();
+    allowed.extend(own.iter().cloned());
+    allowed.push("instances".into());
     let mut out = Vec::new();
     for key in ["at_load", "at_run", "at_build", "at_train"] {
         let Some(report) = value.get(key).and_then(Value::as_object) else {
@@ -199,12 +223,46 @@ fn leaks(value: &Value) -> Vec<String> {
         };
         for (what, outcome) in report {
             let outcome = outcome.as_str().unwrap_or_default();
-            if !outcome.starts_with("blocked") {
+            let leaked = match what.split_once(' ') {
+                _ if outcome.starts_with("blocked") => false,
+                Some(("write", _)) => false,
+                Some(("list", dir)) => listed(outcome).is_none_or(|names| {
+                    names
+                        .iter()
+                        .any(|n| !allowed.contains(n) && Path::new(dir).join(n).exists())
+                }),
+                _ => true,
+            };
+            if leaked {
                 out.push(format!("{key}: {what}: {outcome}"));
             }
         }
     }
     out
+}
+
+/// The names in a probe's "LEAKED ['a', 'b']" listing.
+fn listed(outcome: &str) -> Option<Vec<String>> {
+    let list = outcome.strip_prefix("LEAKED [")?.strip_suffix(']')?;
+    Some(
+        list.split(", ")
+            .map(|n| n.trim_matches('\'').to_string())
+            .filter(|n| !n.is_empty())
+            .collect(),
+    )
+}
+
+/// The path components of the system Python's prefix (what the sandbox shows).
+fn python_prefix_names() -> Vec<String> {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.base_prefix)"])
+        .output()
+        .expect("python3 runs");
+    let prefix = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Path::new(&prefix)
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// The reports were all made: load, run and the package build each probed.
@@ -224,7 +282,7 @@ fn check_no_writes(s: &Scheduler, victim: &Victim) -> Result<()> {
     for path in [
         s.data_dir.join("pwned"),
         victim.instance_dir.join("pwned"),
-        PathBuf::from(format!("/tmp/aibro-pwned-{}", std::process::id())),
+        std::env::temp_dir().join(scratch_name(s)),
     ] {
         ensure!(!path.exists(), "user code wrote {}", path.display());
     }
@@ -357,12 +415,13 @@ async fn contained_at(level: &str) -> Result<()> {
     let dry = dry_run_hostile(&s, &alice, &digest).await?;
     check_probed(&dry, &["at_load", "at_run", "at_build"])?;
 
+    let own = instance_ids(&s, &alice).await?;
     for (what, value) in [
         ("serving", &served),
         ("training", &trained),
         ("dry run", &dry),
     ] {
-        let leaked = leaks(value);
+        let leaked = leaks(value, &own);
         ensure!(leaked.is_empty(), "{level}, {what}: {leaked:#?}");
         let found = secrets.found_in(&value.to_string());
         ensure!(
@@ -400,4 +459,75 @@ async fn without_a_sandbox_the_probe_finds_the_secrets() -> Result<()> {
         "the probe missed the admin token without a sandbox: {served:#}"
     );
     Ok(())
+}
+
+/// The same attack on a pool agent (a host started by hand, as on a GPU
+/// machine): its stored credential, its data dir and its process are out of
+/// reach too.
+#[tokio::test]
+async fn a_hostile_repo_is_contained_on_a_pool_agent() -> Result<()> {
+    let (s, _catalog) = aibro_tests::pool_scheduler(&[]).await?;
+    let hosts = tempfile::tempdir()?;
+    let host_dir = hosts.path().join("host-1");
+    let agent = aibro_tests::host_agent(&s, &host_dir, "pool.cpu")?;
+    let alice = s.user("alice").await?;
+    aibro_tests::wait_pool(&s, &alice, (1, 1)).await?;
+    let credential = wait_for_file(&host_dir.join("credential")).await?;
+    let home = tempfile::tempdir()?;
+    let (aws, aws_key) = aws_credentials(home.path())?;
+    let mut secrets = Secrets::of(&s, &aws_key)?;
+    secrets.values.push(credential);
+    let victim = victim(&s).await?;
+    let mut targets = targets(&s, &victim, &aws, &secrets);
+    let reads = targets["read"].as_array_mut().context("reads")?;
+    // The agent's own scripts there are what its workers run: not secret.
+    let host_files = files_under(&host_dir, 1)
+        .into_iter()
+        .filter(|f| !f.ends_with(".py"));
+    reads.extend(host_files.map(Value::from));
+    let pids = targets["pids"].as_array_mut().context("pids")?;
+    pids.push(json!(agent.id().context("the pool agent's pid")?));
+    let repo = hostile_repo(&targets)?;
+    let digest = s.upload_dir(&alice, repo.path()).await?;
+
+    let mut request = deploy_request("hostile", &digest);
+    request.machine_config = Some(pb::MachineConfig {
+        standby: "pool.cpu.od".into(),
+        cooling: String::new(),
+    });
+    let job_id = s.deploy_with(&alice, request).await?;
+    s.wait_status(&alice, &job_id, pb::JobStatus::Deployed)
+        .await?;
+    let answer = s
+        .predict("alice", "public", "hostile", r#"{"x": [1, 1, 1]}"#)
+        .await?;
+    let served: Value = serde_json::from_slice(&answer.output)?;
+    check_probed(&served, &["at_load", "at_run", "at_build"])?;
+    let leaked = leaks(&served, &instance_ids(&s, &alice).await?);
+    ensure!(leaked.is_empty(), "pool agent: {leaked:#?}");
+    let found = secrets.found_in(&served.to_string());
+    ensure!(
+        found.is_empty(),
+        "pool agent: secrets in the output: {found:?}"
+    );
+    check_no_writes(&s, &victim)?;
+    check_victim(&s, &victim).await
+}
+
+/// The file's content once it exists (within the deploy deadline).
+async fn wait_for_file(path: &Path) -> Result<String> {
+    let deadline = std::time::Instant::now() + aibro_tests::DEPLOY_DEADLINE;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if !text.is_empty() {
+                return Ok(text.trim().to_string());
+            }
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

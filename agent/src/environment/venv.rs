@@ -139,7 +139,8 @@ pub(crate) async fn gear_up(
         .arg(repo.join(REQUIREMENTS_TXT))
         .args(pip.install_args());
     install.cwd = Some(repo.to_path_buf());
-    install.readable.push(repo.to_path_buf());
+    // The job's own copy: a local package in requirements.txt builds in place.
+    install.writable.push(repo.to_path_buf());
     install.readable.extend(local_find_links(pip));
     tracing::info!(venv = %dir.display(), "pip install -r requirements.txt");
     let out = run(sandbox, &install).await?;

@@ -6,7 +6,9 @@
 use std::ffi::OsString;
 
 /// Variables passed through from the agent's environment, by exact name.
-const PASSED: [&str; 12] = [
+const PASSED: [&str; 13] = [
+    // The catalog machine type the instance runs on, for code that adapts to it.
+    "AIBRO_MACHINE_ID",
     "LANG",
     "LANGUAGE",
     "TZ",
@@ -24,18 +26,58 @@ const PASSED: [&str; 12] = [
 /// Variables passed through by prefix.
 const PASSED_PREFIXES: [&str; 2] = ["LC_", "NVIDIA_"];
 
+/// Where TLS finds its CA certificates (public ones, often a proxy's):
+/// passed through, and the files they name are in the view.
+const CA_VARS: [&str; 4] = [
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+];
+
+/// pip's own settings (`PIP_INDEX_URL`, `PIP_CERT`, `PIP_FIND_LINKS`, …), for
+/// environment builds only: an index URL may hold credentials.
+const PIP_PREFIX: &str = "PIP_";
+
 /// The system's own binaries, after the interpreter's directory.
 const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
 
-/// The agent's variables a user process may see.
+/// The agent's variables a user process may see; pip's settings too when
+/// it builds an environment.
 pub(crate) fn passed_through(
     vars: impl IntoIterator<Item = (OsString, OsString)>,
+    build: bool,
 ) -> Vec<(OsString, OsString)> {
     vars.into_iter()
         .filter(|(k, _)| {
             let k = k.to_string_lossy();
-            PASSED.contains(&k.as_ref()) || PASSED_PREFIXES.iter().any(|p| k.starts_with(p))
+            PASSED.contains(&k.as_ref())
+                || CA_VARS.contains(&k.as_ref())
+                || PASSED_PREFIXES.iter().any(|p| k.starts_with(p))
+                || (build && k.starts_with(PIP_PREFIX))
         })
+        .collect()
+}
+
+/// Files and directories of the agent's environment a user process reads:
+/// the CA certificates, and for a build pip's local `PIP_FIND_LINKS` and
+/// `PIP_CERT`.
+pub(crate) fn files_named(build: bool) -> Vec<std::path::PathBuf> {
+    let mut names: Vec<&str> = CA_VARS.to_vec();
+    if build {
+        names.extend(["PIP_CERT", "PIP_FIND_LINKS"]);
+    }
+    names
+        .into_iter()
+        .filter_map(std::env::var_os)
+        .flat_map(|v| {
+            let v = v.to_string_lossy().into_owned();
+            v.split([' ', ':'])
+                .filter(|p| p.starts_with('/'))
+                .map(std::path::PathBuf::from)
+                .collect::<Vec<_>>()
+        })
+        .filter(|p| p.exists())
         .collect()
 }
 
@@ -63,20 +105,29 @@ mod tests {
             ("NVIDIA_DRIVER_CAPABILITIES", "all"),
             ("OMP_NUM_THREADS", "4"),
             ("PATH", "/root/.pyenv/shims:/usr/bin"),
+            ("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt"),
+            ("PIP_INDEX_URL", "https://user:secret@index.example/simple"),
         ]
         .map(|(k, v)| (OsString::from(k), OsString::from(v)));
-        let names: Vec<_> = passed_through(vars)
-            .into_iter()
-            .map(|(k, _)| k.into_string().unwrap())
-            .collect();
+        let names = |build| -> Vec<String> {
+            passed_through(vars.clone(), build)
+                .into_iter()
+                .map(|(k, _)| k.into_string().unwrap())
+                .collect()
+        };
+        let serving = [
+            "LANG",
+            "LC_ALL",
+            "NVIDIA_DRIVER_CAPABILITIES",
+            "OMP_NUM_THREADS",
+            "SSL_CERT_FILE",
+        ];
+        assert_eq!(names(false), serving);
+        assert_eq!(names(true)[..5], serving);
         assert_eq!(
-            names,
-            [
-                "LANG",
-                "LC_ALL",
-                "NVIDIA_DRIVER_CAPABILITIES",
-                "OMP_NUM_THREADS"
-            ]
+            names(true)[5..],
+            ["PIP_INDEX_URL"],
+            "pip's settings in builds only"
         );
         let path = path_for(std::path::Path::new("/e/venv/bin/python"));
         assert!(path

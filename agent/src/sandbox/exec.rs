@@ -45,6 +45,13 @@ pub struct ExecArgs {
     pub ro: Vec<PathBuf>,
     #[arg(long)]
     pub rw: Vec<PathBuf>,
+    /// With --landlock: TCP connections only to these ports (without
+    /// network namespaces there is no other way to keep user code from the
+    /// host's loopback, the scheduler, agents and the metadata address).
+    #[arg(long)]
+    pub restrict_tcp: bool,
+    #[arg(long)]
+    pub tcp_connect: Vec<u16>,
     /// The command to exec.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     pub command: Vec<OsString>,
@@ -73,6 +80,12 @@ impl ExecArgs {
             for p in paths {
                 args.extend([flag.into(), p.clone().into_os_string()]);
             }
+        }
+        if self.restrict_tcp {
+            args.push("--restrict-tcp".into());
+        }
+        for port in &self.tcp_connect {
+            args.extend(["--tcp-connect".into(), port.to_string().into()]);
         }
         args.push("--".into());
         args.extend(self.command.iter().cloned());
@@ -143,7 +156,8 @@ fn confine(args: &ExecArgs) -> Result<(), ExecError> {
     }
     drop_capabilities().map_err(ExecError::Capabilities)?;
     if args.landlock {
-        landlock::restrict(&args.ro, &args.rw)?;
+        let tcp = args.restrict_tcp.then_some(args.tcp_connect.as_slice());
+        landlock::restrict(&args.ro, &args.rw, tcp)?;
     }
     Ok(())
 }
@@ -252,6 +266,8 @@ mod tests {
             landlock: true,
             ro: vec!["/usr".into()],
             rw: vec!["/w".into()],
+            restrict_tcp: true,
+            tcp_connect: vec![443],
             command: vec!["python".into(), "-u".into(), "--x".into()],
         };
         let line = std::iter::once(OsString::from("agent")).chain(args.to_args());

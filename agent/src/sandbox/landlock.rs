@@ -1,13 +1,14 @@
 //! Landlock, applied by the helper to itself before it execs user code: reads
 //! only beneath the view's read-only paths, writes only beneath its writable
 //! ones, and (ABI 6) no signals to and no abstract unix sockets of processes
-//! outside the sandbox. Paths that do not exist are not granted.
+//! outside the sandbox; at the `landlock` level also (ABI 4) TCP connections
+//! only to the HTTPS port. Paths that do not exist are not granted.
 
 use std::path::PathBuf;
 
 use landlock::{
-    path_beneath_rules, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, RulesetError, RulesetStatus, Scope, ABI,
+    path_beneath_rules, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, RulesetError, RulesetStatus, Scope, ABI,
 };
 
 /// The newest ABI the rules are written for.
@@ -39,11 +40,21 @@ pub(crate) fn abi() -> i32 {
 }
 
 /// Restricts this process (and what it execs) to `read_only` and `writable`,
-/// and scopes its signals and abstract sockets. Sets no_new_privs.
-pub(crate) fn restrict(read_only: &[PathBuf], writable: &[PathBuf]) -> Result<(), LandlockError> {
-    let status = Ruleset::default()
+/// and scopes its signals and abstract sockets; with `tcp`, TCP connections
+/// go only to those ports. Sets no_new_privs.
+pub(crate) fn restrict(
+    read_only: &[PathBuf],
+    writable: &[PathBuf],
+    tcp: Option<&[u16]>,
+) -> Result<(), LandlockError> {
+    let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
-        .handle_access(AccessFs::from_all(TARGET_ABI))?
+        .handle_access(AccessFs::from_all(TARGET_ABI))?;
+    if tcp.is_some() {
+        ruleset = ruleset.handle_access(AccessNet::ConnectTcp)?;
+    }
+    let ports = tcp.unwrap_or_default().iter();
+    let status = ruleset
         .scope(Scope::Signal | Scope::AbstractUnixSocket)?
         .create()?
         .add_rules(path_beneath_rules(
@@ -51,6 +62,7 @@ pub(crate) fn restrict(read_only: &[PathBuf], writable: &[PathBuf]) -> Result<()
             AccessFs::from_read(TARGET_ABI),
         ))?
         .add_rules(path_beneath_rules(writable, AccessFs::from_all(TARGET_ABI)))?
+        .add_rules(ports.map(|&p| Ok::<_, RulesetError>(NetPort::new(p, AccessNet::ConnectTcp))))?
         .restrict_self()?;
     if status.ruleset == RulesetStatus::NotEnforced {
         return Err(LandlockError::NotEnforced);

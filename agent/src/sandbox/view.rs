@@ -20,7 +20,7 @@ const SYSTEM_DIRS: [&str; 7] = [
 
 /// The files of /etc Python, its extensions and TLS need; never shadow,
 /// gshadow, sudoers or ssh keys.
-const ETC_FILES: [&str; 16] = [
+const ETC_FILES: [&str; 20] = [
     "/etc/ld.so.cache",
     "/etc/ld.so.conf",
     "/etc/ld.so.conf.d",
@@ -37,6 +37,11 @@ const ETC_FILES: [&str; 16] = [
     "/etc/group",
     "/etc/localtime",
     "/etc/mime.types",
+    // What pip and Python read of the system they run on.
+    "/etc/os-release",
+    "/etc/debian_version",
+    "/etc/lsb-release",
+    "/etc/pip.conf",
 ];
 
 /// The device nodes every process may use.
