@@ -115,8 +115,11 @@ async fn aibro_rows(
     let workers = args.workers.to_string();
     let n = threads.to_string();
     let mut flags = vec!["--agent-workers", &workers, "--agent-sandbox", sandbox];
+    // The same for the agent the bench calls straight.
+    let mut agent_flags = vec!["--workers", &workers, "--sandbox", sandbox];
     if threads > 0 {
         flags.extend(["--runtime-threads", &n, "--agent-runtime-threads", &n]);
+        agent_flags.extend(["--runtime-threads", &n]);
     }
     let mut suffix = match threads {
         0 => String::new(),
@@ -127,39 +130,93 @@ async fn aibro_rows(
         suffix.push_str(&format!(", {sandbox}"));
     }
     let (via_path, direct_path) = (format!("{VIA}{suffix}"), format!("{DIRECT}{suffix}"));
-    let s = Scheduler::start_with(&flags).await?;
+    let (s, _catalog) = aibro_tests::pool_scheduler(&flags).await?;
     let token = s.user("bench").await?;
     let digest = s.upload_dir(&token, &example("echo")).await?;
     let job_id = s.deploy(&token, "echo", &digest).await?;
     s.wait_status(&token, &job_id, JobStatus::Deployed).await?;
-    let job = s.get_job(&token, &job_id).await?;
-    let agent_addr = format!("http://{}", job.instances[0].agent_address);
-    let server = s.child.as_ref().expect("scheduler running").id();
+    let direct = DirectAgent::start(&s, &token, &digest, &agent_flags).await?;
     // The same payload as the Ray Serve peer's.
     let payload = crate::ray::BODY.as_bytes().to_vec();
     let mut rows = Vec::new();
     for &c in &args.concurrency {
         rows.push(via_scheduler(&s, &via_path, "echo", &payload, c, window).await?);
-        let direct = AgentClient::new(
-            tonic::transport::Channel::from_shared(agent_addr.clone())?
-                .connect()
-                .await?,
-        );
-        let request = pb::AgentPredictRequest {
-            job_id: job_id.clone(),
-            payload: payload.clone(),
-            content_type: "application/json".into(),
-        };
-        rows.push(
-            measure(&direct_path, c, window, server, move || {
-                let mut client = direct.clone();
-                let request = request.clone();
-                async move { client.predict(request).await.map(drop) }
-            })
-            .await?,
-        );
+        rows.push(direct.measure(&direct_path, &payload, c, window).await?);
     }
     Ok(rows)
+}
+
+/// The echo model on an agent of the bench's own (a pool host), called
+/// straight, with the credential that agent keeps: the path without the
+/// scheduler's hop. Its server side is that agent's process tree.
+struct DirectAgent {
+    agent: tokio::process::Child,
+    address: String,
+    credential: String,
+    job_id: String,
+    _dir: tempfile::TempDir,
+}
+
+impl DirectAgent {
+    /// Starts the agent with `flags` as a pool host and deploys on it.
+    async fn start(
+        s: &Scheduler,
+        token: &str,
+        digest: &str,
+        flags: &[&str],
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let host = dir.path().join("host");
+        let join = std::fs::read_to_string(s.data_dir.join("join-token"))?;
+        let agent = aibro_tests::host_agent_args(s, &host, "pool.cpu", Some(join.trim()), flags)?;
+        aibro_tests::wait_pool(s, token, (1, 1)).await?;
+        let mut request = aibro_tests::deploy_request("echo-direct", digest);
+        request.machine_config = Some(pb::MachineConfig {
+            standby: "pool.cpu.od".into(),
+            cooling: String::new(),
+        });
+        let job_id = s.deploy_with(token, request).await?;
+        s.wait_status(token, &job_id, JobStatus::Deployed).await?;
+        let job = s.get_job(token, &job_id).await?;
+        let credential = std::fs::read_to_string(host.join("credential"))?;
+        Ok(DirectAgent {
+            agent,
+            address: format!("http://{}", job.instances[0].agent_address),
+            credential: credential.trim().to_string(),
+            job_id,
+            _dir: dir,
+        })
+    }
+
+    async fn measure(
+        &self,
+        path: &str,
+        payload: &[u8],
+        c: usize,
+        window: Duration,
+    ) -> anyhow::Result<Row> {
+        let channel = tonic::transport::Channel::from_shared(self.address.clone())?
+            .connect()
+            .await?;
+        let bearer: tonic::metadata::MetadataValue<_> =
+            format!("Bearer {}", self.credential).parse()?;
+        let client = AgentClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", bearer.clone());
+            Ok(r)
+        });
+        let request = pb::AgentPredictRequest {
+            job_id: self.job_id.clone(),
+            payload: payload.to_vec(),
+            content_type: "application/json".into(),
+        };
+        let server = self.agent.id().expect("the agent runs");
+        measure(path, c, window, server, move || {
+            let mut client = client.clone();
+            let request = request.clone();
+            async move { client.predict(request).await.map(drop) }
+        })
+        .await
+    }
 }
 
 /// The same model as a Ray Serve deployment, driven by wrk.
@@ -215,6 +272,7 @@ pub(crate) async fn via_scheduler(
     window: Duration,
 ) -> anyhow::Result<Row> {
     let client = pb::inference_client::InferenceClient::new(s.channel().await?);
+    let server = s.child.as_ref().expect("scheduler running").id();
     let request = pb::PredictRequest {
         owner: "bench".into(),
         client_id: "public".into(),
@@ -222,7 +280,6 @@ pub(crate) async fn via_scheduler(
         payload: payload.to_vec(),
         content_type: "application/json".into(),
     };
-    let server = s.child.as_ref().expect("scheduler running").id();
     measure(path, concurrency, window, server, move || {
         let mut client = client.clone();
         let request = request.clone();

@@ -599,12 +599,24 @@ pub fn host_agent_with(
     machine_id: &str,
     join_token: Option<&str>,
 ) -> Result<tokio::process::Child> {
+    host_agent_args(s, dir, machine_id, join_token, &[])
+}
+
+/// [`host_agent_with`], with more agent flags.
+pub fn host_agent_args(
+    s: &Scheduler,
+    dir: &Path,
+    machine_id: &str,
+    join_token: Option<&str>,
+    flags: &[&str],
+) -> Result<tokio::process::Child> {
     std::fs::create_dir_all(dir)?;
     let log = std::fs::File::create(dir.with_extension("log"))?;
     Ok(tokio::process::Command::new(bin("aibro-agent"))
         .args(["--scheduler", &s.endpoint(), "--machine-id", machine_id])
         .args(["--listen", "127.0.0.1:0", "--dir"])
         .arg(dir)
+        .args(flags)
         .envs(join_token.map(|t| ("AIBRO_JOIN_TOKEN", t)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
