@@ -34,7 +34,9 @@ fn children_matching(parent: i32, needle: &str) -> Vec<i32> {
 
 #[tokio::test]
 async fn a_killed_worker_is_restarted_and_its_request_is_retryable() -> anyhow::Result<()> {
-    let s = Scheduler::start_with(&["--heartbeat-ms", "200"]).await?;
+    // It finds and kills a worker by its pid on this host: no sandbox
+    // (whose processes wrap each worker) between them.
+    let s = Scheduler::start_with(&["--heartbeat-ms", "200", "--agent-sandbox", "none"]).await?;
     let token = s.user("wanda").await?;
     // run() is slow enough that a request is in flight when its worker dies.
     let repo = aibro_tests::repo(

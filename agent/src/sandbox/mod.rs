@@ -7,8 +7,6 @@
 //! builds the allow-listed environment.
 
 pub(crate) mod env;
-#[cfg(test)]
-mod escape_tests;
 pub mod exec;
 pub(crate) mod landlock;
 pub(crate) mod network;
