@@ -421,16 +421,19 @@ async fn contained_at(level: &str) -> Result<()> {
         ("training", &trained),
         ("dry run", &dry),
     ] {
-        let leaked = leaks(value, &own);
-        ensure!(leaked.is_empty(), "{level}, {what}: {leaked:#?}");
-        let found = secrets.found_in(&value.to_string());
-        ensure!(
-            found.is_empty(),
-            "{level}, {what}: secrets in the output: {found:?}"
-        );
+        check_contained(&format!("{level}, {what}"), value, &own, &secrets)?;
     }
     check_no_writes(&s, &victim)?;
     check_victim(&s, &victim).await
+}
+
+/// Nothing leaked into `value`: every attempt blocked, no secret in it.
+fn check_contained(what: &str, value: &Value, own: &[String], secrets: &Secrets) -> Result<()> {
+    let leaked = leaks(value, own);
+    ensure!(leaked.is_empty(), "{what}: {leaked:#?}");
+    let found = secrets.found_in(&value.to_string());
+    ensure!(found.is_empty(), "{what}: secrets in the output: {found:?}");
+    Ok(())
 }
 
 #[tokio::test]
@@ -503,13 +506,8 @@ async fn a_hostile_repo_is_contained_on_a_pool_agent() -> Result<()> {
         .await?;
     let served: Value = serde_json::from_slice(&answer.output)?;
     check_probed(&served, &["at_load", "at_run", "at_build"])?;
-    let leaked = leaks(&served, &instance_ids(&s, &alice).await?);
-    ensure!(leaked.is_empty(), "pool agent: {leaked:#?}");
-    let found = secrets.found_in(&served.to_string());
-    ensure!(
-        found.is_empty(),
-        "pool agent: secrets in the output: {found:?}"
-    );
+    let own = instance_ids(&s, &alice).await?;
+    check_contained("pool agent", &served, &own, &secrets)?;
     check_no_writes(&s, &victim)?;
     check_victim(&s, &victim).await
 }
