@@ -13,10 +13,15 @@ pub struct ControlArgs {
     /// Cold deploys to time.
     #[arg(long, default_value_t = 5)]
     pub deploys: usize,
+    /// The agents' sandbox level (`auto`: the strongest the machine allows).
+    #[arg(long, default_value = "auto")]
+    pub sandbox: String,
 }
 
 pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
-    let s = Scheduler::start_with(&["--agent-workers", "2"]).await?;
+    println!("agents' sandbox: {}", args.sandbox);
+    let flags = ["--agent-workers", "2", "--agent-sandbox", &args.sandbox];
+    let s = Scheduler::start_with(&flags).await?;
     let token = s.user("bench").await?;
     cold_deploys(&s, &token, args.deploys).await?;
     cooling_wake(&s, &token).await?;
