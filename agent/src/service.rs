@@ -101,16 +101,7 @@ impl Agent for AgentService {
             )
             .await
             .map_err(to_status)?;
-        Ok(Response::new(dry_run_result(outcome)))
-    }
-}
-
-fn dry_run_result(outcome: aibro_repo::DryRunOutcome) -> DryRunResult {
-    DryRunResult {
-        ok: outcome.ok,
-        output: outcome.output,
-        content_type: outcome.content_type,
-        traceback: outcome.traceback,
+        Ok(Response::new(outcome.into()))
     }
 }
 

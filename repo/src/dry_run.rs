@@ -69,6 +69,29 @@ impl DryRunOutcome {
     }
 }
 
+/// The gRPC form (`DryRunResult`), as the agent answers and Deploy returns it.
+impl From<DryRunOutcome> for aibro_proto::v1::DryRunResult {
+    fn from(o: DryRunOutcome) -> Self {
+        aibro_proto::v1::DryRunResult {
+            ok: o.ok,
+            output: o.output,
+            content_type: o.content_type,
+            traceback: o.traceback,
+        }
+    }
+}
+
+impl From<aibro_proto::v1::DryRunResult> for DryRunOutcome {
+    fn from(r: aibro_proto::v1::DryRunResult) -> Self {
+        DryRunOutcome {
+            ok: r.ok,
+            output: r.output,
+            content_type: r.content_type,
+            traceback: r.traceback,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

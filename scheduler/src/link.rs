@@ -145,15 +145,8 @@ impl AgentLink for Client {
         };
         let mut client = self.clone();
         async move {
-            let r = AgentClient::dry_run(&mut client, request)
-                .await?
-                .into_inner();
-            Ok(DryRunOutcome {
-                ok: r.ok,
-                output: r.output,
-                content_type: r.content_type,
-                traceback: r.traceback,
-            })
+            let result = AgentClient::dry_run(&mut client, request).await?;
+            Ok(result.into_inner().into())
         }
         .boxed()
     }

@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use aibro_proto::v1::DryRunResult;
 use aibro_repo::DryRunOutcome;
 use anyhow::{bail, Context, Result};
 
@@ -45,15 +44,7 @@ pub async fn run(args: &DeployArgs, json: bool) -> Result<()> {
     let line = stdout.lines().last().unwrap_or_default();
     let outcome = DryRunOutcome::from_json_line(line)
         .with_context(|| format!("`{} dry-run` printed no outcome", agent.display()))?;
-    show_dry_run(
-        json,
-        DryRunResult {
-            ok: outcome.ok,
-            output: outcome.output,
-            content_type: outcome.content_type,
-            traceback: outcome.traceback,
-        },
-    )
+    show_dry_run(json, outcome.into())
 }
 
 /// `aibro-agent` beside this program, else the one on PATH.

@@ -7,8 +7,8 @@ use aibro_proto::v1 as pb;
 use prost_types::Timestamp;
 
 use crate::control::{
-    AgentLoad, AgentReport, DeploySpec, DryRunOutcome, FitSpec, InstanceView, JobView,
-    MachineOffer, ReportedPhase, TrainingUpdate, UpdateKind,
+    AgentLoad, AgentReport, DeploySpec, FitSpec, InstanceView, JobView, MachineOffer,
+    ReportedPhase, TrainingUpdate, UpdateKind,
 };
 use crate::error::Error;
 use crate::records::{BatchSettings, EventRecord, GpuRecord, HardwareRecord, ProgressRecord};
@@ -196,15 +196,6 @@ pub fn machine(offer: &MachineOffer) -> pb::Machine {
         available: offer.available,
         spot_availability: offer.spot_availability,
         provider: t.provider.clone(),
-    }
-}
-
-pub fn dry_run(d: DryRunOutcome) -> pb::DryRunResult {
-    pb::DryRunResult {
-        ok: d.ok,
-        output: d.output,
-        content_type: d.content_type,
-        traceback: d.traceback,
     }
 }
 

@@ -31,7 +31,7 @@ impl Inference for InferenceApi {
                 dryrun: None,
             },
             Deployed::DryRun(outcome) => DeployResponse {
-                dryrun: Some(convert::dry_run(outcome)),
+                dryrun: Some(outcome.into()),
                 ..DeployResponse::default()
             },
         };
