@@ -68,6 +68,24 @@ pub mod transport {
         }
     }
 
+    /// Writes a secret to `path` readable only by this user (mode 0600),
+    /// atomically: a reader sees the whole file or none (written beside it,
+    /// synced, then renamed).
+    pub fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(secret.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+
     /// Compares two secrets without leaking where they differ.
     pub fn constant_time_eq(a: &str, b: &str) -> bool {
         let (a, b) = (a.as_bytes(), b.as_bytes());

@@ -29,8 +29,8 @@ pub mod state;
 pub mod store;
 pub mod tls;
 
+use aibro_proto::transport::write_secret;
 use std::future::Future;
-use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -68,30 +68,15 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Writes `<data-dir>/<name>` (mode 0600) atomically.
-fn write_secret(data_dir: &std::path::Path, name: &str, secret: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = data_dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(secret.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, data_dir.join(name))
-}
-
 /// Creates the admin account and writes its token to `<data-dir>/admin-token`
 /// on first start; writes the agents' join token to `<data-dir>/join-token`.
 async fn ensure_secrets(auth: &auth::Auth, data_dir: &std::path::Path) -> anyhow::Result<()> {
     if !data_dir.join(JOIN_TOKEN_FILE).exists() {
-        write_secret(data_dir, JOIN_TOKEN_FILE, auth.join_token())?;
+        write_secret(&data_dir.join(JOIN_TOKEN_FILE), auth.join_token())?;
     }
     if !data_dir.join(ADMIN_TOKEN_FILE).exists() {
         let token = auth.create_token(auth::ADMIN_USER).await?;
-        write_secret(data_dir, ADMIN_TOKEN_FILE, &token)?;
+        write_secret(&data_dir.join(ADMIN_TOKEN_FILE), &token)?;
     }
     Ok(())
 }

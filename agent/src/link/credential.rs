@@ -4,12 +4,10 @@
 //! in `<dir>/credential` (mode 0600) across restarts. It goes out on every call
 //! to the scheduler, and every call to the agent's own service must carry it.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use aibro_proto::transport::constant_time_eq;
+use aibro_proto::transport::{constant_time_eq, write_secret};
 
 /// The file under the data directory that keeps a pool agent's credential.
 const CREDENTIAL_FILE: &str = "credential";
@@ -79,20 +77,8 @@ impl Credential {
     /// Takes the credential the scheduler issued, then keeps it in the data
     /// directory (mode 0600, written atomically: once there, it is in use).
     pub(crate) fn adopt(&self, issued: String) -> Result<(), CredentialError> {
-        let write = |path: &Path| -> std::io::Result<()> {
-            let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(issued.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        };
         *self.value.write().expect("credential lock") = Some(issued.clone());
-        write(&self.stored).map_err(|source| CredentialError::Write {
+        write_secret(&self.stored, &issued).map_err(|source| CredentialError::Write {
             path: self.stored.clone(),
             source,
         })
