@@ -118,7 +118,7 @@ fn job_of(body: &report_request::Body) -> &str {
     match body {
         report_request::Body::Phase(p) => &p.job_id,
         report_request::Body::Progress(p) => &p.job_id,
-        report_request::Body::Heartbeat(_) => "",
+        report_request::Body::Heartbeat(_) | report_request::Body::SpotNotice(_) => "",
     }
 }
 

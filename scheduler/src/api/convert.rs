@@ -8,7 +8,7 @@ use prost_types::Timestamp;
 
 use crate::control::{
     AgentLoad, AgentReport, DeploySpec, FitSpec, InstanceView, JobView, MachineOffer,
-    ReportedPhase, TrainingUpdate, UpdateKind,
+    ReportedPhase, SpotNotice, TrainingUpdate, UpdateKind,
 };
 use crate::error::Error;
 use crate::records::{BatchSettings, EventRecord, GpuRecord, HardwareRecord, ProgressRecord};
@@ -333,6 +333,20 @@ impl TryFrom<pb::PhaseReport> for AgentReport {
             phase,
             message: r.message,
         })
+    }
+}
+
+impl TryFrom<pb::SpotNotice> for SpotNotice {
+    type Error = String;
+
+    fn try_from(n: pb::SpotNotice) -> Result<Self, String> {
+        match n.action.as_str() {
+            "terminate" | "stop" | "hibernate" => Ok(SpotNotice::Interruption { at_ms: n.at_ms }),
+            "rebalance" => Ok(SpotNotice::Rebalance),
+            other => Err(format!(
+                "spot_notice.action `{other}`: expected terminate, stop, hibernate or rebalance"
+            )),
+        }
     }
 }
 

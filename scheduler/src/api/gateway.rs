@@ -16,7 +16,7 @@ use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::AgentCaller;
-use crate::control::{AgentClaim, AgentReport, Control, Registration};
+use crate::control::{AgentClaim, AgentReport, Control, Registration, SpotNotice};
 use crate::error::Error;
 
 pub struct GatewayApi {
@@ -98,6 +98,10 @@ impl AgentGateway for GatewayApi {
                 self.control
                     .training_update(&r.instance_id, p.into())
                     .await?
+            }
+            Some(Body::SpotNotice(n)) => {
+                let notice = SpotNotice::try_from(n).map_err(Error::InvalidArgument)?;
+                self.control.spot_notice(&r.instance_id, notice)?
             }
             None => return Err(Status::invalid_argument("report has no body")),
         }

@@ -60,6 +60,7 @@ pub use jobs::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use links::{AgentLoad, LastHeard};
 pub use machines::{MachineError, Shortage};
 pub use reports::{AgentReport, Registration, ReportedPhase};
+pub use spot::SpotNotice;
 pub use train::{FitSpec, TrainingUpdate, UpdateKind};
 pub use views::{InstanceView, JobView, MachineOffer};
 

@@ -17,6 +17,19 @@ use super::replace::{FailedReplacement, MachineSlot};
 use super::{instance_mut, Control};
 
 const INTERRUPTION: &str = "spot interruption";
+/// How long a rebalance recommendation is taken to leave: EC2 gives an
+/// interruption two minutes' notice, and a recommendation comes earlier.
+const REBALANCE_NOTICE: Duration = Duration::from_secs(120);
+
+/// What an instance's agent heard from its cloud's metadata service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpotNotice {
+    /// The machine is reclaimed (terminated, stopped or hibernated) at this
+    /// time, in ms since the Unix epoch.
+    Interruption { at_ms: u64 },
+    /// An interruption is likely soon: move off the machine.
+    Rebalance,
+}
 
 impl Control {
     /// Handles the providers' interruption notices until shutdown.
@@ -28,6 +41,31 @@ impl Control {
                 this.spawn(async move { this2.interrupted(notice).await });
             }
         });
+    }
+
+    /// An agent's notice from its cloud: handled as the providers' notices
+    /// are, once per instance (the agent may repeat it).
+    pub fn spot_notice(&self, instance_id: &str, notice: SpotNotice) -> Result<()> {
+        let inst = self
+            .store()
+            .instance(instance_id)?
+            .ok_or_else(|| Error::NotFound(format!("instance {instance_id}")))?;
+        if inst.reason == INTERRUPTION {
+            return Ok(());
+        }
+        let notice = match notice {
+            SpotNotice::Interruption { at_ms } => {
+                Duration::from_millis(at_ms.saturating_sub(crate::clock::now_ms()))
+            }
+            SpotNotice::Rebalance => REBALANCE_NOTICE,
+        };
+        let interruption = Interruption {
+            instance_id: instance_id.to_string(),
+            notice,
+        };
+        let this = self.clone();
+        self.spawn(async move { this.interrupted(interruption).await });
+        Ok(())
     }
 
     /// Every `spot_check`, looks for spot capacity for serving on-demand
