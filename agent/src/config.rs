@@ -75,9 +75,10 @@ pub struct Args {
     /// The scheduler's gRPC endpoint.
     #[arg(long, env = "AIBRO_SCHEDULER", default_value = "http://127.0.0.1:7070")]
     pub scheduler: String,
-    /// Join token of a pool agent: sent only to join the pool the first time,
-    /// which gives the agent its own credential, kept in `<dir>/credential`
-    /// (mode 0600) and sent on every call from then on.
+    /// Join token of a pool agent, or the one-time bootstrap token of a cloud
+    /// instance's agent (`boot_…`, from its boot script): sent only on the
+    /// first Register, which gives the agent its own credential, kept in
+    /// `<dir>/credential` (mode 0600) and sent on every call from then on.
     #[arg(
         long,
         env = "AIBRO_JOIN_TOKEN",

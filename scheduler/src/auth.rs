@@ -12,7 +12,7 @@ use tonic::metadata::MetadataMap;
 use crate::records::AgentBinding;
 use crate::store::{Store, StoreError};
 
-pub use credentials::Credentials;
+pub use credentials::{BootstrapRefused, Credentials};
 
 pub const ADMIN_USER: &str = "admin";
 pub const PUBLIC_CLIENT: &str = "public";
@@ -29,11 +29,13 @@ pub enum AuthError {
     NotAdmin,
     #[error(
         "missing agent credential: agents send `authorization: Bearer agent_…` (the join \
-             token only on a pool agent's first Register)"
+             token or a bootstrap token only on an agent's first Register)"
     )]
     NoCredential,
     #[error("invalid or revoked agent credential")]
     BadCredential,
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapRefused),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -73,6 +75,9 @@ pub fn bearer(metadata: &MetadataMap) -> Option<&str> {
 pub enum AgentCaller {
     /// Holds the join token: may only join the pool (and get a credential).
     Joining,
+    /// Holds a bootstrap token (not checked yet): may only trade it for its
+    /// instance's credential.
+    Bootstrapping(String),
     /// Holds a credential bound to this.
     Bound(AgentBinding),
 }
@@ -134,6 +139,9 @@ impl Auth {
         let token = bearer(metadata).ok_or(AuthError::NoCredential)?;
         if constant_time_eq(token, &self.join_token) {
             return Ok(AgentCaller::Joining);
+        }
+        if token.starts_with(credentials::BOOTSTRAP_PREFIX) {
+            return Ok(AgentCaller::Bootstrapping(token.to_string()));
         }
         self.credentials
             .speaks_for(token)?

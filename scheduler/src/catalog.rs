@@ -1,9 +1,11 @@
 //! Machine types, prices, capacity and spot availability, from the shipped
 //! `catalog.toml` plus an optional user file. A machine id is `<type>` (spot)
-//! or `<type>.od` (on-demand).
+//! or `<type>.od` (on-demand). A cloud provider may quote live spot prices
+//! ([`SpotQuotes`]), which then price its types.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
 
@@ -19,10 +21,37 @@ pub struct MachineType {
     pub gpu_count: u32,
     pub vcpus: u32,
     pub memory_gib: f64,
+    /// A cloud type's typical spot price until its provider quotes one.
     pub spot_price: f64,
     pub on_demand_price: f64,
+    /// How many may run at once (a cloud's own limits decide for its types).
+    #[serde(default)]
     pub capacity: u32,
+    /// The emulated market's fulfilment probability (local types).
+    #[serde(default)]
     pub spot_availability: f64,
+}
+
+/// Live spot prices (USD per hour) by machine type, as a cloud provider
+/// quotes them; shared by every clone of the catalog.
+#[derive(Debug, Clone, Default)]
+pub struct SpotQuotes(Arc<RwLock<HashMap<String, f64>>>);
+
+impl SpotQuotes {
+    pub fn set(&self, machine_type: &str, usd_per_hour: f64) {
+        self.0
+            .write()
+            .expect("spot quotes lock")
+            .insert(machine_type.to_string(), usd_per_hour);
+    }
+
+    fn get(&self, machine_type: &str) -> Option<f64> {
+        self.0
+            .read()
+            .expect("spot quotes lock")
+            .get(machine_type)
+            .copied()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
@@ -78,6 +107,33 @@ pub enum CatalogError {
     Parse(String, toml::de::Error),
 }
 
+/// A provider's on-demand prices by machine type.
+#[derive(Debug, Clone, Copy)]
+pub struct OnDemandPrices<'a> {
+    pub provider: &'a str,
+    pub prices: &'a HashMap<String, f64>,
+}
+
+/// Sets the on-demand prices of the provider's types that the table lists.
+fn price_on_demand(types: &mut BTreeMap<String, MachineType>, table: OnDemandPrices<'_>) {
+    let ours = types.values_mut().filter(|k| k.provider == table.provider);
+    for kind in ours {
+        if let Some(&price) = table.prices.get(&kind.name) {
+            kind.on_demand_price = price;
+        }
+    }
+}
+
+/// The provider's types that the table has no price for.
+pub fn unpriced(catalog: &Catalog, table: OnDemandPrices<'_>) -> Vec<String> {
+    catalog
+        .types
+        .values()
+        .filter(|k| k.provider == table.provider && !table.prices.contains_key(&k.name))
+        .map(|k| k.name.clone())
+        .collect()
+}
+
 #[derive(Deserialize)]
 struct File {
     #[serde(default)]
@@ -87,28 +143,44 @@ struct File {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     types: BTreeMap<String, MachineType>,
+    spot_quotes: SpotQuotes,
 }
 
 impl Catalog {
     /// The shipped catalog, with `user_file`'s types added or replacing those of
     /// the same name.
     pub fn load(user_file: Option<&Path>) -> Result<Self, CatalogError> {
-        let mut types = BTreeMap::new();
+        Self::load_priced(user_file, None)
+    }
+
+    /// The shipped catalog, the on-demand prices of one provider's types set
+    /// from `prices` (a cloud's table for its region), then `user_file`'s
+    /// types added or replacing those of the same name.
+    pub fn load_priced(
+        user_file: Option<&Path>,
+        prices: Option<OnDemandPrices<'_>>,
+    ) -> Result<Self, CatalogError> {
         let shipped: File =
             toml::from_str(SHIPPED).map_err(|e| CatalogError::Parse("(shipped)".into(), e))?;
-        let mut files = vec![shipped];
+        let mut types: BTreeMap<_, _> = shipped
+            .machine
+            .into_iter()
+            .map(|m| (m.name.clone(), m))
+            .collect();
+        if let Some(prices) = prices {
+            price_on_demand(&mut types, prices);
+        }
         if let Some(path) = user_file {
             let name = path.display().to_string();
             let text =
                 std::fs::read_to_string(path).map_err(|e| CatalogError::Read(name.clone(), e))?;
-            files.push(toml::from_str(&text).map_err(|e| CatalogError::Parse(name, e))?);
+            let file: File = toml::from_str(&text).map_err(|e| CatalogError::Parse(name, e))?;
+            types.extend(file.machine.into_iter().map(|m| (m.name.clone(), m)));
         }
-        for file in files {
-            for m in file.machine {
-                types.insert(m.name.clone(), m);
-            }
-        }
-        Ok(Catalog { types })
+        Ok(Catalog {
+            types,
+            spot_quotes: SpotQuotes::default(),
+        })
     }
 
     pub fn shipped() -> Self {
@@ -123,12 +195,26 @@ impl Catalog {
         self.types.get(name).map(|kind| Machine {
             id: id.to_string(),
             market,
-            kind: kind.clone(),
+            kind: self.quoted(kind),
         })
     }
 
-    pub fn types(&self) -> impl Iterator<Item = &MachineType> {
-        self.types.values()
+    /// Every machine type, spot prices as quoted now.
+    pub fn types(&self) -> impl Iterator<Item = MachineType> + '_ {
+        self.types.values().map(|kind| self.quoted(kind))
+    }
+
+    fn quoted(&self, kind: &MachineType) -> MachineType {
+        let mut kind = kind.clone();
+        if let Some(price) = self.spot_quotes.get(&kind.name) {
+            kind.spot_price = price;
+        }
+        kind
+    }
+
+    /// Where a provider quotes live spot prices for this catalog.
+    pub fn spot_quotes(&self) -> &SpotQuotes {
+        &self.spot_quotes
     }
 
     /// Every machine id, for error messages.
@@ -186,5 +272,35 @@ spot_availability = 0.0
         let c = Catalog::load(Some(&path)).unwrap();
         assert_eq!(c.resolve("local.small.od").unwrap().kind.capacity, 0);
         assert!(c.resolve("local.large.od").is_some());
+    }
+
+    #[test]
+    fn quoted_spot_prices_price_every_clone() {
+        let mut c = Catalog::shipped();
+        let copy = c.clone();
+        copy.spot_quotes().set("g4dn.4xlarge", 0.5);
+        assert_eq!(c.resolve("g4dn.4xlarge").unwrap().price_per_hour(), 0.5);
+        assert_eq!(c.resolve("g4dn.4xlarge.od").unwrap().price_per_hour(), 1.20);
+        let listed = c.types().find(|t| t.name == "g4dn.4xlarge").unwrap();
+        assert_eq!(listed.spot_price, 0.5);
+        let prices = HashMap::from([("g4dn.4xlarge".to_string(), 1.204)]);
+        let table = OnDemandPrices {
+            provider: "ec2",
+            prices: &prices,
+        };
+        let missing = unpriced(&c, table);
+        assert!(
+            missing.contains(&"g4dn.12xlarge".to_string()),
+            "{missing:?}"
+        );
+        c = Catalog::load_priced(None, Some(table)).unwrap();
+        assert_eq!(
+            c.resolve("g4dn.4xlarge.od").unwrap().price_per_hour(),
+            1.204
+        );
+        assert_eq!(
+            c.resolve("g4dn.12xlarge.od").unwrap().price_per_hour(),
+            3.91
+        );
     }
 }

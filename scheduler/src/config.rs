@@ -103,6 +103,8 @@ pub struct Config {
     /// instance is reclaimed.
     #[arg(long, env = "AIBRO_SPOT_NOTICE_MS", default_value_t = 120_000)]
     pub spot_notice_ms: u64,
+    #[command(flatten)]
+    pub ec2: crate::provider::ec2::Ec2Config,
 }
 
 impl Config {
@@ -158,6 +160,23 @@ impl Config {
         if let Some(n) = self.agent_runtime_threads {
             args.extend(["--runtime-threads".to_string(), n.to_string()]);
         }
+        if let Some(level) = &self.agent_sandbox {
+            args.extend(["--sandbox".to_string(), level.clone()]);
+        }
+        args
+    }
+
+    /// The flags every cloud instance's agent gets: those of local agents
+    /// but for TLS files and the orphan timeout (a cloud agent outlives a
+    /// scheduler restart), which its boot script sets itself.
+    pub fn cloud_agent_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--workers".to_string(),
+            self.agent_workers.to_string(),
+            "--python".to_string(),
+            self.python.clone(),
+        ];
+        args.extend(self.pip_args());
         if let Some(level) = &self.agent_sandbox {
             args.extend(["--sandbox".to_string(), level.clone()]);
         }

@@ -53,7 +53,8 @@ impl From<Error> for Status {
                 AuthError::Missing
                 | AuthError::Invalid
                 | AuthError::NoCredential
-                | AuthError::BadCredential,
+                | AuthError::BadCredential
+                | AuthError::Bootstrap(_),
             ) => Code::Unauthenticated,
             Error::Auth(AuthError::NotAdmin) => Code::PermissionDenied,
             Error::Auth(AuthError::Store(_)) => Code::Internal,

@@ -100,18 +100,32 @@ pub async fn run(
         .unwrap_or_else(|| aibro_proto::transport::url(&addr.to_string(), tls.server.is_some()));
     let tasks = TaskTracker::new();
     let cancel = CancellationToken::new();
-    let (providers, interruptions) = provider::for_config(
-        &config,
-        &public_url,
-        auth.credentials().clone(),
-        tls.agents.clone(),
-        &tasks,
-        &cancel,
-    );
+    let ec2 = config.ec2.connect(config.catalog.is_some()).await?;
+    let prices = ec2.as_ref().and_then(|c| c.prices.as_ref());
+    let catalog = catalog::Catalog::load_priced(
+        config.catalog.as_deref(),
+        prices.map(|t| catalog::OnDemandPrices {
+            provider: provider::ec2::EC2,
+            prices: &t.on_demand,
+        }),
+    )?;
+    let (providers, interruptions) = provider::for_config(provider::ProviderSetup {
+        config: &config,
+        public_url: &public_url,
+        credentials: auth.credentials().clone(),
+        agent_tls: tls.agents.clone(),
+        ec2,
+        scheduler_id: scheduler_id(&store).await?,
+        catalog: &catalog,
+        tasks: &tasks,
+        cancel: &cancel,
+    })
+    .await
+    .context("cannot start the EC2 provider")?;
     let control = control::Control::new(
         control_settings(&config, public_url, tls.agents.clone()),
         store.clone(),
-        catalog::Catalog::load(config.catalog.as_deref())?,
+        catalog,
         providers,
         auth,
         tasks.clone(),
@@ -128,6 +142,18 @@ pub async fn run(
     store.flush().await?;
     tracing::info!("scheduler stopped");
     served
+}
+
+/// This scheduler's id, made on first start and kept in the store: it tags
+/// the scheduler's cloud instances, so that a restart finds them.
+async fn scheduler_id(store: &store::Store) -> anyhow::Result<String> {
+    const KEY: &str = "scheduler_id";
+    if let Some(id) = store.meta(KEY)? {
+        return Ok(id);
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    store.put_meta(KEY, &id).await?;
+    Ok(id)
 }
 
 /// Creates the data dir and removes the address a previous run announced.

@@ -1,7 +1,8 @@
 #![deny(clippy::too_many_lines)]
 //! `aibro-scheduler`: parse flags, set up logging, bind, run until SIGINT/SIGTERM.
 //! `aibro-scheduler simulate` replays a request trace on a virtual clock;
-//! `aibro-scheduler tls init|agent` makes TLS certificates.
+//! `aibro-scheduler tls init|agent` makes TLS certificates;
+//! `aibro-scheduler ec2 user-data` prints an EC2 instance's boot script.
 
 use std::path::PathBuf;
 
@@ -47,6 +48,22 @@ enum Command {
     /// TLS material for a scheduler and agents on a real network.
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// The EC2 provider's tools.
+    #[command(subcommand)]
+    Ec2(Ec2Command),
+}
+
+#[derive(Subcommand)]
+enum Ec2Command {
+    /// Print the boot script (user data) an EC2 instance gets with the
+    /// scheduler's flags, for review (its bootstrap token is a placeholder).
+    UserData {
+        /// The machine id the example instance is launched as.
+        #[arg(long, default_value = "g4dn.xlarge.od")]
+        machine_id: String,
+        #[command(flatten)]
+        config: Box<aibro_scheduler::Config>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -100,6 +117,20 @@ fn tls(command: TlsCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The URL EC2 instances reach the scheduler at, as the flags give it.
+fn public_url(config: &aibro_scheduler::Config) -> String {
+    let url = (config.public_url.clone()).unwrap_or_else(|| {
+        aibro_proto::transport::url(&config.listen.to_string(), config.tls_cert.is_some())
+    });
+    if config.ec2.ec2_scheduler_url.is_none()
+        && config.listen.ip().is_loopback()
+        && config.public_url.is_none()
+    {
+        eprintln!("warning: {url} is this host's loopback; give --ec2-scheduler-url (or --public-url) with an address instances reach");
+    }
+    url
 }
 
 async fn shutdown_signal() {
@@ -158,6 +189,18 @@ fn main() -> anyhow::Result<()> {
             simulate(trace, options)
         }
         Some(Command::Tls(command)) => tls(command),
+        Some(Command::Ec2(Ec2Command::UserData { machine_id, config })) => {
+            let boot = aibro_scheduler::provider::boot_common(&config, &public_url(&config));
+            let example = ("inst-EXAMPLE", "boot_EXAMPLE-ONE-TIME-TOKEN");
+            let script = aibro_scheduler::provider::ec2::boot_script(
+                &boot,
+                example.0,
+                &machine_id,
+                example.1,
+            );
+            print!("{script}");
+            Ok(())
+        }
         None => {
             init_logs(args.log_json, "info");
             let mut runtime = tokio::runtime::Builder::new_multi_thread();

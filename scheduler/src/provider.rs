@@ -1,9 +1,11 @@
 //! Where instances come from. A provider launches, stops, starts and
 //! terminates the machine behind an instance id; `local` (the embedded
 //! default) runs each instance as an `aibro-agent` process on this host,
-//! `pool` assigns agents that joined from other hosts. Providers with a spot
-//! market say whether spot capacity can be had and announce interruptions.
+//! `pool` assigns agents that joined from other hosts, `ec2` runs EC2
+//! instances. Providers with a spot market say whether spot capacity can be
+//! had and announce interruptions.
 
+pub mod ec2;
 pub mod local;
 pub mod pool;
 pub mod spot;
@@ -15,6 +17,18 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use crate::catalog::{Machine, MachineType};
+use crate::state::Role;
+
+/// The capacity of a cloud's types: the cloud itself decides, by fulfilling
+/// a launch or refusing it.
+pub const UNBOUNDED: u32 = u32::MAX;
+
+/// Whom a machine is launched for (a cloud tags the machine with it).
+#[derive(Debug, Clone, Copy)]
+pub struct LaunchFor<'a> {
+    pub job_id: &'a str,
+    pub role: Role,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
@@ -43,6 +57,17 @@ pub enum ProviderError {
     KeeperGone(String),
     #[error("the agent's credential: {0}")]
     Credential(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Cloud(#[from] ec2::CloudError),
+    #[error(transparent)]
+    StillWaiting(#[from] ec2::StillWaiting),
+}
+
+impl ProviderError {
+    /// A cloud refused spot capacity of the type (on-demand may be had).
+    pub fn is_spot_refusal(&self) -> bool {
+        matches!(self, ProviderError::Cloud(e) if e.is_spot_refusal())
+    }
 }
 
 /// A provider's notice that a spot machine is reclaimed after `notice`.
@@ -58,6 +83,7 @@ pub trait Provider: Send + Sync {
         &'a self,
         instance_id: &'a str,
         machine: &'a Machine,
+        launch_for: LaunchFor<'a>,
     ) -> BoxFuture<'a, Result<(), ProviderError>>;
     /// Stops the machine; its disk is kept for a later `start`.
     fn stop<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>>;
@@ -70,6 +96,11 @@ pub trait Provider: Send + Sync {
     /// Ends the machine and removes its disk. Idempotent.
     fn terminate<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>>;
 
+    /// Learns which machines exist now, where that takes a call (a cloud);
+    /// recovery asks before it looks at `instance_ids` and `is_running`.
+    fn discover(&self) -> BoxFuture<'_, Result<(), ProviderError>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Whether the instance's machine runs now, where the provider can tell
     /// (recovery restarts a LAUNCHING instance whose machine never started).
     fn is_running(&self, _instance_id: &str) -> Option<bool> {
@@ -158,17 +189,42 @@ impl Providers {
 /// Interruption notices from the providers' spot markets.
 pub type Interruptions = tokio::sync::mpsc::UnboundedReceiver<Interruption>;
 
+/// What the providers of a scheduler are made from.
+pub struct ProviderSetup<'a> {
+    pub config: &'a crate::config::Config,
+    pub public_url: &'a str,
+    pub credentials: crate::auth::Credentials,
+    /// How pool agents are reached.
+    pub agent_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// EC2, when the scheduler runs the EC2 provider.
+    pub ec2: Option<ec2::Ec2Cloud>,
+    /// Tags this scheduler's cloud instances.
+    pub scheduler_id: String,
+    /// Where the EC2 provider quotes live spot prices.
+    pub catalog: &'a crate::catalog::Catalog,
+    pub tasks: &'a tokio_util::task::TaskTracker,
+    pub cancel: &'a tokio_util::sync::CancellationToken,
+}
+
 /// The providers of a scheduler: `local` (agents spawned on this host, with
-/// an emulated spot market whose loop runs in `tasks`) and `pool` (agents
-/// that join from other hosts, reached with `agent_tls`).
-pub fn for_config(
-    config: &crate::config::Config,
-    public_url: &str,
-    credentials: crate::auth::Credentials,
-    agent_tls: Option<tonic::transport::ClientTlsConfig>,
-    tasks: &tokio_util::task::TaskTracker,
-    cancel: &tokio_util::sync::CancellationToken,
-) -> (Providers, Interruptions) {
+/// an emulated spot market whose loop runs in `tasks`), `pool` (agents that
+/// join from other hosts, reached with `agent_tls`), and `ec2` when asked for.
+pub async fn for_config(
+    setup: ProviderSetup<'_>,
+) -> Result<(Providers, Interruptions), ec2::CloudError> {
+    let (local, interruptions) = local_provider(&setup);
+    let mut providers = Providers::default()
+        .with("local", Arc::new(local))
+        .with_pool(Arc::new(pool::Pool::new(setup.agent_tls.clone())));
+    if let Some(ec2) = ec2_provider(&setup).await? {
+        providers = providers.with(ec2::EC2, ec2);
+    }
+    Ok((providers, interruptions))
+}
+
+/// The local provider and its emulated spot market.
+fn local_provider(setup: &ProviderSetup<'_>) -> (local::LocalProvider, Interruptions) {
+    let config = setup.config;
     let (notices, interruptions) = tokio::sync::mpsc::unbounded_channel();
     let market = Arc::new(spot::SpotMarket::new(
         spot::SpotSettings {
@@ -179,19 +235,64 @@ pub fn for_config(
         notices,
     ));
     {
-        let (market, cancel) = (market.clone(), cancel.clone());
-        tasks.spawn(async move { market.run(cancel).await });
+        let (market, cancel) = (market.clone(), setup.cancel.clone());
+        setup.tasks.spawn(async move { market.run(cancel).await });
     }
     let local = local::LocalProvider::new(
         config.agent_bin(),
         config.data_dir.join("instances"),
-        public_url.to_string(),
-        credentials,
+        setup.public_url.to_string(),
+        setup.credentials.clone(),
         config.agent_args(),
         market,
     );
-    let providers = Providers::default()
-        .with("local", Arc::new(local))
-        .with_pool(Arc::new(pool::Pool::new(agent_tls)));
-    (providers, interruptions)
+    (local, interruptions)
+}
+
+/// The EC2 provider (its AMI checked), with its state and spot price loops
+/// running in `tasks`.
+async fn ec2_provider(
+    setup: &ProviderSetup<'_>,
+) -> Result<Option<Arc<ec2::Ec2Provider>>, ec2::CloudError> {
+    let (Some(cloud), Some(settings)) = (&setup.ec2, setup.config.ec2.settings()) else {
+        return Ok(None);
+    };
+    let boot = boot_common(setup.config, setup.public_url);
+    let provider = Arc::new(
+        ec2::Ec2Provider::new(ec2::Ec2Parts {
+            client: cloud.client.clone(),
+            settings,
+            boot,
+            credentials: setup.credentials.clone(),
+            scheduler_id: setup.scheduler_id.clone(),
+        })
+        .await?,
+    );
+    let types: Vec<String> = (setup.catalog.types())
+        .filter(|t| t.provider == ec2::EC2)
+        .map(|t| t.name)
+        .collect();
+    let (quotes, cancel) = (setup.catalog.spot_quotes().clone(), setup.cancel.clone());
+    let p = provider.clone();
+    setup
+        .tasks
+        .spawn(async move { p.run_spot_quotes(types, quotes, cancel).await });
+    let (p, cancel) = (provider.clone(), setup.cancel.clone());
+    setup.tasks.spawn(async move { p.run_fleet(cancel).await });
+    Ok(Some(provider))
+}
+
+/// What every EC2 instance's boot script shares, from the scheduler's flags.
+pub fn boot_common(config: &crate::config::Config, public_url: &str) -> ec2::BootCommon {
+    ec2::BootCommon {
+        scheduler_url: (config.ec2.ec2_scheduler_url.clone())
+            .unwrap_or_else(|| public_url.to_string()),
+        ca_pem: (config
+            .tls_ca()
+            .and_then(|ca| std::fs::read_to_string(ca).ok()))
+        .unwrap_or_default(),
+        agent_args: config.cloud_agent_args(),
+        agent_url: config.ec2.ec2_agent_url.clone().unwrap_or_default(),
+        agent_sha256: config.ec2.ec2_agent_sha256.clone().unwrap_or_default(),
+    }
 }

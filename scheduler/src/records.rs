@@ -314,3 +314,13 @@ pub struct PoolCredentialRecord {
     pub epoch: u64,
     pub hash: String,
 }
+
+/// A cloud instance's one-time bootstrap token (stored under its sha256):
+/// its agent trades it for the instance's credential at its first Register.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapRecord {
+    pub v: u32,
+    pub instance_id: String,
+    /// Refused from then on (ms since the Unix epoch).
+    pub expires_ms: u64,
+}

@@ -497,6 +497,56 @@ impl Store {
         self.durable().await
     }
 
+    /// Records an instance's bootstrap token (by its hash); one it had
+    /// before is revoked.
+    pub async fn put_bootstrap(&self, hash: &str, rec: &BootstrapRecord) -> Result<(), StoreError> {
+        let record = enc(rec);
+        unwrap_tx(self.credentials.transaction(|t| {
+            let by_instance = key2("bi", &rec.instance_id);
+            if let Some(old) = t.get(&by_instance)? {
+                t.remove(key2("b", &String::from_utf8_lossy(&old)))?;
+            }
+            t.insert(by_instance, hash.as_bytes())?;
+            t.insert(key2("b", hash), record.clone())?;
+            Ok(())
+        }))?;
+        self.durable().await
+    }
+
+    /// The bootstrap token with this hash, if it is still unused.
+    pub fn bootstrap(&self, hash: &str) -> Result<Option<BootstrapRecord>, StoreError> {
+        self.credentials
+            .get(key2("b", hash))?
+            .map(|v| dec(&v))
+            .transpose()
+    }
+
+    /// Uses up the bootstrap token with this hash: exactly one caller gets
+    /// its record, however many present it at once.
+    pub async fn take_bootstrap(&self, hash: &str) -> Result<Option<BootstrapRecord>, StoreError> {
+        let taken = unwrap_tx(self.credentials.transaction(|t| {
+            let Some(rec) = tx_get::<BootstrapRecord>(t, &key2("b", hash))? else {
+                return Ok(None);
+            };
+            t.remove(key2("b", hash))?;
+            t.remove(key2("bi", &rec.instance_id))?;
+            Ok(Some(rec))
+        }))?;
+        self.durable().await?;
+        Ok(taken)
+    }
+
+    /// Revokes the instance's unused bootstrap token, if any.
+    pub async fn revoke_bootstrap_of(&self, instance_id: &str) -> Result<(), StoreError> {
+        unwrap_tx(self.credentials.transaction(|t| {
+            if let Some(hash) = t.remove(key2("bi", instance_id))? {
+                t.remove(key2("b", &String::from_utf8_lossy(&hash)))?;
+            }
+            Ok(())
+        }))?;
+        self.durable().await
+    }
+
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .meta

@@ -86,7 +86,7 @@ async fn deploy_inputs_are_checked_and_nothing_is_written() -> anyhow::Result<()
     assert_status(
         inference.deploy(with_machines("g4dn.4xlarge.od", "")).await,
         Code::FailedPrecondition,
-        "provider `aws`",
+        "provider `ec2`",
     );
     let mut dup = deploy_request("m", &echo);
     dup.client_ids = vec!["a".into(), "b".into(), "a".into()];

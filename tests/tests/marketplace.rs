@@ -19,7 +19,7 @@ async fn available_machines_follow_instances_taken_and_released() -> anyhow::Res
     let aws = s.machine(&token, "g4dn.12xlarge").await?;
     assert_eq!(
         (aws.provider.as_str(), aws.capacity, aws.available),
-        ("aws", 0, 0),
+        ("ec2", 0, 0),
         "listed with prices, but its provider does not run here"
     );
 

@@ -137,7 +137,7 @@ impl AgentGateway for FakeGateway {
             Some(report_request::Body::Progress(p)) => {
                 let _ = self.events.send(Event::Progress(p));
             }
-            None => {}
+            Some(report_request::Body::SpotNotice(_)) | None => {}
         }
         Ok(Response::new(ReportResponse {}))
     }

@@ -44,7 +44,7 @@ pub async fn show(ctx: &Ctx) -> Result<()> {
                     format!("{:.1} GiB", m.memory_gib),
                     format!("{:.4}", m.spot_price_per_hour),
                     format!("{:.4}", m.on_demand_price_per_hour),
-                    format!("{}/{}", m.available, m.capacity),
+                    available(m),
                     format!("{:.0}%", m.spot_availability * 100.0),
                     m.provider.clone(),
                 ]);
@@ -53,4 +53,13 @@ pub async fn show(ctx: &Ctx) -> Result<()> {
         },
     );
     Ok(())
+}
+
+/// "3/8"; a cloud's types have no count of ours: the cloud decides.
+fn available(m: &aibro_proto::v1::Machine) -> String {
+    if m.capacity == u32::MAX {
+        "cloud".to_string()
+    } else {
+        format!("{}/{}", m.available, m.capacity)
+    }
 }

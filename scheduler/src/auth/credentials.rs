@@ -3,6 +3,8 @@
 //! HMAC-SHA256(secret, binding) with the secret in the store's meta, so the
 //! scheduler can always derive what to send an agent (also after a restart)
 //! while the store keeps only each credential's sha256; revoking deletes it.
+//! A cloud instance's agent starts with a one-time bootstrap token (`boot_…`,
+//! in its boot script) and trades it for the instance's credential.
 
 use std::sync::Arc;
 
@@ -10,10 +12,24 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use super::hash;
-use crate::records::{AgentBinding, PoolCredentialRecord, RECORD_VERSION};
+use crate::records::{AgentBinding, BootstrapRecord, PoolCredentialRecord, RECORD_VERSION};
 use crate::store::{Store, StoreError};
 
 pub const CREDENTIAL_PREFIX: &str = "agent_";
+pub const BOOTSTRAP_PREFIX: &str = "boot_";
+
+/// Why a bootstrap token was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapRefused {
+    #[error("the bootstrap token is unknown or was used already: it is good for one registration")]
+    Unknown,
+    #[error("the bootstrap token is for instance {0}, not `{1}`")]
+    OtherInstance(String, String),
+    #[error("the bootstrap token expired {0} s ago")]
+    Expired(u64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 const SECRET_KEY: &str = "credential_secret";
 
 /// HMAC-SHA256 (RFC 2104) with a 32-byte key.
@@ -87,6 +103,55 @@ impl Credentials {
             .await
     }
 
+    /// A new one-time bootstrap token for the agent of `instance_id`, good
+    /// for one registration within `ttl` (one issued before is revoked).
+    pub async fn issue_bootstrap(
+        &self,
+        instance_id: &str,
+        ttl: std::time::Duration,
+    ) -> Result<String, StoreError> {
+        let token = super::new_token(BOOTSTRAP_PREFIX);
+        let record = BootstrapRecord {
+            v: RECORD_VERSION,
+            instance_id: instance_id.to_string(),
+            expires_ms: crate::clock::now_ms() + ttl.as_millis() as u64,
+        };
+        self.store.put_bootstrap(&hash(&token), &record).await?;
+        Ok(token)
+    }
+
+    /// Whether `token` would let the agent of `instance_id` register now.
+    pub fn check_bootstrap(&self, token: &str, instance_id: &str) -> Result<(), BootstrapRefused> {
+        let record = self
+            .store
+            .bootstrap(&hash(token))?
+            .ok_or(BootstrapRefused::Unknown)?;
+        valid_for(&record, instance_id)
+    }
+
+    /// Uses up `token` (once, however many present it) and returns the
+    /// instance's credential.
+    pub async fn redeem_bootstrap(
+        &self,
+        token: &str,
+        instance_id: &str,
+    ) -> Result<String, BootstrapRefused> {
+        let record = self
+            .store
+            .take_bootstrap(&hash(token))
+            .await?
+            .ok_or(BootstrapRefused::Unknown)?;
+        valid_for(&record, instance_id)?;
+        Ok(self.issue_instance(instance_id).await?)
+    }
+
+    /// The instance has ended: its credential and any unused bootstrap token
+    /// are refused from now on.
+    pub async fn revoke_all_of(&self, instance_id: &str) -> Result<(), StoreError> {
+        self.store.revoke_bootstrap_of(instance_id).await?;
+        self.revoke_instance(instance_id).await
+    }
+
     /// A new credential for the pool agent; the one it had is revoked.
     pub async fn issue_pool(&self, agent_id: &str) -> Result<String, StoreError> {
         let epoch = self
@@ -121,6 +186,20 @@ impl Credentials {
             .credential(&hash(credential))?
             .map(|r| r.speaks_for))
     }
+}
+
+fn valid_for(record: &BootstrapRecord, instance_id: &str) -> Result<(), BootstrapRefused> {
+    if record.instance_id != instance_id {
+        return Err(BootstrapRefused::OtherInstance(
+            record.instance_id.clone(),
+            instance_id.to_string(),
+        ));
+    }
+    let now = crate::clock::now_ms();
+    if now >= record.expires_ms {
+        return Err(BootstrapRefused::Expired((now - record.expires_ms) / 1000));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -170,5 +249,54 @@ mod tests {
         let again = Credentials::open(store).await.unwrap();
         assert_eq!(again.pool("a1").unwrap(), Some(second));
         assert_eq!(again.instance("inst-1"), inst);
+    }
+
+    #[tokio::test]
+    async fn a_bootstrap_token_is_good_once_for_its_instance_in_time() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let creds = Credentials::open(store.clone()).await.unwrap();
+        let token = creds
+            .issue_bootstrap("i1", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(token.starts_with(BOOTSTRAP_PREFIX));
+        assert!(store.bootstrap(&token).unwrap().is_none(), "stored hashed");
+        assert!(matches!(
+            creds.redeem_bootstrap(&token, "i2").await,
+            Err(BootstrapRefused::OtherInstance(..))
+        ));
+        // Presented for another instance, it is used up all the same.
+        assert!(matches!(
+            creds.redeem_bootstrap(&token, "i1").await,
+            Err(BootstrapRefused::Unknown)
+        ));
+        let token = creds
+            .issue_bootstrap("i1", Duration::from_secs(60))
+            .await
+            .unwrap();
+        creds.check_bootstrap(&token, "i1").unwrap();
+        let credential = creds.redeem_bootstrap(&token, "i1").await.unwrap();
+        assert_eq!(credential, creds.instance("i1"));
+        assert!(matches!(
+            creds.redeem_bootstrap(&token, "i1").await,
+            Err(BootstrapRefused::Unknown)
+        ));
+        let late = creds.issue_bootstrap("i1", Duration::ZERO).await.unwrap();
+        assert!(matches!(
+            creds.check_bootstrap(&late, "i1"),
+            Err(BootstrapRefused::Expired(_))
+        ));
+        let revoked = creds
+            .issue_bootstrap("i1", Duration::from_secs(60))
+            .await
+            .unwrap();
+        creds.revoke_all_of("i1").await.unwrap();
+        assert!(matches!(
+            creds.check_bootstrap(&revoked, "i1"),
+            Err(BootstrapRefused::Unknown)
+        ));
+        assert_eq!(creds.speaks_for(&credential).unwrap(), None);
     }
 }

@@ -47,6 +47,20 @@ impl Control {
                     instance_id: "", ..
                 },
             ) => return Ok(()),
+            (AgentCaller::Bootstrapping(token), AgentClaim::Register { instance_id, .. }) => {
+                return self
+                    .auth()
+                    .credentials()
+                    .check_bootstrap(token, instance_id)
+                    .map_err(|e| Error::Auth(e.into()))
+            }
+            (AgentCaller::Bootstrapping(_), _) => {
+                return Err(denied(
+                    "a bootstrap token only lets an instance's agent trade it for its \
+                     credential (Register); every other call needs that credential"
+                        .into(),
+                ))
+            }
             (AgentCaller::Joining, _) => {
                 return Err(denied(
                     "the join token only lets a new pool agent join (Register without an \

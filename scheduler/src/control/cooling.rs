@@ -8,11 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::now_ms;
-use crate::records::{InstanceRecord, JobRecord};
+use crate::records::{InstanceRecord, JobRecord, TimelineNote};
 use crate::router::Route;
 use crate::state::{InstanceEvent, InstanceState, Role};
 
 use super::Control;
+
+/// The pause after a failed wake, in lifecycle ticks, doubled after each
+/// failure in a row up to a limit.
+const WAKE_BACKOFF_TICKS: u32 = 5;
+const WAKE_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 impl Control {
     pub(crate) fn supervise_cooling(&self, job: JobRecord, route: Arc<Route>) {
@@ -42,6 +47,8 @@ impl Control {
         let cool_down = Duration::from_secs(job.cool_down_period_s.into());
         let idle_after = self.settings().cooling_idle.min(cool_down / 2);
         let tick = self.settings().lifecycle_tick;
+        let first_backoff = tick * WAKE_BACKOFF_TICKS;
+        let mut backoff = first_backoff;
         loop {
             let Some(inst) = self.cooling_instance(&job.id) else {
                 tokio::time::sleep(tick).await;
@@ -49,7 +56,14 @@ impl Control {
             };
             if inst.state == InstanceState::STOPPED {
                 route.wake_requested().await;
-                self.wake(job, &inst).await;
+                match self.wake(job, &inst).await {
+                    Ok(()) => backoff = first_backoff,
+                    Err(why) => {
+                        self.wake_failed(&inst, &why, backoff).await;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(WAKE_BACKOFF_MAX);
+                    }
+                }
                 continue;
             }
             let backend = route.backend(&inst.id).filter(|_| inst.state.is_serving());
@@ -81,41 +95,63 @@ impl Control {
         }
     }
 
-    /// Starts a stopped cooling instance on its kept disk.
+    /// Starts a stopped cooling instance on its kept disk. When it cannot
+    /// be (no machine, or the provider refused), it stays stopped and the
+    /// standby serves on; the reason is returned.
     #[tracing::instrument(skip_all, fields(instance_id = %inst.id))]
-    async fn wake(&self, job: &JobRecord, inst: &InstanceRecord) {
-        let Some(machine) = self.catalog().resolve(&inst.machine_id) else {
-            return;
-        };
-        let Ok(provider) = self.machines().provider(&machine) else {
-            return;
-        };
+    async fn wake(&self, job: &JobRecord, inst: &InstanceRecord) -> Result<(), String> {
+        let machine = (self.catalog().resolve(&inst.machine_id))
+            .ok_or_else(|| format!("machine `{}` left the catalog", inst.machine_id))?;
+        let provider = self
+            .machines()
+            .provider(&machine)
+            .map_err(|e| e.to_string())?;
         let wait = Duration::from_secs(job.wait_request_s.into());
-        if let Err(reason) = self.machines().acquire(&inst.id, &machine, wait).await {
-            // The standby keeps serving; the next request asks again.
-            return tracing::warn!("cannot wake the cooling instance: {reason}");
-        }
+        self.machines()
+            .acquire(&inst.id, &machine, wait)
+            .await
+            .map_err(|e| e.to_string())?;
         let lock = self.lock_instance(&inst.id).await;
         let woken = self
             .move_instance(inst, InstanceEvent::Start, Some("instance woken"))
             .await;
-        if woken.is_err() {
+        if let Err(e) = woken {
             if !provider.stopped_holds_machine() {
                 self.machines().capacity().release(&inst.id);
             }
-            return;
+            return Err(e.to_string());
         }
         crate::crash::point("wake.marked");
         let started = provider.start(&inst.id, &machine).await;
         drop(lock);
         match started {
-            Ok(()) => self.expect_agent(inst.id.clone()),
+            Ok(()) => {
+                self.expect_agent(inst.id.clone());
+                Ok(())
+            }
             Err(e) => {
-                tracing::error!(error = %e, "the provider could not start the cooling instance");
                 if let Ok(Some(inst)) = self.store().instance(&inst.id) {
                     self.stop_instance(&inst).await;
                 }
+                Err(format!("the provider could not start it: {e}"))
             }
         }
+    }
+
+    /// Says in the job's timeline why the cooling instance did not wake, and
+    /// when the next request may try again.
+    async fn wake_failed(&self, inst: &InstanceRecord, why: &str, retry_in: Duration) {
+        tracing::warn!(instance_id = %inst.id, "cannot wake the cooling instance: {why}");
+        let note = TimelineNote {
+            message: format!(
+                "{why}; the standby serves, and a request after {}s wakes it again",
+                retry_in.as_secs()
+            ),
+            ..TimelineNote::phase(&inst.id, "wake failed")
+        };
+        let _ = self
+            .store()
+            .update(&inst.job_id, |_, _| Ok(vec![note.clone()]))
+            .await;
     }
 }

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::catalog::Machine;
+use crate::provider::LaunchFor;
 use crate::records::{InstanceRecord, JobRecord, TimelineNote};
 use crate::state::{self, JobEvent, Role};
 use crate::store::StoreError;
@@ -51,12 +52,28 @@ impl Control {
         machine: Machine,
         wait: Duration,
     ) -> Result<(), LaunchError> {
+        let market = self.machines().market_machine(&machine);
+        let launched = self.request_and_launch(job_id, role, &market, wait).await;
+        match launched {
+            Err(LaunchError::Machine(e)) if e.is_spot_refusal() => {
+                tracing::info!("{e}; launching on-demand instead");
+                self.request_and_launch(job_id, role, &machine, wait).await
+            }
+            launched => launched,
+        }
+    }
+
+    /// Requests a machine within `wait` and launches an instance on it.
+    async fn request_and_launch(
+        &self,
+        job_id: &str,
+        role: Role,
+        machine: &Machine,
+        wait: Duration,
+    ) -> Result<(), LaunchError> {
         let instance_id = new_id("inst");
-        let machine = self.machines().market_machine(&machine);
-        self.machines()
-            .acquire(&instance_id, &machine, wait)
-            .await?;
-        self.launch_instance(job_id, role, &machine, &instance_id)
+        self.machines().acquire(&instance_id, machine, wait).await?;
+        self.launch_instance(job_id, role, machine, &instance_id)
             .await
     }
 
@@ -89,7 +106,10 @@ impl Control {
         instance_id: &str,
     ) -> Result<(), LaunchError> {
         let _lock = self.lock_instance(instance_id).await;
-        self.machines().provision(instance_id, machine).await?;
+        let launch_for = LaunchFor { job_id, role };
+        self.machines()
+            .provision(instance_id, machine, launch_for)
+            .await?;
         crate::crash::point("launch.provisioned");
         if let Err(e) = self
             .record_launching(job_id, role, machine, instance_id)

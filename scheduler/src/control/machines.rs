@@ -11,7 +11,7 @@ use crate::capacity::{Capacity, NoneFree};
 use crate::catalog::{Catalog, Machine, MachineType, Market};
 use crate::error::Error;
 use crate::provider::pool::{Pool, POOL};
-use crate::provider::{Provider, ProviderError, Providers};
+use crate::provider::{LaunchFor, Provider, ProviderError, Providers};
 
 /// Why a machine could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,13 @@ pub enum MachineError {
         #[source]
         source: ProviderError,
     },
+}
+
+impl MachineError {
+    /// The cloud refused spot capacity: an on-demand machine may be had.
+    pub fn is_spot_refusal(&self) -> bool {
+        matches!(self, MachineError::LaunchFailed { source, .. } if source.is_spot_refusal())
+    }
 }
 
 impl From<MachineError> for Error {
@@ -264,10 +271,11 @@ impl Machines {
         &self,
         instance_id: &str,
         machine: &Machine,
+        launch_for: LaunchFor<'_>,
     ) -> Result<(), MachineError> {
         let launched = match self.provider(machine) {
             Ok(provider) => provider
-                .launch(instance_id, machine)
+                .launch(instance_id, machine, launch_for)
                 .await
                 .map_err(|source| MachineError::LaunchFailed {
                     machine: machine.id.clone(),

@@ -110,10 +110,15 @@ impl Control {
 
     /// Machines a provider runs (or disks it keeps) for instances the store
     /// does not know were launched just before a crash, their record never
-    /// written: they are ended, never adopted twice. `known`: every instance
+    /// written: they are ended, never adopted twice. A cloud is asked first
+    /// which machines carry this scheduler's tag. `known`: every instance
     /// on record that is not TERMINATED.
     async fn end_unknown_machines(&self, known: &HashSet<String>) {
         for provider in self.machines().providers() {
+            if let Err(e) = provider.discover().await {
+                tracing::error!(error = %e, "cannot list a provider's machines; none of them is ended");
+                continue;
+            }
             for id in provider.instance_ids() {
                 if known.contains(&id) {
                     continue;

@@ -276,7 +276,15 @@ impl Control {
             if wanted.is_none_or(|i| i.state != InstanceState::LAUNCHING) {
                 return this.machines().capacity().release(&new.id);
             }
-            match this.machines().provision(&new.id, &machine).await {
+            let launch_for = crate::provider::LaunchFor {
+                job_id: &new.job_id,
+                role: new.role,
+            };
+            match this
+                .machines()
+                .provision(&new.id, &machine, launch_for)
+                .await
+            {
                 Ok(()) => this.expect_agent(new.id.clone()),
                 Err(e) => {
                     drop(lock);

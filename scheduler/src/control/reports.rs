@@ -133,6 +133,9 @@ impl Control {
         if agent.instance_id.is_empty() {
             return self.join_pool(caller, agent).await;
         }
+        if let AgentCaller::Bootstrapping(token) = caller {
+            return self.trade_bootstrap(token, &agent.instance_id).await;
+        }
         let inst = self.open_instance(&agent.instance_id)?;
         let credential = self.agent_credential(&inst.id, &inst.machine_id, &agent.agent_id)?;
         let link = self
@@ -158,6 +161,23 @@ impl Control {
         Ok(None)
     }
 
+    /// A cloud instance's agent trades its one-time bootstrap token for the
+    /// instance's credential; it registers again with that (the scheduler
+    /// calls only agents that hold their credential).
+    async fn trade_bootstrap(&self, token: &str, instance_id: &str) -> Result<Option<String>> {
+        let credential = self
+            .auth()
+            .credentials()
+            .redeem_bootstrap(token, instance_id)
+            .await
+            .map_err(|e| Error::Auth(e.into()))?;
+        tracing::info!(
+            instance_id,
+            "bootstrap token traded for the agent's credential"
+        );
+        Ok(Some(credential))
+    }
+
     /// A pool agent joins idle. With the join token it joins as new: it
     /// leaves the pool for good first (what it held is lost; its old
     /// credential is revoked) and gets a new credential, returned.
@@ -178,6 +198,11 @@ impl Control {
                 Some(credentials.issue_pool(&agent.agent_id).await?)
             }
             AgentCaller::Bound(_) => None,
+            AgentCaller::Bootstrapping(_) => {
+                return Err(Error::PermissionDenied(
+                    "a bootstrap token is for an instance's agent, not a pool agent".into(),
+                ))
+            }
         };
         let credential = match &issued {
             Some(c) => c.clone(),
@@ -208,14 +233,14 @@ impl Control {
 
     /// The pool machine type of `machine_id` (its `.od` id too).
     fn pool_type<'a>(&self, machine_id: &'a str) -> Result<&'a str> {
-        let pool_types: Vec<&str> = self
+        let pool_types: Vec<String> = self
             .catalog()
             .types()
             .filter(|t| t.provider == POOL)
-            .map(|t| t.name.as_str())
+            .map(|t| t.name)
             .collect();
         let machine_type = machine_id.trim_end_matches(".od");
-        if pool_types.contains(&machine_type) {
+        if pool_types.iter().any(|t| t == machine_type) {
             return Ok(machine_type);
         }
         Err(Error::InvalidArgument(format!(

@@ -158,7 +158,7 @@ impl Control {
                 ))
             })?;
         self.machines()
-            .provider_of_type(kind)?
+            .provider_of_type(&kind)?
             .set_spot_availability(machine_type, availability)
             .map_err(|e| Error::FailedPrecondition(e.to_string()))
     }

@@ -117,12 +117,12 @@ impl Control {
         self.catalog()
             .types()
             .map(|kind| {
-                let capacity = machines.live_capacity(kind);
+                let capacity = machines.live_capacity(&kind);
                 MachineOffer {
                     available: capacity.saturating_sub(machines.capacity().used(&kind.name)),
-                    spot_availability: machines.spot_availability(kind),
+                    spot_availability: machines.spot_availability(&kind),
                     capacity,
-                    kind: kind.clone(),
+                    kind,
                 }
             })
             .collect()

@@ -15,7 +15,7 @@ use futures::FutureExt;
 use tokio::process::{Child, Command};
 
 use super::spot::SpotMarket;
-use super::{Provider, ProviderError};
+use super::{LaunchFor, Provider, ProviderError};
 use crate::auth::Credentials;
 use crate::catalog::{Machine, MachineType, Market};
 
@@ -178,6 +178,7 @@ impl Provider for LocalProvider {
         &'a self,
         instance_id: &'a str,
         machine: &'a Machine,
+        _launch_for: LaunchFor<'a>,
     ) -> BoxFuture<'a, Result<(), ProviderError>> {
         self.spawn(instance_id, machine).boxed()
     }

@@ -17,7 +17,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use tonic::transport::ClientTlsConfig;
 
-use super::{Provider, ProviderError};
+use super::{LaunchFor, Provider, ProviderError};
 use crate::catalog::{Machine, MachineType};
 use crate::link::Client;
 
@@ -235,6 +235,7 @@ impl Provider for Pool {
         &'a self,
         instance_id: &'a str,
         machine: &'a Machine,
+        _launch_for: LaunchFor<'a>,
     ) -> BoxFuture<'a, Result<(), ProviderError>> {
         async move {
             // An idle agent that does not answer leaves the pool (it joins
@@ -376,7 +377,11 @@ mod tests {
         pool.reserve("a2", "pool.cpu", "inst-stopped", false);
         assert!(pool.holds("a2", "inst-stopped") && !pool.holds("a1", "inst-stopped"));
         assert_eq!(pool.capacity(&m.kind), Some(2));
-        let err = pool.launch("inst-1", &m).await.unwrap_err();
+        let launch_for = LaunchFor {
+            job_id: "job-1",
+            role: crate::state::Role::Standby,
+        };
+        let err = pool.launch("inst-1", &m, launch_for).await.unwrap_err();
         assert!(err.to_string().contains("no idle pool agent"), "{err}");
         assert!(!pool.seen("a1"), "an unreachable agent leaves the pool");
         // The reservation has no agent yet: it cannot be started, only dropped.

@@ -94,6 +94,7 @@ impl Provider for SimProvider {
         &'a self,
         instance_id: &'a str,
         _: &'a Machine,
+        _: crate::provider::LaunchFor<'a>,
     ) -> BoxFuture<'a, Result<(), ProviderError>> {
         self.boot(instance_id, false)
     }
@@ -116,6 +117,12 @@ impl Provider for SimProvider {
 
     fn is_running(&self, instance_id: &str) -> Option<bool> {
         Some(SimProvider::is_running(self, instance_id))
+    }
+
+    /// It stands in for every provider: a cloud's types are as unbounded as
+    /// the cloud's own provider makes them.
+    fn capacity(&self, kind: &crate::catalog::MachineType) -> Option<u32> {
+        (kind.provider == crate::provider::ec2::EC2).then_some(crate::provider::UNBOUNDED)
     }
 }
 

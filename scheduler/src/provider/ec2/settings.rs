@@ -1,0 +1,232 @@
+//! The EC2 provider's flags, the SDK client they configure (credentials,
+//! region and profile from AWS's standard chain), and the shipped on-demand
+//! price tables per region.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+const PRICE_TABLES: &str = include_str!("../../../ec2-prices.toml");
+
+/// `--ec2-*` flags. The provider runs when `--ec2-ami` is given.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Ec2Config {
+    /// EC2: the AMI instances boot (a Deep Learning AMI with `aibro-agent`;
+    /// see the README). Giving it runs the EC2 provider (catalog types with
+    /// provider = "ec2").
+    #[arg(long, env = "AIBRO_EC2_AMI")]
+    pub ec2_ami: Option<String>,
+    /// EC2: the region (default: AWS's chain: AWS_REGION, the profile).
+    #[arg(long, env = "AIBRO_EC2_REGION")]
+    pub ec2_region: Option<String>,
+    /// EC2: an EC2-compatible endpoint URL instead of AWS's own.
+    #[arg(long, env = "AIBRO_EC2_ENDPOINT")]
+    pub ec2_endpoint: Option<String>,
+    /// EC2: the subnet instances launch in (default: the default VPC's).
+    #[arg(long, env = "AIBRO_EC2_SUBNET")]
+    pub ec2_subnet: Option<String>,
+    /// EC2: a security group id for instances (repeat). Let the scheduler
+    /// reach the agents' port (7071) and the agents reach the scheduler.
+    #[arg(
+        long = "ec2-security-group",
+        env = "AIBRO_EC2_SECURITY_GROUPS",
+        value_delimiter = ','
+    )]
+    pub ec2_security_groups: Vec<String>,
+    /// EC2: the key pair for SSH into instances (default: none).
+    #[arg(long, env = "AIBRO_EC2_KEY_NAME")]
+    pub ec2_key_name: Option<String>,
+    /// EC2: the IAM instance profile (name or ARN) instances run with.
+    #[arg(long, env = "AIBRO_EC2_INSTANCE_PROFILE")]
+    pub ec2_instance_profile: Option<String>,
+    /// EC2: root volume size in GiB (gp3; kept while an instance is stopped).
+    #[arg(long, env = "AIBRO_EC2_ROOT_VOLUME_GIB", default_value_t = 100)]
+    pub ec2_root_volume_gib: i32,
+    /// EC2: the scheduler URL instances reach (default: --public-url).
+    #[arg(long, env = "AIBRO_EC2_SCHEDULER_URL")]
+    pub ec2_scheduler_url: Option<String>,
+    /// EC2: where the boot script downloads `aibro-agent` when the AMI lacks it
+    /// (with --ec2-agent-sha256).
+    #[arg(long, env = "AIBRO_EC2_AGENT_URL", requires = "ec2_agent_sha256")]
+    pub ec2_agent_url: Option<String>,
+    /// EC2: the sha256 the downloaded agent must have.
+    #[arg(long, env = "AIBRO_EC2_AGENT_SHA256")]
+    pub ec2_agent_sha256: Option<String>,
+    /// EC2: milliseconds between DescribeInstances calls while a state change
+    /// is awaited (one call for all instances).
+    #[arg(long, env = "AIBRO_EC2_POLL_MS", default_value_t = 5000)]
+    pub ec2_poll_ms: u64,
+    /// EC2: seconds between spot price quotes (DescribeSpotPriceHistory).
+    #[arg(long, env = "AIBRO_EC2_SPOT_PRICE_S", default_value_t = 300)]
+    pub ec2_spot_price_s: u64,
+    /// EC2: seconds spot of a type is taken as unavailable after EC2 refused it.
+    #[arg(long, env = "AIBRO_EC2_SPOT_RETRY_S", default_value_t = 300)]
+    pub ec2_spot_retry_s: u64,
+    /// EC2: seconds an instance's one-time bootstrap token stays valid.
+    #[arg(long, env = "AIBRO_EC2_BOOTSTRAP_TTL_S", default_value_t = 1800)]
+    pub ec2_bootstrap_ttl_s: u64,
+}
+
+/// What every launch uses.
+#[derive(Debug, Clone)]
+pub struct Ec2Settings {
+    pub ami: String,
+    pub subnet: Option<String>,
+    pub security_groups: Vec<String>,
+    pub key_name: Option<String>,
+    pub instance_profile: Option<String>,
+    pub root_volume_gib: i32,
+    pub poll: Duration,
+    pub spot_price_every: Duration,
+    pub spot_retry: Duration,
+    pub bootstrap_ttl: Duration,
+}
+
+impl Ec2Config {
+    /// The settings, when the provider is asked for.
+    pub fn settings(&self) -> Option<Ec2Settings> {
+        Some(Ec2Settings {
+            ami: self.ec2_ami.clone()?,
+            subnet: self.ec2_subnet.clone(),
+            security_groups: self.ec2_security_groups.clone(),
+            key_name: self.ec2_key_name.clone(),
+            instance_profile: self.ec2_instance_profile.clone(),
+            root_volume_gib: self.ec2_root_volume_gib,
+            poll: Duration::from_millis(self.ec2_poll_ms.max(50)),
+            spot_price_every: Duration::from_secs(self.ec2_spot_price_s.max(1)),
+            spot_retry: Duration::from_secs(self.ec2_spot_retry_s),
+            bootstrap_ttl: Duration::from_secs(self.ec2_bootstrap_ttl_s.max(60)),
+        })
+    }
+
+    /// The SDK client: AWS's standard chain for credentials, region and
+    /// profile, the flags over it; TLS on rustls with ring.
+    async fn client(&self) -> (aws_sdk_ec2::Client, Option<String>) {
+        use aws_smithy_http_client::tls;
+        let https = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut loader =
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(https);
+        if let Some(region) = &self.ec2_region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &self.ec2_endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let config = loader.load().await;
+        let region = config.region().map(|r| r.to_string());
+        (aws_sdk_ec2::Client::new(&config), region)
+    }
+}
+
+/// The EC2 API as the flags and AWS's chain configure it, and the region's
+/// on-demand prices.
+pub struct Ec2Cloud {
+    pub client: aws_sdk_ec2::Client,
+    pub region: String,
+    /// None: no shipped table for the region (the user's --catalog prices it).
+    pub prices: Option<PriceTable>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloudSetupError {
+    #[error("EC2: no region; give --ec2-region or set AWS_REGION (or a profile's region)")]
+    NoRegion,
+    #[error(
+        "EC2: no shipped on-demand prices for region {region} (shipped: {shipped}); give \
+         --catalog with the `provider = \"ec2\"` types you use, priced for {region}"
+    )]
+    Unpriced { region: String, shipped: String },
+}
+
+impl Ec2Config {
+    /// Connects to EC2 when the provider is asked for (`--ec2-ami`).
+    pub async fn connect(&self, user_catalog: bool) -> Result<Option<Ec2Cloud>, CloudSetupError> {
+        if self.ec2_ami.is_none() {
+            return Ok(None);
+        }
+        let (client, region) = self.client().await;
+        let region = region.ok_or(CloudSetupError::NoRegion)?;
+        let prices = price_table(&region);
+        match &prices {
+            Some(t) => tracing::info!(
+                region,
+                source = t.source,
+                as_of = t.as_of,
+                "EC2 on-demand prices"
+            ),
+            None if user_catalog => tracing::warn!(
+                region,
+                "no shipped EC2 prices for the region: the --catalog must price the types used"
+            ),
+            None => {
+                return Err(CloudSetupError::Unpriced {
+                    region,
+                    shipped: priced_regions().join(", "),
+                })
+            }
+        }
+        Ok(Some(Ec2Cloud {
+            client,
+            region,
+            prices,
+        }))
+    }
+}
+
+#[derive(Deserialize)]
+struct PriceTables {
+    region: Vec<PriceTable>,
+}
+
+/// One region's on-demand list prices, with where they come from.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PriceTable {
+    pub name: String,
+    pub source: String,
+    pub as_of: String,
+    pub on_demand: HashMap<String, f64>,
+}
+
+/// The shipped on-demand price table of `region`, if there is one.
+pub fn price_table(region: &str) -> Option<PriceTable> {
+    let tables: PriceTables = toml::from_str(PRICE_TABLES).expect("ec2-prices.toml parses");
+    tables.region.into_iter().find(|t| t.name == region)
+}
+
+/// The regions with a shipped price table.
+pub fn priced_regions() -> Vec<String> {
+    let tables: PriceTables = toml::from_str(PRICE_TABLES).expect("ec2-prices.toml parses");
+    tables.region.into_iter().map(|t| t.name).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shipped_ec2_type_has_a_price_in_every_table() {
+        let catalog = crate::catalog::Catalog::shipped();
+        let ec2: Vec<_> = catalog.types().filter(|t| t.provider == "ec2").collect();
+        for family in ["g4dn.", "g5.", "p3.", "c5."] {
+            assert!(ec2.iter().any(|t| t.name.starts_with(family)), "{family}");
+        }
+        for region in priced_regions() {
+            let table = price_table(&region).unwrap();
+            assert!(table.source.starts_with("https://") && !table.as_of.is_empty());
+            let table = crate::catalog::OnDemandPrices {
+                provider: "ec2",
+                prices: &table.on_demand,
+            };
+            assert_eq!(
+                crate::catalog::unpriced(&catalog, table),
+                Vec::<String>::new()
+            );
+        }
+        assert!(price_table("mars-north-1").is_none());
+    }
+}
