@@ -121,11 +121,14 @@ async fn wait_sleeper(root: &Path) -> Result<i32> {
     })
 }
 
-/// The pid of the sleeper unit of a machine, while it lives.
+/// The pid of the sleeper unit of a machine once it is `sleep` (its pid file
+/// is written before the exec), while it lives.
 fn sleeper(root: &Path) -> Option<i32> {
     let pid = std::fs::read_to_string(root.join("run/sleeper.service.pid")).ok()?;
     let pid = pid.trim().parse().ok()?;
-    live_processes(root).contains(&pid).then_some(pid)
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let sleeping = cmdline.starts_with(b"/bin/sleep\0");
+    (sleeping && live_processes(root).contains(&pid)).then_some(pid)
 }
 
 fn environ(pid: i32) -> Vec<String> {
