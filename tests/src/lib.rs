@@ -77,6 +77,8 @@ pub struct Scheduler {
     crash_at: Option<String>,
     /// With TLS: the CA its certificate chains to (clients connect over https).
     pub tls_ca: Option<PathBuf>,
+    /// Environment of every start (the EC2 world's AWS variables).
+    env: Vec<(String, String)>,
 }
 
 impl Scheduler {
@@ -109,7 +111,24 @@ impl Scheduler {
             extra_args: args.iter().map(|a| a.to_string()).collect(),
             crash_at,
             tls_ca: None,
+            env: Vec::new(),
         })
+    }
+
+    /// Starts a scheduler whose EC2 provider runs against `world` (moto
+    /// behind the fault proxy): short polls and ticks, quotes every second.
+    pub async fn start_ec2(world: &ec2::Ec2World, args: &[&str]) -> Result<Self> {
+        let mut all = vec!["--ec2-ami", world.ami(), "--ec2-endpoint", world.endpoint()];
+        all.extend(["--ec2-poll-ms", "100", "--ec2-spot-price-s", "1"]);
+        all.extend(["--lifecycle-tick-ms", "100"]);
+        all.extend_from_slice(args);
+        let mut s = Self::new(&all, None)?;
+        s.env = ec2::aws_env()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        s.spawn().await?;
+        Ok(s)
     }
 
     /// Starts a scheduler serving TLS with `cert`/`key` (PEM), which clients
@@ -167,6 +186,7 @@ impl Scheduler {
             ])
             .args(&self.extra_args)
             .envs(self.crash_at.take().map(|p| ("AIBRO_CRASH_AT", p)))
+            .envs(self.env.iter().cloned())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -1,0 +1,304 @@
+//! The EC2 provider end to end, against moto behind the fault proxy, with
+//! each instance's boot played from its own user data so that real agents
+//! register: standby + cooling on EC2 types (spot at the prices the proxy
+//! serves), stop that keeps the disk, wake without gearing up, a wake refused
+//! for capacity, a Fit falling back past a capacity error, a kill -9 in the
+//! middle, and the calls each lifecycle costs.
+
+use std::time::Duration;
+
+use aibro_proto::v1::{self as pb, InstanceRole, InstanceStatus, InstanceSubstatus, JobStatus};
+use aibro_tests::ec2::{Ec2Error, Ec2World, FaultRule, InstanceState};
+use aibro_tests::{deploy_request, repo, Scheduler, DEPLOY_DEADLINE};
+use anyhow::{bail, Context, Result};
+
+const ECHO: &str = "def load_model():\n    return 'echo'\n\n\ndef run(model, data):\n    return data\n";
+const MUTATING: [&str; 5] = [
+    "RunInstances",
+    "StopInstances",
+    "StartInstances",
+    "TerminateInstances",
+    "CancelSpotInstanceRequests",
+];
+
+/// An echo repo whose requirements make gear-up build a virtualenv (installing nothing).
+fn echo_repo() -> Result<tempfile::TempDir> {
+    let dir = repo(ECHO);
+    std::fs::write(dir.path().join("requirements.txt"), "--no-index\n")?;
+    Ok(dir)
+}
+
+fn reached(e: &pb::JobEvent, id: &str, status: InstanceStatus, sub: InstanceSubstatus) -> bool {
+    e.instance_id == id && e.instance_status() == status && e.instance_substatus() == sub
+}
+
+fn role_of(job: &pb::Job, role: InstanceRole) -> Result<pb::Instance> {
+    job.instances
+        .iter()
+        .find(|i| i.role() == role)
+        .cloned()
+        .with_context(|| format!("no {role:?} instance: {job:#?}"))
+}
+
+/// The EC2 id of the aibro instance, by its tag.
+async fn ec2_of(world: &Ec2World, instance_id: &str) -> Result<(String, InstanceState)> {
+    let tagged = world.instances_tagged("aibro:instance", instance_id).await?;
+    match tagged.as_slice() {
+        [one] => Ok(one.clone()),
+        other => bail!("{instance_id} is tagged on {other:?}"),
+    }
+}
+
+/// Waits until moto shows the instance in `want`.
+async fn moto_shows(world: &Ec2World, ec2_id: &str, want: InstanceState) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + DEPLOY_DEADLINE;
+    loop {
+        let now = world.instance_state(ec2_id).await?;
+        if now == want {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{ec2_id} is {now:?}, not {want:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Deploys the echo repo on g4dn standby + cooling with a 2 s cool-down;
+/// returns the job once DEPLOYED and its cooling instance serves.
+async fn deploy_ec2(s: &Scheduler, token: &str, name: &str) -> Result<pb::Job> {
+    let repo = echo_repo()?;
+    let digest = s.upload_dir(token, repo.path()).await?;
+    let mut request = deploy_request(name, &digest);
+    request.machine_config = Some(pb::MachineConfig {
+        standby: "g4dn.xlarge.od".into(),
+        cooling: "g4dn.12xlarge.od".into(),
+    });
+    request.cool_down_period_s = 2;
+    let job_id = s.deploy_with(token, request).await?;
+    s.wait_status(token, &job_id, JobStatus::Deployed).await?;
+    let job = s.get_job(token, &job_id).await?;
+    let cooling = role_of(&job, InstanceRole::Cooling)?.instance_id;
+    s.watch_until(token, &job_id, DEPLOY_DEADLINE, |e| {
+        reached(e, &cooling, InstanceStatus::Executing, InstanceSubstatus::None)
+    })
+    .await?;
+    s.get_job(token, &job_id).await
+}
+
+/// Waits until the cooling instance has cooled down and stopped.
+async fn stopped(s: &Scheduler, token: &str, job_id: &str, id: &str) -> Result<u64> {
+    let events = s
+        .watch_until(token, job_id, DEPLOY_DEADLINE, |e| {
+            reached(e, id, InstanceStatus::Closed, InstanceSubstatus::Stopped)
+        })
+        .await?;
+    Ok(events.last().map_or(0, |e| e.seq))
+}
+
+#[tokio::test]
+async fn standby_and_cooling_run_stop_and_wake_on_ec2() -> Result<()> {
+    let world = Ec2World::start().await?;
+    world.proxy().set_spot_price("g4dn.xlarge", 0.1578);
+    world.proxy().set_spot_price("g4dn.12xlarge", 1.1736);
+    let s = Scheduler::start_ec2(&world, &[]).await?;
+    let token = s.user("erin").await?;
+    let job = deploy_ec2(&s, &token, "e").await?;
+    let cooling = role_of(&job, InstanceRole::Cooling)?.instance_id;
+    let standby = role_of(&job, InstanceRole::Standby)?;
+    assert_eq!(standby.machine_id, "g4dn.xlarge", "spot, at the price EC2 quotes");
+    assert!((standby.price_per_hour - 0.1578).abs() < 1e-9, "{standby:?}");
+    let r = s.predict("erin", "public", "e", r#"{"x": 1}"#).await?;
+    assert_eq!((r.role(), r.instance_id.as_str()), (InstanceRole::Cooling, cooling.as_str()));
+
+    // Cooled down: EC2 stopped it, and its EBS disk (the played root) is kept.
+    let seq = stopped(&s, &token, &job.job_id, &cooling).await?;
+    let (ec2_id, state) = ec2_of(&world, &cooling).await?;
+    assert_eq!(state, InstanceState::Stopped);
+    let machine = world.proxy().machine(&ec2_id).context("played")?;
+    assert!(!machine.running && machine.root.join("var/lib/aibro/agent").is_dir());
+
+    // A request wakes it: the standby answers, EC2 starts the same instance,
+    // its agent comes back on its kept disk without gearing up again.
+    let r = s.predict("erin", "public", "e", r#"{"wake": 1}"#).await?;
+    assert_eq!(r.role(), InstanceRole::Standby);
+    s.watch_until(&token, &job.job_id, DEPLOY_DEADLINE, |e| {
+        e.seq > seq && reached(e, &cooling, InstanceStatus::Executing, InstanceSubstatus::None)
+    })
+    .await?;
+    moto_shows(&world, &ec2_id, InstanceState::Running).await?;
+    assert_eq!(world.proxy().machine(&ec2_id).context("played")?.boots, 2);
+    let marks = phases(&s, &token, &job.job_id, &cooling).await?;
+    let woken = marks.iter().position(|m| m == "instance woken").context("woken")?;
+    assert!(marks[woken..].iter().any(|m| m == "env reused"), "{marks:?}");
+    assert!(!marks[woken..].iter().any(|m| m == "env geared up"), "{marks:?}");
+
+    // Complete: both terminated in EC2; the ledger priced the spot quotes.
+    s.complete(&token, &job.job_id).await?;
+    for inst in &s.get_job(&token, &job.job_id).await?.instances {
+        let (ec2_id, _) = ec2_of(&world, &inst.instance_id).await?;
+        moto_shows(&world, &ec2_id, InstanceState::Terminated).await?;
+        let quoted = if inst.role() == InstanceRole::Cooling { 1.1736 } else { 0.1578 };
+        assert!((inst.price_per_hour - quoted).abs() < 1e-9, "{inst:?}");
+        assert!(inst.cost_usd > 0.0, "{inst:?}");
+    }
+    // At most 5 mutating calls per instance, one stop/wake cycle included.
+    let counts = world.proxy().counts();
+    let mutating: u64 = MUTATING.iter().map(|a| counts.get(*a).copied().unwrap_or(0)).sum();
+    assert!(mutating <= 2 * 5 + 2, "{counts:?}");
+    assert_eq!(counts.get("RunInstances"), Some(&2), "{counts:?}");
+    Ok(())
+}
+
+/// The instance's phase marks in the job's timeline, in order.
+async fn phases(s: &Scheduler, token: &str, job_id: &str, id: &str) -> Result<Vec<String>> {
+    let timeline = s.timeline(token, job_id).await?;
+    Ok(timeline
+        .events
+        .into_iter()
+        .filter(|e| e.instance_id == id && !e.phase.is_empty())
+        .map(|e| e.phase)
+        .collect())
+}
+
+#[tokio::test]
+async fn a_wake_refused_for_capacity_leaves_the_standby_serving_and_says_why() -> Result<()> {
+    let world = Ec2World::start().await?;
+    let s = Scheduler::start_ec2(&world, &[]).await?;
+    let token = s.user("finn").await?;
+    let job = deploy_ec2(&s, &token, "w").await?;
+    let cooling = role_of(&job, InstanceRole::Cooling)?.instance_id;
+    let seq = stopped(&s, &token, &job.job_id, &cooling).await?;
+    world.proxy().fail(FaultRule::new(
+        "StartInstances",
+        Ec2Error::insufficient_instance_capacity(),
+    ));
+
+    let r = s.predict("finn", "public", "w", "{}").await?;
+    assert_eq!(r.role(), InstanceRole::Standby);
+    s.watch_until(&token, &job.job_id, DEPLOY_DEADLINE, |e| {
+        e.seq > seq && e.instance_id == cooling && e.phase == "wake failed"
+    })
+    .await?;
+    let timeline = s.timeline(&token, &job.job_id).await?;
+    let note = timeline
+        .events
+        .iter()
+        .find(|e| e.phase == "wake failed")
+        .context("the note")?;
+    assert!(note.message.contains("InsufficientInstanceCapacity"), "{note:?}");
+    // The standby goes on serving; the instance is stopped again.
+    for _ in 0..5 {
+        let r = s.predict("finn", "public", "w", "{}").await?;
+        assert_eq!(r.role(), InstanceRole::Standby);
+    }
+    let (ec2_id, state) = ec2_of(&world, &cooling).await?;
+    assert_eq!(state, InstanceState::Stopped);
+
+    // Capacity is back: a later request wakes it.
+    world.proxy().clear_faults();
+    let deadline = tokio::time::Instant::now() + DEPLOY_DEADLINE;
+    loop {
+        let r = s.predict("finn", "public", "w", "{}").await?;
+        if r.role() == InstanceRole::Cooling {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("it never woke; log:\n{}", s.log());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    moto_shows(&world, &ec2_id, InstanceState::Running).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_fit_falls_back_past_a_capacity_error() -> Result<()> {
+    let world = Ec2World::start().await?;
+    world.proxy().fail(
+        FaultRule::new("RunInstances", Ec2Error::insufficient_instance_capacity())
+            .when("InstanceType", "p3.2xlarge"),
+    );
+    let s = Scheduler::start_ec2(&world, &[]).await?;
+    let token = s.user("gus").await?;
+    let dir = repo(ECHO);
+    std::fs::write(
+        dir.path().join("train.py"),
+        "def train(output_dir, **args):\n    open(f'{output_dir}/done.txt', 'w').write('ok')\n",
+    )?;
+    let digest = s.upload_dir(&token, dir.path()).await?;
+    let fit = pb::FitRequest {
+        artifact_digest: digest,
+        machine_ids: vec!["p3.2xlarge.od".into(), "c5.large.od".into()],
+        ..Default::default()
+    };
+    let job_id = s
+        .training(Some(&token))
+        .await?
+        .fit(fit)
+        .await?
+        .into_inner()
+        .job_id;
+    s.wait_status(&token, &job_id, JobStatus::Completed).await?;
+    let job = s.get_job(&token, &job_id).await?;
+    let trainer = role_of(&job, InstanceRole::Trainer)?;
+    assert_eq!(trainer.machine_id, "c5.large.od");
+    let timeline = s.timeline(&token, &job_id).await?;
+    let said = timeline.events.iter().any(|e| e.message.contains("InsufficientInstanceCapacity"))
+        || job.reason.contains("InsufficientInstanceCapacity")
+        || s.log().contains("InsufficientInstanceCapacity");
+    assert!(said, "the refusal is named");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_killed_scheduler_finds_its_instances_by_their_tags() -> Result<()> {
+    let world = Ec2World::start().await?;
+    let mut s = Scheduler::start_ec2(&world, &[]).await?;
+    let token = s.user("hana").await?;
+    let job = deploy_ec2(&s, &token, "k").await?;
+    let cooling = role_of(&job, InstanceRole::Cooling)?.instance_id;
+    s.kill9();
+    // An instance of ours that the store never recorded (launched just
+    // before a crash): tagged, so the restarted scheduler ends it.
+    let stray = aibro_tests::ec2::call(
+        world.endpoint(),
+        "RunInstances",
+        &[
+            ("ImageId", world.ami()),
+            ("InstanceType", "c5.large"),
+            ("MinCount", "1"),
+            ("MaxCount", "1"),
+            ("TagSpecification.1.ResourceType", "instance"),
+            ("TagSpecification.1.Tag.1.Key", "aibro:scheduler"),
+            ("TagSpecification.1.Tag.1.Value", &scheduler_id(&s)?),
+            ("TagSpecification.1.Tag.2.Key", "aibro:instance"),
+            ("TagSpecification.1.Tag.2.Value", "inst-stray"),
+        ],
+    )
+    .await?;
+    let stray_id = stray.texts(&["instancesSet", "item", "instanceId"])?[0].clone();
+    s.spawn().await?;
+    moto_shows(&world, &stray_id, InstanceState::Terminated).await?;
+
+    // Its instances were adopted: they serve, and cool down as before.
+    let r = s.predict("hana", "public", "k", "{}").await?;
+    assert_eq!(r.job_id, job.job_id);
+    stopped(&s, &token, &job.job_id, &cooling).await?;
+    let (_, state) = ec2_of(&world, &cooling).await?;
+    assert_eq!(state, InstanceState::Stopped);
+    s.complete(&token, &job.job_id).await?;
+    Ok(())
+}
+
+/// The id the scheduler tags its instances with (kept in its store; read
+/// from an instance it launched).
+fn scheduler_id(s: &Scheduler) -> Result<String> {
+    let log = s.log();
+    let at = log.find("aibro:scheduler=").context("the scheduler logs its id")?;
+    let id: String = log[at + "aibro:scheduler=".len()..]
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit() || *c == '-')
+        .collect();
+    Ok(id)
+}
