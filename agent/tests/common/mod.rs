@@ -137,7 +137,8 @@ impl AgentGateway for FakeGateway {
             Some(report_request::Body::Progress(p)) => {
                 let _ = self.events.send(Event::Progress(p));
             }
-            None => {}
+            // No test here watches a metadata service.
+            Some(report_request::Body::SpotNotice(_)) | None => {}
         }
         Ok(Response::new(ReportResponse {}))
     }
