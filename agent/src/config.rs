@@ -144,6 +144,15 @@ pub struct Args {
     /// set it where the agent runs inside another program, e.g. tests).
     #[arg(long, env = "AIBRO_SANDBOX_HELPER", hide = true)]
     pub sandbox_helper: Option<PathBuf>,
+    /// EC2's instance metadata service (IMDSv2), watched for spot interruption
+    /// notices and rebalance recommendations, which are reported to the
+    /// scheduler: `http://169.254.169.254` on EC2. Without it nothing is watched.
+    #[arg(long, env = "AIBRO_IMDS_ENDPOINT", value_parser = http_url)]
+    pub imds_endpoint: Option<String>,
+    /// How often the metadata service is polled (AWS suggests every 5 s).
+    #[arg(long, env = "AIBRO_IMDS_POLL_MS", default_value_t = 5000,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub imds_poll_ms: u64,
     /// Log as JSON lines.
     #[arg(long, env = "AIBRO_LOG_JSON")]
     pub log_json: bool,
@@ -154,6 +163,15 @@ impl Args {
     pub fn defaults() -> Args {
         <Args as clap::Parser>::parse_from(["aibro-agent"])
     }
+}
+
+/// An `http://host[:port]` URL (the metadata service speaks plain HTTP).
+fn http_url(s: &str) -> Result<String, String> {
+    let uri: hyper::Uri = s.parse().map_err(|e| format!("{e}"))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err("expected an http:// URL, such as http://169.254.169.254".into());
+    }
+    Ok(s.to_string())
 }
 
 #[cfg(test)]
@@ -185,6 +203,11 @@ mod tests {
         assert_eq!(a.gpus, None);
         assert_eq!(a.machine_id, "");
         assert_eq!(a.sandbox, Requested::Auto);
+        assert_eq!(
+            a.imds_endpoint, None,
+            "the metadata service only when asked"
+        );
+        assert_eq!(a.imds_poll_ms, 5000);
         let a = Args::try_parse_from(["aibro-agent", "--sandbox", "none"]).unwrap();
         assert_eq!(a.sandbox, Requested::None);
         assert!(Args::try_parse_from(["aibro-agent", "--sandbox", "weak"]).is_err());
@@ -231,11 +254,26 @@ mod tests {
             "gpu.8xh100",
             "--gpus",
             "4,5,6,7",
+            "--imds-endpoint",
+            "http://169.254.169.254",
+            "--imds-poll-ms",
+            "100",
         ])
         .unwrap();
+        assert_eq!(a.imds_endpoint.as_deref(), Some("http://169.254.169.254"));
+        assert_eq!(a.imds_poll_ms, 100);
         assert_eq!(a.instance_id, "");
         assert_eq!(a.machine_id, "gpu.8xh100");
         assert_eq!(a.gpus, Some(vec![4, 5, 6, 7]));
         assert!(Args::try_parse_from(["aibro-agent", "--gpus", "0,x"]).is_err());
+        for bad in ["169.254.169.254", "https://169.254.169.254", "http://"] {
+            assert!(
+                Args::try_parse_from(["aibro-agent", "--imds-endpoint", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Args::try_parse_from(["aibro-agent", "--imds-poll-ms", "0"]).is_err());
+        let a = Args::try_parse_from(["aibro-agent", "--imds-endpoint", "http://127.0.0.1:9/"]);
+        assert!(a.is_ok(), "{a:?}");
     }
 }

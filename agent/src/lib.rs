@@ -40,6 +40,7 @@ use tonic::transport::{ClientTlsConfig, ServerTlsConfig};
 use jobs::{Jobs, JobsConfig};
 use link::credential::{Check, Credential};
 use link::identity::{self, Identity};
+use link::imds::Watcher;
 use link::reporter::{ReportQueue, Reporter, ReporterError};
 use sandbox::{Sandbox, SandboxConfig, SandboxError};
 use scripts::Scripts;
@@ -120,6 +121,7 @@ pub async fn run(
     tracing::info!(agent_id = %identity.agent_id, instance_id = %args.instance_id,
         machine_id = %args.machine_id, %address, cpus = hardware.cpus, ?gpus, "agent starting");
     let (queue, rx) = ReportQueue::channel();
+    let imds = imds_watcher(&args, &identity, &queue);
     let cancel = CancellationToken::new();
     let orphan_timeout = Duration::from_secs(args.orphan_timeout_s);
     let jobs = Arc::new(Jobs::new(JobsConfig {
@@ -157,6 +159,7 @@ pub async fn run(
     let tasks = Tasks {
         reporter: tokio::spawn(reporter.run(rx, cancel.clone())),
         server: tokio::spawn(server),
+        imds: imds.map(|w| tokio::spawn(w.run(cancel.clone()))),
     };
     tasks.run_until(shutdown, &cancel, &jobs).await
 }
@@ -175,6 +178,18 @@ fn start_sandbox(args: &Args) -> Result<Sandbox, Error> {
     })?;
     sandbox.announce();
     Ok(sandbox)
+}
+
+/// The watcher of EC2's metadata service: only with `--imds-endpoint`.
+fn imds_watcher(args: &Args, identity: &Arc<Identity>, queue: &ReportQueue) -> Option<Watcher> {
+    let endpoint = args.imds_endpoint.as_deref()?;
+    let poll = Duration::from_millis(args.imds_poll_ms);
+    Some(Watcher::new(
+        endpoint,
+        poll,
+        identity.clone(),
+        queue.clone(),
+    ))
 }
 
 fn dir_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -252,11 +267,13 @@ fn server(
 struct Tasks {
     reporter: JoinHandle<Result<(), ReporterError>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Watches EC2's metadata service (with `--imds-endpoint`).
+    imds: Option<JoinHandle<()>>,
 }
 
 impl Tasks {
-    /// Waits for `shutdown`, or for either task to end; then ends the jobs'
-    /// processes and waits for both tasks.
+    /// Waits for `shutdown`, or for the reporter or the server to end; then
+    /// ends the jobs' processes and waits for every task.
     async fn run_until(
         mut self,
         shutdown: impl Future<Output = ()>,
@@ -284,6 +301,9 @@ impl Tasks {
         }
         if !reporter_done {
             let _ = self.reporter.await;
+        }
+        if let Some(imds) = self.imds {
+            let _ = imds.await;
         }
         result
     }

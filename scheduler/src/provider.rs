@@ -279,6 +279,10 @@ async fn ec2_provider(
         .spawn(async move { p.run_spot_quotes(types, quotes, cancel).await });
     let (p, cancel) = (provider.clone(), setup.cancel.clone());
     setup.tasks.spawn(async move { p.run_fleet(cancel).await });
+    tracing::info!(
+        "EC2 instances of this scheduler carry the tag aibro:scheduler={}",
+        setup.scheduler_id
+    );
     Ok(Some(provider))
 }
 

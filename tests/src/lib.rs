@@ -2,11 +2,13 @@
 //! 127.0.0.1 port 0 with a temp data dir, gives authenticated gRPC clients,
 //! packs and uploads example repos, and waits on WatchJob events with
 //! deadlines. Dropping a [`Scheduler`] kills it and every agent it launched.
-//! [`ec2`] is the EC2 world: moto behind a fault proxy, with played boots.
+//! [`ec2`] is the EC2 world: moto behind a fault proxy, with played boots;
+//! [`imds::ImdsStandIn`] stands in for EC2's instance metadata service.
 
 #![deny(clippy::too_many_lines)]
 
 pub mod ec2;
+pub mod imds;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

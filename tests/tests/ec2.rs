@@ -283,7 +283,7 @@ async fn a_killed_scheduler_finds_its_instances_by_their_tags() -> Result<()> {
 
     // Its instances were adopted: they serve, and cool down as before.
     let r = s.predict("hana", "public", "k", "{}").await?;
-    assert_eq!(r.job_id, job.job_id);
+    assert!(job.instances.iter().any(|i| i.instance_id == r.instance_id), "{r:?}");
     stopped(&s, &token, &job.job_id, &cooling).await?;
     let (_, state) = ec2_of(&world, &cooling).await?;
     assert_eq!(state, InstanceState::Stopped);

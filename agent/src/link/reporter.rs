@@ -1,6 +1,6 @@
 //! The agent's connection to the scheduler (`AgentGateway`): Register with backoff,
-//! a heartbeat loop, and phase and training progress reports (one queue, so they
-//! keep their order) re-sent until acknowledged. Any failure makes
+//! a heartbeat loop, and phase, training progress and spot notice reports (one
+//! queue, so they keep their order) re-sent until acknowledged. Any failure makes
 //! the agent register again before sending more; so does an Assign, at once, under
 //! the new instance (or as an idle pool agent). When the scheduler has been
 //! unreachable for longer than the orphan timeout the reporter gives up.
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use aibro_proto::v1::{
     report_request, AgentPhase, Hardware, Heartbeat, PhaseReport, Progress, RegisterRequest,
-    RegisterResponse, ReportRequest,
+    RegisterResponse, ReportRequest, SpotNotice,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -103,6 +103,11 @@ impl Reports {
         tracing::debug!(job_id = %progress.job_id, seq = progress.seq, epoch = progress.epoch,
             stream = %progress.stream, "{}", progress.log_line);
         self.queue(report_request::Body::Progress(progress));
+    }
+
+    /// What the cloud said of the machine this instance runs on.
+    pub(crate) fn spot_notice(&self, notice: SpotNotice) {
+        self.queue(report_request::Body::SpotNotice(notice));
     }
 
     fn queue(&self, body: report_request::Body) {

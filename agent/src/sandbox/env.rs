@@ -97,6 +97,7 @@ mod tests {
     #[test]
     fn only_allow_listed_variables_pass() {
         let vars = [
+            ("AIBRO_IMDS_ENDPOINT", "http://169.254.169.254"),
             ("AIBRO_JOIN_TOKEN", "secret"),
             ("AWS_SECRET_ACCESS_KEY", "secret"),
             ("HOME", "/root"),

@@ -137,6 +137,7 @@ impl AgentGateway for FakeGateway {
             Some(report_request::Body::Progress(p)) => {
                 let _ = self.events.send(Event::Progress(p));
             }
+            // No test here watches a metadata service.
             Some(report_request::Body::SpotNotice(_)) | None => {}
         }
         Ok(Response::new(ReportResponse {}))
