@@ -46,8 +46,14 @@ struct Notices {
 impl ImdsStandIn {
     /// Serves the metadata of `instance_id` on 127.0.0.1 port 0.
     pub async fn start(instance_id: &str) -> ImdsStandIn {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
+        Self::serve(instance_id)
+    }
+
+    /// As `start`, from synchronous code that runs on a Tokio runtime.
+    pub fn serve(instance_id: &str) -> ImdsStandIn {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std)
             .expect("bind the IMDS stand-in");
         let addr = listener.local_addr().expect("the stand-in's address");
         let shared = Arc::new(Shared {

@@ -12,7 +12,8 @@ use aibro_tests::ec2::{Ec2Error, Ec2World, FaultRule, InstanceState};
 use aibro_tests::{deploy_request, repo, Scheduler, DEPLOY_DEADLINE};
 use anyhow::{bail, Context, Result};
 
-const ECHO: &str = "def load_model():\n    return 'echo'\n\n\ndef run(model, data):\n    return data\n";
+const ECHO: &str =
+    "def load_model():\n    return 'echo'\n\n\ndef run(model, data):\n    return data\n";
 const MUTATING: [&str; 5] = [
     "RunInstances",
     "StopInstances",
@@ -42,7 +43,9 @@ fn role_of(job: &pb::Job, role: InstanceRole) -> Result<pb::Instance> {
 
 /// The EC2 id of the aibro instance, by its tag.
 async fn ec2_of(world: &Ec2World, instance_id: &str) -> Result<(String, InstanceState)> {
-    let tagged = world.instances_tagged("aibro:instance", instance_id).await?;
+    let tagged = world
+        .instances_tagged("aibro:instance", instance_id)
+        .await?;
     match tagged.as_slice() {
         [one] => Ok(one.clone()),
         other => bail!("{instance_id} is tagged on {other:?}"),
@@ -80,7 +83,12 @@ async fn deploy_ec2(s: &Scheduler, token: &str, name: &str) -> Result<pb::Job> {
     let job = s.get_job(token, &job_id).await?;
     let cooling = role_of(&job, InstanceRole::Cooling)?.instance_id;
     s.watch_until(token, &job_id, DEPLOY_DEADLINE, |e| {
-        reached(e, &cooling, InstanceStatus::Executing, InstanceSubstatus::None)
+        reached(
+            e,
+            &cooling,
+            InstanceStatus::Executing,
+            InstanceSubstatus::None,
+        )
     })
     .await?;
     s.get_job(token, &job_id).await
@@ -103,13 +111,22 @@ async fn standby_and_cooling_run_stop_and_wake_on_ec2() -> Result<()> {
     world.proxy().set_spot_price("g4dn.12xlarge", 1.1736);
     let s = Scheduler::start_ec2(&world, &[]).await?;
     let token = s.user("erin").await?;
-    let job = deploy_ec2(&s, &token, "e").await?;
+    let job = (deploy_ec2(&s, &token, "e").await).with_context(|| world.logs())?;
     let cooling = role_of(&job, InstanceRole::Cooling)?.instance_id;
     let standby = role_of(&job, InstanceRole::Standby)?;
-    assert_eq!(standby.machine_id, "g4dn.xlarge", "spot, at the price EC2 quotes");
-    assert!((standby.price_per_hour - 0.1578).abs() < 1e-9, "{standby:?}");
+    assert_eq!(
+        standby.machine_id, "g4dn.xlarge",
+        "spot, at the price EC2 quotes"
+    );
+    assert!(
+        (standby.price_per_hour - 0.1578).abs() < 1e-9,
+        "{standby:?}"
+    );
     let r = s.predict("erin", "public", "e", r#"{"x": 1}"#).await?;
-    assert_eq!((r.role(), r.instance_id.as_str()), (InstanceRole::Cooling, cooling.as_str()));
+    assert_eq!(
+        (r.role(), r.instance_id.as_str()),
+        (InstanceRole::Cooling, cooling.as_str())
+    );
 
     // Cooled down: EC2 stopped it, and its EBS disk (the played root) is kept.
     let seq = stopped(&s, &token, &job.job_id, &cooling).await?;
@@ -123,28 +140,50 @@ async fn standby_and_cooling_run_stop_and_wake_on_ec2() -> Result<()> {
     let r = s.predict("erin", "public", "e", r#"{"wake": 1}"#).await?;
     assert_eq!(r.role(), InstanceRole::Standby);
     s.watch_until(&token, &job.job_id, DEPLOY_DEADLINE, |e| {
-        e.seq > seq && reached(e, &cooling, InstanceStatus::Executing, InstanceSubstatus::None)
+        e.seq > seq
+            && reached(
+                e,
+                &cooling,
+                InstanceStatus::Executing,
+                InstanceSubstatus::None,
+            )
     })
     .await?;
     moto_shows(&world, &ec2_id, InstanceState::Running).await?;
     assert_eq!(world.proxy().machine(&ec2_id).context("played")?.boots, 2);
     let marks = phases(&s, &token, &job.job_id, &cooling).await?;
-    let woken = marks.iter().position(|m| m == "instance woken").context("woken")?;
-    assert!(marks[woken..].iter().any(|m| m == "env reused"), "{marks:?}");
-    assert!(!marks[woken..].iter().any(|m| m == "env geared up"), "{marks:?}");
+    let woken = marks
+        .iter()
+        .position(|m| m == "instance woken")
+        .context("woken")?;
+    assert!(
+        marks[woken..].iter().any(|m| m == "env reused"),
+        "{marks:?}"
+    );
+    assert!(
+        !marks[woken..].iter().any(|m| m == "env geared up"),
+        "{marks:?}"
+    );
 
     // Complete: both terminated in EC2; the ledger priced the spot quotes.
     s.complete(&token, &job.job_id).await?;
     for inst in &s.get_job(&token, &job.job_id).await?.instances {
         let (ec2_id, _) = ec2_of(&world, &inst.instance_id).await?;
         moto_shows(&world, &ec2_id, InstanceState::Terminated).await?;
-        let quoted = if inst.role() == InstanceRole::Cooling { 1.1736 } else { 0.1578 };
+        let quoted = if inst.role() == InstanceRole::Cooling {
+            1.1736
+        } else {
+            0.1578
+        };
         assert!((inst.price_per_hour - quoted).abs() < 1e-9, "{inst:?}");
         assert!(inst.cost_usd > 0.0, "{inst:?}");
     }
     // At most 5 mutating calls per instance, one stop/wake cycle included.
     let counts = world.proxy().counts();
-    let mutating: u64 = MUTATING.iter().map(|a| counts.get(*a).copied().unwrap_or(0)).sum();
+    let mutating: u64 = MUTATING
+        .iter()
+        .map(|a| counts.get(*a).copied().unwrap_or(0))
+        .sum();
     assert!(mutating <= 2 * 5 + 2, "{counts:?}");
     assert_eq!(counts.get("RunInstances"), Some(&2), "{counts:?}");
     Ok(())
@@ -186,7 +225,10 @@ async fn a_wake_refused_for_capacity_leaves_the_standby_serving_and_says_why() -
         .iter()
         .find(|e| e.phase == "wake failed")
         .context("the note")?;
-    assert!(note.message.contains("InsufficientInstanceCapacity"), "{note:?}");
+    assert!(
+        note.message.contains("InsufficientInstanceCapacity"),
+        "{note:?}"
+    );
     // The standby goes on serving; the instance is stopped again.
     for _ in 0..5 {
         let r = s.predict("finn", "public", "w", "{}").await?;
@@ -244,7 +286,10 @@ async fn a_fit_falls_back_past_a_capacity_error() -> Result<()> {
     let trainer = role_of(&job, InstanceRole::Trainer)?;
     assert_eq!(trainer.machine_id, "c5.large.od");
     let timeline = s.timeline(&token, &job_id).await?;
-    let said = timeline.events.iter().any(|e| e.message.contains("InsufficientInstanceCapacity"))
+    let said = timeline
+        .events
+        .iter()
+        .any(|e| e.message.contains("InsufficientInstanceCapacity"))
         || job.reason.contains("InsufficientInstanceCapacity")
         || s.log().contains("InsufficientInstanceCapacity");
     assert!(said, "the refusal is named");
@@ -283,7 +328,10 @@ async fn a_killed_scheduler_finds_its_instances_by_their_tags() -> Result<()> {
 
     // Its instances were adopted: they serve, and cool down as before.
     let r = s.predict("hana", "public", "k", "{}").await?;
-    assert!(job.instances.iter().any(|i| i.instance_id == r.instance_id), "{r:?}");
+    assert!(
+        job.instances.iter().any(|i| i.instance_id == r.instance_id),
+        "{r:?}"
+    );
     stopped(&s, &token, &job.job_id, &cooling).await?;
     let (_, state) = ec2_of(&world, &cooling).await?;
     assert_eq!(state, InstanceState::Stopped);
@@ -295,10 +343,109 @@ async fn a_killed_scheduler_finds_its_instances_by_their_tags() -> Result<()> {
 /// from an instance it launched).
 fn scheduler_id(s: &Scheduler) -> Result<String> {
     let log = s.log();
-    let at = log.find("aibro:scheduler=").context("the scheduler logs its id")?;
+    let at = log
+        .find("aibro:scheduler=")
+        .context("the scheduler logs its id")?;
     let id: String = log[at + "aibro:scheduler=".len()..]
         .chars()
         .take_while(|c| c.is_ascii_hexdigit() || *c == '-')
         .collect();
     Ok(id)
+}
+
+#[tokio::test]
+async fn a_spot_notice_from_the_metadata_service_replaces_the_instance() -> Result<()> {
+    let world = Ec2World::start().await?;
+    let s = Scheduler::start_ec2(&world, &[]).await?;
+    let token = s.user("ines").await?;
+    let repo = echo_repo()?;
+    let digest = s.upload_dir(&token, repo.path()).await?;
+    let mut request = deploy_request("n", &digest);
+    request.machine_config = Some(pb::MachineConfig {
+        standby: "g4dn.xlarge.od".into(),
+        cooling: String::new(),
+    });
+    let job_id = s.deploy_with(&token, request).await?;
+    s.wait_status(&token, &job_id, JobStatus::Deployed).await?;
+    let old = role_of(&s.get_job(&token, &job_id).await?, InstanceRole::Standby)?;
+    assert_eq!(old.machine_id, "g4dn.xlarge", "a spot instance");
+    let (ec2_id, _) = ec2_of(&world, &old.instance_id).await?;
+
+    // EC2 announces the interruption on the instance's metadata service.
+    let at = std::time::SystemTime::now() + Duration::from_secs(30);
+    world.imds(&ec2_id).set_instance_action("stop", at);
+    s.watch_until(&token, &job_id, DEPLOY_DEADLINE, |e| {
+        e.instance_id == old.instance_id
+            && e.instance_status() == InstanceStatus::Closed
+            && e.instance_substatus() == InstanceSubstatus::Terminated
+    })
+    .await
+    .with_context(|| world.logs())?;
+    let job = s.get_job(&token, &job_id).await?;
+    assert_eq!(job.status(), JobStatus::Deployed);
+    let marks = phases(&s, &token, &job_id, &old.instance_id).await?;
+    let noticed = marks
+        .iter()
+        .filter(|m| *m == "spot interruption notice")
+        .count();
+    assert_eq!(noticed, 1, "{marks:?}");
+    let r = s.predict("ines", "public", "n", "{}").await?;
+    assert_ne!(r.instance_id, old.instance_id, "the replacement serves");
+    moto_shows(&world, &ec2_id, InstanceState::Terminated).await?;
+    assert!(world.imds(&ec2_id).requests() > 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bootstrap_token_is_good_for_one_registration() -> Result<()> {
+    use aibro_proto::v1::agent_gateway_client::AgentGatewayClient;
+    let world = Ec2World::start().await?;
+    let s = Scheduler::start_ec2(&world, &[]).await?;
+    let token = s.user("joe").await?;
+    let repo = echo_repo()?;
+    let digest = s.upload_dir(&token, repo.path()).await?;
+    let mut request = deploy_request("b", &digest);
+    request.machine_config = Some(pb::MachineConfig {
+        standby: "c5.large.od".into(),
+        cooling: String::new(),
+    });
+    let job_id = s.deploy_with(&token, request).await?;
+    s.wait_status(&token, &job_id, JobStatus::Deployed).await?;
+    let inst = role_of(&s.get_job(&token, &job_id).await?, InstanceRole::Standby)?;
+    let (ec2_id, _) = ec2_of(&world, &inst.instance_id).await?;
+    let root = world.proxy().machine(&ec2_id).context("played")?.root;
+
+    // The boot script's token was traded; the agent keeps its credential 0600.
+    let env = std::fs::read_to_string(root.join("etc/aibro/agent.env"))?;
+    let boot_token = env
+        .lines()
+        .find_map(|l| l.strip_prefix("AIBRO_JOIN_TOKEN="))
+        .context("the token in the agent's settings")?;
+    assert!(boot_token.starts_with("boot_"), "{boot_token}");
+    let kept = root.join("var/lib/aibro/agent/credential");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&kept)?.permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Replayed (as anyone who read the user data could), or made up: refused.
+    for presented in [boot_token, "boot_0123456789abcdef"] {
+        let mut request = tonic::Request::new(pb::RegisterRequest {
+            instance_id: inst.instance_id.clone(),
+            address: "127.0.0.1:1".into(),
+            ..Default::default()
+        });
+        let bearer = format!("Bearer {presented}").parse()?;
+        request.metadata_mut().insert("authorization", bearer);
+        let refused = AgentGatewayClient::new(s.channel().await?)
+            .register(request)
+            .await
+            .expect_err("a used token is refused");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        assert!(refused.message().contains("used already"), "{refused:?}");
+    }
+    // The agent still serves.
+    s.predict("joe", "public", "b", "{}").await?;
+    Ok(())
 }

@@ -99,7 +99,8 @@ impl Guest {
             .stdin(Stdio::null());
         match &self.imds {
             Some(url) => command.env("AIBRO_IMDS_ENDPOINT", url),
-            None => command.env_remove("AIBRO_IMDS_ENDPOINT"),
+            // Never the real metadata address: a port where nothing listens.
+            None => command.env("AIBRO_IMDS_ENDPOINT", "http://127.0.0.1:9"),
         };
         command
     }

@@ -105,7 +105,9 @@ impl FaultProxy {
     }
 
     /// The metadata endpoint (`AIBRO_IMDS_ENDPOINT`) of each machine booted
-    /// from now on, by EC2 id; None, the default, sets none.
+    /// from now on, by EC2 id ([`super::Ec2World`] serves one stand-in per
+    /// machine); None points it where nothing listens, never at the real
+    /// metadata address.
     pub fn set_imds(&self, url_of: impl Fn(&str) -> Option<String> + Send + Sync + 'static) {
         self.shared.played.set_imds(Arc::new(url_of));
     }

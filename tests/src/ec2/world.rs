@@ -3,8 +3,9 @@
 //! Dropping it kills every process it started, played units included, and
 //! removes the dir.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 
@@ -13,6 +14,7 @@ use super::played::Played;
 use super::proxy::FaultProxy;
 use super::query::call;
 use super::states::InstanceState;
+use crate::imds::ImdsStandIn;
 
 pub struct Ec2World {
     // Dropped in this order: the proxy kills the played machines first.
@@ -20,6 +22,20 @@ pub struct Ec2World {
     moto: Moto,
     ami: String,
     dir: tempfile::TempDir,
+    imds: StandIns,
+}
+
+/// One metadata service per played machine, made at its first boot.
+#[derive(Clone, Default)]
+struct StandIns(Arc<Mutex<HashMap<String, Arc<ImdsStandIn>>>>);
+
+impl StandIns {
+    fn of(&self, ec2_id: &str) -> Arc<ImdsStandIn> {
+        let mut all = self.0.lock().expect("stand-ins lock");
+        all.entry(ec2_id.to_string())
+            .or_insert_with(|| Arc::new(ImdsStandIn::serve(ec2_id)))
+            .clone()
+    }
 }
 
 impl Ec2World {
@@ -29,12 +45,22 @@ impl Ec2World {
         let ami = amazon_linux_ami(moto.url()).await?;
         let played = Arc::new(Played::new(dir.path().to_path_buf()));
         let proxy = FaultProxy::start(moto.url(), played).await?;
+        let imds = StandIns::default();
+        let serving = imds.clone();
+        proxy.set_imds(move |ec2_id| Some(serving.of(ec2_id).url()));
         Ok(Ec2World {
             proxy,
             moto,
             ami,
             dir,
+            imds,
         })
+    }
+
+    /// The metadata service of a played machine (one each, never the real
+    /// address): tests set spot notices on it.
+    pub fn imds(&self, ec2_id: &str) -> Arc<ImdsStandIn> {
+        self.imds.of(ec2_id)
     }
 
     /// The proxy's URL, for `--ec2-endpoint`.
@@ -54,6 +80,24 @@ impl Ec2World {
 
     pub fn proxy(&self) -> &FaultProxy {
         &self.proxy
+    }
+
+    /// Every played machine's logs (boot script, units), for a failure's message.
+    pub fn logs(&self) -> String {
+        let Ok(machines) = std::fs::read_dir(self.dir.path()) else {
+            return String::new();
+        };
+        let mut out = String::new();
+        for machine in machines.flatten() {
+            let Ok(logs) = std::fs::read_dir(machine.path().join("var/log")) else {
+                continue;
+            };
+            for log in logs.flatten() {
+                let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+                out.push_str(&format!("== {}\n{text}\n", log.path().display()));
+            }
+        }
+        out
     }
 
     /// Where the machines' disks (`<dir>/<ec2-id>`) and moto's log lie.
