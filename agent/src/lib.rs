@@ -39,6 +39,7 @@ use tonic::transport::{ClientTlsConfig, ServerTlsConfig};
 
 use jobs::{Jobs, JobsConfig};
 use link::credential::{Check, Credential};
+use link::gateway::Gateway;
 use link::identity::{self, Identity};
 use link::imds::Watcher;
 use link::reporter::{ReportQueue, Reporter, ReporterError};
@@ -75,6 +76,8 @@ pub enum Error {
     Gateway(#[from] GatewayError),
     #[error(transparent)]
     Credential(#[from] CredentialError),
+    #[error(transparent)]
+    Bootstrap(#[from] link::bootstrap::BootstrapError),
     #[error("the scheduler has been unreachable for {0:?}; the agent exits (orphaned)")]
     Orphaned(Duration),
     #[error(transparent)]
@@ -101,17 +104,7 @@ pub async fn run(
     let agent_id = identity::agent_id(&args.dir).map_err(dir_err(&args.dir))?;
     let port = listener.local_addr().map_err(Error::Listener)?.port();
     let address = format!("{}:{port}", args.advertise_host);
-    let (scheduler_tls, server_tls) = tls(&args)?;
-    let credential = Arc::new(Credential::load(
-        args.credential_file.as_deref(),
-        &args.dir,
-    )?);
-    let gateway = link::gateway::gateway(
-        &args.scheduler,
-        credential.clone(),
-        &args.join_token,
-        scheduler_tls.as_ref(),
-    )?;
+    let (gateway, credential, server_tls) = link_to_scheduler(&args, &address).await?;
     let (hardware, gpus) = hardware_and_gpus(args.gpus.as_deref()).await;
     let identity = Arc::new(Identity::new(
         agent_id,
@@ -162,6 +155,33 @@ pub async fn run(
         imds: imds.map(|w| tokio::spawn(w.run(cancel.clone()))),
     };
     tasks.run_until(shutdown, &cancel, &jobs).await
+}
+
+/// The client of the scheduler's gateway with the agent's credential (a
+/// cloud instance's agent trades its bootstrap token for it first), and the
+/// TLS the agent's own service serves with.
+async fn link_to_scheduler(
+    args: &Args,
+    address: &str,
+) -> Result<(Gateway, Arc<Credential>, Option<ServerTlsConfig>), Error> {
+    let (scheduler_tls, server_tls) = tls(args)?;
+    let credential = Arc::new(Credential::load(
+        args.credential_file.as_deref(),
+        &args.dir,
+    )?);
+    let gateway = link::gateway::gateway(
+        &args.scheduler,
+        credential.clone(),
+        &args.join_token,
+        scheduler_tls.as_ref(),
+    )?;
+    let (instance_id, dir) = (&args.instance_id, &args.dir);
+    link::bootstrap::trade_if_new(&gateway, &credential, instance_id, address, dir).await?;
+    let server_tls = match server_tls {
+        Some(tls) => Some(tls),
+        None => link::bootstrap::kept_tls(dir)?,
+    };
+    Ok((gateway, credential, server_tls))
 }
 
 /// The sandbox of `--sandbox`, announced; user code never reaches the

@@ -4,6 +4,7 @@
 //! and the registration, reports and heartbeats ([`reporter`]); on EC2, the
 //! spot notices of the machine, watched for in its metadata service ([`imds`]).
 
+pub(crate) mod bootstrap;
 pub(crate) mod credential;
 pub(crate) mod gateway;
 pub(crate) mod identity;

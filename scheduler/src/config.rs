@@ -85,6 +85,12 @@ pub struct Config {
     /// certificate itself (self-signed).
     #[arg(long, env = "AIBRO_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// The CA's private key (`ca-key.pem` from `tls init`): a cloud instance's
+    /// agent gets a certificate for its address from it at its bootstrap, so
+    /// that the scheduler reaches it over https too. Needed by the EC2
+    /// provider with --tls-cert.
+    #[arg(long, env = "AIBRO_TLS_CA_KEY", requires = "tls_ca")]
+    pub tls_ca_key: Option<PathBuf>,
     /// Run deploys on the spot twin of their on-demand machine ids whenever a
     /// spot request is fulfilled (interrupted spot instances are replaced).
     #[arg(long, env = "AIBRO_USE_SPOT", default_value_t = true, action = clap::ArgAction::Set)]

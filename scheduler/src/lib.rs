@@ -123,7 +123,7 @@ pub async fn run(
     .await
     .context("cannot start the EC2 provider")?;
     let control = control::Control::new(
-        control_settings(&config, public_url, tls.agents.clone()),
+        control_settings(&config, public_url, &tls),
         store.clone(),
         catalog,
         providers,
@@ -164,10 +164,12 @@ fn prepare_data_dir(data_dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The scheduler's TLS: its own server's, and how it verifies agents.
+/// The scheduler's TLS: its own server's, how it verifies agents, and the CA
+/// that certifies cloud agents.
 struct Tls {
     server: Option<tonic::transport::ServerTlsConfig>,
     agents: Option<tonic::transport::ClientTlsConfig>,
+    issuer: Option<std::sync::Arc<tls::Issuer>>,
 }
 
 impl Tls {
@@ -184,15 +186,25 @@ impl Tls {
             .as_deref()
             .map(aibro_proto::transport::client_tls)
             .transpose()?;
-        Ok(Tls { server, agents })
+        let issuer = match (config.tls_ca(), &config.tls_ca_key) {
+            (Some(ca), Some(key)) => Some(std::sync::Arc::new(tls::Issuer::load(&ca, key)?)),
+            _ => None,
+        };
+        if agents.is_some() && issuer.is_none() && config.ec2.ec2_ami.is_some() {
+            anyhow::bail!(
+                "the EC2 provider with TLS needs --tls-ca-key (ca-key.pem from \
+                 `aibro-scheduler tls init`): EC2 agents get their certificates from it"
+            );
+        }
+        Ok(Tls {
+            server,
+            agents,
+            issuer,
+        })
     }
 }
 
-fn control_settings(
-    config: &Config,
-    public_url: String,
-    agent_tls: Option<tonic::transport::ClientTlsConfig>,
-) -> control::Settings {
+fn control_settings(config: &Config, public_url: String, tls: &Tls) -> control::Settings {
     control::Settings {
         data_dir: config.data_dir.clone(),
         public_url,
@@ -201,7 +213,8 @@ fn control_settings(
         agent_lost_after: Some(Duration::from_millis(config.agent_lost_after_ms)),
         cooling_idle: Duration::from_secs(config.cooling_idle_s),
         lifecycle_tick: Duration::from_millis(config.lifecycle_tick_ms),
-        agent_tls,
+        agent_tls: tls.agents.clone(),
+        agent_issuer: tls.issuer.clone(),
         use_spot: config.use_spot,
         spot_check: Duration::from_secs(config.spot_check_s.max(1)),
     }

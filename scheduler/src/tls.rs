@@ -67,23 +67,60 @@ pub fn init(dir: &Path, hosts: &[String]) -> Result<(Issued, Issued), TlsError> 
         .push(DnType::CommonName, "aibro CA");
     let ca = params.self_signed(&ca_key)?;
     let ca_files = write_pair(dir, CA_CERT, CA_KEY, &ca, &ca_key)?;
-    let server = sign(dir, "scheduler", hosts, &ca, &ca_key)?;
+    let issuer = Issuer { ca, key: ca_key };
+    let (cert, key) = leaf("scheduler", hosts, &issuer)?;
+    let server = write_pair(dir, "scheduler.pem", "scheduler-key.pem", &cert, &key)?;
     Ok((ca_files, server))
 }
 
 /// Issues `dir/agent-<name>.pem` (+ its key) for `hosts`, signed by the CA
 /// that `init` made in `dir`.
 pub fn issue(dir: &Path, name: &str, hosts: &[String]) -> Result<Issued, TlsError> {
-    let ca_pem = read(&dir.join(CA_CERT))?;
-    let ca_key = KeyPair::from_pem(&read(&dir.join(CA_KEY))?)?;
-    let params =
-        CertificateParams::from_ca_cert_pem(&ca_pem).map_err(|source| TlsError::Unreadable {
-            path: dir.join(CA_CERT),
-            source,
+    let issuer = Issuer::load(&dir.join(CA_CERT), &dir.join(CA_KEY))?;
+    let (cert, key) = leaf(&format!("agent-{name}"), hosts, &issuer)?;
+    let stem = format!("agent-{name}");
+    write_pair(
+        dir,
+        &format!("{stem}.pem"),
+        &format!("{stem}-key.pem"),
+        &cert,
+        &key,
+    )
+}
+
+/// The CA, loaded to issue agents' certificates (a cloud instance's agent
+/// gets its own at its bootstrap).
+pub struct Issuer {
+    ca: Certificate,
+    key: KeyPair,
+}
+
+impl std::fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Issuer(CA key held)")
+    }
+}
+
+impl Issuer {
+    pub fn load(ca_cert: &Path, ca_key: &Path) -> Result<Issuer, TlsError> {
+        let ca_pem = read(ca_cert)?;
+        let key = KeyPair::from_pem(&read(ca_key)?)?;
+        let params = CertificateParams::from_ca_cert_pem(&ca_pem).map_err(|source| {
+            TlsError::Unreadable {
+                path: ca_cert.to_path_buf(),
+                source,
+            }
         })?;
-    // The same subject and key: what it signs verifies against ca.pem.
-    let ca = params.self_signed(&ca_key)?;
-    sign(dir, &format!("agent-{name}"), hosts, &ca, &ca_key)
+        // The same subject and key: what it signs verifies against the CA's PEM.
+        let ca = params.self_signed(&key)?;
+        Ok(Issuer { ca, key })
+    }
+
+    /// A certificate for `hosts` and its key, as PEM.
+    pub fn issue_pem(&self, name: &str, hosts: &[String]) -> Result<(String, String), TlsError> {
+        let (cert, key) = leaf(name, hosts, self)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
 }
 
 /// Refuses a certificate that is a CA as the scheduler's server certificate.
@@ -100,18 +137,12 @@ pub fn check_server_cert(path: &Path) -> Result<(), TlsError> {
     }
 }
 
-/// A leaf certificate `<stem>.pem` for `hosts` (server and client use).
-fn sign(
-    dir: &Path,
-    stem: &str,
-    hosts: &[String],
-    ca: &Certificate,
-    ca_key: &KeyPair,
-) -> Result<Issued, TlsError> {
+/// A leaf certificate named `name` for `hosts` (server and client use).
+fn leaf(name: &str, hosts: &[String], issuer: &Issuer) -> Result<(Certificate, KeyPair), TlsError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(hosts.to_vec())?;
     params.is_ca = IsCa::ExplicitNoCa;
-    params.distinguished_name.push(DnType::CommonName, stem);
+    params.distinguished_name.push(DnType::CommonName, name);
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
@@ -120,14 +151,8 @@ fn sign(
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    let cert = params.signed_by(&key, ca, ca_key)?;
-    write_pair(
-        dir,
-        &format!("{stem}.pem"),
-        &format!("{stem}-key.pem"),
-        &cert,
-        &key,
-    )
+    let cert = params.signed_by(&key, &issuer.ca, &issuer.key)?;
+    Ok((cert, key))
 }
 
 fn write_pair(

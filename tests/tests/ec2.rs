@@ -449,3 +449,55 @@ async fn a_bootstrap_token_is_good_for_one_registration() -> Result<()> {
     s.predict("joe", "public", "b", "{}").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn over_tls_an_ec2_agent_gets_its_certificate_at_its_bootstrap() -> Result<()> {
+    let world = Ec2World::start().await?;
+    let tls = tempfile::tempdir()?;
+    let dir = tls.path().join("tls");
+    aibro_scheduler::tls::init(&dir, &["127.0.0.1".to_string()])?;
+    let path = |f: &str| dir.join(f).display().to_string();
+    let (cert, key, ca, ca_key) = (
+        path("scheduler.pem"),
+        path("scheduler-key.pem"),
+        path("ca.pem"),
+        path("ca-key.pem"),
+    );
+    let args = [
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-ca",
+        &ca,
+        "--tls-ca-key",
+        &ca_key,
+    ];
+    let mut s = Scheduler::start_ec2(&world, &args).await?;
+    s.tls_ca = Some(dir.join("ca.pem"));
+    let token = s.user("kim").await?;
+    let repo = echo_repo()?;
+    let digest = s.upload_dir(&token, repo.path()).await?;
+    let mut request = deploy_request("t", &digest);
+    request.machine_config = Some(pb::MachineConfig {
+        standby: "c5.large.od".into(),
+        cooling: String::new(),
+    });
+    let job_id = s.deploy_with(&token, request).await?;
+    (s.wait_status(&token, &job_id, JobStatus::Deployed).await).with_context(|| world.logs())?;
+    // The scheduler reached the agent over https, verifying it against the CA.
+    s.predict("kim", "public", "t", r#"{"over": "tls"}"#)
+        .await?;
+    let inst = role_of(&s.get_job(&token, &job_id).await?, InstanceRole::Standby)?;
+    let (ec2_id, _) = ec2_of(&world, &inst.instance_id).await?;
+    let root = world.proxy().machine(&ec2_id).context("played")?.root;
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/aibro/ca.pem"))?.trim(),
+        std::fs::read_to_string(dir.join("ca.pem"))?.trim(),
+        "the boot script installed the scheduler's CA"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let key = root.join("var/lib/aibro/agent/tls/agent-key.pem");
+    assert_eq!(std::fs::metadata(&key)?.permissions().mode() & 0o777, 0o600);
+    Ok(())
+}

@@ -217,14 +217,7 @@ impl Reporter {
             match res {
                 Ok(resp) => {
                     *last_ok = Instant::now();
-                    let resp = resp.into_inner();
-                    // A cloud instance's agent traded its bootstrap token for
-                    // its credential: it registers again, with that.
-                    let traded = !resp.credential.is_empty() && !instance_id.is_empty();
-                    let interval = self.registered(resp, &instance_id);
-                    if traded {
-                        continue;
-                    }
+                    let interval = self.registered(resp.into_inner(), &instance_id);
                     return Ok(Some((interval, instance_id)));
                 }
                 Err(status) => {
@@ -262,7 +255,7 @@ impl Reporter {
         if !resp.credential.is_empty() {
             match self.credential.adopt(resp.credential) {
                 Ok(()) => {
-                    tracing::info!("got this agent's credential; its join or bootstrap token is no longer used")
+                    tracing::info!("got this agent's credential; the join token is no longer used")
                 }
                 Err(e) => tracing::error!("{e}; joining again after a restart"),
             }

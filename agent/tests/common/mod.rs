@@ -109,6 +109,7 @@ impl AgentGateway for FakeGateway {
         Ok(Response::new(RegisterResponse {
             heartbeat_interval_ms: 100,
             credential,
+            ..Default::default()
         }))
     }
 

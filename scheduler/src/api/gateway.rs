@@ -68,9 +68,15 @@ impl AgentGateway for GatewayApi {
             sandbox: r.sandbox,
         };
         let issued = self.control.register(&caller, registration).await?;
+        let (tls_cert_pem, tls_key_pem) = issued
+            .tls
+            .map(|t| (t.cert_pem, t.key_pem))
+            .unwrap_or_default();
         Ok(Response::new(RegisterResponse {
             heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u32,
-            credential: issued.unwrap_or_default(),
+            credential: issued.credential.unwrap_or_default(),
+            tls_cert_pem,
+            tls_key_pem,
         }))
     }
 

@@ -59,7 +59,7 @@ pub use deploy::{DeploySpec, Deployed, DryRunOutcome};
 pub use jobs::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use links::{AgentLoad, LastHeard};
 pub use machines::{MachineError, Shortage};
-pub use reports::{AgentReport, Registration, ReportedPhase};
+pub use reports::{AgentReport, AgentTls, Issued, Registration, ReportedPhase};
 pub use spot::SpotNotice;
 pub use train::{FitSpec, TrainingUpdate, UpdateKind};
 pub use views::{InstanceView, JobView, MachineOffer};
@@ -82,6 +82,9 @@ pub struct Settings {
     pub lifecycle_tick: Duration,
     /// How agents are reached over TLS (the CA they chain to); None: plain http.
     pub agent_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// The CA that gives a cloud instance's agent its certificate at its
+    /// bootstrap (with `agent_tls`).
+    pub agent_issuer: Option<std::sync::Arc<crate::tls::Issuer>>,
     /// Deploys run on spot twins of their on-demand ids when spot can be had.
     pub use_spot: bool,
     /// How often on-demand stand-ins look for spot capacity again.
@@ -101,6 +104,7 @@ impl Settings {
             cooling_idle: Duration::from_secs(60),
             lifecycle_tick: Duration::from_secs(1),
             agent_tls: None,
+            agent_issuer: None,
             use_spot: false,
             spot_check: Duration::from_secs(60),
         }

@@ -17,6 +17,22 @@ use crate::store::{Committed, StoreError};
 use super::links::AgentLoad;
 use super::{instance_mut, Control};
 
+/// What a registration gives the agent.
+#[derive(Debug, Default)]
+pub struct Issued {
+    /// Its own credential (a pool agent's join, a bootstrap trade).
+    pub credential: Option<String>,
+    /// Its own certificate (a bootstrap trade over TLS).
+    pub tls: Option<AgentTls>,
+}
+
+/// A certificate and its key, PEM.
+#[derive(Debug)]
+pub struct AgentTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
 /// An agent's registration.
 #[derive(Debug, Clone, Default)]
 pub struct Registration {
@@ -125,16 +141,16 @@ impl Control {
     /// or (no instance id) as an idle pool machine of type `agent.machine_id`.
     /// `caller` may do so (see `authorize_agent`). Returns the credential
     /// issued to a pool agent that joined with the join token.
-    pub async fn register(
-        &self,
-        caller: &AgentCaller,
-        agent: Registration,
-    ) -> Result<Option<String>> {
+    pub async fn register(&self, caller: &AgentCaller, agent: Registration) -> Result<Issued> {
         if agent.instance_id.is_empty() {
-            return self.join_pool(caller, agent).await;
+            let credential = self.join_pool(caller, agent).await?;
+            return Ok(Issued {
+                credential,
+                tls: None,
+            });
         }
         if let AgentCaller::Bootstrapping(token) = caller {
-            return self.trade_bootstrap(token, &agent.instance_id).await;
+            return self.trade_bootstrap(token, &agent).await;
         }
         let inst = self.open_instance(&agent.instance_id)?;
         let credential = self.agent_credential(&inst.id, &inst.machine_id, &agent.agent_id)?;
@@ -158,24 +174,46 @@ impl Control {
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         }
         self.attach(&agent, link).await?;
-        Ok(None)
+        Ok(Issued::default())
     }
 
     /// A cloud instance's agent trades its one-time bootstrap token for the
-    /// instance's credential; it registers again with that (the scheduler
-    /// calls only agents that hold their credential).
-    async fn trade_bootstrap(&self, token: &str, instance_id: &str) -> Result<Option<String>> {
+    /// instance's credential (and, when agents are reached over TLS, its own
+    /// certificate for its address); it registers again with that (the
+    /// scheduler calls only agents that hold their credential).
+    async fn trade_bootstrap(&self, token: &str, agent: &Registration) -> Result<Issued> {
+        let tls = self.agent_certificate(&agent.address)?;
         let credential = self
             .auth()
             .credentials()
-            .redeem_bootstrap(token, instance_id)
+            .redeem_bootstrap(token, &agent.instance_id)
             .await
             .map_err(|e| Error::Auth(e.into()))?;
         tracing::info!(
-            instance_id,
+            instance_id = agent.instance_id,
+            tls = tls.is_some(),
             "bootstrap token traded for the agent's credential"
         );
-        Ok(Some(credential))
+        Ok(Issued {
+            credential: Some(credential),
+            tls,
+        })
+    }
+
+    /// A certificate for the agent at `address`, when agents are reached over TLS.
+    fn agent_certificate(&self, address: &str) -> Result<Option<AgentTls>> {
+        if self.settings().agent_tls.is_none() {
+            return Ok(None);
+        }
+        let issuer = self.settings().agent_issuer.as_ref().ok_or_else(|| {
+            Error::FailedPrecondition("this scheduler reaches agents over TLS but holds no CA key (--tls-ca-key) to certify a cloud agent".into())
+        })?;
+        let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let (cert_pem, key_pem) = issuer
+            .issue_pem("agent", &[host.to_string()])
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(Some(AgentTls { cert_pem, key_pem }))
     }
 
     /// A pool agent joins idle. With the join token it joins as new: it
