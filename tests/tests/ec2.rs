@@ -285,6 +285,7 @@ async fn a_fit_falls_back_past_a_capacity_error() -> Result<()> {
     let job = s.get_job(&token, &job_id).await?;
     let trainer = role_of(&job, InstanceRole::Trainer)?;
     assert_eq!(trainer.machine_id, "c5.large.od");
+    assert_eq!(trainer.price_per_hour, 0.085, "us-east-1's on-demand list price");
     let timeline = s.timeline(&token, &job_id).await?;
     let said = timeline
         .events
