@@ -120,11 +120,21 @@ impl Scheduler {
     /// Starts a scheduler whose EC2 provider runs against `world` (moto
     /// behind the fault proxy): short polls and ticks, quotes every second.
     pub async fn start_ec2(world: &ec2::Ec2World, args: &[&str]) -> Result<Self> {
+        Self::start_ec2_crashing_at(world, None, args).await
+    }
+
+    /// As `start_ec2`, aborting (as kill -9 would) at the crash point, if
+    /// any, on the first start only.
+    pub async fn start_ec2_crashing_at(
+        world: &ec2::Ec2World,
+        point: Option<&str>,
+        args: &[&str],
+    ) -> Result<Self> {
         let mut all = vec!["--ec2-ami", world.ami(), "--ec2-endpoint", world.endpoint()];
         all.extend(["--ec2-poll-ms", "100", "--ec2-spot-price-s", "1"]);
         all.extend(["--lifecycle-tick-ms", "100"]);
         all.extend_from_slice(args);
-        let mut s = Self::new(&all, None)?;
+        let mut s = Self::new(&all, point.map(str::to_string))?;
         s.env = ec2::aws_env()
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

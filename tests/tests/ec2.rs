@@ -285,7 +285,10 @@ async fn a_fit_falls_back_past_a_capacity_error() -> Result<()> {
     let job = s.get_job(&token, &job_id).await?;
     let trainer = role_of(&job, InstanceRole::Trainer)?;
     assert_eq!(trainer.machine_id, "c5.large.od");
-    assert_eq!(trainer.price_per_hour, 0.085, "us-east-1's on-demand list price");
+    assert_eq!(
+        trainer.price_per_hour, 0.085,
+        "us-east-1's on-demand list price"
+    );
     let timeline = s.timeline(&token, &job_id).await?;
     let said = timeline
         .events
@@ -500,5 +503,24 @@ async fn over_tls_an_ec2_agent_gets_its_certificate_at_its_bootstrap() -> Result
     use std::os::unix::fs::PermissionsExt;
     let key = root.join("var/lib/aibro/agent/tls/agent-key.pem");
     assert_eq!(std::fs::metadata(&key)?.permissions().mode() & 0o777, 0o600);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stop_cut_short_by_a_crash_is_finished_after_the_restart() -> Result<()> {
+    let world = Ec2World::start().await?;
+    let mut s = Scheduler::start_ec2_crashing_at(&world, Some("close.marked"), &[]).await?;
+    let token = s.user("lou").await?;
+    let job = deploy_ec2(&s, &token, "c").await?;
+    let cooling = role_of(&job, InstanceRole::Cooling)?.instance_id;
+    // The cool-down marks it STOPPING, and the scheduler dies before EC2 hears of it.
+    s.wait_exit().await?;
+    let (ec2_id, state) = ec2_of(&world, &cooling).await?;
+    assert_eq!(state, InstanceState::Running, "the stop never reached EC2");
+    s.spawn().await?;
+    stopped(&s, &token, &job.job_id, &cooling).await?;
+    moto_shows(&world, &ec2_id, InstanceState::Stopped).await?;
+    let r = s.predict("lou", "public", "c", "{}").await?;
+    assert_eq!(r.role(), InstanceRole::Standby);
     Ok(())
 }
