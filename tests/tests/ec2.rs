@@ -94,6 +94,26 @@ async fn deploy_ec2(s: &Scheduler, token: &str, name: &str) -> Result<pb::Job> {
     s.get_job(token, &job_id).await
 }
 
+/// Deploys the echo repo on one standby machine; returns its instance once DEPLOYED.
+async fn deploy_standby(
+    s: &Scheduler,
+    token: &str,
+    name: &str,
+    machine: &str,
+) -> Result<(String, pb::Instance)> {
+    let repo = echo_repo()?;
+    let digest = s.upload_dir(token, repo.path()).await?;
+    let mut request = deploy_request(name, &digest);
+    request.machine_config = Some(pb::MachineConfig {
+        standby: machine.into(),
+        cooling: String::new(),
+    });
+    let job_id = s.deploy_with(token, request).await?;
+    s.wait_status(token, &job_id, JobStatus::Deployed).await?;
+    let standby = role_of(&s.get_job(token, &job_id).await?, InstanceRole::Standby)?;
+    Ok((job_id, standby))
+}
+
 /// Waits until the cooling instance has cooled down and stopped.
 async fn stopped(s: &Scheduler, token: &str, job_id: &str, id: &str) -> Result<u64> {
     let events = s
@@ -362,16 +382,7 @@ async fn a_spot_notice_from_the_metadata_service_replaces_the_instance() -> Resu
     let world = Ec2World::start().await?;
     let s = Scheduler::start_ec2(&world, &[]).await?;
     let token = s.user("ines").await?;
-    let repo = echo_repo()?;
-    let digest = s.upload_dir(&token, repo.path()).await?;
-    let mut request = deploy_request("n", &digest);
-    request.machine_config = Some(pb::MachineConfig {
-        standby: "g4dn.xlarge.od".into(),
-        cooling: String::new(),
-    });
-    let job_id = s.deploy_with(&token, request).await?;
-    s.wait_status(&token, &job_id, JobStatus::Deployed).await?;
-    let old = role_of(&s.get_job(&token, &job_id).await?, InstanceRole::Standby)?;
+    let (job_id, old) = deploy_standby(&s, &token, "n", "g4dn.xlarge.od").await?;
     assert_eq!(old.machine_id, "g4dn.xlarge", "a spot instance");
     let (ec2_id, _) = ec2_of(&world, &old.instance_id).await?;
 
@@ -406,16 +417,7 @@ async fn a_bootstrap_token_is_good_for_one_registration() -> Result<()> {
     let world = Ec2World::start().await?;
     let s = Scheduler::start_ec2(&world, &[]).await?;
     let token = s.user("joe").await?;
-    let repo = echo_repo()?;
-    let digest = s.upload_dir(&token, repo.path()).await?;
-    let mut request = deploy_request("b", &digest);
-    request.machine_config = Some(pb::MachineConfig {
-        standby: "c5.large.od".into(),
-        cooling: String::new(),
-    });
-    let job_id = s.deploy_with(&token, request).await?;
-    s.wait_status(&token, &job_id, JobStatus::Deployed).await?;
-    let inst = role_of(&s.get_job(&token, &job_id).await?, InstanceRole::Standby)?;
+    let (_, inst) = deploy_standby(&s, &token, "b", "c5.large.od").await?;
     let (ec2_id, _) = ec2_of(&world, &inst.instance_id).await?;
     let root = world.proxy().machine(&ec2_id).context("played")?.root;
 
@@ -480,19 +482,11 @@ async fn over_tls_an_ec2_agent_gets_its_certificate_at_its_bootstrap() -> Result
     let mut s = Scheduler::start_ec2(&world, &args).await?;
     s.tls_ca = Some(dir.join("ca.pem"));
     let token = s.user("kim").await?;
-    let repo = echo_repo()?;
-    let digest = s.upload_dir(&token, repo.path()).await?;
-    let mut request = deploy_request("t", &digest);
-    request.machine_config = Some(pb::MachineConfig {
-        standby: "c5.large.od".into(),
-        cooling: String::new(),
-    });
-    let job_id = s.deploy_with(&token, request).await?;
-    (s.wait_status(&token, &job_id, JobStatus::Deployed).await).with_context(|| world.logs())?;
+    let deployed = deploy_standby(&s, &token, "t", "c5.large.od").await;
+    let (_, inst) = deployed.with_context(|| world.logs())?;
     // The scheduler reached the agent over https, verifying it against the CA.
     s.predict("kim", "public", "t", r#"{"over": "tls"}"#)
         .await?;
-    let inst = role_of(&s.get_job(&token, &job_id).await?, InstanceRole::Standby)?;
     let (ec2_id, _) = ec2_of(&world, &inst.instance_id).await?;
     let root = world.proxy().machine(&ec2_id).context("played")?.root;
     assert_eq!(
