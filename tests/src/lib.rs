@@ -28,7 +28,7 @@ pub const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
 /// for a loaded CI machine.
 pub const DEPLOY_DEADLINE: Duration = Duration::from_secs(60);
 
-/// A built binary of the workspace (`cargo build --workspace --bins` first),
+/// A built binary of the workspace (`cargo build --workspace --all-targets` first),
 /// beside the running executable or one level up (tests run from `deps/`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
@@ -40,7 +40,7 @@ pub fn bin(name: &str) -> PathBuf {
         .unwrap_or_else(|| here.join(name));
     assert!(
         path.is_file(),
-        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        "{} is missing: run `cargo build --workspace --all-targets` before the tests",
         path.display()
     );
     path
