@@ -89,6 +89,23 @@ pub fn process_cpu(pid: u32) -> Option<Duration> {
     read_stat(pid).map(|p| ticks_to_duration(p.ticks))
 }
 
+/// The whole host's CPU time since boot, over all cores: busy (user, nice,
+/// system, irq, softirq, steal) and in all (busy + idle + iowait).
+pub fn host_cpu() -> Option<(Duration, Duration)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map_while(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let at = |i: usize| ticks.get(i).copied().unwrap_or(0);
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
+    let all = busy + at(3) + at(4);
+    Some((ticks_to_duration(busy), ticks_to_duration(all)))
+}
+
 fn ticks_to_duration(ticks: u64) -> Duration {
     // SAFETY: sysconf only reads a configuration value.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -167,6 +184,8 @@ mod tests {
         );
         assert!(rss > 0 && peak >= rss, "rss {rss}, peak {peak}");
         assert_eq!(rss_bytes(u32::MAX), 0);
+        let (busy, all) = host_cpu().expect("/proc/stat");
+        assert!(busy > Duration::ZERO && all >= busy, "{busy:?} of {all:?}");
         assert_eq!(process_cpu(u32::MAX), None);
     }
 }

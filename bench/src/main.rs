@@ -9,6 +9,7 @@
 mod batch;
 mod control;
 mod cpu;
+mod ec2;
 mod fleet;
 mod predict;
 mod ray;
@@ -35,6 +36,10 @@ enum Bench {
     Fleet(fleet::FleetArgs),
     /// Durable status transitions per second through the store.
     Store(store::StoreArgs),
+    /// N concurrent deploys on EC2 types against moto with played boots:
+    /// deploy times, EC2 calls per instance, scheduler CPU (needs moto_server;
+    /// not part of `all`).
+    Ec2(ec2::Ec2Args),
     /// Every benchmark with its defaults, one after the other.
     All,
 }
@@ -47,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Control(args) => control::run(args).await,
         Bench::Fleet(args) => fleet::run(args).await,
         Bench::Store(args) => store::run(args).await,
+        Bench::Ec2(args) => ec2::run(args).await,
         Bench::All => {
             predict::run(defaults()).await?;
             println!();

@@ -6,6 +6,7 @@ use std::time::Duration;
 /// The spread of some samples.
 pub struct Dist {
     pub p50: Duration,
+    pub p95: Duration,
     pub p99: Duration,
     pub max: Duration,
     /// How many samples.
@@ -19,6 +20,7 @@ pub fn dist(mut samples: Vec<Duration>) -> Option<Dist> {
     Some(Dist {
         max: *samples.last()?,
         p50: at(0.5),
+        p95: at(0.95),
         p99: at(0.99),
         n: samples.len(),
     })
@@ -65,6 +67,28 @@ pub fn thousands(n: f64) -> String {
     out
 }
 
+/// A Markdown table, its columns padded to their widest cell; every row
+/// has as many cells as `header`.
+pub fn print_table<R: AsRef<[String]>>(header: &[&str], rows: &[R]) {
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let all = || rows.iter().map(AsRef::as_ref).chain([header.as_slice()]);
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| all().map(|row| row[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let line = |row: &[String]| {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("| {} |", cells.join(" | "));
+    };
+    line(&header);
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    println!("|-{}-|", rule.join("-|-"));
+    rows.iter().for_each(|row| line(row.as_ref()));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +96,8 @@ mod tests {
     #[test]
     fn percentiles_and_grouping() {
         let samples = (1..=100).map(Duration::from_millis).collect();
+        let d = dist((1..=100).map(Duration::from_millis).collect()).unwrap();
+        assert_eq!(d.p95, Duration::from_millis(95));
         let st = stats(samples, Duration::from_secs(2));
         assert_eq!(st.p50, Duration::from_millis(51));
         assert_eq!(st.p99, Duration::from_millis(99));

@@ -1,6 +1,10 @@
 //! Scheduler configuration: defaults that work with no flags at all (local
 //! provider, `./aibro-data`), and the clap flags with `AIBRO_*` env fallbacks.
 
+mod ec2;
+
+pub use ec2::Ec2Config;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -110,7 +114,7 @@ pub struct Config {
     #[arg(long, env = "AIBRO_SPOT_NOTICE_MS", default_value_t = 120_000)]
     pub spot_notice_ms: u64,
     #[command(flatten)]
-    pub ec2: crate::provider::ec2::Ec2Config,
+    pub ec2: Ec2Config,
 }
 
 impl Config {

@@ -8,19 +8,12 @@
 use std::time::Duration;
 
 use aibro_proto::v1::{self as pb, InstanceRole, InstanceStatus, InstanceSubstatus, JobStatus};
-use aibro_tests::ec2::{Ec2Error, Ec2World, FaultRule, InstanceState};
+use aibro_tests::ec2::{Ec2Error, Ec2World, FaultRule, InstanceState, MUTATING_ACTIONS};
 use aibro_tests::{deploy_request, repo, Scheduler, DEPLOY_DEADLINE};
 use anyhow::{bail, Context, Result};
 
 const ECHO: &str =
     "def load_model():\n    return 'echo'\n\n\ndef run(model, data):\n    return data\n";
-const MUTATING: [&str; 5] = [
-    "RunInstances",
-    "StopInstances",
-    "StartInstances",
-    "TerminateInstances",
-    "CancelSpotInstanceRequests",
-];
 
 /// An echo repo whose requirements make gear-up build a virtualenv (installing nothing).
 fn echo_repo() -> Result<tempfile::TempDir> {
@@ -200,7 +193,7 @@ async fn standby_and_cooling_run_stop_and_wake_on_ec2() -> Result<()> {
     }
     // At most 5 mutating calls per instance, one stop/wake cycle included.
     let counts = world.proxy().counts();
-    let mutating: u64 = MUTATING
+    let mutating: u64 = MUTATING_ACTIONS
         .iter()
         .map(|a| counts.get(*a).copied().unwrap_or(0))
         .sum();

@@ -198,7 +198,7 @@ async fn join(
 
 /// Raises the soft open-file limit to the hard one (the scheduler inherits
 /// it); fails when that is below `need`.
-fn raise_nofile(need: u64) -> Result<u64> {
+pub(crate) fn raise_nofile(need: u64) -> Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -8,7 +8,7 @@ use super::measure::{ListJobs, Page, Steady};
 use super::restart::{After, Restart};
 use super::seed::Seeded;
 use super::{FleetArgs, MACHINE_TYPE};
-use crate::stats::{ms, Dist};
+use crate::stats::{self, ms, Dist};
 
 const TARGET_CPU_PCT: f64 = 25.0;
 const TARGET_RSS_MB: f64 = 200.0;
@@ -290,30 +290,9 @@ fn after_rows(r: &Report) -> Vec<Row> {
     ]
 }
 
-/// A Markdown table, its columns padded to their widest cell.
+/// The table, with fleet's four columns.
 fn print_table(rows: &[Row]) {
-    let header: Row = ["measure", "value", "target", "met?"].map(String::from);
-    let widths: Vec<usize> = (0..4)
-        .map(|c| {
-            rows.iter()
-                .chain([&header])
-                .map(|row| row[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |row: &Row| {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        println!("| {} |", cells.join(" | "));
-    };
-    line(&header);
-    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-    println!("|-{}-|", rule.join("-|-"));
-    rows.iter().for_each(line);
+    stats::print_table(&["measure", "value", "target", "met?"], rows);
 }
 
 /// How each measure was taken.

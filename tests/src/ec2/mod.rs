@@ -26,9 +26,18 @@ pub use errors::Ec2Error;
 pub use faults::FaultRule;
 pub use moto::Moto;
 pub use played::PlayedMachine;
-pub use processes::live_processes;
+pub use processes::{alive, live_processes};
 pub use proxy::FaultProxy;
 pub use query::{call, Reply, API_VERSION};
 pub use states::{Delays, InstanceState};
 pub use world::Ec2World;
+
+/// The EC2 actions that change an instance (or its spot request).
+pub const MUTATING_ACTIONS: [&str; 5] = [
+    "RunInstances",
+    "StopInstances",
+    "StartInstances",
+    "TerminateInstances",
+    "CancelSpotInstanceRequests",
+];
 pub use xml::texts;

@@ -46,7 +46,8 @@ pub(crate) fn kill_group(pgid: i32) {
     }
 }
 
-fn alive(pid: i32) -> bool {
+/// Whether `pid` runs (a zombie does not).
+pub fn alive(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
