@@ -1,8 +1,9 @@
 //! The HTTP predict URL on the scheduler's gRPC port: HTTP/1.1 keep-alive
 //! and HTTP/2 (prior knowledge) clients, every error as JSON with its status,
-//! a truncated body, CORS only when configured, gRPC still served beside it,
-//! and a client id that never reaches the log.
+//! h2 over TLS by ALPN, a truncated body, CORS only when configured, gRPC
+//! still served beside it, and a client id that never reaches the log.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aibro_proto::v1::JobStatus;
@@ -266,6 +267,37 @@ async fn model_errors(s: &Scheduler) -> Result<()> {
         "{:?}",
         started.elapsed()
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn http2_over_tls_by_alpn() -> Result<()> {
+    let certs = tempfile::tempdir()?;
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
+    let (cert, key) = (certs.path().join("s.pem"), certs.path().join("s.key"));
+    std::fs::write(&cert, certified.cert.pem())?;
+    std::fs::write(&key, certified.key_pair.serialize_pem())?;
+    let s = Scheduler::start_tls(&cert, &key, &cert, &[]).await?;
+
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone())?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, TcpStream::connect(&s.addr).await?)
+        .await?;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut h2, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let path = format!("https://{}{}", s.addr, url("tess", "public", "echo"));
+    read(h2.send_request(request("POST", &path, &[], "{}")).await?)
+        .await?
+        .assert_error(404, "model_not_found", "echo");
     Ok(())
 }
 
