@@ -76,6 +76,15 @@ pub struct Config {
     /// Streams of WatchJob and downloads are not cut once they answer.
     #[arg(long, env = "AIBRO_REQUEST_TIMEOUT_S", default_value_t = 3600)]
     pub request_timeout_s: u64,
+    /// An origin (e.g. `https://app.example.com`, or `*`) whose browser
+    /// pages may call the HTTP predict URL (CORS); repeatable. Default: none,
+    /// and no CORS headers are sent.
+    #[arg(
+        long = "http-cors-origin",
+        env = "AIBRO_HTTP_CORS_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub http_cors_origins: Vec<String>,
     /// TLS certificate chain (PEM) of the gRPC server (with --tls-key): users
     /// and agents then connect over https. Local agents serve with it too.
     #[arg(long, env = "AIBRO_TLS_CERT", requires = "tls_key")]

@@ -4,7 +4,8 @@
 //!
 //! - [`state`]: the pure status model; [`store`]: the only sled code.
 //! - [`control`]: the control plane (deploy, launch, agent reports, close).
-//! - [`api`]: thin gRPC adapters (users, and the agents' gateway).
+//! - [`api`]: thin gRPC adapters (users, and the agents' gateway) and the
+//!   HTTP predict URL, on one listener.
 //! - [`router`]: the Predict hot path; [`provider`]: where machines come from.
 //!
 //! [`run`] serves everything on a listener until a shutdown future resolves.

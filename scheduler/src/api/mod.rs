@@ -6,6 +6,7 @@ pub mod admin;
 pub mod artifacts;
 pub mod convert;
 pub mod gateway;
+mod http;
 pub mod inference;
 pub mod jobs;
 pub mod marketplace;
@@ -21,6 +22,7 @@ use aibro_proto::v1::{
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use tokio_util::io::ReaderStream;
+use tonic::service::Routes;
 use tonic::transport::server::Router;
 use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Request, Status};
@@ -87,13 +89,29 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     )
 }
 
-/// Every gRPC service on one server: the users', the agents' gateway,
-/// health and reflection; each call gets the server-side deadline.
+/// Every service on one server: the gRPC ones ([`grpc_routes`]) and, for
+/// every other request, the [`http`] routes; each call gets the server-side
+/// deadline.
 pub(crate) async fn services(
     control: &Control,
     config: &Config,
     tls: Option<ServerTlsConfig>,
 ) -> anyhow::Result<Router> {
+    let deadline = Duration::from_secs(config.request_timeout_s.max(1));
+    let routes = http::one_port(
+        grpc_routes(control, config).await?,
+        http::router(control, config)?,
+        deadline,
+    );
+    let mut builder = Server::builder().accept_http1(true);
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    Ok(builder.add_routes(routes))
+}
+
+/// The gRPC services: the users', the agents' gateway, health and reflection.
+async fn grpc_routes(control: &Control, config: &Config) -> anyhow::Result<Routes> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<InferenceServer<inference::InferenceApi>>()
@@ -105,14 +123,8 @@ pub(crate) async fn services(
     })
     .max_decoding_message_size(max_payload + ENVELOPE_BYTES)
     .max_encoding_message_size(usize::MAX);
-    let mut builder =
-        Server::builder().timeout(Duration::from_secs(config.request_timeout_s.max(1)));
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
     let control = control.clone();
-    Ok(builder
-        .add_service(health_service)
+    Ok(Routes::new(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(inference)
