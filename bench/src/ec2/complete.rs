@@ -64,15 +64,7 @@ async fn complete_one(s: &Scheduler, token: &str, job_id: &str, deadline: Instan
         model_name: String::new(),
     };
     s.inference(Some(token)).await?.complete(request).await?;
-    let request = pb::WatchJobRequest {
-        job_id: job_id.into(),
-    };
-    let mut stream = s
-        .jobs(Some(token))
-        .await?
-        .watch_job(request)
-        .await?
-        .into_inner();
+    let mut stream = super::watch(s, token, job_id).await?;
     let deadline = tokio::time::Instant::from_std(deadline);
     loop {
         match tokio::time::timeout_at(deadline, stream.message()).await {

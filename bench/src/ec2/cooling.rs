@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aibro_proto::v1::{self as pb, InstanceStatus, InstanceSubstatus};
+use aibro_proto::v1::{InstanceStatus, InstanceSubstatus};
 use aibro_tests::Scheduler;
 use anyhow::{bail, Result};
 use tokio::task::JoinSet;
@@ -63,15 +63,7 @@ async fn cooling_stopped(
     standby: &str,
     deadline: Instant,
 ) -> Result<()> {
-    let request = pb::WatchJobRequest {
-        job_id: job_id.into(),
-    };
-    let mut stream = s
-        .jobs(Some(token))
-        .await?
-        .watch_job(request)
-        .await?
-        .into_inner();
+    let mut stream = super::watch(s, token, job_id).await?;
     let deadline = tokio::time::Instant::from_std(deadline);
     let mut last = String::from("no event of a cooling instance");
     loop {

@@ -301,6 +301,22 @@ async fn idle_cpu(pid: u32) -> f64 {
 }
 
 /// The calls of each action between two snapshots.
+/// A stream of the job's events (past, then live).
+async fn watch(
+    s: &Scheduler,
+    token: &str,
+    job_id: &str,
+) -> Result<tonic::Streaming<aibro_proto::v1::JobEvent>> {
+    let request = aibro_proto::v1::WatchJobRequest {
+        job_id: job_id.into(),
+    };
+    Ok(s.jobs(Some(token))
+        .await?
+        .watch_job(request)
+        .await?
+        .into_inner())
+}
+
 fn calls_between(from: &Snapshot, to: &Snapshot) -> BTreeMap<String, u64> {
     to.calls
         .iter()
