@@ -147,6 +147,14 @@ impl Config {
         Duration::from_millis(self.heartbeat_ms)
     }
 
+    /// The URL users and agents reach this scheduler at: --public-url, else
+    /// the address it listens on (`bound`: the port it got for port 0).
+    pub fn public_url(&self, bound: SocketAddr) -> String {
+        self.public_url.clone().unwrap_or_else(|| {
+            aibro_proto::transport::url(&bound.to_string(), self.tls_cert.is_some())
+        })
+    }
+
     /// The CA agents are verified with (and verify this scheduler with).
     pub fn tls_ca(&self) -> Option<PathBuf> {
         self.tls_ca.clone().or_else(|| self.tls_cert.clone())
@@ -164,30 +172,25 @@ impl Config {
             .collect()
     }
 
-    /// The flags every local agent gets.
+    /// The flags every local agent gets: those of every agent, plus its
+    /// orphan timeout, TLS files and runtime threads (this host's).
     pub fn agent_args(&self) -> Vec<String> {
-        let mut args = vec![
-            "--workers".to_string(),
-            self.agent_workers.to_string(),
-            "--python".to_string(),
-            self.python.clone(),
+        let mut args = self.cloud_agent_args();
+        args.extend([
             "--orphan-timeout-s".to_string(),
             self.agent_orphan_timeout_s.to_string(),
-        ];
-        args.extend(self.pip_args());
+        ]);
         args.extend(self.agent_tls_args());
         if let Some(n) = self.agent_runtime_threads {
             args.extend(["--runtime-threads".to_string(), n.to_string()]);
         }
-        if let Some(level) = &self.agent_sandbox {
-            args.extend(["--sandbox".to_string(), level.clone()]);
-        }
         args
     }
 
-    /// The flags every cloud instance's agent gets: those of local agents
-    /// but for TLS files and the orphan timeout (a cloud agent outlives a
-    /// scheduler restart), which its boot script sets itself.
+    /// The flags every agent gets, a cloud instance's too: workers, Python,
+    /// pip options and sandbox. A cloud agent keeps its own orphan timeout
+    /// (it outlives a scheduler restart) and gets its TLS files from its boot
+    /// script and its bootstrap.
     pub fn cloud_agent_args(&self) -> Vec<String> {
         let mut args = vec![
             "--workers".to_string(),

@@ -95,10 +95,7 @@ pub async fn run(
     let auth = auth::Auth::open(store.clone()).await?;
     ensure_secrets(&auth, &config.data_dir).await?;
     let tls = Tls::from_config(&config)?;
-    let public_url = config
-        .public_url
-        .clone()
-        .unwrap_or_else(|| aibro_proto::transport::url(&addr.to_string(), tls.server.is_some()));
+    let public_url = config.public_url(addr);
     let tasks = TaskTracker::new();
     let cancel = CancellationToken::new();
     let ec2 = config.ec2.connect(config.catalog.is_some()).await?;

@@ -121,9 +121,7 @@ fn tls(command: TlsCommand) -> anyhow::Result<()> {
 
 /// The URL EC2 instances reach the scheduler at, as the flags give it.
 fn public_url(config: &aibro_scheduler::Config) -> String {
-    let url = (config.public_url.clone()).unwrap_or_else(|| {
-        aibro_proto::transport::url(&config.listen.to_string(), config.tls_cert.is_some())
-    });
+    let url = config.public_url(config.listen);
     if config.ec2.ec2_scheduler_url.is_none()
         && config.listen.ip().is_loopback()
         && config.public_url.is_none()
