@@ -53,6 +53,18 @@ async fn the_cli_drives_a_deployment_end_to_end() -> anyhow::Result<()> {
     ] {
         assert!(shown.contains(substatus), "{substatus} not shown:\n{shown}");
     }
+    // The curl line Deploy prints calls the model as it stands.
+    let curl = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("curl:"))
+        .unwrap_or_else(|| panic!("no curl line:\n{shown}"));
+    let out = Command::new("sh").args(["-c", curl.trim()]).output()?;
+    assert!(out.status.success(), "{curl}: {}", text(&out));
+    assert!(
+        text(&out).contains(r#""text": "hi""#),
+        "{curl}: {}",
+        text(&out)
+    );
 
     let out = aibro(
         &s,
