@@ -133,16 +133,8 @@ pub async fn run(
         sandbox: sandbox.clone(),
         serving: serving.clone(),
     }));
-    let metrics = metrics_listener.map(|listener| {
-        let load = jobs.clone();
-        tokio::spawn(metrics::serve(
-            listener,
-            serving,
-            load,
-            gpus.clone(),
-            cancel.clone(),
-        ))
-    });
+    let metrics = metrics_listener
+        .map(|l| metrics::spawn(l, serving, jobs.clone(), gpus.clone(), cancel.clone()));
     let reporter = Reporter {
         gateway,
         credential: credential.clone(),

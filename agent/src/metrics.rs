@@ -249,8 +249,18 @@ fn registry(serving: &ServingMetrics, load: Arc<dyn Load>, gpus: Vec<u32>) -> Re
     registry
 }
 
-/// Serves `GET /metrics` on `listener` until `cancel`.
-pub(crate) async fn serve(
+/// Serves `GET /metrics` on `listener` until `cancel`, in a task of its own.
+pub(crate) fn spawn(
+    listener: tokio::net::TcpListener,
+    serving: ServingMetrics,
+    load: Arc<dyn Load>,
+    gpus: Vec<u32>,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(serve(listener, serving, load, gpus, cancel))
+}
+
+async fn serve(
     listener: tokio::net::TcpListener,
     serving: ServingMetrics,
     load: Arc<dyn Load>,

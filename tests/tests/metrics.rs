@@ -190,8 +190,8 @@ async fn scheduler_and_agent_metrics() -> Result<()> {
     for _ in 0..2 {
         s.predict("alice", CLIENT, "echo", r#"{"g": 1}"#).await?;
     }
-    let denied = format!("/v1/alice/intruder/echo/predict");
-    http(&s.addr, "POST", &denied, None, "{}")
+    let denied = "/v1/alice/intruder/echo/predict";
+    http(&s.addr, "POST", denied, None, "{}")
         .await?
         .assert_error(403, "client_not_allowed");
     // A name nobody deployed gets no label of its own.

@@ -6,7 +6,7 @@
 use crate::clock::now_ms;
 use crate::error::Result;
 use crate::ledger;
-use crate::metrics::census::{Accrued, Census};
+use crate::metrics::census::Census;
 
 use super::Control;
 
@@ -54,7 +54,7 @@ impl Control {
             let accrued = census
                 .machines
                 .entry((machine.kind.name.clone(), machine.market))
-                .or_insert_with(Accrued::default);
+                .or_default();
             accrued.seconds += seconds;
             accrued.usd += machine.price_per_hour() * seconds / 3600.0;
         }
