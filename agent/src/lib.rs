@@ -18,6 +18,7 @@ pub mod hardware;
 mod jobs;
 mod launcher;
 mod link;
+mod metrics;
 pub mod sandbox;
 mod scripts;
 mod service;
@@ -70,6 +71,8 @@ pub enum Error {
     },
     #[error("cannot read the listener's address: {0}")]
     Listener(#[source] std::io::Error),
+    #[error("cannot serve metrics on --metrics-listen: {0}")]
+    MetricsListen(#[source] std::io::Error),
     #[error("{0}")]
     Tls(#[from] TlsError),
     #[error(transparent)]
@@ -117,6 +120,8 @@ pub async fn run(
     let imds = imds_watcher(&args, &identity, &queue);
     let cancel = CancellationToken::new();
     let orphan_timeout = Duration::from_secs(args.orphan_timeout_s);
+    let serving = metrics::ServingMetrics::default();
+    let metrics_listener = metrics_listener(&args)?;
     let jobs = Arc::new(Jobs::new(JobsConfig {
         args,
         scripts,
@@ -126,7 +131,10 @@ pub async fn run(
         gpus: gpus.clone(),
         cancel: cancel.clone(),
         sandbox: sandbox.clone(),
+        serving: serving.clone(),
     }));
+    let metrics = metrics_listener
+        .map(|l| metrics::spawn(l, serving, jobs.clone(), gpus.clone(), cancel.clone()));
     let reporter = Reporter {
         gateway,
         credential: credential.clone(),
@@ -153,6 +161,7 @@ pub async fn run(
         reporter: tokio::spawn(reporter.run(rx, cancel.clone())),
         server: tokio::spawn(server),
         imds: imds.map(|w| tokio::spawn(w.run(cancel.clone()))),
+        metrics,
     };
     tasks.run_until(shutdown, &cancel, &jobs).await
 }
@@ -198,6 +207,26 @@ fn start_sandbox(args: &Args) -> Result<Sandbox, Error> {
     })?;
     sandbox.announce();
     Ok(sandbox)
+}
+
+/// The listener of `--metrics-listen`, if given; its address goes to
+/// `<dir>/metrics-addr` (for port 0).
+fn metrics_listener(args: &Args) -> Result<Option<TcpListener>, Error> {
+    let Some(addr) = args.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(TcpListener::from_std)
+        .map_err(Error::MetricsListen)?;
+    let bound = listener.local_addr().map_err(Error::MetricsListen)?;
+    let file = args.dir.join(metrics::ADDR_FILE);
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, bound.to_string())
+        .and_then(|()| std::fs::rename(&tmp, &file))
+        .map_err(dir_err(&args.dir))?;
+    tracing::info!(%bound, "serving metrics");
+    Ok(Some(listener))
 }
 
 /// The watcher of EC2's metadata service: only with `--imds-endpoint`.
@@ -289,6 +318,8 @@ struct Tasks {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     /// Watches EC2's metadata service (with `--imds-endpoint`).
     imds: Option<JoinHandle<()>>,
+    /// Serves `/metrics` (with `--metrics-listen`).
+    metrics: Option<JoinHandle<()>>,
 }
 
 impl Tasks {
@@ -322,8 +353,8 @@ impl Tasks {
         if !reporter_done {
             let _ = self.reporter.await;
         }
-        if let Some(imds) = self.imds {
-            let _ = imds.await;
+        for task in self.imds.into_iter().chain(self.metrics) {
+            let _ = task.await;
         }
         result
     }

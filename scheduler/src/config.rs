@@ -2,8 +2,10 @@
 //! provider, `./aibro-data`), and the clap flags with `AIBRO_*` env fallbacks.
 
 mod ec2;
+mod metrics;
 
 pub use ec2::Ec2Config;
+pub use metrics::{MetricsConfig, Switch};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -124,6 +126,8 @@ pub struct Config {
     pub spot_notice_ms: u64,
     #[command(flatten)]
     pub ec2: Ec2Config,
+    #[command(flatten)]
+    pub metrics: MetricsConfig,
 }
 
 impl Config {

@@ -36,9 +36,10 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl From<Error> for Status {
-    fn from(e: Error) -> Status {
-        let code = match &e {
+impl Error {
+    /// The gRPC code the error is reported with.
+    pub fn code(&self) -> Code {
+        match self {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
@@ -67,8 +68,13 @@ impl From<Error> for Status {
                 StoreError::Refused(_) => Code::FailedPrecondition,
                 StoreError::Sled(_) | StoreError::Corrupt(_) => Code::Internal,
             },
-        };
-        Status::new(code, bounded(e.to_string()))
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        Status::new(e.code(), bounded(e.to_string()))
     }
 }
 

@@ -22,6 +22,7 @@ pub mod error;
 pub mod hub;
 pub mod ledger;
 pub mod link;
+pub mod metrics;
 pub mod provider;
 pub mod records;
 pub mod router;
@@ -46,6 +47,8 @@ const ADMIN_TOKEN_FILE: &str = "admin-token";
 const JOIN_TOKEN_FILE: &str = "join-token";
 /// Written once listening: the address, for scripts and tests that bind port 0.
 const LISTEN_ADDR_FILE: &str = "listen-addr";
+/// The same for `--metrics-listen`.
+const METRICS_ADDR_FILE: &str = "metrics-addr";
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Connections the kernel queues for accepting. A restarted scheduler meets
@@ -131,7 +134,8 @@ pub async fn run(
     );
     start_control(&control, interruptions).await?;
     let services = api::services(&control, &config, tls.server).await?;
-    announce(&config.data_dir, addr)?;
+    serve_operator_metrics(&config, &control, &tasks, &cancel).await?;
+    announce(&config.data_dir, LISTEN_ADDR_FILE, addr)?;
     let served = serve_until(services, listener, cancel.clone(), shutdown).await;
     join_tasks(&tasks, &cancel).await;
     // Connections still open (agents keep theirs) may hold the services for a
@@ -158,7 +162,9 @@ async fn scheduler_id(store: &store::Store) -> anyhow::Result<String> {
 fn prepare_data_dir(data_dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-    let _ = std::fs::remove_file(data_dir.join(LISTEN_ADDR_FILE));
+    for file in [LISTEN_ADDR_FILE, METRICS_ADDR_FILE] {
+        let _ = std::fs::remove_file(data_dir.join(file));
+    }
     Ok(())
 }
 
@@ -215,6 +221,7 @@ fn control_settings(config: &Config, public_url: String, tls: &Tls) -> control::
         agent_issuer: tls.issuer.clone(),
         use_spot: config.use_spot,
         spot_check: Duration::from_secs(config.spot_check_s.max(1)),
+        metrics: config.metrics.on(),
     }
 }
 
@@ -230,13 +237,44 @@ async fn start_control(
     Ok(())
 }
 
-/// Writes the listening address to `<data-dir>/listen-addr`, whole (rename)
-/// so that a reader never sees it half-written.
-fn announce(data_dir: &std::path::Path, addr: std::net::SocketAddr) -> anyhow::Result<()> {
-    let tmp = data_dir.join(".listen-addr.tmp");
+/// Serves `/metrics` without a token on `--metrics-listen`, if given, in a
+/// tracked task that `cancel` ends.
+async fn serve_operator_metrics(
+    config: &Config,
+    control: &control::Control,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(addr) = config.metrics.metrics_listen else {
+        return Ok(());
+    };
+    anyhow::ensure!(
+        config.metrics.on(),
+        "--metrics-listen serves the metrics, which --metrics off turns off"
+    );
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-listen {addr}"))?;
+    announce(&config.data_dir, METRICS_ADDR_FILE, listener.local_addr()?)?;
+    tasks.spawn(api::serve_metrics(
+        control.clone(),
+        listener,
+        cancel.clone(),
+    ));
+    Ok(())
+}
+
+/// Writes a listening address to `<data-dir>/<file>`, whole (rename) so
+/// that a reader never sees it half-written.
+fn announce(
+    data_dir: &std::path::Path,
+    file: &str,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let tmp = data_dir.join(format!(".{file}.tmp"));
     std::fs::write(&tmp, addr.to_string())?;
-    std::fs::rename(&tmp, data_dir.join(LISTEN_ADDR_FILE))?;
-    tracing::info!(%addr, data_dir = %data_dir.display(), "scheduler listening");
+    std::fs::rename(&tmp, data_dir.join(file))?;
+    tracing::info!(%addr, data_dir = %data_dir.display(), file, "scheduler listening");
     Ok(())
 }
 

@@ -12,6 +12,7 @@
 
 mod change;
 mod durability;
+mod timings;
 
 use std::ops::Bound;
 use std::path::Path;
@@ -28,6 +29,7 @@ use crate::records::*;
 use crate::state::{JobKind, StateError};
 use change::Tx;
 use durability::GroupCommit;
+pub use timings::StoreTimings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -80,6 +82,7 @@ pub struct Store {
     credentials: sled::Tree,
     meta: sled::Tree,
     commit: GroupCommit,
+    timings: StoreTimings,
     /// Where committed events are published to watchers.
     hub: Arc<Hub>,
 }
@@ -132,6 +135,7 @@ impl Store {
         // handle dropped releases the data dir at once (close, then reopen).
         let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
         let tree = |name: &str| db.open_tree(name);
+        let timings = StoreTimings::new();
         Ok(Store {
             jobs: tree("jobs")?,
             instances: tree("instances")?,
@@ -142,9 +146,15 @@ impl Store {
             artifacts: tree("artifacts")?,
             credentials: tree("credentials")?,
             meta: tree("meta")?,
-            commit: GroupCommit::start(db),
+            commit: GroupCommit::start(db, timings.clone()),
+            timings,
             hub: Arc::default(),
         })
+    }
+
+    /// How long transactions and flushes take (recorded once enabled).
+    pub fn timings(&self) -> &StoreTimings {
+        &self.timings
     }
 
     async fn durable(&self) -> Result<(), StoreError> {
@@ -187,7 +197,8 @@ impl Store {
         let mut job = job;
         job.last_seq = 1;
         let trees = (&self.jobs, &self.events, &self.names, &self.by_owner);
-        unwrap_tx(trees.transaction(|(jobs, events, names, by_owner)| {
+        let started = self.timings.start();
+        let created = unwrap_tx(trees.transaction(|(jobs, events, names, by_owner)| {
             if job.kind == JobKind::Inference && !job.dryrun {
                 if let Some(other) = names.get(&name_key)? {
                     let other = String::from_utf8_lossy(&other).into_owned();
@@ -199,7 +210,9 @@ impl Store {
             by_owner.insert(key2(&job.owner, &job.id), &[])?;
             events.insert(event_key(&job.id, 1), enc(&event))?;
             Ok(())
-        }))?;
+        }));
+        self.timings.transaction_since(started);
+        created?;
         self.durable().await?;
         let committed = Committed {
             job,
@@ -234,6 +247,7 @@ impl Store {
     /// it is on disk.
     async fn transact<T>(&self, f: impl Fn(&Tx) -> TxResult<T>) -> Result<T, StoreError> {
         let trees = (&self.jobs, &self.instances, &self.events, &self.names);
+        let started = self.timings.start();
         let out = unwrap_tx(trees.transaction(|(jobs, instances, events, names)| {
             f(&Tx {
                 jobs,
@@ -241,7 +255,9 @@ impl Store {
                 events,
                 names,
             })
-        }))?;
+        }));
+        self.timings.transaction_since(started);
+        let out = out?;
         self.durable().await?;
         Ok(out)
     }

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::ServingMetrics;
 use crate::sandbox::{Network, Sandbox};
 use crate::serving::worker::{Output, Worker, WorkerError, WorkerSpec};
 
@@ -42,6 +43,20 @@ pub(crate) enum WorkerPoolError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl WorkerPoolError {
+    /// The outcome label of a prediction that failed with it.
+    fn outcome(&self) -> &'static str {
+        match self {
+            WorkerPoolError::Overloaded => "overloaded",
+            WorkerPoolError::WorkerDied(_) => "worker_died",
+            WorkerPoolError::Stopped => "stopped",
+            WorkerPoolError::RunRaised(_) => "user_error",
+            WorkerPoolError::BadInput(_) => "bad_input",
+            WorkerPoolError::Start(_) | WorkerPoolError::Dir { .. } => "internal",
+        }
+    }
 }
 
 /// Dynamic batching of the requests a worker takes at once.
@@ -74,6 +89,8 @@ pub(crate) struct WorkerPoolSpec<'a> {
     pub home: &'a Path,
     pub network: Network,
     pub sandbox: &'a Arc<Sandbox>,
+    /// Where its predictions, batches and restarts are counted.
+    pub metrics: &'a ServingMetrics,
 }
 
 /// A queued call, counted as queued until a worker takes it.
@@ -103,6 +120,7 @@ struct Counters {
     queued: AtomicU32,
     alive: AtomicU32,
     pids: std::sync::Mutex<Vec<u32>>,
+    metrics: ServingMetrics,
 }
 
 pub(crate) struct WorkerPool {
@@ -212,6 +230,7 @@ impl WorkerPool {
         let inbox = Arc::new(Mutex::new(Inbox { rx, next: None }));
         let counters = Arc::new(Counters {
             pids: std::sync::Mutex::new(vec![0; n]),
+            metrics: spec.metrics.clone(),
             ..Counters::default()
         });
         let tasks = specs
@@ -240,8 +259,23 @@ impl WorkerPool {
         })
     }
 
-    /// Queues one request and waits for its answer.
+    /// Queues one request and waits for its answer, which is counted.
     pub(crate) async fn call(
+        &self,
+        payload: Vec<u8>,
+        content_type: String,
+    ) -> Result<Output, WorkerPoolError> {
+        let started = std::time::Instant::now();
+        let answer = self.queue_and_wait(payload, content_type).await;
+        let outcome = match &answer {
+            Ok(_) => "ok",
+            Err(e) => e.outcome(),
+        };
+        self.counters.metrics.answered(outcome, started.elapsed());
+        answer
+    }
+
+    async fn queue_and_wait(
         &self,
         payload: Vec<u8>,
         content_type: String,
@@ -391,6 +425,7 @@ async fn keep_worker_running(
                     Err(_) if cancel.is_cancelled() => return,
                     Ok(w) => {
                         tracing::info!(worker = spec.index, "worker restarted");
+                        counters.metrics.restarted();
                         backoff = Duration::from_millis(200);
                         w
                     }
@@ -462,6 +497,7 @@ async fn serve(
         if batch.is_empty() {
             continue;
         }
+        let _busy = counters.metrics.call(batch.len());
         // Stop must not wait for a long run(): the worker is killed right after.
         let res = tokio::select! {
             _ = cancel.cancelled() => {
@@ -564,6 +600,7 @@ mod tests {
                 home: &spec.home,
                 network: spec.network,
                 sandbox: &spec.sandbox,
+                metrics: &ServingMetrics::default(),
             },
             CancellationToken::new(),
         )
@@ -774,6 +811,7 @@ mod tests {
                 home: &spec.home,
                 network: spec.network,
                 sandbox: &spec.sandbox,
+                metrics: &ServingMetrics::default(),
             },
             CancellationToken::new(),
         )
@@ -814,6 +852,7 @@ mod tests {
                     home: &home,
                     network: Network::Outbound,
                     sandbox: &sandbox,
+                    metrics: &ServingMetrics::default(),
                 };
                 WorkerPool::start(spec, cancel).await
             })

@@ -110,6 +110,20 @@ pub(crate) async fn services(
     Ok(builder.add_routes(routes))
 }
 
+/// `--metrics-listen`: `GET /metrics` without a token on `listener`, until `cancel`.
+pub(crate) async fn serve_metrics(
+    control: Control,
+    listener: tokio::net::TcpListener,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let served = axum::serve(listener, http::operator_router(&control))
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await;
+    if let Err(e) = served {
+        tracing::error!("the --metrics-listen server failed: {e}");
+    }
+}
+
 /// The gRPC services: the users', the agents' gateway, health and reflection.
 async fn grpc_routes(control: &Control, config: &Config) -> anyhow::Result<Routes> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -108,6 +108,15 @@ impl AgentLinks {
             .cloned()
     }
 
+    /// Every live instance's agent with what it last reported.
+    pub(crate) fn all_heard(&self) -> Vec<(String, LastHeard)> {
+        let heard = self.heard.lock().expect("heard lock");
+        heard
+            .iter()
+            .map(|(id, h)| (id.clone(), h.clone()))
+            .collect()
+    }
+
     /// Instances whose agent has been silent for `limit`; each is reported once.
     pub(crate) fn silent(&self, limit: Duration) -> Vec<String> {
         let mut heard = self.heard.lock().expect("heard lock");

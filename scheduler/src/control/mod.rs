@@ -15,10 +15,12 @@
 //!   [`dispatch`] (Prepare and Train sent to agents), [`cooling`],
 //!   [`serving`] (routes), [`launch`], [`dry_run`], [`deploy`], [`train`], [`spot`],
 //!   [`liveness`], [`reports`] (what agents tell), [`recovery`] (start up);
-//! - the readers: [`predict`], [`watch`], [`views`].
+//! - the readers: [`predict`], [`watch`], [`views`], [`census`] (what
+//!   `/metrics` shows).
 
 mod agents;
 mod artifacts;
+mod census;
 mod cooling;
 mod deploy;
 mod dispatch;
@@ -41,7 +43,7 @@ mod watch;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -49,6 +51,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::catalog::Catalog;
+use crate::metrics::Metrics;
 use crate::provider::Providers;
 use crate::records::InstanceRecord;
 use crate::router::Router;
@@ -89,6 +92,8 @@ pub struct Settings {
     pub use_spot: bool,
     /// How often on-demand stand-ins look for spot capacity again.
     pub spot_check: Duration,
+    /// Record metrics (`--metrics on`); off, recording is a no-op.
+    pub metrics: bool,
 }
 
 impl Settings {
@@ -107,6 +112,7 @@ impl Settings {
             agent_issuer: None,
             use_spot: false,
             spot_check: Duration::from_secs(60),
+            metrics: true,
         }
     }
 }
@@ -120,6 +126,7 @@ pub(crate) struct Parts {
     links: links::AgentLinks,
     dry_runs: dry_run::PendingDryRuns,
     auth: Auth,
+    metrics: Metrics,
     /// Serialises provider work (launch, start, stop, terminate) per instance.
     instance_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     tasks: TaskTracker,
@@ -141,20 +148,24 @@ impl Control {
         tasks: TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
-        Control {
-            parts: Arc::new(Parts {
-                machines: machines::Machines::new(catalog, providers, settings.use_spot),
-                links: links::AgentLinks::new(settings.agent_tls.clone()),
-                dry_runs: dry_run::PendingDryRuns::default(),
-                settings,
-                store,
-                router: Router::default(),
-                auth,
-                instance_locks: Mutex::new(HashMap::new()),
-                tasks,
-                cancel,
-            }),
-        }
+        let parts = Arc::new_cyclic(|parts: &Weak<Parts>| Parts {
+            metrics: metrics_of(&settings, &store, parts.clone()),
+            machines: machines::Machines::new(catalog, providers, settings.use_spot),
+            links: links::AgentLinks::new(settings.agent_tls.clone()),
+            dry_runs: dry_run::PendingDryRuns::default(),
+            settings,
+            store,
+            router: Router::default(),
+            auth,
+            instance_locks: Mutex::new(HashMap::new()),
+            tasks,
+            cancel,
+        });
+        Control { parts }
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.parts.metrics
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -219,6 +230,26 @@ impl Control {
             .clone();
         lock.lock_owned().await
     }
+}
+
+/// The metrics `settings` ask for; their census reads the control plane's
+/// state while it lives (a weak reference: the registry does not keep it alive).
+fn metrics_of(settings: &Settings, store: &Store, parts: Weak<Parts>) -> Metrics {
+    if !settings.metrics {
+        return Metrics::off();
+    }
+    Metrics::new(
+        store.timings(),
+        Box::new(move || {
+            let control = Control {
+                parts: parts.upgrade()?,
+            };
+            control
+                .census()
+                .inspect_err(|e| tracing::warn!("metrics: cannot count the store's records: {e}"))
+                .ok()
+        }),
+    )
 }
 
 /// The instance `id` among a job's instances, inside a change.

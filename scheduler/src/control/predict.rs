@@ -1,13 +1,36 @@
 //! Predict: the router's answer, and on the (cold) error path a message that
-//! says why the model could not be called.
+//! says why the model could not be called. Every protocol's predictions pass
+//! here, where they are counted and timed.
 
 use crate::error::{Error, Result};
+use crate::metrics::Outcome;
 use crate::router::{RouteError, Routed};
 
 use super::Control;
 
 impl Control {
     pub async fn predict(
+        &self,
+        owner: &str,
+        client_id: &str,
+        model_name: &str,
+        payload: Vec<u8>,
+        content_type: String,
+    ) -> Result<Routed> {
+        let timer = self.metrics().predict_started(owner, model_name);
+        let routed = self
+            .routed_prediction(owner, client_id, model_name, payload, content_type)
+            .await;
+        if let Some(timer) = timer {
+            timer.finish(match &routed {
+                Ok(_) => Outcome::Ok,
+                Err(e) => Outcome::of_code(e.code()),
+            });
+        }
+        routed
+    }
+
+    async fn routed_prediction(
         &self,
         owner: &str,
         client_id: &str,

@@ -159,6 +159,20 @@ impl Pool {
         self.members.lock().expect("pool lock").remove(agent_id);
     }
 
+    /// Members per (machine type, what they hold: `idle`, `running`, `parked`).
+    pub fn census(&self) -> HashMap<(String, &'static str), i64> {
+        let mut counts = HashMap::new();
+        for m in self.members.lock().expect("pool lock").values() {
+            let holds = match m.holds {
+                Holds::Nothing => "idle",
+                Holds::Running(_) => "running",
+                Holds::Parked(_) => "parked",
+            };
+            *counts.entry((m.machine_type.clone(), holds)).or_default() += 1;
+        }
+        counts
+    }
+
     /// Forgets idle members silent for `limit`.
     pub fn drop_silent(&self, limit: Duration) {
         let mut members = self.members.lock().expect("pool lock");

@@ -4,6 +4,8 @@
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::timings::StoreTimings;
+
 /// Why a change could not be made durable.
 #[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum FlushError {
@@ -22,8 +24,9 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the flusher; it ends when every `GroupCommit` clone is dropped.
-    pub(crate) fn start(db: sled::Db) -> Self {
+    /// Starts the flusher, which times each flush; it ends when every
+    /// `GroupCommit` clone is dropped.
+    pub(crate) fn start(db: sled::Db, timings: StoreTimings) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
         let flusher = tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -32,10 +35,12 @@ impl GroupCommit {
                     batch.push(w);
                 }
                 let db = db.clone();
+                let started = timings.start();
                 let result = tokio::task::spawn_blocking(move || db.flush())
                     .await
                     .map_err(|e| FlushError::Failed(e.to_string()))
                     .and_then(|r| r.map(drop).map_err(|e| FlushError::Failed(e.to_string())));
+                timings.flush_since(started);
                 for w in batch {
                     let _ = w.send(result.clone());
                 }

@@ -1,10 +1,14 @@
 //! The HTTP side of the scheduler's listen address: the original AIbro
 //! predict URL, an adapter over the control plane's Predict ([`predict`]),
-//! with errors as JSON ([`errors`]), CORS when configured, and an access log
-//! that never shows the client id. [`one_port`] puts gRPC and HTTP on one server.
+//! and the admin's `/metrics` ([`metrics`]), with errors as JSON
+//! ([`errors`]), CORS when configured, and an access log that never shows
+//! the client id. [`one_port`] puts gRPC and HTTP on one server.
 
 mod errors;
+mod metrics;
 mod predict;
+
+pub(crate) use metrics::operator_router;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +39,7 @@ pub(crate) fn router(control: &Control, config: &Config) -> anyhow::Result<axum:
             PREDICT_PATH,
             post(predict::predict).fallback(errors::method_not_allowed),
         )
+        .route(metrics::METRICS_PATH, metrics::admin_route(control))
         .fallback(errors::unknown_path)
         .with_state(api);
     let router = match cors(&config.http_cors_origins)? {
