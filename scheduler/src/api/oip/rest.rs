@@ -15,7 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post, MethodRouter};
+use axum::routing::{get, post, MethodRouter};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::time::{timeout_at, Instant};
@@ -64,9 +64,8 @@ pub(crate) fn routes(control: &Control, config: &Config) -> axum::Router {
             router = router.route(&path, method.clone());
         }
     }
-    router
-        .route("/v2/{*rest}", any(unknown_path))
-        .with_state(api)
+    // Other paths get the HTTP router's one answer for unknown paths.
+    router.with_state(api)
 }
 
 /// The route's method, any other answered with a JSON 405.
@@ -78,15 +77,6 @@ fn only(method: MethodRouter<Api>) -> MethodRouter<Api> {
             "OIP health and metadata take GET, infer takes POST",
         )
     })
-}
-
-async fn unknown_path() -> HttpError {
-    HttpError::new(
-        StatusCode::NOT_FOUND,
-        "unknown_path",
-        "no such OIP path; see /v2/health/live, /v2/health/ready, /v2, \
-         /v2/models/{name}, /v2/models/{name}/ready, /v2/models/{name}/infer",
-    )
 }
 
 /// A JSON answer with `status`.
