@@ -1,5 +1,7 @@
-//! Compiles `aibro/v1/*.proto` with protox (no system protoc) and writes the
-//! descriptor set that the scheduler and agent serve through gRPC reflection.
+//! Compiles `aibro/v1/*.proto` and the Open Inference Protocol's
+//! `oip/open_inference_grpc.proto` (package `inference`) with protox (no
+//! system protoc) and writes the descriptor set that the scheduler and agent
+//! serve through gRPC reflection.
 
 use prost::Message;
 
@@ -13,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "aibro/v1/marketplace.proto",
         "aibro/v1/admin.proto",
         "aibro/v1/agent.proto",
+        "oip/open_inference_grpc.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

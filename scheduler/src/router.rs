@@ -264,6 +264,15 @@ impl Router {
         }
     }
 
+    /// Whether `client_id` may call the model and an instance serves it.
+    pub fn ready(&self, owner: &str, client_id: &str, model: &str) -> Result<bool, RouteError> {
+        let route = self.route(owner, model).ok_or(RouteError::NoRoute)?;
+        if !client_allowed(&route.clients.load(), client_id) {
+            return Err(RouteError::ClientDenied);
+        }
+        Ok(!route.backends.load().is_empty())
+    }
+
     pub async fn predict(
         &self,
         owner: &str,

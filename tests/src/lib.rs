@@ -46,6 +46,18 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The Python with the official tritonclient and numpy (for the Open
+/// Inference Protocol tests) that `scripts/test-tools.sh` makes.
+pub fn test_python() -> PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/test-tools.sh (it installs tritonclient[http,grpc] and numpy)",
+        python.display()
+    );
+    python
+}
+
 /// A repo under examples/.
 pub fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

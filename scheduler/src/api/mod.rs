@@ -10,6 +10,7 @@ mod http;
 pub mod inference;
 pub mod jobs;
 pub mod marketplace;
+mod oip;
 pub mod training;
 
 use std::time::Duration;
@@ -63,7 +64,7 @@ const ENVELOPE_BYTES: usize = 64 << 10;
 
 /// Services the scheduler serves, as reflection lists them (the proto package
 /// also holds `aibro.v1.Agent`, which agents serve).
-const SERVICES: [&str; 10] = [
+const SERVICES: [&str; 11] = [
     "aibro.v1.Admin",
     "aibro.v1.AgentGateway",
     "aibro.v1.Artifacts",
@@ -74,6 +75,7 @@ const SERVICES: [&str; 10] = [
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
+    "inference.GRPCInferenceService",
 ];
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {
@@ -100,7 +102,7 @@ pub(crate) async fn services(
     let deadline = Duration::from_secs(config.request_timeout_s.max(1));
     let routes = http::one_port(
         grpc_routes(control, config).await?,
-        http::router(control, config)?,
+        http::router(control, config, oip::rest::routes(control, config))?,
         deadline,
     );
     let mut builder = Server::builder().accept_http1(true);
@@ -142,6 +144,7 @@ async fn grpc_routes(control: &Control, config: &Config) -> anyhow::Result<Route
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(inference)
+        .add_service(oip::grpc::server(&control, max_payload + ENVELOPE_BYTES))
         .add_service(ArtifactsServer::new(artifacts::ArtifactsApi {
             control: control.clone(),
             max_artifact_bytes: config.max_artifact_bytes,

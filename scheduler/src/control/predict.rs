@@ -1,6 +1,7 @@
 //! Predict: the router's answer, and on the (cold) error path a message that
-//! says why the model could not be called. Every protocol's predictions pass
-//! here, where they are counted and timed.
+//! says why the model could not be called; whether a model (or the scheduler)
+//! is ready to be called. Every protocol's predictions pass here, where they
+//! are counted and timed.
 
 use crate::error::{Error, Result};
 use crate::metrics::Outcome;
@@ -49,6 +50,23 @@ impl Control {
             RouteError::NoRoute | RouteError::NoBackend => self.why_not_serving(owner, model_name),
             RouteError::Agent(status) => Error::Agent(status),
         })
+    }
+
+    /// Whether `client_id`'s calls to the model would find an instance now.
+    /// A model the client may not call is not found, as a missing one.
+    pub fn model_ready(&self, owner: &str, client_id: &str, model_name: &str) -> Result<bool> {
+        self.router()
+            .ready(owner, client_id, model_name)
+            .map_err(|_| {
+                Error::NotFound(format!(
+                    "no model `{model_name}` of `{owner}` for this client id"
+                ))
+            })
+    }
+
+    /// Whether the scheduler takes work: false once it began shutting down.
+    pub fn accepts_work(&self) -> bool {
+        !self.parts.cancel.is_cancelled()
     }
 
     fn why_not_serving(&self, owner: &str, model_name: &str) -> Error {

@@ -102,7 +102,8 @@ pub(crate) async fn unknown_path() -> HttpError {
     HttpError::new(
         StatusCode::NOT_FOUND,
         "unknown_path",
-        "no such path; predict at POST /v1/{owner}/{client_id}/{model_name}/predict",
+        "no such path; predict at POST /v1/{owner}/{client_id}/{model_name}/predict, or with \
+         the Open Inference Protocol at POST /v2/models/{owner}~{model_name}/infer",
     )
 }
 

@@ -4,9 +4,9 @@
 //! ([`errors`]), CORS when configured, and an access log that never shows
 //! the client id. [`one_port`] puts gRPC and HTTP on one server.
 
-mod errors;
+pub(super) mod errors;
 mod metrics;
-mod predict;
+pub(super) mod predict;
 
 pub(crate) use metrics::operator_router;
 
@@ -27,8 +27,13 @@ use crate::control::Control;
 
 pub(crate) const PREDICT_PATH: &str = "/v1/{owner}/{client_id}/{model_name}/predict";
 
-/// The HTTP routes, each call bounded by `--request-timeout-s`.
-pub(crate) fn router(control: &Control, config: &Config) -> anyhow::Result<axum::Router> {
+/// The HTTP routes, `more` (the Open Inference Protocol's) among them, each
+/// call bounded by `--request-timeout-s`.
+pub(crate) fn router(
+    control: &Control,
+    config: &Config,
+    more: axum::Router,
+) -> anyhow::Result<axum::Router> {
     let api = Arc::new(predict::PredictApi {
         control: control.clone(),
         max_payload_bytes: config.max_payload_bytes,
@@ -41,7 +46,8 @@ pub(crate) fn router(control: &Control, config: &Config) -> anyhow::Result<axum:
         )
         .route(metrics::METRICS_PATH, metrics::admin_route(control))
         .fallback(errors::unknown_path)
-        .with_state(api);
+        .with_state(api)
+        .merge(more);
     let router = match cors(&config.http_cors_origins)? {
         Some(cors) => router.layer(cors),
         None => router,

@@ -29,27 +29,25 @@ pub(crate) struct PredictApi {
     pub max_deadline: Duration,
 }
 
-impl PredictApi {
-    /// The request's deadline: its `Request-Timeout`, bounded by the server's.
-    fn deadline(&self, headers: &HeaderMap) -> Result<Duration, HttpError> {
-        let Some(value) = headers.get(REQUEST_TIMEOUT) else {
-            return Ok(self.max_deadline);
-        };
-        let seconds = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| *s >= 0.0)
-            .ok_or_else(|| {
-                HttpError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request_timeout",
-                    "header Request-Timeout takes a number of seconds, e.g. `Request-Timeout: 2.5`",
-                )
-            })?;
-        Ok(Duration::try_from_secs_f64(seconds)
-            .map_or(self.max_deadline, |d| d.min(self.max_deadline)))
-    }
+/// The request's deadline: its `Request-Timeout`, bounded by `max` (the
+/// server's).
+pub(crate) fn deadline(headers: &HeaderMap, max: Duration) -> Result<Duration, HttpError> {
+    let Some(value) = headers.get(REQUEST_TIMEOUT) else {
+        return Ok(max);
+    };
+    let seconds = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| *s >= 0.0)
+        .ok_or_else(|| {
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request_timeout",
+                "header Request-Timeout takes a number of seconds, e.g. `Request-Timeout: 2.5`",
+            )
+        })?;
+    Ok(Duration::try_from_secs_f64(seconds).map_or(max, |d| d.min(max)))
 }
 
 pub(crate) async fn predict(
@@ -60,12 +58,9 @@ pub(crate) async fn predict(
 ) -> Result<Response, HttpError> {
     let Path((owner, client_id, model_name)) =
         path.map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, "bad_path", e.body_text()))?;
-    let deadline = Instant::now() + api.deadline(&headers)?;
+    let deadline = Instant::now() + deadline(&headers, api.max_deadline)?;
     let content_type = content_type(&headers)?;
-    // A body that stops short of its Content-Length ends at the deadline.
-    let payload = timeout_at(deadline, read_body(body, api.max_payload_bytes))
-        .await
-        .map_err(|_| incomplete_body("it did not arrive within the request's deadline"))??;
+    let payload = read_body_by(deadline, body, api.max_payload_bytes).await?;
     let routed = timeout_at(
         deadline,
         api.control
@@ -90,6 +85,18 @@ fn content_type(headers: &HeaderMap) -> Result<String, HttpError> {
             )
         }),
     }
+}
+
+/// The whole body, at most `limit` bytes; one that stops short of its
+/// Content-Length ends at the deadline.
+pub(crate) async fn read_body_by(
+    deadline: Instant,
+    body: Body,
+    limit: usize,
+) -> Result<Vec<u8>, HttpError> {
+    timeout_at(deadline, read_body(body, limit))
+        .await
+        .map_err(|_| incomplete_body("it did not arrive within the request's deadline"))?
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, HttpError> {
