@@ -15,6 +15,7 @@ mod predict;
 mod ray;
 mod stats;
 mod store;
+mod wrk;
 
 use clap::{Parser, Subcommand};
 
@@ -26,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Bench {
-    /// Predict latency and throughput: via the scheduler, direct to the agent, and Ray Serve.
+    /// Predict latency and throughput: via the scheduler (gRPC and HTTP), direct to the agent, and Ray Serve.
     Predict(predict::PredictArgs),
     /// Dynamic batching on vs off, a numpy model at concurrency 1 and 64.
     Batch(batch::BatchArgs),

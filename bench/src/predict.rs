@@ -1,9 +1,10 @@
 //! The predict path: the same echo model (a small JSON payload) driven in
 //! closed loops at each concurrency, through the scheduler and straight to the
-//! agent (gRPC, this process as the client), and as a Ray Serve deployment
-//! with as many replicas as the agent has workers, driven by `wrk` over HTTP.
-//! CPU per request is the server side's: the scheduler's process tree (it,
-//! its agents and their Python workers) or Ray's.
+//! agent (gRPC, this process as the client), through the scheduler's HTTP
+//! predict URL, and as a Ray Serve deployment with as many replicas as the
+//! agent has workers; `wrk` drives both HTTP sides. CPU per request is the
+//! server side's: the scheduler's process tree (it, its agents and their
+//! Python workers) or Ray's.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use aibro_tests::{example, Scheduler};
 
 use crate::ray::RayServe;
 use crate::stats::{ms, stats, thousands, us};
+use crate::wrk;
 
 #[derive(clap::Args)]
 pub struct PredictArgs {
@@ -33,7 +35,7 @@ pub struct PredictArgs {
     /// the machine allows), one set of rows each.
     #[arg(long, value_delimiter = ',', default_value = "auto")]
     pub sandbox: Vec<String>,
-    /// A python with ray[serve], for the Ray Serve rows (bench/peers/setup-ray.sh).
+    /// A python with ray[serve], for the Ray Serve rows (bench/peers/setup-ray.sh makes it).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/peers/ray-venv/bin/python"))]
     pub ray_python: PathBuf,
 }
@@ -84,17 +86,20 @@ pub async fn run(args: PredictArgs) -> anyhow::Result<()> {
         "predict, echo of a small JSON payload, {} s per row, {} workers / replicas",
         args.seconds, args.workers
     );
+    wrk::require().await?;
+    anyhow::ensure!(
+        args.ray_python.is_file(),
+        "{} is missing: run {} (or pass --ray-python)",
+        args.ray_python.display(),
+        wrk::SETUP
+    );
     let mut rows = Vec::new();
     for sandbox in &args.sandbox {
         for &threads in &args.runtime_threads {
             rows.extend(aibro_rows(&args, window, threads, sandbox).await?);
         }
     }
-    if args.ray_python.is_file() {
-        rows.extend(ray_rows(&args.ray_python, &args, window).await?);
-    } else {
-        println!("(Ray Serve rows skipped: run bench/peers/setup-ray.sh, or pass --ray-python)");
-    }
+    rows.extend(ray_rows(&args.ray_python, &args, window).await?);
     rows.sort_by_key(|r| r.concurrency);
     header();
     rows.iter().for_each(print);
@@ -130,6 +135,7 @@ async fn aibro_rows(
         suffix.push_str(&format!(", {sandbox}"));
     }
     let (via_path, direct_path) = (format!("{VIA}{suffix}"), format!("{DIRECT}{suffix}"));
+    let http_path = format!("{HTTP}{suffix}");
     let (s, _catalog) = aibro_tests::pool_scheduler(&flags).await?;
     let token = s.user("bench").await?;
     let digest = s.upload_dir(&token, &example("echo")).await?;
@@ -137,10 +143,11 @@ async fn aibro_rows(
     s.wait_status(&token, &job_id, JobStatus::Deployed).await?;
     let direct = DirectAgent::start(&s, &token, &digest, &agent_flags).await?;
     // The same payload as the Ray Serve peer's.
-    let payload = crate::ray::BODY.as_bytes().to_vec();
+    let payload = wrk::BODY.as_bytes().to_vec();
     let mut rows = Vec::new();
     for &c in &args.concurrency {
         rows.push(via_scheduler(&s, &via_path, "echo", &payload, c, window).await?);
+        rows.push(via_http(&s, &http_path, c, window).await?);
         rows.push(direct.measure(&direct_path, &payload, c, window).await?);
     }
     Ok(rows)
@@ -219,10 +226,29 @@ impl DirectAgent {
     }
 }
 
+/// The repository root, where the bench's peers live.
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `bench`'s public echo model through the scheduler's HTTP predict URL,
+/// driven by wrk; CPU is the scheduler's tree's.
+async fn via_http(
+    s: &Scheduler,
+    path: &str,
+    concurrency: usize,
+    window: Duration,
+) -> anyhow::Result<Row> {
+    let url_path = "/v1/bench/public/echo/predict";
+    wrk::post_echo(&s.addr, url_path).await?;
+    let server = s.child.as_ref().expect("scheduler running").id();
+    let url = format!("http://{}{url_path}", s.addr);
+    wrk::drive(&repo_root(), path, &url, server, concurrency, window).await
+}
+
 /// The same model as a Ray Serve deployment, driven by wrk.
 async fn ray_rows(python: &Path, args: &PredictArgs, window: Duration) -> anyhow::Result<Vec<Row>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let ray = RayServe::start(python, &root).await?;
+    let ray = RayServe::start(python, &repo_root()).await?;
     let mut rows = Vec::new();
     for &c in &args.concurrency {
         match ray.drive(c, window).await {
@@ -237,29 +263,63 @@ async fn ray_rows(python: &Path, args: &PredictArgs, window: Duration) -> anyhow
     Ok(rows)
 }
 
-/// What the scheduler adds, per concurrency, and the targets.
+/// What the scheduler adds, what HTTP costs beside gRPC, and the targets.
 fn summary(rows: &[Row]) {
-    println!("\nthe scheduler's hop (via scheduler vs direct to agent):");
+    println!("\nthe scheduler's hop (via scheduler vs direct to agent, gRPC):");
     for r in rows.iter().filter(|r| r.path.starts_with(VIA)) {
-        let direct = r.path.replacen(VIA, DIRECT, 1);
-        let Some(d) = rows
-            .iter()
-            .find(|d| d.path == direct && d.concurrency == r.concurrency)
-        else {
+        let Some(d) = find(rows, &r.path.replacen(VIA, DIRECT, 1), r.concurrency) else {
             continue;
         };
         println!(
-            "  {:<28} conc {:>3}: +{} us at p50 (target <= 150), throughput {:+.1}% (target >= -10%)",
+            "  {:<32} conc {:>3}: +{} us at p50 (target <= 150), throughput {:+.1}% (target >= -10%)",
             r.path,
             r.concurrency,
             r.p50.as_micros() as i64 - d.p50.as_micros() as i64,
             100.0 * (r.per_s / d.per_s - 1.0)
         );
     }
+    http_summary(rows);
 }
 
-const VIA: &str = "aibro via scheduler";
-const DIRECT: &str = "aibro direct to agent";
+/// The HTTP predict URL against gRPC through the scheduler and Ray Serve.
+fn http_summary(rows: &[Row]) {
+    println!(
+        "\nHTTP via scheduler vs gRPC via scheduler and Ray Serve \
+         (targets: conc 64 >= 10,000 req/s, p99 <= 15 ms, no errors; conc 1 p50 <= 0.5 ms):"
+    );
+    for r in rows.iter().filter(|r| r.path.starts_with(HTTP)) {
+        let ratios = |other: Option<&Row>| {
+            other.map_or("-".to_string(), |o| {
+                format!(
+                    "p50 x{:.2}, req/s x{:.2}",
+                    r.p50.as_secs_f64() / o.p50.as_secs_f64(),
+                    r.per_s / o.per_s
+                )
+            })
+        };
+        println!(
+            "  {:<32} conc {:>3}: p50 {} ms, p99 {} ms, {} req/s, {} errors; vs gRPC {}; vs Ray Serve {}",
+            r.path,
+            r.concurrency,
+            ms(r.p50),
+            ms(r.p99),
+            thousands(r.per_s),
+            r.errors,
+            ratios(find(rows, &r.path.replacen(HTTP, VIA, 1), r.concurrency)),
+            ratios(find(rows, RAY, r.concurrency)),
+        );
+    }
+}
+
+fn find<'a>(rows: &'a [Row], path: &str, concurrency: usize) -> Option<&'a Row> {
+    rows.iter()
+        .find(|r| r.path == path && r.concurrency == concurrency)
+}
+
+const VIA: &str = "aibro via scheduler, gRPC";
+const HTTP: &str = "aibro via scheduler, HTTP";
+const DIRECT: &str = "aibro direct to agent, gRPC";
+pub(crate) const RAY: &str = "Ray Serve (HTTP, wrk)";
 
 /// Predictions of `bench`'s public `model` through the scheduler `s`, in
 /// `concurrency` closed loops for `window`; CPU is the scheduler's tree's.

@@ -1,7 +1,6 @@
 //! Ray Serve peer of the predict-path bench: `bench/peers/ray_echo.py` serves
-//! `examples/echo` with two replicas over HTTP, and `wrk` (with
-//! `bench/peers/wrk-report.lua`) drives it. `bench/peers/setup-ray.sh` makes
-//! a python with `ray[serve]`.
+//! `examples/echo` with two replicas over HTTP, and [`wrk`] drives it.
+//! `bench/peers/setup-ray.sh` makes a python with `ray[serve]`.
 //!
 //! The app runs with `RAY_TMPDIR` set to a directory of its own, so Ray's
 //! sessions and logs land there and every Ray process (gcs_server, raylet,
@@ -11,7 +10,6 @@
 //! that on every run, and [`RayServe::stop`] uses the variable to find any
 //! process left behind.
 
-use std::collections::HashMap;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -19,20 +17,18 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::{sleep, timeout, timeout_at, Instant};
 
 use crate::cpu;
-use crate::predict::Row;
+use crate::predict::{Row, RAY};
+use crate::wrk;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const POST_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a clean shutdown (stdin EOF, then SIGTERM) may take before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
-/// The payload of every request (wrk-report.lua sends the same).
-pub(crate) const BODY: &str = r#"{"text": "hello", "n": 1}"#;
 
 /// A running `ray_echo.py`. Dropping it without [`RayServe::stop`] closes
 /// the app's stdin, which still shuts Ray down, unchecked.
@@ -131,9 +127,10 @@ impl RayServe {
             self.pid
         );
 
+        let addr = format!("127.0.0.1:{}", self.port);
         let deadline = Instant::now() + POST_TIMEOUT;
         loop {
-            match timeout_at(deadline, post(self.port)).await {
+            match timeout_at(deadline, wrk::post_echo(&addr, "/")).await {
                 Err(_) => bail!("no successful POST within {POST_TIMEOUT:?} of READY"),
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(e)) if Instant::now() + Duration::from_millis(200) > deadline => {
@@ -144,64 +141,12 @@ impl RayServe {
         }
     }
 
-    /// Runs `wrk -t min(concurrency, 2) -c concurrency -d duration --latency
-    /// --timeout 30s -s bench/peers/wrk-report.lua` against the app and
-    /// measures the CPU of Ray's process tree meanwhile. `duration` is
-    /// rounded to whole seconds (at least 1), which is what wrk takes.
-    /// The row's `requests` are responses with a status below 400 within the
-    /// timeout; `errors` the others, plus connect, read, write and timeout
-    /// errors. The timeout (30 s) is far above any latency a run of this
-    /// length can see, so the tail is measured, not cut off.
+    /// [`wrk::drive`] against the app; CPU is Ray's process tree's.
     pub async fn drive(&self, concurrency: usize, duration: Duration) -> anyhow::Result<Row> {
-        ensure!(concurrency > 0, "concurrency must be at least 1");
-        let secs = duration.as_secs_f64().round().max(1.0) as u64;
-        let script = self.repo_root.join("bench/peers/wrk-report.lua");
-        let cpu0 = cpu::tree_cpu(self.pid);
-        let out = Command::new("wrk")
-            .args(["-t", &concurrency.min(2).to_string()])
-            .args(["-c", &concurrency.to_string()])
-            .args([
-                "-d",
-                &format!("{secs}s"),
-                "--latency",
-                "--timeout",
-                "30s",
-                "-s",
-            ])
-            .arg(&script)
-            .arg(format!("http://127.0.0.1:{}/", self.port))
-            .stdin(Stdio::null())
-            .output()
+        let url = format!("http://127.0.0.1:{}/", self.port);
+        wrk::drive(&self.repo_root, RAY, &url, self.pid, concurrency, duration)
             .await
-            .context("running wrk (is it installed? apt-get install wrk)")?;
-        let cpu = cpu::tree_cpu(self.pid).saturating_sub(cpu0);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        ensure!(
-            out.status.success(),
-            "wrk failed ({}): {}{}",
-            out.status,
-            stdout,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let wrk = parse_wrk(&stdout)?;
-        let requests = wrk["requests"].saturating_sub(wrk["status_errors"] + wrk["timeouts"]);
-        ensure!(
-            requests > 0,
-            "no request succeeded:\n{stdout}\n{}",
-            self.log_tail()
-        );
-        let us = Duration::from_micros;
-        Ok(Row {
-            path: "Ray Serve (HTTP, wrk)".into(),
-            concurrency,
-            requests,
-            errors: wrk["errors"],
-            p50: us(wrk["p50_us"]),
-            p99: us(wrk["p99_us"]),
-            max: us(wrk["max_us"]),
-            per_s: requests as f64 / us(wrk["duration_us"]).as_secs_f64(),
-            cpu_per_req: cpu / u32::try_from(requests).unwrap_or(u32::MAX),
-        })
+            .map_err(|e| anyhow!("{e:#}\n{}", self.log_tail()))
     }
 
     /// Ends the app (stdin EOF, which runs `serve.shutdown(); ray.shutdown()`;
@@ -289,66 +234,4 @@ fn describe(pid: u32) -> String {
     let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
     format!("{pid} ({})", cmd.trim())
-}
-
-/// One POST of [`BODY`]; Ok when the app echoes it back.
-async fn post(port: u16) -> anyhow::Result<()> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
-    let req = format!(
-        "POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
-        BODY.len()
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).await?;
-    ensure!(
-        resp.starts_with("HTTP/1.1 200") && resp.contains(r#""echo":{"text":"hello","n":1}"#),
-        "unexpected answer: {resp}"
-    );
-    Ok(())
-}
-
-/// The `WRK key=value ...` line that wrk-report.lua prints.
-fn parse_wrk(stdout: &str) -> anyhow::Result<HashMap<&str, u64>> {
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("WRK "))
-        .with_context(|| format!("no WRK line in wrk's output:\n{stdout}"))?;
-    let map: HashMap<&str, u64> = line
-        .split_whitespace()
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').context(kv.to_string())?;
-            Ok((k, v.parse().with_context(|| format!("{kv} in {line}"))?))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let keys = [
-        "requests",
-        "status_errors",
-        "timeouts",
-        "errors",
-        "p50_us",
-        "p99_us",
-        "max_us",
-        "duration_us",
-    ];
-    if let Some(k) = keys.iter().find(|k| !map.contains_key(*k)) {
-        bail!("{k} missing from the WRK line: {line}");
-    }
-    Ok(map)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_the_wrk_line() {
-        let out = "Running 2s test\n  1281 requests in 2.00s\nWRK requests=1281 status_errors=1 \
-                   timeouts=1 errors=3 p50_us=2750 p99_us=8768 max_us=9796 duration_us=2001815\n";
-        let w = parse_wrk(out).unwrap();
-        assert_eq!((w["requests"], w["errors"], w["p99_us"]), (1281, 3, 8768));
-        assert!(parse_wrk("WRK requests=1 errors=0").is_err());
-        assert!(parse_wrk("Requests/sec: 5").is_err());
-    }
 }
