@@ -3,6 +3,7 @@
 //! business logic. Users call all but [`gateway`], which agents call. They
 //! and the HTTP routes share one port and one tower [`stack`].
 
+pub(crate) mod accept;
 pub mod admin;
 pub mod artifacts;
 pub mod convert;
@@ -30,7 +31,7 @@ use futures::StreamExt;
 use tokio_util::io::ReaderStream;
 use tonic::service::Routes;
 use tonic::transport::server::Router;
-use tonic::transport::{Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic::{Code, Request, Status};
 use tower::Service;
 
@@ -150,11 +151,7 @@ const LONGEST_DEADLINE_S: u64 = 365 * 24 * 3600;
 
 /// Every service on one server: the gRPC ones ([`grpc_routes`]) and, for
 /// every other request, the [`http`] routes, all inside the one [`stack`].
-pub(crate) async fn services(
-    control: &Control,
-    config: &Config,
-    tls: Option<ServerTlsConfig>,
-) -> anyhow::Result<Router> {
+pub(crate) async fn services(control: &Control, config: &Config) -> anyhow::Result<Router> {
     let port = http::one_port(
         grpc_routes(control, config).await?,
         http::router(control, config)?,
@@ -166,11 +163,7 @@ pub(crate) async fn services(
         max_deadline: Duration::from_secs(config.request_timeout_s.clamp(1, LONGEST_DEADLINE_S)),
     };
     let routes = Routes::from(axum::Router::new().fallback_service(stack.around(port)));
-    let mut builder = Server::builder().accept_http1(true);
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
-    Ok(builder.add_routes(routes))
+    Ok(Server::builder().accept_http1(true).add_routes(routes))
 }
 
 /// The gRPC services: the users', the agents' gateway, health and reflection.
