@@ -13,6 +13,7 @@ mod ec2;
 mod fleet;
 mod predict;
 mod ray;
+mod stack;
 mod stats;
 mod store;
 mod wrk;
@@ -37,6 +38,8 @@ enum Bench {
     Fleet(fleet::FleetArgs),
     /// Durable status transitions per second through the store.
     Store(store::StoreArgs),
+    /// CPU per request that the scheduler's tower stack adds, in-process.
+    Stack(stack::StackArgs),
     /// N concurrent deploys on EC2 types against moto with played boots:
     /// deploy times, EC2 calls per instance, scheduler CPU (needs moto_server;
     /// not part of `all`).
@@ -53,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Control(args) => control::run(args).await,
         Bench::Fleet(args) => fleet::run(args).await,
         Bench::Store(args) => store::run(args).await,
+        Bench::Stack(args) => stack::run(args).await,
         Bench::Ec2(args) => ec2::run(args).await,
         Bench::All => {
             predict::run(defaults()).await?;

@@ -5,6 +5,7 @@
 mod credentials;
 
 use aibro_proto::transport::constant_time_eq;
+use axum::http::HeaderMap;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
@@ -60,9 +61,9 @@ fn hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// The bearer token in `authorization` metadata, if any.
-pub fn bearer(metadata: &MetadataMap) -> Option<&str> {
-    metadata
+/// The bearer token in the `authorization` header (gRPC metadata), if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get("authorization")?
         .to_str()
         .ok()?
@@ -123,8 +124,9 @@ impl Auth {
         Ok(token)
     }
 
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<User, AuthError> {
-        let token = bearer(metadata).ok_or(AuthError::Missing)?;
+    /// The user whose token is in `headers` (gRPC metadata or HTTP headers).
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<User, AuthError> {
+        let token = bearer(headers).ok_or(AuthError::Missing)?;
         if !token.starts_with(TOKEN_PREFIX) {
             return Err(AuthError::Invalid);
         }
@@ -136,7 +138,7 @@ impl Auth {
 
     /// The agent calling: the join token, or a credential that is not revoked.
     pub fn agent_caller(&self, metadata: &MetadataMap) -> Result<AgentCaller, AuthError> {
-        let token = bearer(metadata).ok_or(AuthError::NoCredential)?;
+        let token = bearer(metadata.as_ref()).ok_or(AuthError::NoCredential)?;
         if constant_time_eq(token, &self.join_token) {
             return Ok(AgentCaller::Joining);
         }
@@ -226,11 +228,17 @@ mod tests {
         assert!(store.token_user(&token).unwrap().is_none());
         let mut md = MetadataMap::new();
         md.insert("authorization", format!("Bearer {token}").parse().unwrap());
-        assert_eq!(auth.authenticate(&md).unwrap(), User("alice".into()));
+        assert_eq!(
+            auth.authenticate(md.as_ref()).unwrap(),
+            User("alice".into())
+        );
         md.insert("authorization", "Bearer secret_nope".parse().unwrap());
-        assert!(matches!(auth.authenticate(&md), Err(AuthError::Invalid)));
         assert!(matches!(
-            auth.authenticate(&MetadataMap::new()),
+            auth.authenticate(md.as_ref()),
+            Err(AuthError::Invalid)
+        ));
+        assert!(matches!(
+            auth.authenticate(&HeaderMap::new()),
             Err(AuthError::Missing)
         ));
     }

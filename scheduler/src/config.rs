@@ -78,6 +78,12 @@ pub struct Config {
     /// Streams of WatchJob and downloads are not cut once they answer.
     #[arg(long, env = "AIBRO_REQUEST_TIMEOUT_S", default_value_t = 3600)]
     pub request_timeout_s: u64,
+    /// Calls (gRPC and HTTP) served at once; one more is refused at once
+    /// with HTTP 503 `overloaded` + `Retry-After` or gRPC UNAVAILABLE, never
+    /// queued. The agents' gateway is not counted.
+    #[arg(long, env = "AIBRO_MAX_CONCURRENT_REQUESTS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests: u32,
     /// An origin (e.g. `https://app.example.com`, or `*`) whose browser
     /// pages may call the HTTP predict URL (CORS); repeatable. Default: none,
     /// and no CORS headers are sent.

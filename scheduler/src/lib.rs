@@ -133,10 +133,17 @@ pub async fn run(
         cancel.clone(),
     );
     start_control(&control, interruptions).await?;
-    let services = api::services(&control, &config, tls.server).await?;
+    let services = api::services(&control, &config).await?;
     serve_operator_metrics(&config, &control, &tasks, &cancel).await?;
     announce(&config.data_dir, LISTEN_ADDR_FILE, addr)?;
-    let served = serve_until(services, listener, cancel.clone(), shutdown).await;
+    let incoming = aibro_proto::transport::incoming(listener);
+    let served = match tls.server {
+        Some(acceptor) => {
+            let incoming = api::accept::handshaken(incoming, acceptor);
+            serve_until(services, incoming, cancel.clone(), shutdown).await
+        }
+        None => serve_until(services, incoming, cancel.clone(), shutdown).await,
+    };
     join_tasks(&tasks, &cancel).await;
     // Connections still open (agents keep theirs) may hold the services for a
     // moment longer; the store only needs its last flush.
@@ -171,7 +178,7 @@ fn prepare_data_dir(data_dir: &std::path::Path) -> anyhow::Result<()> {
 /// The scheduler's TLS: its own server's, how it verifies agents, and the CA
 /// that certifies cloud agents.
 struct Tls {
-    server: Option<tonic::transport::ServerTlsConfig>,
+    server: Option<api::accept::TlsAcceptor>,
     agents: Option<tonic::transport::ClientTlsConfig>,
     issuer: Option<std::sync::Arc<tls::Issuer>>,
 }
@@ -181,7 +188,7 @@ impl Tls {
         let server = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
                 tls::check_server_cert(cert)?;
-                Some(aibro_proto::transport::server_tls(cert, key)?)
+                Some(api::accept::acceptor(cert, key)?)
             }
             _ => None,
         };
@@ -280,16 +287,21 @@ fn announce(
 
 /// Serves until `shutdown` resolves (or the server fails); open streams and
 /// idle client connections then get a grace period.
-async fn serve_until(
+async fn serve_until<IO>(
     services: tonic::transport::server::Router,
-    listener: TcpListener,
+    incoming: impl futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
     cancel: CancellationToken,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let serve = services.serve_with_incoming_shutdown(
-        aibro_proto::transport::incoming(listener),
-        cancel.clone().cancelled_owned(),
-    );
+) -> anyhow::Result<()>
+where
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+{
+    let serve = services.serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned());
     let mut server = tokio::spawn(serve);
     let served = tokio::select! {
         _ = shutdown => {

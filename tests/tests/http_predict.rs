@@ -1,6 +1,6 @@
 //! The HTTP predict URL on the scheduler's gRPC port: HTTP/1.1 keep-alive
 //! and HTTP/2 (prior knowledge) clients, every error as JSON with its status,
-//! h2 over TLS by ALPN, a truncated body, CORS only when configured, gRPC
+//! h2 and HTTP/1.1 over TLS by ALPN, a truncated body, CORS only when configured, gRPC
 //! still served beside it, and a client id that never reaches the log.
 
 use std::sync::Arc;
@@ -270,34 +270,56 @@ async fn model_errors(s: &Scheduler) -> Result<()> {
     Ok(())
 }
 
+/// A TLS connection to `addr` that trusts `cert` and offers `alpn`.
+async fn tls_connect(
+    addr: &str,
+    cert: &rcgen::CertifiedKey,
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone())?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, TcpStream::connect(addr).await?)
+        .await?)
+}
+
 #[tokio::test]
-async fn http2_over_tls_by_alpn() -> Result<()> {
+async fn http2_and_http1_over_tls_by_alpn() -> Result<()> {
     let certs = tempfile::tempdir()?;
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
     let (cert, key) = (certs.path().join("s.pem"), certs.path().join("s.key"));
     std::fs::write(&cert, certified.cert.pem())?;
     std::fs::write(&key, certified.key_pair.serialize_pem())?;
     let s = Scheduler::start_tls(&cert, &key, &cert, &[]).await?;
+    let path = format!("https://{}{}", s.addr, url("tess", "public", "echo"));
 
-    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    roots.add(certified.cert.der().clone())?;
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let mut config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1")?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, TcpStream::connect(&s.addr).await?)
-        .await?;
+    let tls = tls_connect(&s.addr, &certified, &[b"h2", b"http/1.1"]).await?;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut h2, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
     tokio::spawn(conn);
-    let path = format!("https://{}{}", s.addr, url("tess", "public", "echo"));
     read(h2.send_request(request("POST", &path, &[], "{}")).await?)
         .await?
         .assert_error(404, "model_not_found", "echo");
+
+    // An HTTP/1.1-only client (a load balancer, curl --http1.1).
+    let tls = tls_connect(&s.addr, &certified, &[b"http/1.1"]).await?;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut h1, conn) = http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let path = url("tess", "public", "echo");
+    read(h1.send_request(request("POST", &path, &[], "{}")).await?)
+        .await?
+        .assert_error(404, "model_not_found", "echo");
+    // gRPC over the same TLS port still works.
+    let grpc = s.predict("tess", "public", "echo", "{}").await.unwrap_err();
+    assert_eq!(grpc.code(), tonic::Code::NotFound, "{grpc:?}");
     Ok(())
 }
 

@@ -27,7 +27,7 @@ fn valid_user(name: &str) -> bool {
 
 impl AdminApi {
     fn admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let caller = super::caller(&self.control, request)?;
+        let caller = super::caller(request)?;
         if caller.is_admin() {
             Ok(())
         } else {

@@ -18,7 +18,7 @@ impl Artifacts for ArtifactsApi {
         &self,
         request: Request<Streaming<Chunk>>,
     ) -> Result<Response<ArtifactRef>, Status> {
-        let user = super::caller(&self.control, &request)?;
+        let user = super::caller(&request)?;
         let record = self
             .control
             .upload(

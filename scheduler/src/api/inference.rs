@@ -22,7 +22,7 @@ impl Inference for InferenceApi {
         &self,
         request: Request<DeployRequest>,
     ) -> Result<Response<DeployResponse>, Status> {
-        let user = super::caller(&self.control, &request)?;
+        let user = super::caller(&request)?;
         let spec = DeploySpec::from(request.into_inner());
         let response = match self.control.deploy(&user, spec).await? {
             Deployed::Job(job) => DeployResponse {
@@ -43,7 +43,7 @@ impl Inference for InferenceApi {
         &self,
         request: Request<CompleteRequest>,
     ) -> Result<Response<CompleteResponse>, Status> {
-        let user = super::caller(&self.control, &request)?;
+        let user = super::caller(&request)?;
         let r = request.into_inner();
         let job = self
             .control
@@ -56,7 +56,7 @@ impl Inference for InferenceApi {
         &self,
         request: Request<UpdateClientsRequest>,
     ) -> Result<Response<ClientsResponse>, Status> {
-        let user = super::caller(&self.control, &request)?;
+        let user = super::caller(&request)?;
         let r = request.into_inner();
         let job = self
             .control
@@ -79,7 +79,7 @@ impl Inference for InferenceApi {
         &self,
         request: Request<ListClientsRequest>,
     ) -> Result<Response<ClientsResponse>, Status> {
-        let user = super::caller(&self.control, &request)?;
+        let user = super::caller(&request)?;
         let r = request.into_inner();
         let job = self.control.find_job(&user, &r.job_id, &r.model_name)?;
         Ok(Response::new(ClientsResponse {

@@ -20,7 +20,7 @@ impl Jobs for JobsApi {
     type WatchJobStream = BoxStream<'static, Result<JobEvent, Status>>;
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
-        let user = super::caller(&self.control, &request)?;
+        let user = super::caller(&request)?;
         let job = self
             .control
             .find_job(&user, &request.get_ref().job_id, "")?;
@@ -32,7 +32,7 @@ impl Jobs for JobsApi {
         &self,
         request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
-        let user = super::caller(&self.control, &request)?;
+        let user = super::caller(&request)?;
         let r = request.get_ref();
         let (jobs, next_page_token) =
             self.control
@@ -51,7 +51,7 @@ impl Jobs for JobsApi {
         &self,
         request: Request<WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let user = super::caller(&self.control, &request)?;
+        let user = super::caller(&request)?;
         let job = self
             .control
             .find_job(&user, &request.get_ref().job_id, "")?;
@@ -67,7 +67,7 @@ impl Jobs for JobsApi {
         &self,
         request: Request<GetTimelineRequest>,
     ) -> Result<Response<Timeline>, Status> {
-        let user = super::caller(&self.control, &request)?;
+        let user = super::caller(&request)?;
         let job_id = &request.get_ref().job_id;
         let events = self.control.timeline(&user, job_id)?;
         Ok(Response::new(convert::timeline(job_id, &events)))
@@ -77,7 +77,7 @@ impl Jobs for JobsApi {
         &self,
         request: Request<ListInstancesRequest>,
     ) -> Result<Response<ListInstancesResponse>, Status> {
-        let user = super::caller(&self.control, &request)?;
+        let user = super::caller(&request)?;
         let views = self
             .control
             .list_instances(&user, &request.get_ref().job_id)?;

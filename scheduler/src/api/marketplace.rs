@@ -17,7 +17,7 @@ impl Marketplace for MarketplaceApi {
         &self,
         request: Request<AvailableMachinesRequest>,
     ) -> Result<Response<AvailableMachinesResponse>, Status> {
-        super::caller(&self.control, &request)?;
+        super::caller(&request)?;
         let offers = self.control.machine_offers();
         let machines = offers.iter().map(super::convert::machine).collect();
         Ok(Response::new(AvailableMachinesResponse { machines }))

@@ -1,18 +1,23 @@
 //! The gRPC services: thin adapters that authenticate, unpack the request
 //! (see [`convert`]), call the control plane and convert the answer. No
-//! business logic. Users call all but [`gateway`], which agents call.
+//! business logic. Users call all but [`gateway`], which agents call. They
+//! and the HTTP routes share one port and one tower [`stack`].
 
+pub(crate) mod accept;
 pub mod admin;
 pub mod artifacts;
 pub mod convert;
+mod deadline;
 pub mod gateway;
 mod http;
 pub mod inference;
 pub mod jobs;
 pub mod marketplace;
 mod oip;
+pub mod stack;
 pub mod training;
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 use aibro_proto::v1::{
@@ -20,17 +25,49 @@ use aibro_proto::v1::{
     artifacts_server::ArtifactsServer, inference_server::InferenceServer, jobs_server::JobsServer,
     marketplace_server::MarketplaceServer, training_server::TrainingServer, Chunk,
 };
+use axum::body::Body;
+use axum::http::{Extensions, HeaderMap};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use tokio_util::io::ReaderStream;
 use tonic::service::Routes;
 use tonic::transport::server::Router;
-use tonic::transport::{Server, ServerTlsConfig};
-use tonic::{Request, Status};
+use tonic::transport::Server;
+use tonic::{Code, Request, Status};
+use tower::Service;
 
-use crate::auth::User;
+use crate::auth::{Auth, AuthError, User};
 use crate::config::Config;
 use crate::control::Control;
+use crate::error::Error;
+
+/// What the [`stack`] wraps and what it is: HTTP in, HTTP out, every error
+/// answered as a response.
+pub trait HttpService:
+    Service<
+        axum::http::Request<Body>,
+        Response = axum::http::Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> HttpService for T where
+    T: Service<
+            axum::http::Request<Body>,
+            Response = axum::http::Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
 
 const CHUNK_BYTES: usize = 1 << 20;
 
@@ -51,12 +88,32 @@ pub(crate) async fn file_chunks(
     Ok(stream.boxed())
 }
 
+/// The caller, as the stack authenticated the `authorization` header (gRPC
+/// metadata, or an HTTP header), left in the request's extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct Authenticated(Result<User, (Code, String)>);
+
+impl Authenticated {
+    pub(crate) fn of(auth: &Auth, headers: &HeaderMap) -> Self {
+        Authenticated(auth.authenticate(headers).map_err(|e| {
+            let status = Status::from(Error::from(e));
+            (status.code(), status.message().to_string())
+        }))
+    }
+
+    /// The user of a request whose extensions are `extensions`.
+    pub(crate) fn user(extensions: &Extensions) -> Result<User, Status> {
+        match extensions.get::<Authenticated>() {
+            Some(Authenticated(Ok(user))) => Ok(user.clone()),
+            Some(Authenticated(Err((code, message)))) => Err(Status::new(*code, message.clone())),
+            None => Err(Error::from(AuthError::Missing).into()),
+        }
+    }
+}
+
 /// The caller of `request`, from its bearer token.
-pub(crate) fn caller<T>(control: &Control, request: &Request<T>) -> Result<User, Status> {
-    Ok(control
-        .auth()
-        .authenticate(request.metadata())
-        .map_err(crate::error::Error::from)?)
+pub(crate) fn caller<T>(request: &Request<T>) -> Result<User, Status> {
+    Authenticated::user(request.extensions())
 }
 
 /// Room above the payload limit for the rest of a Predict request.
@@ -91,25 +148,24 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     )
 }
 
+/// The longest `--request-timeout-s` taken as it is (a year).
+const LONGEST_DEADLINE_S: u64 = 365 * 24 * 3600;
+
 /// Every service on one server: the gRPC ones ([`grpc_routes`]) and, for
-/// every other request, the [`http`] routes; each call gets the server-side
-/// deadline.
-pub(crate) async fn services(
-    control: &Control,
-    config: &Config,
-    tls: Option<ServerTlsConfig>,
-) -> anyhow::Result<Router> {
-    let deadline = Duration::from_secs(config.request_timeout_s.max(1));
-    let routes = http::one_port(
+/// every other request, the [`http`] routes, all inside the one [`stack`].
+pub(crate) async fn services(control: &Control, config: &Config) -> anyhow::Result<Router> {
+    let port = http::one_port(
         grpc_routes(control, config).await?,
         http::router(control, config, oip::rest::routes(control, config))?,
-        deadline,
     );
-    let mut builder = Server::builder().accept_http1(true);
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
-    Ok(builder.add_routes(routes))
+    let stack = stack::Stack {
+        trace: true,
+        max_concurrent: Some(config.max_concurrent_requests as usize),
+        auth: Some(control.auth().clone()),
+        max_deadline: Duration::from_secs(config.request_timeout_s.clamp(1, LONGEST_DEADLINE_S)),
+    };
+    let routes = Routes::from(axum::Router::new().fallback_service(stack.around(port)));
+    Ok(Server::builder().accept_http1(true).add_routes(routes))
 }
 
 /// `--metrics-listen`: `GET /metrics` without a token on `listener`, until `cancel`.

@@ -18,7 +18,7 @@ impl Training for TrainingApi {
 
     #[tracing::instrument(skip_all)]
     async fn fit(&self, request: Request<FitRequest>) -> Result<Response<FitResponse>, Status> {
-        let user = super::caller(&self.control, &request)?;
+        let user = super::caller(&request)?;
         let spec = FitSpec::from(request.into_inner());
         let job = self.control.fit(&user, spec).await?;
         Ok(Response::new(FitResponse { job_id: job.id }))
@@ -29,7 +29,7 @@ impl Training for TrainingApi {
         &self,
         request: Request<DownloadResultRequest>,
     ) -> Result<Response<Self::DownloadResultStream>, Status> {
-        let user = super::caller(&self.control, &request)?;
+        let user = super::caller(&request)?;
         let path = self.control.result_path(&user, &request.get_ref().job_id)?;
         Ok(Response::new(super::file_chunks(path, "result").await?))
     }

@@ -49,6 +49,13 @@ impl From<Error> for HttpError {
     }
 }
 
+impl From<Status> for HttpError {
+    fn from(s: Status) -> Self {
+        let (status, code) = status_of(s.code());
+        HttpError::new(status, code, s.message())
+    }
+}
+
 /// The one mapping from a Predict error's gRPC code to HTTP.
 fn status_of(code: Code) -> (StatusCode, &'static str) {
     match code {

@@ -5,14 +5,13 @@
 
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{Extensions, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tonic::metadata::MetadataMap;
 
 use super::errors::HttpError;
+use crate::api::Authenticated;
 use crate::control::Control;
-use crate::error::Error;
 use crate::metrics;
 
 pub(crate) const METRICS_PATH: &str = "/metrics";
@@ -36,12 +35,9 @@ pub(crate) fn operator_router(control: &Control) -> axum::Router {
 
 async fn as_admin(
     State(control): State<Control>,
-    headers: HeaderMap,
+    extensions: Extensions,
 ) -> Result<Response, HttpError> {
-    let user = control
-        .auth()
-        .authenticate(&MetadataMap::from_headers(headers))
-        .map_err(|e| HttpError::from(Error::from(e)))?;
+    let user = Authenticated::user(&extensions)?;
     if !user.is_admin() {
         return Err(HttpError::new(
             StatusCode::FORBIDDEN,

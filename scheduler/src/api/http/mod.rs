@@ -1,8 +1,9 @@
 //! The HTTP side of the scheduler's listen address: the original AIbro
 //! predict URL, an adapter over the control plane's Predict ([`predict`]),
 //! and the admin's `/metrics` ([`metrics`]), with errors as JSON
-//! ([`errors`]), CORS when configured, and an access log that never shows
-//! the client id. [`one_port`] puts gRPC and HTTP on one server.
+//! ([`errors`]), CORS when configured, and paths as logs may show them
+//! ([`redacted`]: never the client id). [`one_port`] puts gRPC and HTTP on
+//! one server.
 
 pub(super) mod errors;
 mod metrics;
@@ -10,8 +11,8 @@ pub(super) mod predict;
 
 pub(crate) use metrics::operator_router;
 
+use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::header::CONTENT_TYPE;
@@ -20,15 +21,17 @@ use axum::routing::post;
 use tonic::service::Routes;
 use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
+pub(crate) use errors::HttpError;
+
+use super::deadline::REQUEST_TIMEOUT;
+use super::HttpService;
 use crate::config::Config;
 use crate::control::Control;
 
 pub(crate) const PREDICT_PATH: &str = "/v1/{owner}/{client_id}/{model_name}/predict";
 
-/// The HTTP routes, `more` (the Open Inference Protocol's) among them, each
-/// call bounded by `--request-timeout-s`.
+/// The HTTP routes, `more` (the Open Inference Protocol's) among them.
 pub(crate) fn router(
     control: &Control,
     config: &Config,
@@ -37,7 +40,6 @@ pub(crate) fn router(
     let api = Arc::new(predict::PredictApi {
         control: control.clone(),
         max_payload_bytes: config.max_payload_bytes,
-        max_deadline: Duration::from_secs(config.request_timeout_s.max(1)),
     });
     let router = axum::Router::new()
         .route(
@@ -48,22 +50,10 @@ pub(crate) fn router(
         .fallback(errors::unknown_path)
         .with_state(api)
         .merge(more);
-    let router = match cors(&config.http_cors_origins)? {
+    Ok(match cors(&config.http_cors_origins)? {
         Some(cors) => router.layer(cors),
         None => router,
-    };
-    Ok(router.layer(
-        TraceLayer::new_for_http()
-            .make_span_with(|request: &Request<Body>| {
-                tracing::info_span!(
-                    "http",
-                    method = %request.method(),
-                    path = %redacted(request.uri().path()),
-                    version = ?request.version(),
-                )
-            })
-            .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
-    ))
+    })
 }
 
 /// CORS for browser pages from `origins` (`*`: any); none without origins.
@@ -85,44 +75,39 @@ fn cors(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::POST])
-            .allow_headers([
-                CONTENT_TYPE,
-                HeaderName::from_static(predict::REQUEST_TIMEOUT),
-            ]),
+            .allow_headers([CONTENT_TYPE, HeaderName::from_static(REQUEST_TIMEOUT)]),
     ))
 }
 
 /// The path as logs may show it: a predict URL's client id is a credential.
-fn redacted(path: &str) -> String {
+pub(crate) fn redacted(path: &str) -> Cow<'_, str> {
+    if !path.starts_with("/v1/") {
+        return Cow::Borrowed(path);
+    }
     let mut parts: Vec<&str> = path.split('/').collect();
-    if parts.get(1) == Some(&"v1") && parts.len() > 3 {
+    if parts.len() > 3 {
         parts[3] = "***";
     }
-    parts.join("/")
+    Cow::Owned(parts.join("/"))
 }
 
 /// gRPC (HTTP/2 with `content-type: application/grpc…`) goes to `grpc`,
-/// each call bounded by `grpc_deadline` (clients may ask for less with
-/// `grpc-timeout`); every other request to `http`.
-pub(crate) fn one_port(grpc: Routes, http: axum::Router, grpc_deadline: Duration) -> Routes {
+/// every other request to `http`.
+pub(crate) fn one_port(grpc: Routes, http: axum::Router) -> impl HttpService {
     let grpc = grpc.prepare().into_axum_router();
-    let dispatch = tower::service_fn(move |request: Request<Body>| {
+    tower::service_fn(move |request: Request<Body>| {
         let (grpc, http) = (grpc.clone(), http.clone());
         async move {
-            if !is_grpc(&request) {
-                return http.oneshot(request).await;
-            }
-            match tokio::time::timeout(grpc_deadline, grpc.oneshot(request)).await {
-                Ok(response) => response,
-                // As tonic's own server timeout answers.
-                Err(_) => Ok(tonic::Status::cancelled("Timeout expired").into_http()),
+            if is_grpc(&request) {
+                grpc.oneshot(request).await
+            } else {
+                http.oneshot(request).await
             }
         }
-    });
-    Routes::from(axum::Router::new().fallback_service(dispatch))
+    })
 }
 
-fn is_grpc(request: &Request<Body>) -> bool {
+pub(crate) fn is_grpc<B>(request: &Request<B>) -> bool {
     request.version() == Version::HTTP_2
         && request
             .headers()

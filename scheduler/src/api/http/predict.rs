@@ -1,13 +1,11 @@
 //! `POST /v1/{owner}/{client_id}/{model_name}/predict`: unpacks the HTTP
 //! request and calls [`Control::predict`], the call gRPC Predict makes,
 //! within the request's deadline (`Request-Timeout: <seconds>`, at most
-//! `--request-timeout-s`).
-
-use std::time::Duration;
+//! `--request-timeout-s`; the stack reads it, see [`crate::api::deadline`]).
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,50 +13,26 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::time::{timeout_at, Instant};
 
 use super::errors::HttpError;
+use crate::api::deadline::Deadline;
 use crate::control::Control;
 
-/// The header a client sets its deadline with, in (fractional) seconds.
-pub(crate) const REQUEST_TIMEOUT: &str = "request-timeout";
 /// What a request without a content type is taken for.
 const JSON: &str = "application/json";
 
 pub(crate) struct PredictApi {
     pub control: Control,
     pub max_payload_bytes: usize,
-    /// The longest deadline a request may have (`--request-timeout-s`).
-    pub max_deadline: Duration,
-}
-
-/// The request's deadline: its `Request-Timeout`, bounded by `max` (the
-/// server's).
-pub(crate) fn deadline(headers: &HeaderMap, max: Duration) -> Result<Duration, HttpError> {
-    let Some(value) = headers.get(REQUEST_TIMEOUT) else {
-        return Ok(max);
-    };
-    let seconds = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| *s >= 0.0)
-        .ok_or_else(|| {
-            HttpError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request_timeout",
-                "header Request-Timeout takes a number of seconds, e.g. `Request-Timeout: 2.5`",
-            )
-        })?;
-    Ok(Duration::try_from_secs_f64(seconds).map_or(max, |d| d.min(max)))
 }
 
 pub(crate) async fn predict(
     State(api): State<std::sync::Arc<PredictApi>>,
+    Extension(Deadline(deadline)): Extension<Deadline>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
     let Path((owner, client_id, model_name)) =
         path.map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, "bad_path", e.body_text()))?;
-    let deadline = Instant::now() + deadline(&headers, api.max_deadline)?;
     let content_type = content_type(&headers)?;
     let payload = read_body_by(deadline, body, api.max_payload_bytes).await?;
     let routed = timeout_at(

@@ -8,19 +8,19 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tokio::time::{timeout_at, Instant};
+use tokio::time::timeout_at;
 
 use super::tensors::Tensor;
+use crate::api::deadline::Deadline;
 use crate::api::http::errors::HttpError;
 use crate::api::http::predict;
 use crate::config::Config;
@@ -35,7 +35,6 @@ type Api = Arc<OipApi>;
 struct OipApi {
     control: Control,
     max_payload_bytes: usize,
-    max_deadline: Duration,
 }
 
 /// The `/v2` routes, ready to merge into the HTTP router.
@@ -43,7 +42,6 @@ pub(crate) fn routes(control: &Control, config: &Config) -> axum::Router {
     let api = Arc::new(OipApi {
         control: control.clone(),
         max_payload_bytes: config.max_payload_bytes,
-        max_deadline: Duration::from_secs(config.request_timeout_s.max(1)),
     });
     let model = |tail: &str| {
         [
@@ -193,13 +191,13 @@ struct OutputBody {
 
 async fn infer(
     State(api): State<Api>,
+    Extension(Deadline(deadline)): Extension<Deadline>,
     Path(path): Path<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
     let name = &path["name"];
     let client = client(&headers)?;
-    let deadline = Instant::now() + predict::deadline(&headers, api.max_deadline)?;
     let body = predict::read_body_by(deadline, body, api.max_payload_bytes).await?;
     let (request, inputs) = parse(&headers, body)?;
     let names: Vec<String> = request.outputs.iter().map(|o| o.name.clone()).collect();

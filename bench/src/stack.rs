@@ -1,0 +1,99 @@
+//! `aibro-bench stack`: the CPU the scheduler's tower stack adds per request,
+//! in-process: a trivial inner service called N times bare, inside the
+//! minimal stack (deadlines only) and inside the whole one (request ids and
+//! spans, load shedding, authentication with a real token), on this thread's
+//! CPU clock. No log subscriber is installed: spans cost what they cost when
+//! INFO is filtered out; the access line's formatting comes on top.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use aibro_scheduler::api::stack::{HttpService, Stack};
+use aibro_scheduler::auth::Auth;
+use aibro_scheduler::store::Store;
+use axum::body::Body;
+use axum::http::{Request, Response};
+use tower::ServiceExt;
+
+use crate::stats::{print_table, thousands};
+
+#[derive(clap::Args)]
+pub struct StackArgs {
+    /// Requests per variant.
+    #[arg(long, default_value_t = 200_000)]
+    requests: u32,
+}
+
+pub async fn run(args: StackArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let auth = Auth::open(Store::open(dir.path())?).await?;
+    let token = auth.create_token("bench").await?;
+    let inner = tower::service_fn(|_: Request<Body>| async {
+        Ok::<_, Infallible>(Response::new(Body::empty()))
+    });
+    let minimal = Stack {
+        trace: false,
+        max_concurrent: None,
+        auth: None,
+        max_deadline: Duration::from_secs(3600),
+    };
+    let whole = Stack {
+        trace: true,
+        max_concurrent: Some(1024),
+        auth: Some(auth),
+        ..minimal.clone()
+    };
+    let bare = per_request(inner, &token, args.requests).await;
+    let rows: Vec<Vec<String>> = [
+        ("bare service", bare),
+        (
+            "minimal stack (deadlines)",
+            per_request(minimal.around(inner), &token, args.requests).await,
+        ),
+        (
+            "whole stack",
+            per_request(whole.around(inner), &token, args.requests).await,
+        ),
+    ]
+    .into_iter()
+    .map(|(name, cpu)| {
+        vec![
+            name.to_string(),
+            format!("{:.2}", cpu.as_secs_f64() * 1e6),
+            format!("{:.2}", (cpu.saturating_sub(bare)).as_secs_f64() * 1e6),
+        ]
+    })
+    .collect();
+    println!(
+        "tower stack, {} requests each",
+        thousands(f64::from(args.requests))
+    );
+    print_table(&["variant", "CPU us/request", "added us"], &rows);
+    Ok(())
+}
+
+/// This thread's CPU time per call of `service` on a predict request.
+async fn per_request(service: impl HttpService, token: &str, n: u32) -> Duration {
+    let start = thread_cpu();
+    for _ in 0..n {
+        let request = Request::post("/v1/owner/client/model/predict")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .expect("a request");
+        let _ = service.clone().oneshot(request).await;
+    }
+    (thread_cpu() - start) / n
+}
+
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which `ts` is.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
