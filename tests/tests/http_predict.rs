@@ -353,6 +353,34 @@ async fn cors_is_answered_only_when_configured() -> Result<()> {
     );
     let methods = r.headers["access-control-allow-methods"].to_str()?;
     assert!(methods.contains("POST"), "{methods}");
+    // A page may call the Open Inference Protocol with its headers, and read
+    // the request id and binary header length back.
+    let r = once(
+        &s.addr,
+        request(
+            "OPTIONS",
+            "/v2/models/alice~echo/infer",
+            &[
+                ("origin", "https://app.example"),
+                ("access-control-request-method", "POST"),
+                (
+                    "access-control-request-headers",
+                    "aibro-client-id,inference-header-content-length,request-timeout",
+                ),
+            ],
+            "",
+        ),
+    )
+    .await?;
+    assert_eq!(r.status, 200);
+    let allowed = r.headers["access-control-allow-headers"].to_str()?;
+    for header in [
+        "aibro-client-id",
+        "inference-header-content-length",
+        "x-request-id",
+    ] {
+        assert!(allowed.contains(header), "{header} not in {allowed}");
+    }
     let other = once(&s.addr, preflight("https://evil.example")).await?;
     assert!(!other.headers.contains_key("access-control-allow-origin"));
     // A plain request from the page gets the header too (here: no such model).
@@ -371,5 +399,7 @@ async fn cors_is_answered_only_when_configured() -> Result<()> {
         r.headers["access-control-allow-origin"],
         "https://app.example"
     );
+    let exposed = r.headers["access-control-expose-headers"].to_str()?;
+    assert!(exposed.contains("x-request-id"), "{exposed}");
     Ok(())
 }

@@ -7,6 +7,7 @@ pub(crate) mod accept;
 pub mod admin;
 pub mod artifacts;
 pub mod convert;
+mod cors;
 mod deadline;
 pub mod gateway;
 mod http;
@@ -154,10 +155,12 @@ const LONGEST_DEADLINE_S: u64 = 365 * 24 * 3600;
 /// Every service on one server: the gRPC ones ([`grpc_routes`]) and, for
 /// every other request, the [`http`] routes, all inside the one [`stack`].
 pub(crate) async fn services(control: &Control, config: &Config) -> anyhow::Result<Router> {
-    let port = http::one_port(
-        grpc_routes(control, config).await?,
-        http::router(control, config, oip::rest::routes(control, config))?,
-    );
+    let http = http::router(control, config, oip::rest::routes(control, config));
+    let http = match cors::layer(&config.http_cors_origins)? {
+        Some(cors) => http.layer(cors),
+        None => http,
+    };
+    let port = http::one_port(grpc_routes(control, config).await?, http);
     let stack = stack::Stack {
         trace: true,
         max_concurrent: Some(config.max_concurrent_requests as usize),

@@ -1,7 +1,7 @@
 //! The HTTP side of the scheduler's listen address: the original AIbro
 //! predict URL, an adapter over the control plane's Predict ([`predict`]),
 //! and the admin's `/metrics` ([`metrics`]), with errors as JSON
-//! ([`errors`]), CORS when configured, and paths as logs may show them
+//! ([`errors`]), and paths as logs may show them
 //! ([`redacted`]: never the client id). [`one_port`] puts gRPC and HTTP on
 //! one server.
 
@@ -16,15 +16,13 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderName, HeaderValue, Method, Request, Version};
+use axum::http::{Request, Version};
 use axum::routing::post;
 use tonic::service::Routes;
 use tower::ServiceExt;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub(crate) use errors::HttpError;
 
-use super::deadline::REQUEST_TIMEOUT;
 use super::HttpService;
 use crate::config::Config;
 use crate::control::Control;
@@ -32,16 +30,12 @@ use crate::control::Control;
 pub(crate) const PREDICT_PATH: &str = "/v1/{owner}/{client_id}/{model_name}/predict";
 
 /// The HTTP routes, `more` (the Open Inference Protocol's) among them.
-pub(crate) fn router(
-    control: &Control,
-    config: &Config,
-    more: axum::Router,
-) -> anyhow::Result<axum::Router> {
+pub(crate) fn router(control: &Control, config: &Config, more: axum::Router) -> axum::Router {
     let api = Arc::new(predict::PredictApi {
         control: control.clone(),
         max_payload_bytes: config.max_payload_bytes,
     });
-    let router = axum::Router::new()
+    axum::Router::new()
         .route(
             PREDICT_PATH,
             post(predict::predict).fallback(errors::method_not_allowed),
@@ -49,34 +43,7 @@ pub(crate) fn router(
         .route(metrics::METRICS_PATH, metrics::admin_route(control))
         .fallback(errors::unknown_path)
         .with_state(api)
-        .merge(more);
-    Ok(match cors(&config.http_cors_origins)? {
-        Some(cors) => router.layer(cors),
-        None => router,
-    })
-}
-
-/// CORS for browser pages from `origins` (`*`: any); none without origins.
-fn cors(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
-    if origins.is_empty() {
-        return Ok(None);
-    }
-    let allow = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        let list = origins
-            .iter()
-            .map(|o| HeaderValue::from_str(o))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| anyhow::anyhow!("bad --http-cors-origin: {e}"))?;
-        AllowOrigin::list(list)
-    };
-    Ok(Some(
-        CorsLayer::new()
-            .allow_origin(allow)
-            .allow_methods([Method::POST])
-            .allow_headers([CONTENT_TYPE, HeaderName::from_static(REQUEST_TIMEOUT)]),
-    ))
+        .merge(more)
 }
 
 /// The path as logs may show it: a predict URL's client id is a credential.

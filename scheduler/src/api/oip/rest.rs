@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::control::Control;
 
 /// The header that says how long the JSON part of a binary body is.
-const HEADER_LENGTH: &str = "inference-header-content-length";
+pub(crate) const HEADER_LENGTH: &str = "inference-header-content-length";
 
 type Parameters = Map<String, Value>;
 type Api = Arc<OipApi>;

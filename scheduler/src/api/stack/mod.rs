@@ -8,7 +8,7 @@
 mod authn;
 mod shed;
 mod timeout;
-mod trace;
+pub(crate) mod trace;
 
 use std::sync::Arc;
 use std::time::Duration;

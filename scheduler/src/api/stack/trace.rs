@@ -15,7 +15,7 @@ use tracing::Span;
 use super::HttpService;
 use crate::api::http::{is_grpc, redacted};
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// A client's id longer than this is replaced: it goes into every log line.
 const MAX_ID_BYTES: usize = 128;
 
