@@ -1,6 +1,6 @@
 -- wrk script of the predict-path bench (Ray Serve and the scheduler's predict
--- URL alike): POSTs a small JSON body and, when the run ends, prints one line
--- for aibro-bench to parse:
+-- URL alike): POSTs a small JSON body (the script's first argument, after the
+-- URL, when given) and, when the run ends, prints one line for aibro-bench to parse:
 --   WRK requests=N status_errors=S timeouts=T errors=E p50_us=.. p99_us=.. max_us=.. duration_us=..
 -- requests counts completed responses (any status, also those slower than
 -- --timeout, which wrk counts as timeouts too); status_errors those with a
@@ -20,6 +20,9 @@ end
 
 function init(args)
   non2xx = 0
+  if args[1] then
+    wrk.body = args[1]
+  end
 end
 
 function response(status, headers, body)

@@ -11,6 +11,7 @@ mod control;
 mod cpu;
 mod ec2;
 mod fleet;
+mod oip;
 mod predict;
 mod ray;
 mod stack;

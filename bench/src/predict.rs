@@ -1,7 +1,7 @@
 //! The predict path: the same echo model (a small JSON payload) driven in
 //! closed loops at each concurrency, through the scheduler and straight to the
 //! agent (gRPC, this process as the client), through the scheduler's HTTP
-//! predict URL, and as a Ray Serve deployment with as many replicas as the
+//! predict URL (and OIP infer beside it: [`crate::oip`]), and as a Ray Serve deployment with as many replicas as the
 //! agent has workers; `wrk` drives both HTTP sides. CPU per request is the
 //! server side's: the scheduler's process tree (it, its agents and their
 //! Python workers) or Ray's.
@@ -147,9 +147,10 @@ async fn aibro_rows(
     let mut rows = Vec::new();
     for &c in &args.concurrency {
         rows.push(via_scheduler(&s, &via_path, "echo", &payload, c, window).await?);
-        rows.push(via_http(&s, &http_path, c, window).await?);
+        rows.push(via_http(&s, &http_path, &ECHO, c, window).await?);
         rows.push(direct.measure(&direct_path, &payload, c, window).await?);
     }
+    rows.extend(crate::oip::rows(&s, &token, &args.concurrency, window, &suffix).await?);
     Ok(rows)
 }
 
@@ -227,23 +228,47 @@ impl DirectAgent {
 }
 
 /// The repository root, where the bench's peers live.
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `bench`'s public echo model through the scheduler's HTTP predict URL,
-/// driven by wrk; CPU is the scheduler's tree's.
-async fn via_http(
+/// One HTTP POST that rows drive: where, what, and what a right answer
+/// holds (spaces aside).
+pub(crate) struct Post {
+    pub url_path: &'static str,
+    pub body: &'static str,
+    pub expect: &'static str,
+}
+
+/// `bench`'s public echo model through the scheduler's HTTP predict URL.
+const ECHO: Post = Post {
+    url_path: "/v1/bench/public/echo/predict",
+    body: wrk::BODY,
+    expect: wrk::ECHOED,
+};
+
+/// `post` to the scheduler `s`, checked once, then driven by wrk; CPU is the
+/// scheduler's tree's.
+pub(crate) async fn via_http(
     s: &Scheduler,
     path: &str,
+    post: &Post,
     concurrency: usize,
     window: Duration,
 ) -> anyhow::Result<Row> {
-    let url_path = "/v1/bench/public/echo/predict";
-    wrk::post_echo(&s.addr, url_path).await?;
+    wrk::post(&s.addr, post.url_path, post.body, post.expect).await?;
     let server = s.child.as_ref().expect("scheduler running").id();
-    let url = format!("http://{}{url_path}", s.addr);
-    wrk::drive(&repo_root(), path, &url, server, concurrency, window).await
+    let url = format!("http://{}{}", s.addr, post.url_path);
+    wrk::drive(
+        &repo_root(),
+        path,
+        &url,
+        post.body,
+        server,
+        concurrency,
+        window,
+    )
+    .await
 }
 
 /// The same model as a Ray Serve deployment, driven by wrk.
@@ -279,6 +304,7 @@ fn summary(rows: &[Row]) {
         );
     }
     http_summary(rows);
+    crate::oip::summary(rows);
 }
 
 /// The HTTP predict URL against gRPC through the scheduler and Ray Serve.
@@ -311,7 +337,7 @@ fn http_summary(rows: &[Row]) {
     }
 }
 
-fn find<'a>(rows: &'a [Row], path: &str, concurrency: usize) -> Option<&'a Row> {
+pub(crate) fn find<'a>(rows: &'a [Row], path: &str, concurrency: usize) -> Option<&'a Row> {
     rows.iter()
         .find(|r| r.path == path && r.concurrency == concurrency)
 }

@@ -144,9 +144,17 @@ impl RayServe {
     /// [`wrk::drive`] against the app; CPU is Ray's process tree's.
     pub async fn drive(&self, concurrency: usize, duration: Duration) -> anyhow::Result<Row> {
         let url = format!("http://127.0.0.1:{}/", self.port);
-        wrk::drive(&self.repo_root, RAY, &url, self.pid, concurrency, duration)
-            .await
-            .map_err(|e| anyhow!("{e:#}\n{}", self.log_tail()))
+        wrk::drive(
+            &self.repo_root,
+            RAY,
+            &url,
+            wrk::BODY,
+            self.pid,
+            concurrency,
+            duration,
+        )
+        .await
+        .map_err(|e| anyhow!("{e:#}\n{}", self.log_tail()))
     }
 
     /// Ends the app (stdin EOF, which runs `serve.shutdown(); ray.shutdown()`;

@@ -3,13 +3,17 @@
 //! minimal stack (deadlines only) and inside the whole one (request ids and
 //! spans, load shedding, authentication with a real token), on this thread's
 //! CPU clock. No log subscriber is installed: spans cost what they cost when
-//! INFO is filtered out; the access line's formatting comes on top.
+//! INFO is filtered out; the access line's formatting comes on top. Beside
+//! them, the bare service recording one prediction into the scheduler's
+//! metrics (what `Control::predict` does) with `--metrics on` and off.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aibro_scheduler::api::stack::{HttpService, Stack};
 use aibro_scheduler::auth::Auth;
+use aibro_scheduler::metrics::{Metrics, Outcome};
 use aibro_scheduler::store::Store;
 use axum::body::Body;
 use axum::http::{Request, Response};
@@ -54,6 +58,14 @@ pub async fn run(args: StackArgs) -> anyhow::Result<()> {
             "whole stack",
             per_request(whole.around(inner), &token, args.requests).await,
         ),
+        (
+            "bare + metrics on (one prediction recorded)",
+            per_request(recording(metrics_on(dir.path())?), &token, args.requests).await,
+        ),
+        (
+            "bare + metrics off",
+            per_request(recording(Metrics::off()), &token, args.requests).await,
+        ),
     ]
     .into_iter()
     .map(|(name, cpu)| {
@@ -70,6 +82,24 @@ pub async fn run(args: StackArgs) -> anyhow::Result<()> {
     );
     print_table(&["variant", "CPU us/request", "added us"], &rows);
     Ok(())
+}
+
+/// The scheduler's metrics, on, with their store's timings and an empty census.
+fn metrics_on(dir: &std::path::Path) -> anyhow::Result<Metrics> {
+    let store = Store::open(&dir.join("metrics"))?;
+    Ok(Metrics::new(store.timings(), Box::new(|| None)))
+}
+
+/// The bare service, recording each call into `metrics` as `Control::predict`
+/// records a prediction.
+fn recording(metrics: Metrics) -> impl HttpService {
+    let metrics = Arc::new(metrics);
+    tower::service_fn(move |_: Request<Body>| {
+        if let Some(timer) = metrics.predict_started("bench", "echo") {
+            timer.finish(Outcome::Ok);
+        }
+        async { Ok::<_, Infallible>(Response::new(Body::empty())) }
+    })
 }
 
 /// This thread's CPU time per call of `service` on a predict request.

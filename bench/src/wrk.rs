@@ -28,7 +28,8 @@ pub(crate) async fn require() -> anyhow::Result<()> {
 }
 
 /// Runs `wrk -t min(concurrency, 2) -c concurrency -d duration --latency
-/// --timeout 30s -s bench/peers/wrk-report.lua` against `url` (HTTP/1.1
+/// --timeout 30s -s bench/peers/wrk-report.lua url body`, POSTs of the JSON
+/// `body` to `url` (HTTP/1.1
 /// keep-alive, one connection per closed loop) and measures the CPU of
 /// `server`'s process tree meanwhile. `duration` is rounded to whole seconds
 /// (at least 1), which is what wrk takes. The row's `requests` are responses
@@ -39,6 +40,7 @@ pub(crate) async fn drive(
     repo_root: &Path,
     path: &str,
     url: &str,
+    body: &str,
     server: u32,
     concurrency: usize,
     duration: Duration,
@@ -53,7 +55,7 @@ pub(crate) async fn drive(
         .args(["-d", &format!("{secs}s"), "--latency", "--timeout", "30s"])
         .arg("-s")
         .arg(&script)
-        .arg(url)
+        .args([url, body])
         .stdin(Stdio::null())
         .output()
         .await
@@ -87,18 +89,27 @@ pub(crate) async fn drive(
 /// One POST of [`BODY`] to `http://{addr}{path}`; Ok when the echo model's
 /// answer comes back with status 200.
 pub(crate) async fn post_echo(addr: &str, path: &str) -> anyhow::Result<()> {
+    post(addr, path, BODY, ECHOED).await
+}
+
+/// What the echo model's answer to [`BODY`] holds (spaces aside).
+pub(crate) const ECHOED: &str = r#""echo":{"text":"hello","n":1}"#;
+
+/// One POST of the JSON `body` to `http://{addr}{path}`; Ok when the answer
+/// has status 200 and, spaces aside, contains `expect`.
+pub(crate) async fn post(addr: &str, path: &str, body: &str, expect: &str) -> anyhow::Result<()> {
     let mut s = TcpStream::connect(addr).await?;
     let req = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
-        BODY.len()
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
     s.write_all(req.as_bytes()).await?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).await?;
     let compact: String = resp.chars().filter(|c| *c != ' ').collect();
     ensure!(
-        resp.starts_with("HTTP/1.1 200") && compact.contains(r#""echo":{"text":"hello","n":1}"#),
+        resp.starts_with("HTTP/1.1 200") && compact.contains(expect),
         "unexpected answer from http://{addr}{path}: {resp}"
     );
     Ok(())
