@@ -4,6 +4,7 @@
 //! `aibro-scheduler tls init|agent` makes TLS certificates;
 //! `aibro-scheduler ec2 user-data` prints an EC2 instance's boot script.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -140,17 +141,27 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_logs(json: bool, default: &str) {
+/// Logs go to stderr through a writer thread, so that a request never waits
+/// on a write (nor on stderr's lock): lines are buffered and flushed whenever
+/// none is waiting, none dropped (the queue pushes back when full). Colours
+/// only on a terminal. The guard flushes what is left when dropped.
+fn init_logs(json: bool, default: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("aibro-logs")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer);
     if json {
         fmt.json().init();
     } else {
         fmt.init();
     }
+    guard
 }
 
 fn simulate(trace: PathBuf, options: aibro_scheduler::sim::Options) -> anyhow::Result<()> {
@@ -177,7 +188,7 @@ fn main() -> anyhow::Result<()> {
             cool_down,
             boot_s,
         }) => {
-            init_logs(args.log_json, "warn");
+            let _logs = init_logs(args.log_json, "warn");
             let options = aibro_scheduler::sim::Options {
                 standby,
                 cooling,
@@ -200,7 +211,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            init_logs(args.log_json, "info");
+            let _logs = init_logs(args.log_json, "info");
             let mut runtime = tokio::runtime::Builder::new_multi_thread();
             if let Some(n) = args.runtime_threads {
                 runtime.worker_threads(n.max(1));

@@ -240,6 +240,23 @@ impl Scheduler {
         std::fs::read_to_string(self.data_dir.join("scheduler.log")).unwrap_or_default()
     }
 
+    /// The log once it holds every one of `needles` (the scheduler writes
+    /// its lines from a thread of their own, a moment after the event);
+    /// fails after a few seconds, showing the log.
+    pub async fn log_with(&self, needles: &[&str]) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.log();
+            if needles.iter().all(|n| log.contains(n)) {
+                return Ok(log);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the scheduler's log lacks one of {needles:?}:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn endpoint(&self) -> String {
         aibro_proto::transport::url(&self.addr, self.tls_ca.is_some())
     }

@@ -230,28 +230,33 @@ def _read_tensors(body):
     return header, parts
 
 
+# The OIP datatype of Python elements, by the set of their types.
+_PYTHON_DATATYPES = [({bool}, "BOOL"), ({int}, "INT64"), ({int, float}, "FP64"),
+                     ({str, bytes, bytearray}, "BYTES")]
+
+
 def _python_datatype(flat):
-    if all(isinstance(x, bool) for x in flat):
-        return "BOOL"
-    if all(isinstance(x, int) and not isinstance(x, bool) for x in flat):
-        return "INT64"
-    if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in flat):
-        return "FP64"
-    if all(isinstance(x, (str, bytes, bytearray)) for x in flat):
-        return "BYTES"
+    kinds = {type(x) for x in flat}
+    for allowed, datatype in _PYTHON_DATATYPES:
+        if kinds <= allowed:
+            return datatype
     raise TypeError("an output mixes element types %s; use one of bool, int, float, str/bytes"
-                    % sorted({type(x).__name__ for x in flat}))
+                    % sorted(k.__name__ for k in kinds))
 
 
 def _shape_and_flat(value):
     """The shape of nested lists (or a scalar) and their elements in row-major order."""
+    if not isinstance(value, (list, tuple)):
+        return [], [value]
+    if not any(isinstance(x, (list, tuple)) for x in value):
+        return [len(value)], value
     shape, probe = [], value
     while isinstance(probe, (list, tuple)):
         shape.append(len(probe))
         if not probe:
             break
         probe = probe[0]
-    flat = [value] if not shape else []
+    flat = []
 
     def walk(v, depth):
         if not isinstance(v, (list, tuple)) or len(v) != shape[depth]:
@@ -261,8 +266,7 @@ def _shape_and_flat(value):
                 walk(x, depth + 1)
             else:
                 flat.append(x)
-    if shape:
-        walk(value, 0)
+    walk(value, 0)
     return shape, flat
 
 

@@ -14,7 +14,8 @@ use crate::api::Authenticated;
 use crate::auth::Auth;
 
 pub(super) fn authenticating(inner: impl HttpService, auth: &Auth) -> impl HttpService {
-    let auth = auth.clone();
+    // The stack is cloned per connection and per call: one shared Auth.
+    let auth = std::sync::Arc::new(auth.clone());
     ServiceBuilder::new()
         .map_request(move |mut request: Request<Body>| {
             if request.headers().contains_key(AUTHORIZATION) && !is_gateway(&request) {
