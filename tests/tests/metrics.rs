@@ -234,6 +234,14 @@ async fn scheduler_and_agent_metrics() -> Result<()> {
     let agent_text = scrape(&agent, None).await?;
     check_agent(&parse(&agent_text), &agent_text);
     promtool_check(&agent_text, "agent")?;
+
+    // A completed model's series go with it.
+    s.complete(&alice, &job).await?;
+    let after = scrape(&operator, None).await?;
+    assert!(
+        !after.contains("alice/echo"),
+        "series of an ended model:\n{after}"
+    );
     Ok(())
 }
 

@@ -182,6 +182,7 @@ impl Control {
         let job = committed.job;
         self.dry_runs().forget(&job.id);
         self.router().close(&job.owner, &job.model_name, &job.id);
+        self.metrics().model_ended(&job.owner, &job.model_name);
         for inst in committed
             .instances
             .into_iter()

@@ -64,6 +64,14 @@ impl Metrics {
         self.on.as_ref().map(|on| on.predict.start(owner, model))
     }
 
+    /// Drops `owner`/`model`'s prediction series once its job has ended, so
+    /// that a long-lived scheduler does not keep every model it ever served.
+    pub fn model_ended(&self, owner: &str, model: &str) {
+        if let Some(on) = &self.on {
+            on.predict.forget(owner, model);
+        }
+    }
+
     /// Every metric in the text format; None when metrics are off.
     pub fn scrape(&self) -> Option<String> {
         let on = self.on.as_ref()?;

@@ -42,6 +42,18 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    const ALL: [Outcome; 9] = [
+        Outcome::Ok,
+        Outcome::BadInput,
+        Outcome::UserError,
+        Outcome::Forbidden,
+        Outcome::NotFound,
+        Outcome::TooLarge,
+        Outcome::Unavailable,
+        Outcome::Deadline,
+        Outcome::Internal,
+    ];
+
     /// The outcome of a prediction that failed with `code`.
     pub fn of_code(code: Code) -> Outcome {
         match code {
@@ -110,6 +122,17 @@ impl PredictMetrics {
             requests,
             seconds,
             in_flight,
+        }
+    }
+
+    /// Removes every series of `owner`/`model` (those it has).
+    pub(crate) fn forget(&self, owner: &str, model: &str) {
+        let model = format!("{owner}/{model}");
+        for outcome in Outcome::ALL {
+            let labels = [model.as_str(), outcome.label()];
+            // Err only says there was no such series.
+            let _ = self.requests.remove_label_values(&labels);
+            let _ = self.seconds.remove_label_values(&labels);
         }
     }
 
@@ -192,6 +215,21 @@ mod tests {
 
     fn count(m: &PredictMetrics, model: &str, outcome: &str) -> u64 {
         m.requests.with_label_values(&[model, outcome]).get()
+    }
+
+    #[test]
+    fn an_ended_model_leaves_no_series() {
+        let m = PredictMetrics::new();
+        m.start("alice", "echo").finish(Outcome::Ok);
+        m.start("alice", "echo").finish(Outcome::UserError);
+        m.start("alice", "other").finish(Outcome::Ok);
+        m.forget("alice", "echo");
+        let models: Vec<String> = m.requests.collect()[0]
+            .get_metric()
+            .iter()
+            .map(|s| s.get_label()[0].value().to_string())
+            .collect();
+        assert_eq!(models, ["alice/other"]);
     }
 
     #[test]
