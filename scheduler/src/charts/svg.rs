@@ -170,8 +170,8 @@ pub(crate) fn ticks(lo: f64, hi: f64, count: usize) -> Vec<f64> {
 pub(crate) fn duration(ms: f64) -> String {
     let ms = ms.max(0.0).round() as u64;
     match ms {
-        0..=999 if ms % 1000 != 0 => format!("{ms}ms"),
-        0..=59_999 if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        0..=999 if !ms.is_multiple_of(1000) => format!("{ms}ms"),
+        0..=59_999 if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
         0..=59_999 => format!("{:.1}s", ms as f64 / 1000.0),
         60_000..=3_599_999 => match (ms / 60_000, (ms % 60_000) / 1000) {
             (m, 0) => format!("{m}m"),

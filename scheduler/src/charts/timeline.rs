@@ -1,25 +1,26 @@
 //! The timeline as a Gantt chart: one lane for the job's phases, one per
-//! instance (labelled with its id and the machine it was requested on), bars
-//! coloured by phase or instance status, a time axis from the job's first
-//! event, and the job's last status (and its message) as a caption.
+//! instance (labelled with its role, id and machine), bars coloured by phase
+//! or instance status, a time axis from the job's first event, and the job's
+//! model name, status, reason and description above.
 
 use aibro_proto::v1::{
-    InstanceStatus, InstanceSubstatus, JobEvent, JobStatus, JobSubstatus, Timeline,
+    Instance, InstanceRole, InstanceStatus, InstanceSubstatus, Job, JobEvent, JobStatus,
+    JobSubstatus, Timeline,
 };
 use prost_types::Timestamp;
 
 use super::svg::{self, Anchor, Svg};
 
 const WIDTH: f64 = 960.0;
-const LEFT: f64 = 250.0;
+const LEFT: f64 = 280.0;
 const RIGHT: f64 = 24.0;
-const TOP: f64 = 56.0;
+const TOP: f64 = 74.0;
 const LANE: f64 = 34.0;
 const BAR: f64 = 20.0;
 const AXIS: f64 = 36.0;
 /// Bars never thinner than this, so an instant phase still shows (and has a tooltip).
 const MIN_BAR: f64 = 2.0;
-const LABEL_CHARS: usize = 34;
+const LABEL_CHARS: usize = 40;
 const CAPTION_CHARS: usize = 120;
 /// Marks that do not start a phase of their own.
 const NOT_PHASES: [&str; 2] = ["log", "progress"];
@@ -41,16 +42,22 @@ struct Lane {
     label: String,
     detail: String,
     bars: Vec<Bar>,
+    /// The instance's latest status (events that only mark a phase carry none).
+    status: InstanceStatus,
 }
 
-/// Draws `timeline` as an SVG Gantt chart. Phases still running are drawn up
-/// to `now`; the function does no I/O (the caller passes the clock).
-pub fn timeline_svg(timeline: &Timeline, now: Timestamp) -> String {
+/// Draws `job`'s `timeline` (`Jobs.GetJob` and `Jobs.GetTimeline`) as an SVG
+/// Gantt chart. Phases still running are drawn up to `now`; the function
+/// does no I/O (the caller passes the clock).
+pub fn timeline_svg(job: &Job, timeline: &Timeline, now: Timestamp) -> String {
     let Some(origin) = origin(timeline) else {
-        return empty(&timeline.job_id);
+        return empty(job);
     };
     let mut lanes = vec![job_lane(timeline, &origin, &now)];
     lanes.extend(instance_lanes(&timeline.events, &origin, &now));
+    for lane in &mut lanes[1..] {
+        label(lane, &job.instances);
+    }
     let end_ms = lanes
         .iter()
         .flat_map(|l| &l.bars)
@@ -59,12 +66,8 @@ pub fn timeline_svg(timeline: &Timeline, now: Timestamp) -> String {
         .unwrap_or(0)
         .max(1);
     let height = TOP + LANE * lanes.len() as f64 + AXIS;
-    let mut doc = Svg::new(
-        WIDTH,
-        height,
-        &format!("Timeline of job {}", timeline.job_id),
-    );
-    heading(&mut doc, timeline);
+    let mut doc = Svg::new(WIDTH, height, &format!("Timeline of job {}", job.job_id));
+    heading(&mut doc, job);
     axis(&mut doc, end_ms, lanes.len());
     for (i, lane) in lanes.iter().enumerate() {
         draw_lane(&mut doc, lane, TOP + LANE * i as f64, end_ms);
@@ -73,15 +76,15 @@ pub fn timeline_svg(timeline: &Timeline, now: Timestamp) -> String {
 }
 
 /// The chart of a job with nothing recorded yet.
-fn empty(job_id: &str) -> String {
-    let mut doc = Svg::new(WIDTH, TOP + LANE, &format!("Timeline of job {job_id}"));
-    doc.text(
-        (12.0, 20.0),
-        Anchor::Start,
-        "title",
-        &format!("Job {job_id}"),
+fn empty(job: &Job) -> String {
+    let mut doc = Svg::new(
+        WIDTH,
+        TOP + LANE,
+        &format!("Timeline of job {}", job.job_id),
     );
-    doc.text((WIDTH / 2.0, TOP), Anchor::Middle, "empty", "no phases yet");
+    heading(&mut doc, job);
+    let at = (WIDTH / 2.0, TOP + LANE / 2.0);
+    doc.text(at, Anchor::Middle, "empty", "no phases yet");
     doc.finish()
 }
 
@@ -121,6 +124,7 @@ fn job_lane(t: &Timeline, origin: &Timestamp, now: &Timestamp) -> Lane {
         label: "job".into(),
         detail: String::new(),
         bars,
+        status: InstanceStatus::Unspecified,
     }
 }
 
@@ -163,13 +167,33 @@ fn new_lane(instance_id: &str) -> Lane {
         label: instance_id.to_string(),
         detail: String::new(),
         bars: Vec::new(),
+        status: InstanceStatus::Unspecified,
     }
+}
+
+/// Labels an instance's lane with its role and machine (and what it
+/// replaced), when the job lists it; else the lane keeps the machine its
+/// "instance requested" mark named.
+fn label(lane: &mut Lane, instances: &[Instance]) {
+    let Some(i) = instances.iter().find(|i| i.instance_id == lane.label) else {
+        return;
+    };
+    let role = InstanceRole::try_from(i.role).unwrap_or_default();
+    let role = short(role.as_str_name());
+    lane.detail = match i.replaces.as_str() {
+        "" => format!("{role} · {}", i.machine_id),
+        old => format!("{role} · {}, replaces {old}", i.machine_id),
+    };
 }
 
 /// Applies one event to an instance's lane: it closes the running bar and,
 /// unless the instance is now closed, opens the next.
 fn step(lane: &mut Lane, e: &JobEvent, at: u64) {
-    let status = InstanceStatus::try_from(e.instance_status).unwrap_or_default();
+    let status = match InstanceStatus::try_from(e.instance_status).unwrap_or_default() {
+        InstanceStatus::Unspecified => lane.status,
+        status => status,
+    };
+    lane.status = status;
     let name = instance_phase_name(e, status);
     if let Some(last) = lane.bars.last_mut().filter(|b| b.running) {
         if e.phase.is_empty() && last.name == name {
@@ -177,6 +201,10 @@ fn step(lane: &mut Lane, e: &JobEvent, at: u64) {
         }
         last.end_ms = at;
         last.running = false;
+        // A status that a mark replaces at once is no phase of its own.
+        if last.start_ms == at {
+            lane.bars.pop();
+        }
     }
     if status != InstanceStatus::Closed {
         lane.bars.push(Bar {
@@ -185,7 +213,7 @@ fn step(lane: &mut Lane, e: &JobEvent, at: u64) {
             start_ms: at,
             end_ms: at,
             running: true,
-            colour: instance_colour(status),
+            colour: mark_colour(&e.phase).unwrap_or(instance_colour(status)),
         });
     }
 }
@@ -206,13 +234,14 @@ fn instance_phase_name(e: &JobEvent, status: InstanceStatus) -> String {
     }
 }
 
-/// `INSTANCE_STATUS_COOLING` → `COOLING`.
+/// `INSTANCE_STATUS_COOLING` → `COOLING`, `INSTANCE_ROLE_STANDBY` → `STANDBY`.
 fn short(name: &str) -> String {
     [
         "JOB_STATUS_",
         "JOB_SUBSTATUS_",
         "INSTANCE_STATUS_",
         "INSTANCE_SUBSTATUS_",
+        "INSTANCE_ROLE_",
     ]
     .iter()
     .find_map(|p| name.strip_prefix(p))
@@ -231,6 +260,18 @@ fn phase_colour(name: &str) -> &'static str {
     }
 }
 
+/// The colour of the job phase an instance's mark belongs to, if any.
+fn mark_colour(mark: &str) -> Option<&'static str> {
+    let phase = match mark {
+        "instance requested" | "agent connected" => "REQUESTING_SERVER",
+        "gearing up env" | "env geared up" | "env reused" => "GEARING_UP_ENV",
+        "model loaded" | "ready to train" | "training" => "DEPLOYED_MODEL",
+        "returning" => "RETURNING",
+        _ => return None,
+    };
+    Some(phase_colour(phase))
+}
+
 fn instance_colour(status: InstanceStatus) -> &'static str {
     match status {
         InstanceStatus::Launching => "#f2b134",
@@ -241,37 +282,37 @@ fn instance_colour(status: InstanceStatus) -> &'static str {
     }
 }
 
-/// The title and a caption with the job's latest status and what its last
-/// event said (why it was canceled, say).
-fn heading(doc: &mut Svg, t: &Timeline) {
+/// The model name and job id, the job's status with why it was canceled
+/// (the reason's last line: a traceback's exception), and its description.
+fn heading(doc: &mut Svg, job: &Job) {
+    let title = format!("{} · {}", job.model_name, job.job_id);
     doc.text(
         (12.0, 20.0),
         Anchor::Start,
         "title",
-        &format!("Job {}", t.job_id),
+        &svg::truncate(&title, CAPTION_CHARS),
     );
-    if let Some(caption) = caption(&t.events) {
-        let shown = svg::truncate(&caption, CAPTION_CHARS);
-        doc.text_with_title((12.0, 40.0), "caption", &shown, &caption);
-    }
-}
-
-fn caption(events: &[JobEvent]) -> Option<String> {
-    let last = events
-        .iter()
-        .rev()
-        .find(|e| !NOT_PHASES.contains(&e.phase.as_str()))?;
-    let status = JobStatus::try_from(last.status).unwrap_or_default();
-    let sub = JobSubstatus::try_from(last.substatus).unwrap_or_default();
-    let state = format!(
+    let status = JobStatus::try_from(job.status).unwrap_or_default();
+    let sub = JobSubstatus::try_from(job.substatus).unwrap_or_default();
+    let mut caption = format!(
         "{} / {}",
         short(status.as_str_name()),
         short(sub.as_str_name())
     );
-    Some(match last.message.as_str() {
-        "" => state,
-        said => format!("{state}: {said}"),
-    })
+    if let Some(why) = job.reason.lines().rev().find(|l| !l.trim().is_empty()) {
+        caption = format!("{caption}: {}", why.trim());
+    }
+    let shown = svg::truncate(&caption, CAPTION_CHARS);
+    let full = if job.reason.is_empty() {
+        &caption
+    } else {
+        &job.reason
+    };
+    doc.text_with_title((12.0, 38.0), "caption", &shown, full);
+    if !job.description.is_empty() {
+        let shown = svg::truncate(&job.description, CAPTION_CHARS);
+        doc.text_with_title((12.0, 56.0), "description", &shown, &job.description);
+    }
 }
 
 fn x_of(ms: u64, end_ms: u64) -> f64 {
@@ -402,6 +443,13 @@ mod tests {
                     "a printed line",
                 ),
                 event(4_000, "i1", InstanceStatus::Executing, "model loaded", ""),
+                event(
+                    5_900,
+                    "i2",
+                    InstanceStatus::Unspecified,
+                    "instance requested",
+                    HOSTILE,
+                ),
                 event(6_000, "i2", InstanceStatus::Cooling, "", ""),
                 event(9_000, "i2", InstanceStatus::Closed, "", ""),
                 event(9_500, "", InstanceStatus::Unspecified, "", HOSTILE),
@@ -409,32 +457,54 @@ mod tests {
         }
     }
 
+    fn job() -> Job {
+        Job {
+            job_id: "j1".into(),
+            model_name: "echo".into(),
+            status: JobStatus::Canceled as i32,
+            substatus: JobSubstatus::Canceled as i32,
+            reason: format!("Traceback:\n  File x\nValueError: {HOSTILE}\n"),
+            description: HOSTILE.into(),
+            instances: vec![Instance {
+                instance_id: "i1".into(),
+                role: InstanceRole::Standby as i32,
+                machine_id: "local.small.od".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn user_text_is_escaped_and_the_svg_parses() {
-        let svg = timeline_svg(&timeline(), ts(10_000));
+        let svg = timeline_svg(&job(), &timeline(), ts(10_000));
         assert!(!svg.contains("<script"), "{svg}");
         assert!(svg.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;quotes&quot;"));
         let parsed = parse(&svg);
-        // The phase's name (in its tooltip), the machine label and the caption.
+        // The phase's name (in its tooltip), i2's machine (its "instance
+        // requested" message), the reason and the description.
         let hostile = parsed.texts.iter().filter(|t| t.contains(HOSTILE)).count();
-        assert!(hostile >= 3, "{:?}", parsed.texts);
+        assert!(hostile >= 6, "{:?}", parsed.texts);
+        let caption = format!("CANCELED / CANCELED: ValueError: {HOSTILE}");
+        assert!(parsed.texts.contains(&caption), "{:?}", parsed.texts);
         assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
         assert!(svg.contains("viewBox=\"0 0 960 "));
     }
 
     #[test]
     fn lanes_hold_bars_in_time_order_within_the_axis() {
-        let svg = timeline_svg(&timeline(), ts(10_000));
+        let svg = timeline_svg(&job(), &timeline(), ts(10_000));
         let parsed = parse(&svg);
-        for lane in ["job", "i1", "i2"] {
+        for lane in ["job", "i1", "STANDBY · local.small.od", "i2"] {
             assert!(
                 parsed.texts.iter().any(|t| t == lane),
                 "{lane}: {:?}",
                 parsed.texts
             );
         }
-        // 3 job phases, i1's 3 (the log line starts none), i2's 1 (closed after).
-        assert_eq!(parsed.bars.len(), 7, "{svg}");
+        // 3 job phases; i1's 3 (LAUNCHING gives way to its mark at once, the
+        // log line starts none); i2's 2 (closed after).
+        assert_eq!(parsed.bars.len(), 8, "{svg}");
         let (job, instances) = parsed.bars.split_at(3);
         for lane in [job, &instances[..3]] {
             assert!(lane.windows(2).all(|w| w[0].0 < w[1].0), "{lane:?}");
@@ -455,13 +525,11 @@ mod tests {
 
     #[test]
     fn an_empty_timeline_says_so() {
-        let svg = timeline_svg(
-            &Timeline {
-                job_id: "j1".into(),
-                ..Default::default()
-            },
-            ts(0),
-        );
+        let empty = Timeline {
+            job_id: "j1".into(),
+            ..Default::default()
+        };
+        let svg = timeline_svg(&job(), &empty, ts(0));
         let parsed = parse(&svg);
         assert!(parsed.texts.iter().any(|t| t == "no phases yet"), "{svg}");
         assert!(parsed.bars.is_empty());
