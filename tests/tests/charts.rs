@@ -1,11 +1,13 @@
-//! The SVG timeline end to end: `aibro timeline JOB --svg` against a real
+//! The SVG charts end to end: `aibro timeline JOB --svg` against a real
 //! scheduler draws lanes and bars for a deployed `examples/echo`, escapes
 //! the markup a hostile model's error carries, and headless Chromium shows
-//! that markup as text without running anything (screenshots kept).
+//! that markup as text without running anything; the progress chart of a
+//! real training run has its loss line. Screenshots are kept.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
+use aibro_scheduler::charts::progress_svg;
 use aibro_tests::browser::Browser;
 use aibro_tests::{bin, example, repo, Scheduler};
 use anyhow::{ensure, Context, Result};
@@ -65,12 +67,13 @@ fn deploy(
 }
 
 /// What the test reads back from an SVG (which must parse as XML): its text
-/// nodes, unescaped, and how many bars and lane labels it has.
+/// nodes, unescaped, and how many bars, lane labels and polylines it has.
 #[derive(Debug, Default)]
 struct Drawn {
     texts: Vec<String>,
     bars: usize,
     lanes: usize,
+    lines: usize,
 }
 
 fn parse(svg: &str) -> Result<Drawn> {
@@ -82,9 +85,10 @@ fn parse(svg: &str) -> Result<Drawn> {
             Event::Start(e) | Event::Empty(e) => {
                 let class = e.try_get_attribute("class")?.map(|a| a.value.into_owned());
                 ensure!(e.name().as_ref() != b"script", "a script element in {svg}");
-                match class.as_deref() {
-                    Some(b"bar") => drawn.bars += 1,
-                    Some(b"lane") => drawn.lanes += 1,
+                match (e.name().as_ref(), class.as_deref()) {
+                    (_, Some(b"bar")) => drawn.bars += 1,
+                    (_, Some(b"lane")) => drawn.lanes += 1,
+                    (b"polyline", _) => drawn.lines += 1,
                     _ => {}
                 }
             }
@@ -180,5 +184,56 @@ async fn the_cli_draws_the_timeline_as_svg_and_chromium_shows_it_escaped() -> Re
         .await?;
     ensure!(scripts == 0, "{scripts} script elements");
     browser.screenshot("hostile-timeline").await?;
+    browser.close().await
+}
+
+#[tokio::test]
+async fn a_training_runs_progress_is_drawn_per_epoch() -> Result<()> {
+    let s = Scheduler::start().await?;
+    let token = s.user("dave").await?;
+    let out_dir = tempfile::tempdir()?;
+    let trained = out_dir.path().join("trained");
+    let train = example("train-linear");
+    let args = [
+        "fit",
+        "--artifacts",
+        train.to_str().unwrap(),
+        "--machine-id",
+        "local.small.od",
+        "--arg",
+        "epochs=4",
+        "--output",
+        trained.to_str().unwrap(),
+    ];
+    let out = aibro(&s, &token, &args);
+    ensure!(out.status.success(), "{}", text(&out));
+    let out = aibro(&s, &token, &["--json", "jobs", "list"]);
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let job_id = jobs[0]["job_id"].as_str().context("a job")?;
+
+    let timeline = s.timeline(&token, job_id).await?;
+    let svg = progress_svg(&timeline.events);
+    let drawn = parse(&svg)?;
+    ensure!(drawn.lines == 1, "{drawn:?}");
+    for text in ["loss", "Training progress: epoch 4 of 4"] {
+        ensure!(drawn.texts.iter().any(|t| t == text), "{text}: {drawn:?}");
+    }
+
+    let file = out_dir.path().join("progress.svg");
+    std::fs::write(&file, svg)?;
+    let browser = Browser::start("charts").await?;
+    browser
+        .client
+        .goto(&format!("file://{}", file.display()))
+        .await?;
+    let points = browser
+        .client
+        .execute(
+            "return document.querySelector('polyline').points.numberOfItems",
+            vec![],
+        )
+        .await?;
+    ensure!(points == 4, "{points} points, one per epoch");
+    browser.screenshot("training-progress").await?;
     browser.close().await
 }
