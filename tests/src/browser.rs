@@ -60,8 +60,7 @@ impl Browser {
     /// `test` names the screenshots. Fails, saying what to install, when
     /// Chromium or chromedriver is missing.
     pub async fn start(test: &str) -> Result<Browser> {
-        let chromium =
-            on_path("chromium").with_context(|| format!("chromium not found: {INSTALL}"))?;
+        let chromium = tool("chromium", std::env::var_os("PATH"))?;
         let driver = Driver::start()?;
         driver.wait_ready().await?;
         let client = ClientBuilder::new(HttpConnector::new())
@@ -83,7 +82,7 @@ impl Browser {
             .client
             .screenshot()
             .await
-            .context("take a screenshot")?;
+            .with_context(|| format!("take a screenshot; {}", self.driver.log()))?;
         let dir = artifacts_dir().join("screenshots");
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(format!("{}-{name}.png", self.test));
@@ -105,17 +104,11 @@ impl Browser {
         self.client.clone().close().await?;
         Ok(())
     }
-
-    /// chromedriver's log, for failure messages.
-    pub fn log(&self) -> String {
-        self.driver.log()
-    }
 }
 
 impl Driver {
     fn start() -> Result<Driver> {
-        let chromedriver = on_path("chromedriver")
-            .with_context(|| format!("chromedriver not found: {INSTALL}"))?;
+        let chromedriver = tool("chromedriver", std::env::var_os("PATH"))?;
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let child = Command::new(chromedriver)
@@ -194,12 +187,13 @@ fn capabilities(chromium: &Path, profile: &Path) -> fantoccini::wd::Capabilities
     caps
 }
 
-/// `name` in a folder of `PATH`.
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
+/// `name` in a folder of `path` (`PATH`), or an error that says what to install.
+fn tool(name: &str, path: Option<std::ffi::OsString>) -> Result<PathBuf> {
+    path.iter()
+        .flat_map(std::env::split_paths)
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
+        .with_context(|| format!("{name} not found: {INSTALL}"))
 }
 
 /// A loopback port free right now (chromedriver binds it next).
@@ -211,8 +205,24 @@ fn free_port() -> Result<u16> {
 
 /// `target/test-artifacts`: beside the test binaries' profile folder
 /// (`target/debug/deps/<test>` → `target/`).
-pub fn artifacts_dir() -> PathBuf {
+fn artifacts_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
     let target = exe.ancestors().nth(3).expect("target dir");
     target.join("test-artifacts")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_browser_fails_saying_what_to_install() {
+        let empty = tempfile::tempdir().unwrap();
+        let err = tool("chromium", Some(empty.path().into())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "chromium not found: run scripts/test-tools.sh (apt: chromium chromium-driver)"
+        );
+        assert!(tool("chromedriver", None).is_err());
+    }
 }
