@@ -21,6 +21,8 @@ const BOTTOM: f64 = 40.0;
 /// Series drawn at most; hostile code may report thousands of metric names.
 const MAX_SERIES: usize = 10;
 const NAME_CHARS: usize = 24;
+/// Larger magnitudes are no metric (and would overflow the value range).
+const MAX_VALUE: f64 = 1e100;
 const PALETTE: [&str; MAX_SERIES] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
     "#bcbd22", "#17becf",
@@ -85,11 +87,12 @@ pub fn progress_svg(events: &[JobEvent]) -> String {
     doc.finish()
 }
 
-/// Every metric's finite values by epoch, metrics in name order.
+/// Every metric's values by epoch, metrics in name order; NaN, infinities
+/// and values past [`MAX_VALUE`] are left out.
 fn series<'a>(progress: &[&'a JobEvent]) -> BTreeMap<&'a str, Series> {
     let mut all: BTreeMap<&str, Series> = BTreeMap::new();
     for e in progress {
-        for (name, value) in e.metrics.iter().filter(|(_, v)| v.is_finite()) {
+        for (name, value) in e.metrics.iter().filter(|(_, v)| v.abs() <= MAX_VALUE) {
             all.entry(name.as_str())
                 .or_default()
                 .insert(e.epoch, *value);
@@ -227,6 +230,17 @@ mod tests {
         let parsed = parse(&progress_svg(&[progress(1, &metrics)]));
         assert_eq!(parsed.polylines, MAX_SERIES);
         assert!(parsed.texts.iter().any(|t| t == "+15 more metrics"));
+    }
+
+    #[test]
+    fn extreme_values_leave_every_coordinate_finite() {
+        let events = [
+            progress(1, &[("loss", f64::MAX), ("acc", -1e99)]),
+            progress(2, &[("loss", f64::INFINITY), ("acc", 1e99)]),
+        ];
+        let svg = progress_svg(&events);
+        assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
+        assert_eq!(parse(&svg).polylines, 1);
     }
 
     #[test]

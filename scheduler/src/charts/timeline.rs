@@ -97,9 +97,11 @@ fn origin(t: &Timeline) -> Option<Timestamp> {
         .min_by_key(|ts| (ts.seconds, ts.nanos))
 }
 
+/// Milliseconds from `from` to `to`; 0 when `to` is earlier.
 fn millis(from: &Timestamp, to: &Timestamp) -> u64 {
-    let ms = (to.seconds - from.seconds) * 1000 + i64::from(to.nanos - from.nanos) / 1_000_000;
-    u64::try_from(ms).unwrap_or(0)
+    let ms = (i128::from(to.seconds) - i128::from(from.seconds)) * 1000
+        + (i128::from(to.nanos) - i128::from(from.nanos)) / 1_000_000;
+    u64::try_from(ms.max(0)).unwrap_or(u64::MAX)
 }
 
 /// The job's own phases (one per substatus), the last one running to `now`
@@ -521,6 +523,22 @@ mod tests {
             "{:?}",
             parsed.texts
         );
+    }
+
+    #[test]
+    fn timestamps_far_apart_do_not_overflow() {
+        let mut t = timeline();
+        t.phases[0].started_at = Some(Timestamp {
+            seconds: i64::MIN,
+            nanos: 0,
+        });
+        let far = Timestamp {
+            seconds: i64::MAX,
+            nanos: 999_999_999,
+        };
+        // Degenerate (every later event clamps to the same far end), but drawn.
+        let svg = timeline_svg(&job(), &t, far);
+        assert!(!parse(&svg).bars.is_empty(), "{svg}");
     }
 
     #[test]
