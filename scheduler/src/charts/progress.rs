@@ -21,6 +21,8 @@ const BOTTOM: f64 = 40.0;
 /// Series drawn at most; hostile code may report thousands of metric names.
 const MAX_SERIES: usize = 10;
 const NAME_CHARS: usize = 24;
+/// About how many value ticks the y axis has.
+const TICKS: usize = 6;
 /// Larger magnitudes are no metric (and would overflow the value range).
 const MAX_VALUE: f64 = 1e100;
 const PALETTE: [&str; MAX_SERIES] = [
@@ -128,10 +130,16 @@ fn frame(progress: &[&JobEvent], series: &BTreeMap<&str, Series>) -> Option<Fram
         .max()
         .unwrap_or(0)
         .max(1);
+    let hi = if hi > lo { hi } else { lo + 1.0 };
+    // Up to the next round value, so the highest point sits under a tick.
+    let hi = match svg::ticks(lo, hi, TICKS).as_slice() {
+        [.., a, b] if *b < hi => b + (b - a),
+        _ => hi,
+    };
     Some(Frame {
         epochs: f64::from(epochs),
         lo,
-        hi: if hi > lo { hi } else { lo + 1.0 },
+        hi,
     })
 }
 
@@ -158,7 +166,7 @@ fn axes(doc: &mut Svg, f: &Frame) {
         "axis",
         "epoch",
     );
-    for value in svg::ticks(f.lo, f.hi, 6) {
+    for value in svg::ticks(f.lo, f.hi, TICKS) {
         let (_, y) = f.at(0, value);
         doc.line((left, y), (right, y), "#e0e0e0");
         doc.text((left - 6.0, y + 4.0), Anchor::End, "tick", &number(value));

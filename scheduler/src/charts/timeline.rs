@@ -133,35 +133,33 @@ fn job_lane(t: &Timeline, origin: &Timestamp, now: &Timestamp) -> Lane {
 /// One lane per instance, in the order they appear: a bar per phase mark or
 /// status change, each lasting until the instance's next one.
 fn instance_lanes(events: &[JobEvent], origin: &Timestamp, now: &Timestamp) -> Vec<Lane> {
-    let mut lanes: Vec<(String, Lane)> = Vec::new();
+    // Labelled with the instance's id until `label` adds its role and machine.
+    let mut lanes: Vec<Lane> = Vec::new();
     for e in events.iter().filter(|e| !e.instance_id.is_empty()) {
         if NOT_PHASES.contains(&e.phase.as_str()) {
             continue;
         }
         let at = millis(origin, e.at.as_ref().unwrap_or(origin));
-        let i = match lanes.iter().position(|(id, _)| *id == e.instance_id) {
+        let i = match lanes.iter().position(|l| l.label == e.instance_id) {
             Some(i) => i,
             None => {
-                lanes.push((e.instance_id.clone(), new_lane(&e.instance_id)));
+                lanes.push(new_lane(&e.instance_id));
                 lanes.len() - 1
             }
         };
-        let lane = &mut lanes[i].1;
+        let lane = &mut lanes[i];
         if e.phase == "instance requested" {
             lane.detail.clone_from(&e.message);
         }
         step(lane, e, at);
     }
     let end = millis(origin, now);
+    for lane in &mut lanes {
+        if let Some(last) = lane.bars.last_mut().filter(|b| b.running) {
+            last.end_ms = end.max(last.start_ms);
+        }
+    }
     lanes
-        .into_iter()
-        .map(|(_, mut lane)| {
-            if let Some(last) = lane.bars.last_mut().filter(|b| b.running) {
-                last.end_ms = end.max(last.start_ms);
-            }
-            lane
-        })
-        .collect()
 }
 
 fn new_lane(instance_id: &str) -> Lane {
