@@ -4,7 +4,8 @@
 # moto[server]), and for the agent's sandbox bubblewrap (namespaces) and
 # slirp4netns (their network), and promtool (Debian's `prometheus`, which
 # checks the /metrics output), from apt (no prometheus service is left
-# running); and target/test-venv, a Python with the official
+# running); headless Chromium and its WebDriver (Debian's `chromium` and
+# `chromium-driver`) for the browser tests; and target/test-venv, a Python with the official
 # tritonclient[http,grpc] and numpy for the OIP tests.
 set -euo pipefail
 
@@ -20,6 +21,8 @@ missing=()
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 command -v slirp4netns >/dev/null 2>&1 || missing+=(slirp4netns)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
     # Only promtool is wanted from `prometheus`: a policy-rc.d (unless one is
@@ -57,6 +60,7 @@ bwrap --version
 python3 -c 'import venv' # the agent gears up virtualenvs with it
 grpcurl -version
 promtool --version 2>&1 | head -n 1
+chromedriver --version
 "$venv/bin/python" -c 'import importlib.metadata as m; print("tritonclient", m.version("tritonclient"), "grpcio", m.version("grpcio"), "protobuf", m.version("protobuf"))'
 echo "moto_server $(command -v moto_server)," \
     "moto $(python3 -c 'import moto; print(moto.__version__)' 2>/dev/null || echo '(another Python)')"

@@ -50,8 +50,9 @@ pub enum Command {
     /// List, inspect and watch jobs.
     #[command(subcommand)]
     Jobs(JobsCommand),
-    /// Show where a job's time went: phases as a table and a bar chart.
-    Timeline(JobIdArg),
+    /// Show where a job's time went: phases as a table and a bar chart, or
+    /// as an SVG Gantt chart (--svg FILE).
+    Timeline(TimelineArgs),
     /// Access tokens (admin only).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -222,6 +223,16 @@ pub enum JobsCommand {
     Get(JobIdArg),
     /// Print every event of a job (history first) until its stream ends.
     Watch(JobIdArg),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TimelineArgs {
+    /// Job id.
+    pub job_id: String,
+    /// Write the timeline as an SVG Gantt chart (one lane per instance) to
+    /// FILE instead of printing the table.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -6,6 +6,7 @@
 //! - [`control`]: the control plane (deploy, launch, agent reports, close).
 //! - [`api`]: thin gRPC adapters (users, and the agents' gateway) and the
 //!   HTTP predict URL, on one listener.
+//! - [`charts`]: the timeline and training progress as SVG.
 //! - [`router`]: the Predict hot path; [`provider`]: where machines come from.
 //!
 //! [`run`] serves everything on a listener until a shutdown future resolves.
@@ -14,6 +15,7 @@ pub mod api;
 pub mod auth;
 pub mod capacity;
 pub mod catalog;
+pub mod charts;
 pub mod clock;
 pub mod config;
 pub mod control;

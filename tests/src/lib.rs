@@ -4,9 +4,11 @@
 //! deadlines. Dropping a [`Scheduler`] kills it and every agent it launched.
 //! [`ec2`] is the EC2 world: moto behind a fault proxy, with played boots;
 //! [`imds::ImdsStandIn`] stands in for EC2's instance metadata service.
+//! [`browser::Browser`] is headless Chromium through WebDriver.
 
 #![deny(clippy::too_many_lines)]
 
+pub mod browser;
 pub mod ec2;
 pub mod imds;
 

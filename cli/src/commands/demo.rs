@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use super::{complete, deploy, jobs, predict, timeline, Ctx};
-use crate::args::{DemoArgs, DeployArgs, JobSelector, PredictArgs};
+use crate::args::{DemoArgs, DeployArgs, JobSelector, PredictArgs, TimelineArgs};
 use crate::client::Client;
 use crate::display;
 
@@ -150,7 +150,11 @@ async fn steps(endpoint: &str, data_dir: &Path, json: bool) -> Result<()> {
     jobs::show(&ctx, &jobs::get(&ctx, &job.job_id).await?);
 
     ctx.say("\n== timeline".to_string());
-    timeline::show(&ctx, &job.job_id).await?;
+    let args = TimelineArgs {
+        job_id: job.job_id.clone(),
+        svg: None,
+    };
+    timeline::show(&ctx, &args).await?;
 
     ctx.say("\n== complete".to_string());
     complete::complete(&ctx, &selector).await?;

@@ -67,7 +67,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Complete(sel) => complete::complete(&ctx, &sel).await.map(drop),
         Command::Clients(cmd) => clients::run(&ctx, cmd).await,
         Command::Jobs(cmd) => jobs::run(&ctx, cmd).await,
-        Command::Timeline(arg) => timeline::show(&ctx, &arg.job_id).await,
+        Command::Timeline(args) => timeline::show(&ctx, &args).await,
         Command::Token(cmd) => token::run(&ctx, cmd).await,
         Command::Spot(cmd) => token::spot(&ctx, cmd).await,
         Command::Instances(args) => instances::show(&ctx, args.job_id.as_deref()).await,

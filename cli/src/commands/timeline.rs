@@ -1,13 +1,17 @@
 //! `aibro timeline J`: where a job's time went, as a table with start offset
-//! and duration per phase plus a proportional bar (a text Gantt chart).
+//! and duration per phase plus a proportional bar (a text Gantt chart); with
+//! `--svg FILE`, the console's SVG Gantt chart written to FILE.
 
+use std::path::Path;
 use std::time::SystemTime;
 
 use aibro_proto::v1::{GetTimelineRequest, Phase, Timeline};
-use anyhow::Result;
+use aibro_scheduler::charts;
+use anyhow::{Context, Result};
 use prost_types::Timestamp;
 
-use super::Ctx;
+use super::{jobs, Ctx};
+use crate::args::TimelineArgs;
 use crate::display;
 use crate::json;
 use crate::output::{self, Table};
@@ -23,16 +27,44 @@ pub struct Placed {
     pub running: bool,
 }
 
-pub async fn show(ctx: &Ctx, job_id: &str) -> Result<()> {
+pub async fn show(ctx: &Ctx, args: &TimelineArgs) -> Result<()> {
     let timeline = ctx
         .client
         .jobs()
         .get_timeline(GetTimelineRequest {
-            job_id: job_id.to_string(),
+            job_id: args.job_id.clone(),
         })
         .await?
         .into_inner();
-    let placed = place(&timeline, now());
+    match &args.svg {
+        Some(path) => write_svg(ctx, &timeline, path).await,
+        None => print_table(ctx, &timeline),
+    }
+}
+
+/// Draws the chart (with the job's name, status and instances) and writes
+/// it to `path`; says where.
+async fn write_svg(ctx: &Ctx, timeline: &Timeline, path: &Path) -> Result<()> {
+    let job = jobs::get(ctx, &timeline.job_id).await?;
+    let svg = charts::timeline_svg(&job, timeline, now());
+    std::fs::write(path, svg)
+        .with_context(|| format!("cannot write the timeline SVG to {}", path.display()))?;
+    output::emit(
+        ctx.json,
+        || serde_json::json!({"job_id": timeline.job_id, "svg": path.display().to_string()}),
+        || {
+            println!(
+                "timeline of {} drawn to {}",
+                timeline.job_id,
+                path.display()
+            )
+        },
+    );
+    Ok(())
+}
+
+fn print_table(ctx: &Ctx, timeline: &Timeline) -> Result<()> {
+    let placed = place(timeline, now());
     output::emit(
         ctx.json,
         || {
@@ -42,7 +74,7 @@ pub async fn show(ctx: &Ctx, job_id: &str) -> Result<()> {
                 .zip(&placed)
                 .map(|(p, x)| json::phase(p, x.offset_ms, x.duration_ms))
                 .collect();
-            json::timeline(&timeline, phases)
+            json::timeline(timeline, phases)
         },
         || print!("{}", render(&timeline.phases, &placed)),
     );
