@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aibro_proto::v1 as pb;
 use aibro_proto::v1::JobStatus;
-use aibro_tests::{deploy_request, example, Scheduler};
+use aibro_tests::{deploy_request, example, Scheduler, DEPLOY_DEADLINE};
 use anyhow::{bail, Context, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -459,5 +459,64 @@ async fn bad_input_is_refused_with_json() -> Result<()> {
         "{}",
         market.body
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_training_job_shows_its_progress_and_downloads_its_results() -> Result<()> {
+    let s = Scheduler::start().await?;
+    let (erin, bob) = (s.user("erin").await?, s.user("bob").await?);
+    let digest = s.upload_dir(&erin, &example("train-linear")).await?;
+    let request = pb::FitRequest {
+        artifact_digest: digest,
+        machine_ids: vec!["local.small.od".into()],
+        wait_request_s: 1,
+        args: [("epochs".to_string(), "3".to_string())].into(),
+        ..Default::default()
+    };
+    let job_id = s
+        .training(Some(&erin))
+        .await?
+        .fit(request)
+        .await?
+        .into_inner()
+        .job_id;
+    s.watch_until(&erin, &job_id, DEPLOY_DEADLINE, |e| e.last)
+        .await?;
+
+    let e = Browser::sign_in(&s, &erin).await?;
+    let page = e.get(&format!("/console/jobs/{job_id}")).await?;
+    assert!(
+        page.body.contains(r#"<figure id="progress">"#),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("3 / 3"), "the last epoch: {}", page.body);
+    assert!(page.body.contains(r#"id="download""#), "{}", page.body);
+    let result = format!("/console/jobs/{job_id}/result");
+    let downloaded = send(&s.addr, "GET", &result, Some(&e.cookie), &[]).await?;
+    assert_eq!(downloaded.status(), 200);
+    let bytes = downloaded.into_body().collect().await?.to_bytes();
+    let mut stream = s
+        .training(Some(&erin))
+        .await?
+        .download_result(pb::DownloadResultRequest {
+            job_id: job_id.clone(),
+        })
+        .await?
+        .into_inner();
+    let mut grpc = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        grpc.extend(chunk.data);
+    }
+    assert!(!grpc.is_empty());
+    assert_eq!(
+        bytes.as_ref(),
+        grpc.as_slice(),
+        "the same bytes as DownloadResult"
+    );
+
+    let b = Browser::sign_in(&s, &bob).await?;
+    assert_eq!(b.get(&result).await?.status, 404);
     Ok(())
 }

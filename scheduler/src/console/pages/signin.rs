@@ -33,7 +33,7 @@ fn form_page(error: Option<&str>) -> Markup {
                 input #token type="password" name="token" autocomplete="off" required;
                 button #signin-submit type="submit" { "Sign in" }
             }
-            p { "The admin creates tokens with " code { "aibro admin create-token USER" } "." }
+            p { "The admin creates tokens with " code { "aibro token create --user USER" } "." }
         },
     )
 }
