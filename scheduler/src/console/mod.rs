@@ -20,7 +20,7 @@
 //!   `.kind`, `.status` (`span.status-<STATUS>` then `.substatus`),
 //!   `.machines`, `.instances`, `.cost`, `.created`, `.updated`; filters
 //!   `form#filters` (`select[name=status]`, `select[name=kind]`); paging
-//!   `a#next-page`.
+//!   `a#next-page`; `live.js` sets `data-live="on"` on the table once listening.
 //! - job (`/console/jobs/{id}`): `#job[data-job-id][data-status]`,
 //!   `#status`, `#predict-url`, `#curl`, `ul#client-ids li[data-client-id]`,
 //!   `form#add-client input[name=client_id]`, `form.remove-client`,

@@ -85,5 +85,7 @@
   events.addEventListener("reload", function () {
     window.location.reload();
   });
-  table.dataset.live = "on";
+  events.addEventListener("open", function () {
+    table.dataset.live = "on";
+  });
 })();
