@@ -269,8 +269,13 @@ async fn sign_in_cookies_csrf_sign_out_and_the_rate_limit() -> Result<()> {
     Ok(())
 }
 
-/// Reads the SSE stream until a `job` event shows `job_id` as `status`.
-async fn wait_live(events: hyper::Response<Incoming>, job_id: &str, status: &str) -> Result<()> {
+/// Reads the SSE stream until a `job` event shows `job_id` as `status`;
+/// everything read.
+async fn wait_live(
+    events: hyper::Response<Incoming>,
+    job_id: &str,
+    status: &str,
+) -> Result<String> {
     let mut body = events.into_body();
     let mut seen = String::new();
     let want = format!(r#""id":"{job_id}""#);
@@ -285,7 +290,7 @@ async fn wait_live(events: hyper::Response<Incoming>, job_id: &str, status: &str
                     && e.contains(&format!(r#""status":"{status}""#))
             });
             if hit {
-                return Ok(());
+                return Ok(seen.clone());
             }
         }
         bail!("the stream ended")
@@ -317,15 +322,22 @@ async fn jobs_live_escaping_clients_and_complete_through_the_pages() -> Result<(
     let b = Browser::sign_in(&s, &bob).await?;
     let admin = Browser::sign_in(&s, &s.admin_token).await?;
 
-    // The live stream is open before the job exists.
+    // The live streams are open before the job exists.
     let events = send(&s.addr, "GET", "/console/events", Some(&a.cookie), &[]).await?;
     assert_eq!(events.status(), 200);
     assert_eq!(events.headers()["content-type"], "text/event-stream");
+    let bobs_events = send(&s.addr, "GET", "/console/events", Some(&b.cookie), &[]).await?;
     let digest = s.upload_dir(&alice, &example("echo")).await?;
     let mut request = deploy_request("echo", &digest);
     request.description = XSS.into();
     let job_id = s.deploy_with(&alice, request).await?;
     wait_live(events, &job_id, "DEPLOYED").await?;
+    // Bob's stream carries his own job's changes, and none of Alice's
+    // (which were all published before his).
+    let bobs_digest = s.upload_dir(&bob, &example("echo")).await?;
+    let bobs_job = s.deploy(&bob, "echo", &bobs_digest).await?;
+    let bob_saw = wait_live(bobs_events, &bobs_job, "DEPLOYED").await?;
+    assert!(!bob_saw.contains(&job_id), "{bob_saw}");
 
     let jobs = a.get("/console").await?;
     assert!(
