@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aibro_proto::v1 as pb;
 use aibro_proto::v1::JobStatus;
-use aibro_tests::{deploy_request, example, Scheduler, DEPLOY_DEADLINE};
+use aibro_tests::{deploy_request, example, tls_connect, Scheduler, DEPLOY_DEADLINE};
 use anyhow::{bail, Context, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -530,5 +530,32 @@ async fn a_training_job_shows_its_progress_and_downloads_its_results() -> Result
 
     let b = Browser::sign_in(&s, &bob).await?;
     assert_eq!(b.get(&result).await?.status, 404);
+    Ok(())
+}
+
+#[tokio::test]
+async fn over_tls_the_session_cookie_is_secure() -> Result<()> {
+    let certs = tempfile::tempdir()?;
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
+    let (cert, key) = (certs.path().join("s.pem"), certs.path().join("s.key"));
+    std::fs::write(&cert, certified.cert.pem())?;
+    std::fs::write(&key, certified.key_pair.serialize_pem())?;
+    let s = Scheduler::start_tls(&cert, &key, &cert, &[]).await?;
+    let alice = s.user("alice").await?;
+    let tls = tls_connect(&s.addr, &certified, &[b"http/1.1"]).await?;
+    let (mut sender, conn) = http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let body = format!("token={alice}");
+    let request = Request::post("/console/signin")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(body)))?;
+    let response = sender.send_request(request).await?;
+    assert_eq!(response.status(), 303);
+    let set = response.headers()["set-cookie"].to_str()?;
+    assert!(set.ends_with("; Secure"), "{set}");
+    assert!(
+        set.contains("HttpOnly; SameSite=Strict; Path=/console"),
+        "{set}"
+    );
     Ok(())
 }
