@@ -12,7 +12,7 @@
 //! `cargo build --release --workspace && ./target/release/aibro-bench fleet`
 
 pub(crate) mod agents;
-mod clients;
+pub(crate) mod clients;
 mod fanout;
 mod measure;
 mod report;

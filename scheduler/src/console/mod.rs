@@ -42,6 +42,7 @@ use std::sync::Arc;
 
 use axum::response::Redirect;
 use axum::routing::{get, post};
+use tokio::sync::Semaphore;
 
 use crate::control::Control;
 use session::Sessions;
@@ -52,6 +53,10 @@ pub(crate) struct Console {
     control: Control,
     sessions: Sessions,
     throttle: Throttle,
+    /// Places for open live streams ([`live::MAX_STREAMS`]).
+    streams: Arc<Semaphore>,
+    /// The row of the last changed job, shared by the live streams.
+    last_row: live::LastRow,
     /// The listener is TLS: cookies are `Secure`.
     secure: bool,
 }
@@ -62,6 +67,8 @@ pub fn router(control: &Control, secure: bool) -> axum::Router {
         control: control.clone(),
         sessions: Sessions::default(),
         throttle: Throttle::default(),
+        streams: Arc::new(Semaphore::new(live::MAX_STREAMS)),
+        last_row: live::LastRow::default(),
         secure,
     });
     axum::Router::new()
