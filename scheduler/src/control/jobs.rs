@@ -322,6 +322,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_admin_may_look_at_every_job_a_user_at_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = control(dir.path()).await;
+        for (id, owner) in [("job-1", "alice"), ("job-2", "bob"), ("job-3", "alice")] {
+            control.store().create_job(job(id, owner)).await.unwrap();
+        }
+        let (admin, alice) = (User(crate::auth::ADMIN_USER.into()), User("alice".into()));
+        let listed = |user: &User, page_size: u32, token: &str| {
+            let (jobs, next) = control
+                .list_visible_jobs(user, page_size, token, |_| true)
+                .unwrap();
+            (jobs.into_iter().map(|j| j.id).collect::<Vec<_>>(), next)
+        };
+        assert_eq!(
+            listed(&admin, 2, ""),
+            (vec!["job-1".into(), "job-2".into()], "job-2".into())
+        );
+        assert_eq!(
+            listed(&admin, 2, "job-2"),
+            (vec!["job-3".into()], String::new())
+        );
+        assert_eq!(
+            listed(&alice, 0, ""),
+            (vec!["job-1".into(), "job-3".into()], String::new())
+        );
+        assert!(control
+            .list_visible_jobs(&alice, 1, "job-2", |_| true)
+            .is_err());
+        assert_eq!(
+            control.find_visible_job(&admin, "job-2").unwrap().owner,
+            "bob"
+        );
+        assert!(matches!(
+            control.find_visible_job(&alice, "job-2"),
+            Err(Error::NotFound(_))
+        ));
+        // Acting stays the owner's.
+        assert!(control.find_job(&admin, "job-2", "").is_err());
+    }
+
+    #[tokio::test]
     async fn a_page_token_that_is_not_the_callers_is_invalid_argument() {
         let dir = tempfile::tempdir().unwrap();
         let control = control(dir.path()).await;
