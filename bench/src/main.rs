@@ -7,6 +7,7 @@
 #![deny(clippy::too_many_lines)]
 
 mod batch;
+mod console;
 mod control;
 mod cpu;
 mod ec2;
@@ -33,6 +34,8 @@ enum Bench {
     Predict(predict::PredictArgs),
     /// Dynamic batching on vs off, a numpy model at concurrency 1 and 64.
     Batch(batch::BatchArgs),
+    /// The console's jobs page with 20,000 jobs (first page), and what 100 open live consoles cost.
+    Console(console::ConsoleArgs),
     /// Cold deploy with its per-phase breakdown, cooling wake-up, Fit cold vs warm.
     Control(control::ControlArgs),
     /// 2,000 simulated agents heartbeating, 20,000 jobs: CPU, memory, ListJobs, WatchJob fan-out, restart.
@@ -55,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Predict(args) => predict::run(args).await,
         Bench::Batch(args) => batch::run(args).await,
         Bench::Control(args) => control::run(args).await,
+        Bench::Console(args) => console::run(args).await,
         Bench::Fleet(args) => fleet::run(args).await,
         Bench::Store(args) => store::run(args).await,
         Bench::Stack(args) => stack::run(args).await,

@@ -126,7 +126,11 @@ impl Auth {
 
     /// The user whose token is in `headers` (gRPC metadata or HTTP headers).
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<User, AuthError> {
-        let token = bearer(headers).ok_or(AuthError::Missing)?;
+        self.user_of(bearer(headers).ok_or(AuthError::Missing)?)
+    }
+
+    /// The user whose access token is `token` (the console's sign-in form).
+    pub fn user_of(&self, token: &str) -> Result<User, AuthError> {
         if !token.starts_with(TOKEN_PREFIX) {
             return Err(AuthError::Invalid);
         }

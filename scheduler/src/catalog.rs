@@ -12,6 +12,14 @@ use serde::Deserialize;
 const SHIPPED: &str = include_str!("../catalog.toml");
 const ON_DEMAND_SUFFIX: &str = ".od";
 
+/// A machine id's type name and market (`g4dn.4xlarge.od`: on-demand).
+pub fn split_id(id: &str) -> (&str, Market) {
+    match id.strip_suffix(ON_DEMAND_SUFFIX) {
+        Some(name) => (name, Market::OnDemand),
+        None => (id, Market::Spot),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct MachineType {
     #[serde(rename = "type")]
@@ -178,10 +186,7 @@ impl Catalog {
     }
 
     pub fn resolve(&self, id: &str) -> Option<Machine> {
-        let (name, market) = match id.strip_suffix(ON_DEMAND_SUFFIX) {
-            Some(name) => (name, Market::OnDemand),
-            None => (id, Market::Spot),
-        };
+        let (name, market) = split_id(id);
         self.types.get(name).map(|kind| Machine {
             id: id.to_string(),
             market,

@@ -1,21 +1,47 @@
 //! Live fan-out of committed timeline events to WatchJob streams. Events are
 //! published after their commit; watchers fill any gap from the store.
+//! Watchers of every job (the console's live pages) get each changed job
+//! instead, from one channel.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
-use crate::records::EventRecord;
+use crate::records::{EventRecord, JobRecord};
 
 const CHANNEL_CAPACITY: usize = 256;
+/// Changed jobs a watcher of every job may fall behind by before it lags.
+const ALL_JOBS_CAPACITY: usize = 1024;
 
-#[derive(Default)]
 pub struct Hub {
     channels: Mutex<HashMap<String, broadcast::Sender<EventRecord>>>,
+    all_jobs: broadcast::Sender<Arc<JobRecord>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            channels: Mutex::default(),
+            all_jobs: broadcast::channel(ALL_JOBS_CAPACITY).0,
+        }
+    }
 }
 
 impl Hub {
+    /// Every job as committed from now on, once per commit with events.
+    pub fn subscribe_all(&self) -> broadcast::Receiver<Arc<JobRecord>> {
+        self.all_jobs.subscribe()
+    }
+
+    /// Tells the watchers of every job that `job` changed (copied only when
+    /// someone watches).
+    pub fn publish_job(&self, job: &JobRecord) {
+        if self.all_jobs.receiver_count() > 0 {
+            let _ = self.all_jobs.send(Arc::new(job.clone()));
+        }
+    }
+
     pub fn subscribe(&self, job_id: &str) -> broadcast::Receiver<EventRecord> {
         let mut channels = self.channels.lock().expect("hub lock");
         channels

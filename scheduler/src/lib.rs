@@ -7,6 +7,7 @@
 //! - [`api`]: thin gRPC adapters (users, and the agents' gateway) and the
 //!   HTTP predict URL, on one listener.
 //! - [`charts`]: the timeline and training progress as SVG.
+//! - [`console`]: the web console's pages, on the same listener.
 //! - [`router`]: the Predict hot path; [`provider`]: where machines come from.
 //!
 //! [`run`] serves everything on a listener until a shutdown future resolves.
@@ -18,6 +19,7 @@ pub mod catalog;
 pub mod charts;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod crash;
 pub mod error;
@@ -135,7 +137,8 @@ pub async fn run(
         cancel.clone(),
     );
     start_control(&control, interruptions).await?;
-    let services = api::services(&control, &config).await?;
+    let pages = console::router(&control, config.tls_cert.is_some());
+    let services = api::services(&control, &config, pages).await?;
     serve_operator_metrics(&config, &control, &tasks, &cancel).await?;
     announce(&config.data_dir, LISTEN_ADDR_FILE, addr)?;
     let incoming = aibro_proto::transport::incoming(listener);

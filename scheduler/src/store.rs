@@ -225,6 +225,14 @@ impl Store {
 
     fn publish(&self, committed: &Committed) {
         self.hub.publish(&committed.job.id, &committed.events);
+        if !committed.events.is_empty() {
+            self.hub.publish_job(&committed.job);
+        }
+    }
+
+    /// Every job as committed from the next commit on (see [`Hub::subscribe_all`]).
+    pub fn subscribe_all(&self) -> broadcast::Receiver<Arc<JobRecord>> {
+        self.hub.subscribe_all()
     }
 
     /// Live events of the job, from the next commit on.
@@ -360,14 +368,44 @@ impl Store {
             Some(id) => Bound::Excluded(key2(owner, id)),
             None => Bound::Included(prefix.clone()),
         };
+        let ids = self
+            .by_owner
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .keys()
+            .take_while(|k| k.as_ref().map_or(true, |k| k.starts_with(&prefix)))
+            .map(|k| Ok(String::from_utf8_lossy(&k?[prefix.len()..]).into_owned()));
+        self.page_of(ids, limit, keep)
+    }
+
+    /// A page of every owner's jobs, in id order: as [`Store::jobs_page`].
+    pub fn all_jobs_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&JobRecord) -> bool,
+    ) -> Result<(Vec<JobRecord>, bool), StoreError> {
+        let start = match after {
+            Some(id) => Bound::Excluded(id.as_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        let ids = self
+            .jobs
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()));
+        self.page_of(ids, limit, keep)
+    }
+
+    /// The first `limit` jobs of `ids` that `keep` keeps, and whether more follow.
+    fn page_of(
+        &self,
+        ids: impl Iterator<Item = Result<String, sled::Error>>,
+        limit: usize,
+        keep: impl Fn(&JobRecord) -> bool,
+    ) -> Result<(Vec<JobRecord>, bool), StoreError> {
         let mut out = Vec::with_capacity(limit.min(1024));
-        for kv in self.by_owner.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
-            let (k, _) = kv?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            let id = String::from_utf8_lossy(&k[prefix.len()..]);
-            let Some(job) = self.job(&id)?.filter(|j| keep(j)) else {
+        for id in ids {
+            let Some(job) = self.job(&id?)?.filter(|j| keep(j)) else {
                 continue;
             };
             if out.len() == limit {

@@ -705,3 +705,25 @@ pub async fn wait_pool(s: &Scheduler, token: &str, want: (u32, u32)) -> Result<(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A TLS connection to `addr` that trusts `cert` and offers `alpn`.
+pub async fn tls_connect(
+    addr: &str,
+    cert: &rcgen::CertifiedKey,
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone())?;
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+    Ok(
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tokio::net::TcpStream::connect(addr).await?)
+            .await?,
+    )
+}

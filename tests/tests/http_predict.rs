@@ -3,11 +3,10 @@
 //! h2 and HTTP/1.1 over TLS by ALPN, a truncated body, CORS only when configured, gRPC
 //! still served beside it, and a client id that never reaches the log.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aibro_proto::v1::JobStatus;
-use aibro_tests::{deploy_request, example, repo, Scheduler};
+use aibro_tests::{deploy_request, example, repo, tls_connect, Scheduler};
 use anyhow::{Context, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -265,26 +264,6 @@ async fn model_errors(s: &Scheduler) -> Result<()> {
         started.elapsed()
     );
     Ok(())
-}
-
-/// A TLS connection to `addr` that trusts `cert` and offers `alpn`.
-async fn tls_connect(
-    addr: &str,
-    cert: &rcgen::CertifiedKey,
-    alpn: &[&[u8]],
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone())?;
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let mut config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1")?;
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, TcpStream::connect(addr).await?)
-        .await?)
 }
 
 #[tokio::test]

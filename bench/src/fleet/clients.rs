@@ -20,7 +20,7 @@ fn bearer(token: &str) -> Result<Bearer> {
     Ok(Bearer(Some(format!("Bearer {token}").parse()?)))
 }
 
-/// The agent gateway, as an agent with the join token.
+/// The agent gateway, as an agent with the join token (or its credential).
 pub fn gateway(endpoint: &str, join_token: &str) -> Result<Gateway> {
     Ok(AgentGatewayClient::with_interceptor(
         channel(endpoint)?,

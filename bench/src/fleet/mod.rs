@@ -11,14 +11,14 @@
 //!
 //! `cargo build --release --workspace && ./target/release/aibro-bench fleet`
 
-mod agents;
-mod clients;
+pub(crate) mod agents;
+pub(crate) mod clients;
 mod fanout;
 mod measure;
 mod report;
 mod restart;
-mod scheduler;
-mod seed;
+pub(crate) mod scheduler;
+pub(crate) mod seed;
 mod stub_agent;
 
 use std::path::Path;
@@ -66,6 +66,24 @@ pub struct FleetArgs {
     /// Keep the data dir (its path is printed) instead of removing it.
     #[arg(long)]
     pub keep: bool,
+}
+
+impl FleetArgs {
+    /// The fleet's seed for `aibro-bench console`: `jobs` jobs of one user,
+    /// two agents (none started).
+    pub fn for_console(jobs: usize) -> FleetArgs {
+        FleetArgs {
+            agents: 2,
+            jobs,
+            watchers: 0,
+            seconds: 0,
+            users: 1,
+            heartbeat_ms: 1000,
+            list_calls: 0,
+            fanout_rounds: 0,
+            keep: false,
+        }
+    }
 }
 
 pub async fn run(args: FleetArgs) -> Result<()> {

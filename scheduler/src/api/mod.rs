@@ -10,7 +10,7 @@ pub mod convert;
 mod cors;
 mod deadline;
 pub mod gateway;
-mod http;
+pub(crate) mod http;
 pub mod inference;
 pub mod jobs;
 pub mod marketplace;
@@ -153,9 +153,15 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 const LONGEST_DEADLINE_S: u64 = 365 * 24 * 3600;
 
 /// Every service on one server: the gRPC ones ([`grpc_routes`]) and, for
-/// every other request, the [`http`] routes, all inside the one [`stack`].
-pub(crate) async fn services(control: &Control, config: &Config) -> anyhow::Result<Router> {
-    let http = http::router(control, config, oip::rest::routes(control, config));
+/// every other request, the [`http`] routes and `pages` (the console), all
+/// inside the one [`stack`].
+pub(crate) async fn services(
+    control: &Control,
+    config: &Config,
+    pages: axum::Router,
+) -> anyhow::Result<Router> {
+    let more = oip::rest::routes(control, config).merge(pages);
+    let http = http::router(control, config, more);
     let http = match cors::layer(&config.http_cors_origins)? {
         Some(cors) => http.layer(cors),
         None => http,

@@ -18,6 +18,20 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 /// How long a job waits for each machine when the request does not say.
 const DEFAULT_WAIT_REQUEST_S: u32 = 30;
 
+/// The jobs a listing covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// The caller's own.
+    Own,
+    /// Those the caller may look at ([`may_see`]).
+    Visible,
+}
+
+/// The admin may look at every job; a user at their own.
+pub fn may_see(user: &User, job: &JobRecord) -> bool {
+    user.is_admin() || job.owner == user.0
+}
+
 /// A request's `wait_request_s`, with 0 meaning the default.
 pub(crate) fn wait_request_s(asked: u32) -> u32 {
     match asked {
@@ -59,14 +73,52 @@ impl Control {
         page_size: u32,
         page_token: &str,
     ) -> Result<(Vec<JobRecord>, String)> {
+        self.jobs_page(user, Scope::Own, page_size, page_token, |j| {
+            !active_only || !j.state.is_ended()
+        })
+    }
+
+    /// As [`Control::list_jobs`], over the jobs the caller may look at (the
+    /// admin: every job) that `keep` keeps.
+    pub fn list_visible_jobs(
+        &self,
+        user: &User,
+        page_size: u32,
+        page_token: &str,
+        keep: impl Fn(&JobRecord) -> bool,
+    ) -> Result<(Vec<JobRecord>, String)> {
+        self.jobs_page(user, Scope::Visible, page_size, page_token, keep)
+    }
+
+    /// A job the caller may look at (the admin: any job); acting on one
+    /// stays its owner's ([`Control::find_job`]). Another user's job is as
+    /// missing as one that does not exist.
+    pub fn find_visible_job(&self, user: &User, job_id: &str) -> Result<JobRecord> {
+        match self.store().job(job_id)? {
+            Some(job) if may_see(user, &job) => Ok(job),
+            _ => Err(Error::NotFound(format!("job {job_id} not found"))),
+        }
+    }
+
+    fn jobs_page(
+        &self,
+        user: &User,
+        scope: Scope,
+        page_size: u32,
+        page_token: &str,
+        keep: impl Fn(&JobRecord) -> bool,
+    ) -> Result<(Vec<JobRecord>, String)> {
         let limit = match page_size {
             0 => DEFAULT_PAGE_SIZE,
             n => (n as usize).min(MAX_PAGE_SIZE),
         };
-        let after = self.page_start(user, page_token)?;
-        let (jobs, more) = self.store().jobs_page(&user.0, after, limit, |j| {
-            !active_only || !j.state.is_ended()
-        })?;
+        let every_job = scope == Scope::Visible && user.is_admin();
+        let after = self.page_start(user, every_job, page_token)?;
+        let (jobs, more) = if every_job {
+            self.store().all_jobs_page(after, limit, keep)?
+        } else {
+            self.store().jobs_page(&user.0, after, limit, keep)?
+        };
         let next = match jobs.last() {
             Some(last) if more => last.id.clone(),
             _ => String::new(),
@@ -74,13 +126,18 @@ impl Control {
         Ok((jobs, next))
     }
 
-    /// The job a page starts after: one of the caller's, or none for the first page.
-    fn page_start<'a>(&self, user: &User, page_token: &'a str) -> Result<Option<&'a str>> {
+    /// The job a page starts after: one the listing covers, or none for the first page.
+    fn page_start<'a>(
+        &self,
+        user: &User,
+        every_job: bool,
+        page_token: &'a str,
+    ) -> Result<Option<&'a str>> {
         if page_token.is_empty() {
             return Ok(None);
         }
         match self.store().job(page_token)? {
-            Some(job) if job.owner == user.0 => Ok(Some(page_token)),
+            Some(job) if every_job || job.owner == user.0 => Ok(Some(page_token)),
             _ => Err(Error::InvalidArgument(format!(
                 "page_token `{}` is not one this server handed out to you: pass the \
                  next_page_token of your previous ListJobs response, or none for the \
@@ -263,6 +320,47 @@ mod tests {
         assert_eq!(bob, [["job-bob"]]);
         let nobody = pages(&control, &User("carol".into()), false, 0);
         assert_eq!(nobody, [Vec::<String>::new()]);
+    }
+
+    #[tokio::test]
+    async fn the_admin_may_look_at_every_job_a_user_at_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = control(dir.path()).await;
+        for (id, owner) in [("job-1", "alice"), ("job-2", "bob"), ("job-3", "alice")] {
+            control.store().create_job(job(id, owner)).await.unwrap();
+        }
+        let (admin, alice) = (User(crate::auth::ADMIN_USER.into()), User("alice".into()));
+        let listed = |user: &User, page_size: u32, token: &str| {
+            let (jobs, next) = control
+                .list_visible_jobs(user, page_size, token, |_| true)
+                .unwrap();
+            (jobs.into_iter().map(|j| j.id).collect::<Vec<_>>(), next)
+        };
+        assert_eq!(
+            listed(&admin, 2, ""),
+            (vec!["job-1".into(), "job-2".into()], "job-2".into())
+        );
+        assert_eq!(
+            listed(&admin, 2, "job-2"),
+            (vec!["job-3".into()], String::new())
+        );
+        assert_eq!(
+            listed(&alice, 0, ""),
+            (vec!["job-1".into(), "job-3".into()], String::new())
+        );
+        assert!(control
+            .list_visible_jobs(&alice, 1, "job-2", |_| true)
+            .is_err());
+        assert_eq!(
+            control.find_visible_job(&admin, "job-2").unwrap().owner,
+            "bob"
+        );
+        assert!(matches!(
+            control.find_visible_job(&alice, "job-2"),
+            Err(Error::NotFound(_))
+        ));
+        // Acting stays the owner's.
+        assert!(control.find_job(&admin, "job-2", "").is_err());
     }
 
     #[tokio::test]

@@ -59,7 +59,7 @@ use crate::store::{Store, StoreError};
 
 pub use agents::AgentClaim;
 pub use deploy::{DeploySpec, Deployed, DryRunOutcome};
-pub use jobs::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+pub use jobs::{may_see, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use links::{AgentLoad, LastHeard};
 pub use machines::{MachineError, Shortage};
 pub use reports::{AgentReport, AgentTls, Issued, Registration, ReportedPhase};

@@ -62,6 +62,11 @@ impl Control {
     /// The timeline events of the caller's job `job_id`.
     pub fn timeline(&self, user: &User, job_id: &str) -> Result<Vec<EventRecord>> {
         let job = self.find_job(user, job_id, "")?;
+        self.events_of(&job)
+    }
+
+    /// The timeline events of `job` (found for its caller already).
+    pub fn events_of(&self, job: &JobRecord) -> Result<Vec<EventRecord>> {
         Ok(self.store().events(&job.id)?)
     }
 

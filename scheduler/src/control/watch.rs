@@ -1,17 +1,26 @@
 //! WatchJob: the job's history from the store, then its live events,
 //! in sequence order with gaps filled from the store, until the job's last
-//! event (ended and settled) or shutdown.
+//! event (ended and settled) or shutdown. [`Control::watch_all_jobs`]: every
+//! job as it changes, from the same hub (the console's live pages).
+
+use std::sync::Arc;
 
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{Error, Result};
-use crate::records::EventRecord;
+use crate::records::{EventRecord, JobRecord};
 
 use super::Control;
 
 impl Control {
+    /// Every job as committed from now on (who may see which is the caller's
+    /// to filter); a receiver that falls behind gets `Lagged`.
+    pub fn watch_all_jobs(&self) -> broadcast::Receiver<Arc<JobRecord>> {
+        self.store().subscribe_all()
+    }
+
     pub fn watch(&self, job_id: String) -> ReceiverStream<Result<EventRecord>> {
         let (tx, rx) = mpsc::channel(64);
         let this = self.clone();
