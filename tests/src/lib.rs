@@ -259,6 +259,16 @@ impl Scheduler {
         }
     }
 
+    /// Runs the `aibro` CLI against this scheduler as `token`'s user.
+    pub fn cli(&self, token: &str, args: &[&str]) -> std::process::Output {
+        Command::new(bin("aibro"))
+            .args(args)
+            .env("AIBRO_ENDPOINT", self.endpoint())
+            .env("AIBRO_TOKEN", token)
+            .output()
+            .expect("run aibro")
+    }
+
     pub fn endpoint(&self) -> String {
         aibro_proto::transport::url(&self.addr, self.tls_ca.is_some())
     }
@@ -568,6 +578,15 @@ impl Drop for Scheduler {
 }
 
 /// The job substatuses the events passed through, in order, each once.
+/// What a process printed, stdout then stderr.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 pub fn substatuses(events: &[pb::JobEvent]) -> Vec<pb::JobSubstatus> {
     let mut out: Vec<pb::JobSubstatus> = Vec::new();
     for e in events {

@@ -5,33 +5,16 @@
 //! real training run has its loss line. Screenshots are kept.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use aibro_scheduler::charts::progress_svg;
 use aibro_tests::browser::Browser;
-use aibro_tests::{bin, example, repo, Scheduler};
+use aibro_tests::{example, output_text, repo, Scheduler};
 use anyhow::{ensure, Context, Result};
 use fantoccini::Locator;
 use quick_xml::events::Event;
 
 const HOSTILE: &str = r#"<script>alert(1)</script> & "quotes""#;
-
-fn aibro(s: &Scheduler, token: &str, args: &[&str]) -> Output {
-    Command::new(bin("aibro"))
-        .args(args)
-        .env("AIBRO_ENDPOINT", s.endpoint())
-        .env("AIBRO_TOKEN", token)
-        .output()
-        .expect("run aibro")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// Deploys `artifacts` as `model_name` (described as [`HOSTILE`]) with the
 /// CLI; the job's id and what the CLI said.
@@ -53,9 +36,9 @@ fn deploy(
         "--description",
         HOSTILE,
     ];
-    let deployed = aibro(s, token, &args);
-    let out = aibro(s, token, &["--json", "jobs", "list"]);
-    ensure!(out.status.success(), "{}", text(&out));
+    let deployed = s.cli(token, &args);
+    let out = s.cli(token, &["--json", "jobs", "list"]);
+    ensure!(out.status.success(), "{}", output_text(&out));
     let jobs: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     jobs.as_array()
         .into_iter()
@@ -100,13 +83,16 @@ fn parse(svg: &str) -> Result<Drawn> {
 
 /// `aibro timeline JOB --svg FILE`, then the file read back.
 fn timeline_svg(s: &Scheduler, token: &str, job_id: &str, file: &Path) -> Result<String> {
-    let out = aibro(
-        s,
+    let out = s.cli(
         token,
         &["timeline", job_id, "--svg", file.to_str().unwrap()],
     );
-    ensure!(out.status.success(), "{}", text(&out));
-    ensure!(text(&out).contains("drawn to"), "{}", text(&out));
+    ensure!(out.status.success(), "{}", output_text(&out));
+    ensure!(
+        output_text(&out).contains("drawn to"),
+        "{}",
+        output_text(&out)
+    );
     Ok(std::fs::read_to_string(file)?)
 }
 
@@ -119,7 +105,7 @@ async fn the_cli_draws_the_timeline_as_svg_and_chromium_shows_it_escaped() -> Re
     // A deployed echo: a lane for the job and one for its instance, with
     // bars; the description's markup escaped.
     let (echo_job, deployed) = deploy(&s, &token, "echo", &example("echo"))?;
-    ensure!(deployed.status.success(), "{}", text(&deployed));
+    ensure!(deployed.status.success(), "{}", output_text(&deployed));
     let echo_svg = out_dir.path().join("echo.svg");
     let drawn = parse(&timeline_svg(&s, &token, &echo_job, &echo_svg)?)?;
     ensure!(drawn.lanes >= 2 && drawn.bars >= 5, "{drawn:?}");
@@ -136,7 +122,7 @@ async fn the_cli_draws_the_timeline_as_svg_and_chromium_shows_it_escaped() -> Re
         "def load_model():\n    raise ValueError({HOSTILE:?})\n\ndef run(model, data):\n    return data\n"
     ));
     let (hostile_job, deployed) = deploy(&s, &token, "hostile", hostile.path())?;
-    ensure!(!deployed.status.success(), "{}", text(&deployed));
+    ensure!(!deployed.status.success(), "{}", output_text(&deployed));
     let hostile_svg = out_dir.path().join("hostile.svg");
     let svg = timeline_svg(&s, &token, &hostile_job, &hostile_svg)?;
     ensure!(!svg.contains("<script"), "{svg}");
@@ -145,15 +131,14 @@ async fn the_cli_draws_the_timeline_as_svg_and_chromium_shows_it_escaped() -> Re
     ensure!(drawn.texts.contains(&caption), "{drawn:?}");
 
     // A file that cannot be written: a clear error.
-    let out = aibro(
-        &s,
+    let out = s.cli(
         &token,
         &["timeline", &echo_job, "--svg", "/nonexistent/dir/t.svg"],
     );
     ensure!(
-        !out.status.success() && text(&out).contains("cannot write the timeline SVG"),
+        !out.status.success() && output_text(&out).contains("cannot write the timeline SVG"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     // In a real browser: the markup is text, no script ran, no dialog opened.
@@ -205,9 +190,9 @@ async fn a_training_runs_progress_is_drawn_per_epoch() -> Result<()> {
         "--output",
         trained.to_str().unwrap(),
     ];
-    let out = aibro(&s, &token, &args);
-    ensure!(out.status.success(), "{}", text(&out));
-    let out = aibro(&s, &token, &["--json", "jobs", "list"]);
+    let out = s.cli(&token, &args);
+    ensure!(out.status.success(), "{}", output_text(&out));
+    let out = s.cli(&token, &["--json", "jobs", "list"]);
     let jobs: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let job_id = jobs[0]["job_id"].as_str().context("a job")?;
 

@@ -2,26 +2,9 @@
 //! exits 0 once DEPLOYED (non-zero with the traceback if CANCELED), predict,
 //! jobs, timeline, clients and complete.
 
-use std::process::{Command, Output};
+use std::process::Command;
 
-use aibro_tests::{bin, example, repo, Scheduler};
-
-fn aibro(s: &Scheduler, token: &str, args: &[&str]) -> Output {
-    Command::new(bin("aibro"))
-        .args(args)
-        .env("AIBRO_ENDPOINT", s.endpoint())
-        .env("AIBRO_TOKEN", token)
-        .output()
-        .expect("run aibro")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use aibro_tests::{example, output_text, repo, Scheduler};
 
 #[tokio::test]
 async fn the_cli_drives_a_deployment_end_to_end() -> anyhow::Result<()> {
@@ -29,8 +12,7 @@ async fn the_cli_drives_a_deployment_end_to_end() -> anyhow::Result<()> {
     let token = s.user("carol").await?;
     let echo = example("echo");
 
-    let out = aibro(
-        &s,
+    let out = s.cli(
         &token,
         &[
             "deploy",
@@ -42,7 +24,7 @@ async fn the_cli_drives_a_deployment_end_to_end() -> anyhow::Result<()> {
             echo.to_str().unwrap(),
         ],
     );
-    let shown = text(&out);
+    let shown = output_text(&out);
     assert!(out.status.success(), "{shown}");
     for substatus in [
         "REQUESTING_SERVER",
@@ -59,15 +41,14 @@ async fn the_cli_drives_a_deployment_end_to_end() -> anyhow::Result<()> {
         .find_map(|l| l.strip_prefix("curl:"))
         .unwrap_or_else(|| panic!("no curl line:\n{shown}"));
     let out = Command::new("sh").args(["-c", curl.trim()]).output()?;
-    assert!(out.status.success(), "{curl}: {}", text(&out));
+    assert!(out.status.success(), "{curl}: {}", output_text(&out));
     assert!(
-        text(&out).contains(r#""text": "hi""#),
+        output_text(&out).contains(r#""text": "hi""#),
         "{curl}: {}",
-        text(&out)
+        output_text(&out)
     );
 
-    let out = aibro(
-        &s,
+    let out = s.cli(
         &token,
         &[
             "predict",
@@ -79,35 +60,34 @@ async fn the_cli_drives_a_deployment_end_to_end() -> anyhow::Result<()> {
             r#"{"q": 42}"#,
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("42"));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(output_text(&out).contains("42"));
 
-    let out = aibro(&s, &token, &["--json", "jobs", "list"]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = s.cli(&token, &["--json", "jobs", "list"]);
+    assert!(out.status.success(), "{}", output_text(&out));
     let jobs: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let job_id = jobs[0]["job_id"].as_str().expect("job id").to_string();
     assert_eq!(jobs[0]["status"], "DEPLOYED", "{jobs}");
 
-    let out = aibro(&s, &token, &["timeline", &job_id]);
+    let out = s.cli(&token, &["timeline", &job_id]);
     assert!(
-        out.status.success() && text(&out).contains("GEARING_UP_ENV"),
+        out.status.success() && output_text(&out).contains("GEARING_UP_ENV"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
-    let out = aibro(
-        &s,
+    let out = s.cli(
         &token,
         &["clients", "add", "--model-name", "echo", "c1", "c1"],
     );
     assert!(
-        !out.status.success() && text(&out).contains("listed twice"),
+        !out.status.success() && output_text(&out).contains("listed twice"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
-    let out = aibro(&s, &token, &["complete", "--job-id", &job_id]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = s.cli(&token, &["complete", "--job-id", &job_id]);
+    assert!(out.status.success(), "{}", output_text(&out));
     let job = s.get_job(&token, &job_id).await?;
     assert_eq!(
         job.instances[0].substatus(),
@@ -116,8 +96,7 @@ async fn the_cli_drives_a_deployment_end_to_end() -> anyhow::Result<()> {
 
     // A broken repo: non-zero exit, the traceback shown.
     let broken = repo("def load_model():\n    raise ValueError('no weights here')\n\ndef run(model, data):\n    return data\n");
-    let out = aibro(
-        &s,
+    let out = s.cli(
         &token,
         &[
             "deploy",
@@ -131,17 +110,16 @@ async fn the_cli_drives_a_deployment_end_to_end() -> anyhow::Result<()> {
     );
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("ValueError: no weights here"),
+        output_text(&out).contains("ValueError: no weights here"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     // aibro fit: live progress, and the outputs unpacked where asked.
     let out_dir = tempfile::tempdir()?;
     let trained = out_dir.path().join("trained");
     let train_repo = example("train-linear");
-    let out = aibro(
-        &s,
+    let out = s.cli(
         &token,
         &[
             "fit",
@@ -155,7 +133,7 @@ async fn the_cli_drives_a_deployment_end_to_end() -> anyhow::Result<()> {
             trained.to_str().unwrap(),
         ],
     );
-    let shown = text(&out);
+    let shown = output_text(&out);
     assert!(out.status.success(), "{shown}");
     assert!(
         shown.contains("epoch   4/4") && shown.contains("TRAINING / RETURNING"),
@@ -165,11 +143,11 @@ async fn the_cli_drives_a_deployment_end_to_end() -> anyhow::Result<()> {
         serde_json::from_slice(&std::fs::read(trained.join("model.json"))?)?;
     assert!(model.get("w").is_some(), "{model}");
 
-    let out = aibro(&s, "secret_wrong", &["jobs", "list"]);
+    let out = s.cli("secret_wrong", &["jobs", "list"]);
     assert!(
-        !out.status.success() && text(&out).contains("UNAUTHENTICATED"),
+        !out.status.success() && output_text(&out).contains("UNAUTHENTICATED"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     Ok(())
 }
@@ -178,9 +156,9 @@ async fn the_cli_drives_a_deployment_end_to_end() -> anyhow::Result<()> {
 async fn the_cli_shows_the_fleet_and_drives_the_spot_market() -> anyhow::Result<()> {
     let s = Scheduler::start().await?;
     let admin = s.admin_token.clone();
-    let out = aibro(&s, &admin, &["spot", "availability", "local.large", "1"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let machines = text(&aibro(&s, &admin, &["machines"]));
+    let out = s.cli(&admin, &["spot", "availability", "local.large", "1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let machines = output_text(&s.cli(&admin, &["machines"]));
     let large = machines
         .lines()
         .find(|l| l.starts_with("local.large"))
@@ -197,7 +175,7 @@ async fn the_cli_shows_the_fleet_and_drives_the_spot_market() -> anyhow::Result<
     let job_id = s.deploy_with(&token, request).await?;
     s.wait_status(&token, &job_id, aibro_proto::v1::JobStatus::Deployed)
         .await?;
-    let shown = text(&aibro(&s, &token, &["instances", "--job-id", &job_id]));
+    let shown = output_text(&s.cli(&token, &["instances", "--job-id", &job_id]));
     for column in ["MACHINE", "GPU MEMORY", "WORKERS", "NOTE"] {
         assert!(shown.contains(column), "{column} missing:\n{shown}");
     }
@@ -206,13 +184,12 @@ async fn the_cli_shows_the_fleet_and_drives_the_spot_market() -> anyhow::Result<
     let inst = s.get_job(&token, &job_id).await?.instances[0]
         .instance_id
         .clone();
-    let out = aibro(&s, &token, &["spot", "interrupt", &inst]);
+    let out = s.cli(&token, &["spot", "interrupt", &inst]);
     assert!(!out.status.success(), "only the admin may interrupt");
-    let out = aibro(
-        &s,
+    let out = s.cli(
         &admin,
         &["spot", "interrupt", &inst, "--notice-ms", "60000"],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     Ok(())
 }

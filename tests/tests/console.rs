@@ -503,7 +503,11 @@ async fn a_training_job_shows_its_progress_and_downloads_its_results() -> Result
         "{}",
         page.body
     );
-    assert!(page.body.contains("3 / 3"), "the last epoch: {}", page.body);
+    assert!(
+        page.body.contains("Training progress: epoch 3 of 3") && page.body.contains("<polyline"),
+        "the progress chart to the last epoch: {}",
+        page.body
+    );
     assert!(page.body.contains(r#"id="download""#), "{}", page.body);
     let result = format!("/console/jobs/{job_id}/result");
     let downloaded = send(&s.addr, "GET", &result, Some(&e.cookie), &[]).await?;
@@ -556,6 +560,25 @@ async fn over_tls_the_session_cookie_is_secure() -> Result<()> {
     assert!(
         set.contains("HttpOnly; SameSite=Strict; Path=/console"),
         "{set}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_marketplace_shows_pool_agents_and_their_state() -> Result<()> {
+    let (s, _catalog) = aibro_tests::pool_scheduler(&[]).await?;
+    let alice = s.user("alice").await?;
+    let hosts = tempfile::tempdir()?;
+    let _agent = aibro_tests::host_agent(&s, &hosts.path().join("gpu-1"), "pool.cpu")?;
+    aibro_tests::wait_pool(&s, &alice, (1, 1)).await?;
+    let a = Browser::sign_in(&s, &alice).await?;
+    let market = a.get("/console/marketplace").await?;
+    assert!(
+        market.body.contains(r#"data-machine="pool.cpu""#)
+            && market.body.contains("table id=\"pool-agents\"")
+            && market.body.contains(r#"<td class="state">idle</td>"#),
+        "{}",
+        market.body
     );
     Ok(())
 }

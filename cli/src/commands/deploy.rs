@@ -73,7 +73,7 @@ pub async fn deploy(ctx: &Ctx, args: &DeployArgs) -> Result<Outcome> {
                         &job.predict_address
                     };
                     println!("predict:  {address}");
-                    println!("curl:     {}", curl_line(address));
+                    println!("curl:     {}", aibro_scheduler::control::curl_line(address));
                 },
             );
             Ok(Outcome::Deployed(Box::new(job)))
@@ -95,12 +95,6 @@ pub async fn deploy(ctx: &Ctx, args: &DeployArgs) -> Result<Outcome> {
             )
         }
     }
-}
-
-/// A curl command that calls the predict URL `address` with a JSON body.
-fn curl_line(address: &str) -> String {
-    let quoted = shlex::try_quote(address).map_or_else(|_| address.into(), |q| q.into_owned());
-    format!("curl -X POST {quoted} -H 'content-type: application/json' -d '{{\"text\": \"hi\"}}'")
 }
 
 /// Prints a dry run's outcome; errors when it failed.

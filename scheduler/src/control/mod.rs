@@ -65,7 +65,7 @@ pub use machines::{MachineError, Shortage};
 pub use reports::{AgentReport, AgentTls, Issued, Registration, ReportedPhase};
 pub use spot::SpotNotice;
 pub use train::{FitSpec, TrainingUpdate, UpdateKind};
-pub use views::{InstanceView, JobView, MachineOffer};
+pub use views::{curl_line, InstanceView, JobView, MachineOffer};
 
 /// Knobs of the control plane.
 #[derive(Debug, Clone)]

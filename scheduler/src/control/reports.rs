@@ -170,6 +170,7 @@ impl Control {
                 &agent.address,
                 &agent.instance_id,
                 &credential,
+                &agent.hardware,
             )
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         }
@@ -257,6 +258,7 @@ impl Control {
             &agent.address,
             "",
             &credential,
+            &agent.hardware,
         )
         .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         // Idle, yet the pool has it run an instance that has ended: free it.

@@ -116,6 +116,11 @@ pub struct MachineOffer {
 }
 
 impl Control {
+    /// The pool's agents (none without a pool provider).
+    pub fn pool_agents(&self) -> Vec<crate::provider::pool::PoolAgent> {
+        self.machines().pool().map_or_else(Vec::new, |p| p.agents())
+    }
+
     /// The catalog's machine types with their live capacity.
     pub fn machine_offers(&self) -> Vec<MachineOffer> {
         let machines = self.machines();
@@ -132,4 +137,11 @@ impl Control {
             })
             .collect()
     }
+}
+
+/// A curl command that calls the predict URL `address` with a JSON body (what
+/// `aibro deploy` prints and the console shows), the address shell-quoted.
+pub fn curl_line(address: &str) -> String {
+    let quoted = shlex::try_quote(address).map_or_else(|_| address.into(), |q| q.into_owned());
+    format!("curl -X POST {quoted} -H 'content-type: application/json' -d '{{\"text\": \"hi\"}}'")
 }

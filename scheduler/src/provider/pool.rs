@@ -20,6 +20,7 @@ use tonic::transport::ClientTlsConfig;
 use super::{LaunchFor, Provider, ProviderError};
 use crate::catalog::{Machine, MachineType};
 use crate::link::Client;
+use crate::records::HardwareRecord;
 
 /// The provider name catalog types use.
 pub const POOL: &str = "pool";
@@ -37,6 +38,8 @@ enum Holds {
 
 struct Member {
     machine_type: String,
+    /// What the agent found on its host when it registered (its GPUs).
+    hardware: HardwareRecord,
     /// None until the agent registered (a reservation restored at start).
     client: Option<Client>,
     holds: Holds,
@@ -48,11 +51,24 @@ impl Member {
     fn new(machine_type: &str) -> Member {
         Member {
             machine_type: machine_type.to_string(),
+            hardware: HardwareRecord::default(),
             client: None,
             holds: Holds::Nothing,
             last_seen: Instant::now(),
         }
     }
+}
+
+/// A member as the marketplace shows it: what it is and whether it is free,
+/// never which instance (another user's) it runs.
+#[derive(Debug, Clone)]
+pub struct PoolAgent {
+    pub agent_id: String,
+    pub machine_type: String,
+    /// `idle`, `running` or `parked` (keeps a stopped instance's disk).
+    pub state: &'static str,
+    pub hardware: HardwareRecord,
+    pub seen_ago: Duration,
 }
 
 #[derive(Default)]
@@ -80,6 +96,7 @@ impl Pool {
         address: &str,
         instance_id: &str,
         credential: &str,
+        hardware: &HardwareRecord,
     ) -> Result<(), ProviderError> {
         let client = crate::link::client(address, self.tls.as_ref(), credential)?;
         let mut members = self.members.lock().expect("pool lock");
@@ -88,12 +105,34 @@ impl Pool {
             .or_insert_with(|| Member::new(machine_type));
         member.machine_type = machine_type.to_string();
         member.client = Some(client);
+        member.hardware = hardware.clone();
         member.last_seen = Instant::now();
         if !instance_id.is_empty() {
             member.holds = Holds::Running(instance_id.to_string());
         }
         tracing::info!(agent_id, machine_type, address, holds = ?member.holds, "pool agent joined");
         Ok(())
+    }
+
+    /// Every member, by agent id.
+    pub fn agents(&self) -> Vec<PoolAgent> {
+        let members = self.members.lock().expect("pool lock");
+        let mut agents: Vec<PoolAgent> = members
+            .iter()
+            .map(|(id, m)| PoolAgent {
+                agent_id: id.clone(),
+                machine_type: m.machine_type.clone(),
+                state: match m.holds {
+                    Holds::Nothing => "idle",
+                    Holds::Running(_) => "running",
+                    Holds::Parked(_) => "parked",
+                },
+                hardware: m.hardware.clone(),
+                seen_ago: m.last_seen.elapsed(),
+            })
+            .collect();
+        agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        agents
     }
 
     /// The instance the member runs, as far as the pool knows.
@@ -386,8 +425,15 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = closed.local_addr().unwrap().to_string();
         drop(closed);
-        pool.join("a1", "pool.cpu", &address, "", "agent_a1")
-            .unwrap();
+        pool.join(
+            "a1",
+            "pool.cpu",
+            &address,
+            "",
+            "agent_a1",
+            &HardwareRecord::default(),
+        )
+        .unwrap();
         pool.reserve("a2", "pool.cpu", "inst-stopped", false);
         assert!(pool.holds("a2", "inst-stopped") && !pool.holds("a1", "inst-stopped"));
         assert_eq!(pool.capacity(&m.kind), Some(2));
@@ -400,8 +446,15 @@ mod tests {
         assert!(!pool.seen("a1"), "an unreachable agent leaves the pool");
         // The reservation has no agent yet: it cannot be started, only dropped.
         assert!(pool.start("inst-stopped", &m).await.is_err());
-        pool.join("a3", "pool.cpu", &address, "", "agent_a3")
-            .unwrap();
+        pool.join(
+            "a3",
+            "pool.cpu",
+            &address,
+            "",
+            "agent_a3",
+            &HardwareRecord::default(),
+        )
+        .unwrap();
         pool.drop_silent(Duration::ZERO);
         assert!(!pool.seen("a3"), "a silent idle member leaves");
         assert_eq!(pool.capacity(&m.kind), Some(1), "the reservation stays");

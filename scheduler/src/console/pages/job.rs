@@ -8,13 +8,15 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use maud::{html, Markup};
+use maud::{html, Markup, PreEscaped};
 
 use super::super::form::Signed;
 use super::super::layout;
 use super::super::Console;
 use super::failed;
 use super::jobs::{model_name, status_cell};
+use crate::api::convert;
+use crate::charts;
 use crate::control::{InstanceView, JobView};
 use crate::records::EventRecord;
 use crate::state::JobKind;
@@ -80,15 +82,9 @@ fn predict(view: &JobView) -> Markup {
             h2 { "Predict" }
             p { code #predict-url { (view.predict_address) } }
             p { "With curl:" }
-            pre { code #curl { (curl_line(&view.predict_address)) } }
+            pre { code #curl { (crate::control::curl_line(&view.predict_address)) } }
         }
     }
-}
-
-/// A curl command that calls the predict URL `address` with a JSON body.
-fn curl_line(address: &str) -> String {
-    let quoted = shlex::try_quote(address).map_or_else(|_| address.into(), |q| q.into_owned());
-    format!("curl -X POST {quoted} -H 'content-type: application/json' -d '{{\"text\": \"hi\"}}'")
 }
 
 fn instances(instances: &[InstanceView]) -> Markup {
@@ -130,32 +126,35 @@ fn instance(view: &InstanceView) -> Markup {
 
 /// Where the server-drawn charts go (`figure#timeline`, `figure#progress`):
 /// meanwhile, the events they are drawn from.
+/// The timeline (and, for training, the progress) drawn by [`charts`], the
+/// renderers `aibro timeline --svg` uses; the events as a table beneath.
 fn figures(view: &JobView, events: &[EventRecord]) -> Markup {
-    let progress: Vec<&EventRecord> = events.iter().filter(|e| e.progress.is_some()).collect();
+    let job = &view.job;
+    let timeline = convert::timeline(&job.id, events);
+    let now = prost_types::Timestamp::from(std::time::SystemTime::now());
+    // The renderers escape every text they draw.
+    let gantt = PreEscaped(charts::timeline_svg(&convert::job(view), &timeline, now));
     html! {
         figure #timeline {
             figcaption { "Timeline" }
-            table .events {
-                thead { tr { th { "#" } th { "At" } th { "Status" } th { "Instance" } th { "Phase" } th { "Message" } } }
-                tbody { @for e in events {
-                    tr data-seq=(e.seq) {
-                        td { (e.seq) } td { (layout::when(e.at_ms)) } td { (status_cell(e.job)) }
-                        td { (e.instance_id) } td { (e.phase) } td { (e.message) }
-                    }
-                } }
+            (gantt)
+            details {
+                summary { "Events" }
+                table .events {
+                    thead { tr { th { "#" } th { "At" } th { "Status" } th { "Instance" } th { "Phase" } th { "Message" } } }
+                    tbody { @for e in events {
+                        tr data-seq=(e.seq) {
+                            td { (e.seq) } td { (layout::when(e.at_ms)) } td { (status_cell(e.job)) }
+                            td { (e.instance_id) } td { (e.phase) } td { (e.message) }
+                        }
+                    } }
+                }
             }
         }
-        @if view.job.kind == JobKind::Training {
+        @if job.kind == JobKind::Training {
             figure #progress {
                 figcaption { "Progress" }
-                table .progress {
-                    thead { tr { th { "Epoch" } th { "Metrics" } } }
-                    tbody { @for e in progress { @if let Some(p) = &e.progress {
-                        tr { td { (p.epoch) " / " (p.total_epochs) } td {
-                            @for (name, value) in &p.metrics { (name) " = " (value) " " }
-                        } }
-                    } } }
-                }
+                (PreEscaped(charts::progress_svg(&timeline.events)))
             }
         }
     }

@@ -1,6 +1,6 @@
 //! `GET /console/marketplace`: the machine types on offer (AvailableMachines)
-//! with their prices, capacity and availability; a pool's joined agents
-//! are its types' capacity.
+//! with their prices, capacity and availability; the pool's agents with
+//! their GPUs (a pool's joined agents are its types' capacity).
 
 use std::sync::Arc;
 
@@ -10,12 +10,14 @@ use maud::{html, Markup};
 use super::super::form::Signed;
 use super::super::layout;
 use super::super::Console;
+use crate::provider::pool::PoolAgent;
 
 pub(in crate::console) async fn page(
     State(console): State<Arc<Console>>,
     Signed(session): Signed,
 ) -> Markup {
     let offers = console.control.machine_offers();
+    let agents = console.control.pool_agents();
     let body = html! {
         table #machines {
             thead { tr {
@@ -35,6 +37,35 @@ pub(in crate::console) async fn page(
                 }
             } }
         }
+        (pool_agents(&agents))
     };
     layout::page("Marketplace", Some(&session), body)
+}
+
+fn pool_agents(agents: &[PoolAgent]) -> Markup {
+    html! {
+        h2 { "Pool agents" }
+        @if agents.is_empty() { p #no-pool-agents { "No pool agent has joined." } }
+        @else {
+            table #pool-agents {
+                thead { tr {
+                    th { "Agent" } th { "Machine type" } th { "State" } th { "Host" }
+                    th { "GPUs" } th { "Last heard" }
+                } }
+                tbody { @for a in agents {
+                    tr data-agent-id=(a.agent_id) {
+                        td { (a.agent_id) } td { (a.machine_type) } td .state { (a.state) }
+                        td { (a.hardware.hostname) }
+                        td .gpus {
+                            @if a.hardware.gpus.is_empty() { "none" }
+                            @for g in &a.hardware.gpus {
+                                span .gpu { (g.index) ": " (g.name) " (" (g.memory_total_bytes >> 20) " MiB)" } " "
+                            }
+                        }
+                        td { (a.seen_ago.as_secs()) " s ago" }
+                    }
+                } }
+            }
+        }
+    }
 }
