@@ -726,6 +726,21 @@ pub async fn wait_pool(s: &Scheduler, token: &str, want: (u32, u32)) -> Result<(
 }
 
 /// A TLS connection to `addr` that trusts `cert` and offers `alpn`.
+/// A scheduler serving TLS with a fresh self-signed certificate for
+/// 127.0.0.1 (its own CA); the certificate, for [`tls_connect`], and the
+/// folder of its PEM files, which lives as long as the value.
+pub async fn self_signed_scheduler(
+    args: &[&str],
+) -> Result<(Scheduler, rcgen::CertifiedKey, tempfile::TempDir)> {
+    let certs = tempfile::tempdir()?;
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
+    let (cert, key) = (certs.path().join("s.pem"), certs.path().join("s.key"));
+    std::fs::write(&cert, certified.cert.pem())?;
+    std::fs::write(&key, certified.key_pair.serialize_pem())?;
+    let s = Scheduler::start_tls(&cert, &key, &cert, args).await?;
+    Ok((s, certified, certs))
+}
+
 pub async fn tls_connect(
     addr: &str,
     cert: &rcgen::CertifiedKey,

@@ -539,12 +539,7 @@ async fn a_training_job_shows_its_progress_and_downloads_its_results() -> Result
 
 #[tokio::test]
 async fn over_tls_the_session_cookie_is_secure() -> Result<()> {
-    let certs = tempfile::tempdir()?;
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
-    let (cert, key) = (certs.path().join("s.pem"), certs.path().join("s.key"));
-    std::fs::write(&cert, certified.cert.pem())?;
-    std::fs::write(&key, certified.key_pair.serialize_pem())?;
-    let s = Scheduler::start_tls(&cert, &key, &cert, &[]).await?;
+    let (s, certified, _certs) = aibro_tests::self_signed_scheduler(&[]).await?;
     let alice = s.user("alice").await?;
     let tls = tls_connect(&s.addr, &certified, &[b"http/1.1"]).await?;
     let (mut sender, conn) = http1::handshake(TokioIo::new(tls)).await?;

@@ -268,12 +268,7 @@ async fn model_errors(s: &Scheduler) -> Result<()> {
 
 #[tokio::test]
 async fn http2_and_http1_over_tls_by_alpn() -> Result<()> {
-    let certs = tempfile::tempdir()?;
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
-    let (cert, key) = (certs.path().join("s.pem"), certs.path().join("s.key"));
-    std::fs::write(&cert, certified.cert.pem())?;
-    std::fs::write(&key, certified.key_pair.serialize_pem())?;
-    let s = Scheduler::start_tls(&cert, &key, &cert, &[]).await?;
+    let (s, certified, _certs) = aibro_tests::self_signed_scheduler(&[]).await?;
     let path = format!("https://{}{}", s.addr, url("tess", "public", "echo"));
 
     let tls = tls_connect(&s.addr, &certified, &[b"h2", b"http/1.1"]).await?;
