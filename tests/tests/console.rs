@@ -146,7 +146,7 @@ fn assert_secure_headers(page: &Page) {
     assert!(csp.contains("default-src 'self'"), "{csp}");
     assert!(!csp.contains("unsafe-inline"), "{csp}");
     assert_eq!(h["x-frame-options"], "DENY");
-    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert_eq!(h["referrer-policy"], "same-origin");
     assert_eq!(h["x-content-type-options"], "nosniff");
 }
 
@@ -575,5 +575,43 @@ async fn the_marketplace_shows_pool_agents_and_their_state() -> Result<()> {
         "{}",
         market.body
     );
+    Ok(())
+}
+
+/// A form posted by another site's page (login CSRF, or an action with a
+/// stolen CSRF token) is refused, and signs nobody in.
+#[tokio::test]
+async fn forms_from_another_site_are_refused() -> Result<()> {
+    let s = Scheduler::start().await?;
+    let alice = s.user("alice").await?;
+    let sign_in = |origin: &'static str, site: Option<&'static str>| {
+        let (addr, token) = (s.addr.clone(), alice.clone());
+        async move {
+            let io = TokioIo::new(TcpStream::connect(&addr).await?);
+            let (mut sender, conn) = http1::handshake(io).await?;
+            tokio::spawn(conn);
+            let mut request = Request::post("/console/signin")
+                .header("host", &addr)
+                .header("origin", origin.replace("SELF", &addr))
+                .header("content-type", "application/x-www-form-urlencoded");
+            if let Some(site) = site {
+                request = request.header("sec-fetch-site", site);
+            }
+            let body = Full::new(Bytes::from(format!("token={token}")));
+            anyhow::Ok(sender.send_request(request.body(body)?).await?)
+        }
+    };
+    for (origin, site) in [
+        ("http://evil.example", None),
+        ("null", None),
+        ("http://SELF", Some("cross-site")),
+    ] {
+        let refused = sign_in(origin, site).await?;
+        assert_eq!(refused.status(), 403, "{origin} {site:?}");
+        assert!(refused.headers().get("set-cookie").is_none());
+    }
+    let same = sign_in("http://SELF", Some("same-origin")).await?;
+    assert_eq!(same.status(), 303);
+    assert!(same.headers().get("set-cookie").is_some());
     Ok(())
 }

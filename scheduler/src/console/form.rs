@@ -1,7 +1,8 @@
 //! What console handlers take from a request: the signed-in [`Signed`]
 //! session (pages redirect to sign-in without one), a [`Posted`] form whose
 //! CSRF token matched (401 without a session, 403 with a wrong token), the
-//! query string's fields, and the client's IP address.
+//! query string's fields, and the client's IP address. A browser's POST
+//! from another site is refused before any of that ([`same_origin`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -9,9 +10,9 @@ use std::sync::Arc;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header::COOKIE;
+use axum::http::header::{COOKIE, HOST, ORIGIN};
 use axum::http::request::Parts;
-use axum::http::{Extensions, Method, StatusCode};
+use axum::http::{Extensions, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
@@ -71,6 +72,7 @@ impl FromRequest<Arc<Console>> for Posted {
 
     async fn from_request(request: Request, console: &Arc<Console>) -> Result<Self, Response> {
         let (mut parts, body) = request.into_parts();
+        same_origin(&parts.headers, &parts.uri).map_err(IntoResponse::into_response)?;
         let Signed(session) = Signed::from_request_parts(&mut parts, console).await?;
         let fields = form_fields(body)
             .await
@@ -85,6 +87,29 @@ impl FromRequest<Arc<Console>> for Posted {
         }
         Ok(Posted { session, fields })
     }
+}
+
+/// Refuses a browser's request sent by a page of another site: its
+/// `Sec-Fetch-Site` says so, or its `Origin` is not this host. (A sign-in
+/// from another site would sign the victim in as the attacker.) Clients
+/// that send neither header (curl, scripts) are not browsers led astray.
+pub(super) fn same_origin(headers: &HeaderMap, uri: &Uri) -> Result<(), HttpError> {
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    // HTTP/1.1 names the host in `Host`, HTTP/2 in the URI's authority.
+    let host = text(HOST.as_str()).or_else(|| uri.authority().map(|a| a.as_str()));
+    let cross_site = text("sec-fetch-site").is_some_and(|site| site == "cross-site");
+    let foreign_origin = text(ORIGIN.as_str()).is_some_and(|origin| {
+        let authority = origin.split_once("://").map(|(_, rest)| rest);
+        authority.is_none() || authority != host
+    });
+    if cross_site || foreign_origin {
+        return Err(HttpError::new(
+            StatusCode::FORBIDDEN,
+            "cross_origin",
+            "the console takes forms from its own pages only",
+        ));
+    }
+    Ok(())
 }
 
 /// The fields of a form body of at most [`MAX_FORM_BYTES`].

@@ -16,7 +16,7 @@ pub(super) async fn secure(mut response: Response) -> Response {
     for (name, value) in [
         (CONTENT_SECURITY_POLICY, CSP),
         (X_FRAME_OPTIONS, "DENY"),
-        (REFERRER_POLICY, "no-referrer"),
+        (REFERRER_POLICY, "same-origin"),
         (X_CONTENT_TYPE_OPTIONS, "nosniff"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));

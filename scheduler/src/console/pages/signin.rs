@@ -43,6 +43,9 @@ pub(in crate::console) async fn sign_in(
     State(console): State<Arc<Console>>,
     request: Request<Body>,
 ) -> Response {
+    if let Err(refused) = form::same_origin(request.headers(), request.uri()) {
+        return refused.into_response();
+    }
     if let Err(wait_s) = console
         .throttle
         .attempt(form::client_ip(request.extensions()))
