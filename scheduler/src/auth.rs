@@ -52,9 +52,14 @@ impl User {
 }
 
 pub fn new_token(prefix: &str) -> String {
-    let mut bytes = [0u8; 24];
+    format!("{prefix}{}", random_hex::<24>())
+}
+
+/// `N` random bytes, hex: tokens, console session ids and CSRF tokens.
+pub fn random_hex<const N: usize>() -> String {
+    let mut bytes = [0u8; N];
     rand::thread_rng().fill_bytes(&mut bytes);
-    format!("{prefix}{}", hex::encode(bytes))
+    hex::encode(bytes)
 }
 
 fn hash(token: &str) -> String {

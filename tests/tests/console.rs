@@ -54,12 +54,24 @@ async fn send(
     cookie: Option<&str>,
     form: &[(&str, &str)],
 ) -> Result<hyper::Response<Incoming>> {
+    let cookie = cookie.map(|c| ("cookie", c));
+    send_with(addr, method, path, cookie.as_slice(), form).await
+}
+
+/// [`send`] with the request's own `headers`.
+async fn send_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    form: &[(&str, &str)],
+) -> Result<hyper::Response<Incoming>> {
     let io = TokioIo::new(TcpStream::connect(addr).await?);
     let (mut sender, conn) = http1::handshake(io).await?;
     tokio::spawn(conn);
     let mut request = Request::builder().method(method).uri(path);
-    if let Some(cookie) = cookie {
-        request = request.header("cookie", cookie);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
     let body = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(form)
@@ -584,21 +596,20 @@ async fn the_marketplace_shows_pool_agents_and_their_state() -> Result<()> {
 async fn forms_from_another_site_are_refused() -> Result<()> {
     let s = Scheduler::start().await?;
     let alice = s.user("alice").await?;
-    let sign_in = |origin: &'static str, site: Option<&'static str>| {
+    let sign_in = |origin: &str, site: Option<&'static str>| {
+        let origin = origin.replace("SELF", &s.addr);
         let (addr, token) = (s.addr.clone(), alice.clone());
         async move {
-            let io = TokioIo::new(TcpStream::connect(&addr).await?);
-            let (mut sender, conn) = http1::handshake(io).await?;
-            tokio::spawn(conn);
-            let mut request = Request::post("/console/signin")
-                .header("host", &addr)
-                .header("origin", origin.replace("SELF", &addr))
-                .header("content-type", "application/x-www-form-urlencoded");
-            if let Some(site) = site {
-                request = request.header("sec-fetch-site", site);
-            }
-            let body = Full::new(Bytes::from(format!("token={token}")));
-            anyhow::Ok(sender.send_request(request.body(body)?).await?)
+            let mut headers = vec![("host", addr.as_str()), ("origin", origin.as_str())];
+            headers.extend(site.map(|site| ("sec-fetch-site", site)));
+            send_with(
+                &addr,
+                "POST",
+                "/console/signin",
+                &headers,
+                &[("token", &token)],
+            )
+            .await
         }
     };
     for (origin, site) in [

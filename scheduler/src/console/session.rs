@@ -8,9 +8,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use aibro_proto::transport::constant_time_eq;
-use rand::RngCore;
 
-use crate::auth::User;
+use crate::auth::{random_hex, User};
 
 /// A session unused this long is over.
 pub(super) const IDLE: Duration = Duration::from_secs(12 * 3600);
@@ -38,20 +37,13 @@ pub(super) struct Sessions {
     held: Mutex<HashMap<String, Held>>,
 }
 
-/// 32 random bytes, hex.
-fn random_hex() -> String {
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    hex::encode(bytes)
-}
-
 impl Sessions {
     /// A new session for `user`, making room when full.
     pub(super) fn start(&self, user: User) -> Session {
         let session = Session {
-            id: random_hex(),
+            id: random_hex::<32>(),
             user,
-            csrf: random_hex(),
+            csrf: random_hex::<32>(),
         };
         let mut held = self.held.lock().expect("sessions lock");
         let now = Instant::now();
